@@ -1,0 +1,331 @@
+"""The storage driver contract.
+
+A driver keeps layers: directories of files, each possibly built on one
+parent, combined into one tree when mounted. The core (the store in
+:mod:`lamina.core.store`) decides ids, keeps the metadata, counts mounts,
+recovers after crashes and calls the driver only for what is specific to a
+storage technique. A driver subclasses :class:`Driver` and registers the
+class through the ``lamina_register_drivers`` hook
+(:mod:`lamina.core.hookspec`).
+
+The least a driver writes: :meth:`Driver.check_support`, :meth:`Driver.create`,
+:meth:`Driver.remove`, :meth:`Driver.exists`, :meth:`Driver.mount` and
+:meth:`Driver.unmount`. Everything else (changes, diff, diff size, apply)
+has a generic implementation in the core that works on mounted trees; a
+driver may override any of them with a faster native path.
+
+The conformance suite (:mod:`lamina.conformance`) checks every rule written
+in the docstrings below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar, Protocol
+
+from .errors import ConfigError
+
+# --- values exchanged with drivers ---------------------------------------------
+
+
+class ChangeKind(enum.Enum):
+    """How a path differs between a layer and its parent (as `docker diff`)."""
+
+    ADDED = "A"
+    MODIFIED = "C"
+    DELETED = "D"
+
+
+@dataclass(frozen=True, order=True)
+class Change:
+    """One changed path, relative to the layer root, without a leading slash."""
+
+    path: str
+    kind: ChangeKind = field(compare=False)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying a layer tar produced.
+
+    ``diff_id`` is ``sha256:<hex>`` of the uncompressed tar stream, ``size`` the
+    number of uncompressed tar bytes read (the same number :meth:`Driver.diff_size`
+    reports for the layer afterwards).
+    """
+
+    diff_id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver promises; the conformance suite adapts to it.
+
+    Every field is a promise checked by a conformance case: declare ``True``
+    only for what the driver really does.
+    """
+
+    #: mode of the root directory of a new layer without parent
+    root_mode: int = 0o755
+    #: a lower-layer directory can be renamed in a writable layer (case 25)
+    rename_lower_dir: bool = True
+    #: hardlinks between lower files stay one inode after one name is written (case 27)
+    hardlinks_survive_copy_up: bool = False
+    #: the ``size`` option is enforced with EDQUOT/ENOSPC (case 35)
+    quota: bool = False
+    #: holes of sparse files stay holes in layers (case 31)
+    sparse_files: bool = False
+    #: sub-second mtimes are kept (case 40)
+    subsecond_mtime: bool = True
+    #: diff overrides the core's generic diff
+    native_diff: bool = False
+    #: deepest parent chain that mounts (the chain length, counting the layer)
+    max_depth: int = 1000
+    #: needs to run as root in the initial user namespace
+    needs_root: bool = True
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key a driver accepts in its configuration table."""
+
+    type: type
+    help: str
+    default: Any = None
+
+
+class LayerViews(Protocol):
+    """Counted access to layer trees, handed to a driver's generic operations.
+
+    The core implements it on top of the store's mount references, so a
+    driver method that needs a mounted tree never mounts twice what a user
+    already mounted.
+    """
+
+    def view(self, layer_id: str) -> contextlib.AbstractContextManager[Path]:
+        """Mount ``layer_id`` read-only for the duration of the block."""
+        ...
+
+    def populate(self, layer_id: str) -> contextlib.AbstractContextManager[Path]:
+        """Mount the incomplete layer ``layer_id`` writable, to fill it."""
+        ...
+
+
+# --- the base class -----------------------------------------------------------
+
+
+class Driver:
+    """Base class of every storage driver.
+
+    A driver instance owns one directory, ``home`` (``<root>/<driver name>``),
+    and nothing outside it except the mounts it makes. It may keep any files
+    it needs there; the core never looks inside. It must survive being
+    constructed again on the same home (restart persistence, case 9).
+
+    Ids given to a driver are already validated by the core: they match
+    ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`` and are safe as file names.
+
+    Thread and process safety: the core serialises structural calls (create,
+    remove, mount, unmount) for one store across processes. Reads of mounted
+    trees may run concurrently.
+    """
+
+    #: the driver's name as users write it in the config (``driver = "vfs"``)
+    name: ClassVar[str] = ""
+    #: one line shown by ``lamina drivers``
+    description: ClassVar[str] = ""
+    #: promises the conformance suite checks
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: keys of the driver's configuration table ``[drivers.<name>]``
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def __init__(self, home: Path, options: Mapping[str, Any] | None = None) -> None:
+        """Open the driver on ``home`` (created by the core, mode 0700).
+
+        ``options`` come from the driver's config table and are validated
+        with :meth:`validate_options` first; a driver that needs more setup
+        raises :class:`~lamina.core.errors.DriverNotSupported` or
+        :class:`~lamina.core.errors.DriverError` here.
+        """
+        self.home = Path(home)
+        self.config = self.validate_options(options or {})
+        self.closed = False
+
+    # -- support ---------------------------------------------------------------
+
+    @classmethod
+    def check_support(cls, root: Path) -> str | None:
+        """Say whether this driver can work with layers stored under ``root``.
+
+        Returns ``None`` when it can, else a one-line reason a user can act on
+        (``"overlay needs d_type: reformat xfs with -n ftype=1"``). Must not
+        leave anything behind under ``root``. Must not raise for "cannot
+        work here": only a real fault (a bug, I/O error) raises. ``root``
+        exists when this is called.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check the config table's keys and types; return them with defaults.
+
+        An unknown key is a :class:`ConfigError` listing the valid ones.
+        """
+        unknown = sorted(set(options) - set(cls.options))
+        if unknown:
+            valid = ", ".join(sorted(cls.options)) or "none"
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} for driver {cls.name!r}",
+                hint=f"valid options for {cls.name!r}: {valid}",
+            )
+        result: dict[str, Any] = {}
+        for key, spec in cls.options.items():
+            value = options.get(key, spec.default)
+            if value is not None and not isinstance(value, spec.type):
+                raise ConfigError(
+                    f"option {key!r} of driver {cls.name!r} must be "
+                    f"{spec.type.__name__}, not {type(value).__name__}",
+                    hint=spec.help,
+                )
+            result[key] = value
+        return result
+
+    # -- what every driver writes ---------------------------------------------
+
+    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+        """Create an empty layer on ``parent`` (or on nothing).
+
+        A new layer shows exactly its parent's tree, or an empty root of mode
+        ``capabilities.root_mode``. ``writable`` says whether mounts of the
+        finished layer accept writes; a read-only layer is still filled once
+        by the core (:meth:`apply`, or a ``populate`` view) before it is
+        finished (see :meth:`finalize`).
+
+        Must fail if ``layer_id`` exists (:class:`LayerExists`) or ``parent``
+        does not (:class:`LayerNotFound`). If it fails it leaves nothing
+        behind, so the same id can be created again; debris from a crash
+        under this id must not make a later create fail.
+        """
+        raise NotImplementedError
+
+    def remove(self, layer_id: str) -> None:
+        """Delete the layer and everything stored for it.
+
+        The core calls it only for an unmounted layer without children, and
+        may call it again after a crash interrupted an earlier remove, so it
+        must finish a half-done remove. Must fail with :class:`LayerNotFound`
+        when nothing of the layer exists. Must never delete through a mount:
+        if an unmount fails, raise and keep the data.
+        """
+        raise NotImplementedError
+
+    def exists(self, layer_id: str) -> bool:
+        """Whether the layer exists in this driver's home (no side effects)."""
+        raise NotImplementedError
+
+    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+        """Make the layer's combined tree available and return its path.
+
+        The core counts mounts: it calls this for the first user only and
+        :meth:`unmount` after the last one, so the driver need not count.
+        With ``readonly`` every write below the path must fail (EROFS), which
+        the suite checks by writing; without it writes land in this layer
+        only, never in a parent. Must fail with :class:`LayerNotFound` for a
+        layer that does not exist (or was removed).
+        """
+        raise NotImplementedError
+
+    def unmount(self, layer_id: str) -> None:
+        """Undo :meth:`mount`; the path need not exist afterwards.
+
+        Detaches lazily if needed and retries while busy. Must not fail when
+        the mount is already gone (a crash recovery calls it for mounts that
+        may have vanished with a reboot).
+        """
+        raise NotImplementedError
+
+    # -- optional -------------------------------------------------------------------
+
+    def finalize(self, layer_id: str) -> None:
+        """Called once when a layer's content is complete.
+
+        A driver that makes finished read-only layers immutable (a btrfs
+        read-only snapshot flag, say) does it here. Default: nothing.
+        """
+
+    def status(self) -> list[tuple[str, str]]:
+        """Facts for ``lamina info`` (backing filesystem, d_type, native diff...)."""
+        return []
+
+    def close(self) -> None:
+        """Release what the driver holds. Idempotent: closing twice is fine."""
+        self.closed = True
+
+    def mounted_paths(self) -> list[Path]:
+        """Paths under ``home`` where this driver puts mounts.
+
+        The core unmounts mounts left there by crashed processes. Default:
+        anything under ``home`` that ``/proc/self/mountinfo`` lists.
+        """
+        return [self.home]
+
+    # -- generic, overridable ------------------------------------------------------
+
+    def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
+        """What changed in ``layer_id`` against ``parent`` (sorted by path).
+
+        A path is ADDED when the parent has no entry there, DELETED when the
+        layer hides the parent's entry, MODIFIED when type, content, mode,
+        owner, xattrs, mtime or link target differ; a directory whose
+        entries changed is reported MODIFIED too. Default: compare the two
+        mounted trees (:func:`lamina.core.changes.compare_trees`).
+        """
+        from .changes import generic_changes
+
+        return generic_changes(self, layer_id, parent, views)
+
+    def diff(
+        self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+    ) -> int:
+        """Write the layer's changes to ``out`` as an uncompressed OCI layer tar.
+
+        Deletions become ``.wh.<name>`` entries; an opaque marker
+        ``.wh..wh..opq`` is written only for a directory whose parent-side
+        contents are hidden. Never writes 0/0 character devices or overlay
+        xattrs. The same layer gives the same bytes every time
+        (deterministic). Returns the number of bytes written.
+        """
+        from .export import generic_diff
+
+        return generic_diff(self, layer_id, parent, out, views)
+
+    def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
+        """Bytes of file content the layer adds against ``parent``.
+
+        Zero for an empty layer; at least N after N bytes were written; the
+        parents' content is not counted.
+        """
+        from .changes import generic_diff_size
+
+        return generic_diff_size(self, layer_id, parent, views)
+
+    def apply(
+        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+    ) -> ApplyResult:
+        """Fill the new, incomplete layer from an OCI layer tar stream.
+
+        ``stream`` is already decompressed. The layer was just created on
+        ``parent`` and holds nothing of its own yet. Whiteouts delete from
+        the parents' view; every entry is resolved safely inside the layer
+        (:mod:`lamina.core.apply`). On failure the core removes the layer.
+        Default: apply into a writable ``populate`` view of the layer.
+        """
+        from .apply import apply_tar
+
+        with views.populate(layer_id) as path:
+            return apply_tar(stream, path)
+

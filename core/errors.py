@@ -1,0 +1,153 @@
+"""The one exception hierarchy of lamina.
+
+Every error a user can cause is a :class:`LaminaError`. Its message says what
+was wrong; its ``hint`` says what to do about it. The CLI prints both on one or
+two lines, without a traceback, and exits non-zero. Anything that is not a
+``LaminaError`` is a bug in lamina and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LaminaError(Exception):
+    """Base of every error lamina raises on purpose."""
+
+    #: what the user can do about it; printed after the message
+    hint: str | None = None
+    #: process exit status used by the CLI
+    exit_status: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+# --- configuration and driver selection ------------------------------------
+
+
+class ConfigError(LaminaError):
+    """The configuration file or an option in it is invalid."""
+
+    exit_status = 2
+
+
+class DriverNotFound(ConfigError):
+    """A driver name was asked for that no installed plugin registers."""
+
+
+class DriverNotSupported(LaminaError):
+    """The driver cannot work on this root or kernel.
+
+    This is the only failure that lets automatic selection move on to the
+    next driver in the priority list; ``reason`` says why.
+    """
+
+    def __init__(self, driver: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"driver {driver!r} cannot work here: {reason}", hint=hint)
+        self.driver = driver
+        self.reason = reason
+
+
+class AmbiguousDriver(ConfigError):
+    """State of more than one driver exists under the root and none was chosen."""
+
+
+class PluginError(LaminaError):
+    """A driver plugin failed to load or registered something invalid."""
+
+
+# --- the store and its layers -------------------------------------------------
+
+
+class StoreError(LaminaError):
+    """The store cannot be opened or used."""
+
+
+class StoreClosed(StoreError):
+    """An operation was attempted on a closed store or driver."""
+
+
+class DriverError(LaminaError):
+    """A driver operation failed (the driver's message says why)."""
+
+
+class LayerError(LaminaError):
+    """Base for errors about one layer."""
+
+    def __init__(self, layer_id: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.layer_id = layer_id
+
+
+class InvalidLayerId(LayerError):
+    """A layer id is not of the accepted form."""
+
+
+class LayerNotFound(LayerError):
+    """No layer has that id (or it was removed)."""
+
+
+class LayerExists(LayerError):
+    """A layer with that id exists already."""
+
+
+class LayerHasChildren(LayerError):
+    """The layer cannot be removed while layers are built on it."""
+
+
+class LayerInUse(LayerError):
+    """The layer is mounted or being written and cannot be changed now."""
+
+
+class LayerIncomplete(LayerError):
+    """The layer's content is not complete yet (being applied, or left by a crash)."""
+
+
+class NotMounted(LayerError):
+    """Unmount of a layer that holds no mount reference."""
+
+
+class ReadOnlyLayer(LayerError):
+    """A write was attempted on a read-only layer."""
+
+
+# --- content --------------------------------------------------------------------
+
+
+class ContentError(LaminaError):
+    """Content (a blob or a layer tar) is invalid."""
+
+
+class DigestMismatch(ContentError):
+    """A blob's digest or size differs from what was declared."""
+
+
+class UnsafeArchive(ContentError):
+    """A layer tar tried something that is never allowed (escape, bad whiteout, ...).
+
+    Raised before the offending entry touches the disk.
+    """
+
+    def __init__(self, entry: str, reason: str) -> None:
+        super().__init__(
+            f"refusing layer entry {entry!r}: {reason}",
+            hint="the layer tarball is malformed or hostile; nothing was stored",
+        )
+        self.entry = entry
+        self.reason = reason
+
+
+class CorruptArchive(ContentError):
+    """A layer stream is not a readable tar (junk, truncated, bad headers)."""
+
+    hint = "check that the file is an uncompressed, gzip or zstd tar; nothing was stored"
+
+
+class ArchiveLimit(ContentError):
+    """A layer tar exceeds a safety limit (header size, sparse map, path length)."""
+
+    hint = "the layer tarball is malformed or hostile; nothing was stored"
