@@ -1,0 +1,149 @@
+"""The content-addressed blob store: ``blobs/sha256/<hex>``.
+
+A blob becomes visible only complete and verified: it is written to a temp
+file in the same filesystem, fsynced, checked against the declared size and
+digest, then renamed into place and the directory fsynced. A crash leaves at
+most a temp file, which the next ingest sweeps. Reading stops at the declared
+size, so an endless stream cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .errors import ContentError, DigestMismatch
+from .locks import FileLock
+
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+CHUNK = 1 << 20
+#: temp files older than this are debris of a crashed ingest
+STALE_TEMP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A blob's identity: ``sha256:<hex>`` and its size in bytes."""
+
+    digest: str
+    size: int
+
+
+def check_digest(digest: str) -> str:
+    """Return ``digest`` if it is a well-formed sha256 digest, else raise ContentError."""
+    if not DIGEST_RE.match(digest):
+        raise ContentError(
+            f"invalid digest {digest!r}",
+            hint="a digest is 'sha256:' followed by 64 lowercase hex digits",
+        )
+    return digest
+
+
+class BlobStore:
+    """Blobs under ``<root>/blobs/sha256``; temp files under ``<root>/tmp``."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "blobs" / "sha256"
+        self.tmp = root / "tmp"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.dir / check_digest(digest).removeprefix("sha256:")
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).exists()
+
+    def open(self, digest: str) -> IO[bytes]:
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise ContentError(f"blob {digest} is not in the store") from None
+
+    def ingest(
+        self,
+        stream: IO[bytes],
+        *,
+        digest: str | None = None,
+        size: int | None = None,
+    ) -> Descriptor:
+        """Copy ``stream`` into the store, verifying ``digest``/``size`` if declared.
+
+        With a declared size, at most ``size + 1`` bytes are read: more is an
+        error found without reading the rest. A mismatch raises
+        :class:`DigestMismatch` and stores nothing. Ingesting a blob that is
+        already present is allowed and returns the same descriptor.
+        """
+        if digest is not None:
+            check_digest(digest)
+        self._sweep()
+        hasher = hashlib.sha256()
+        written = 0
+        fd, tmp_name = tempfile.mkstemp(prefix="ingest-", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                limit = None if size is None else size + 1
+                while True:
+                    want = CHUNK if limit is None else min(CHUNK, limit - written)
+                    if want <= 0:
+                        break
+                    chunk = stream.read(want)
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            actual = "sha256:" + hasher.hexdigest()
+            if size is not None and written != size:
+                raise DigestMismatch(
+                    f"blob size mismatch: declared {size} bytes, got "
+                    f"{'more' if written > size else written}",
+                    hint="the source is corrupt or was changed; nothing was stored",
+                )
+            if digest is not None and actual != digest:
+                raise DigestMismatch(
+                    f"blob digest mismatch: declared {digest}, got {actual}",
+                    hint="the source is corrupt or was changed; nothing was stored",
+                )
+            target = self.path(actual)
+            with self._lock(actual):
+                os.chmod(tmp_name, 0o644)
+                os.replace(tmp_name, target)
+                _fsync_dir(self.dir)
+            return Descriptor(actual, written)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+
+    def remove(self, digest: str) -> None:
+        with self._lock(digest):
+            self.path(digest).unlink(missing_ok=True)
+
+    def _lock(self, digest: str) -> FileLock:
+        return FileLock(self.tmp / f"lock-{digest.removeprefix('sha256:')}")
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for entry in os.scandir(self.tmp):
+            if entry.name.startswith("ingest-"):
+                try:
+                    if now - entry.stat().st_mtime > STALE_TEMP_SECONDS:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,345 @@
+"""The ``lamina`` command line.
+
+Every :class:`~lamina.core.errors.LaminaError` becomes one ``lamina: error:``
+line (plus a ``hint:`` line when there is one) and a non-zero exit; only a
+bug shows a traceback. Heavy imports (rich, pytest) stay inside the commands
+that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+from .engine import Engine
+from .errors import LaminaError
+
+Handler = Callable[[argparse.Namespace, Engine], int]
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    config = load_config(args.config, driver=args.driver, root=args.root)
+    plugins: tuple[object, ...] = ()
+    if args.trace or os.environ.get("LAMINA_TRACE", "") not in ("", "0"):
+        from .trace import Tracer
+
+        plugins = (Tracer(),)
+    return Engine(config, plugins=plugins)
+
+
+def _print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    Console(soft_wrap=True).print(table)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+# --- info and drivers ---------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
+    from .fsinfo import filesystem_type
+
+    choice = engine.choice
+    with engine.open_store() as store:
+        facts: dict[str, Any] = {
+            "driver": choice.name,
+            "why": choice.reason,
+            "root": str(store.root),
+            "backing_filesystem": filesystem_type(store.root),
+            "config_file": str(engine.config.source) if engine.config.source else None,
+            "layers": len(store.layers()),
+            "driver_status": dict(store.driver.status()),
+            "skipped": dict(choice.skipped),
+        }
+    if args.format == "json":
+        _print_json(facts)
+        return 0
+    print(f"Storage driver:      {facts['driver']}")
+    print(f"  chosen because:    {facts['why']}")
+    for name, reason in choice.skipped:
+        print(f"  passed over:       {name}: {reason}")
+    print(f"Root:                {facts['root']}")
+    print(f"Backing filesystem:  {facts['backing_filesystem']}")
+    print(f"Config file:         {facts['config_file'] or '(none found, defaults)'}")
+    print(f"Layers:              {facts['layers']}")
+    for key, value in facts["driver_status"].items():
+        print(f"  {key + ':':<19}{value}")
+    return 0
+
+
+def cmd_drivers(args: argparse.Namespace, engine: Engine) -> int:
+    from .selection import support_reason
+
+    registry = engine.registry
+    root = engine.root
+    rows = []
+    for name in sorted(registry.drivers):
+        cls = registry.drivers[name]
+        try:
+            reason = support_reason(cls, root)
+        except LaminaError as exc:
+            reason = str(exc)
+        rows.append(
+            {
+                "name": name,
+                "supported": reason is None,
+                "reason": reason or "",
+                "origin": registry.origins.get(name, ""),
+                "description": cls.description,
+            }
+        )
+    for name, error in sorted(registry.broken.items()):
+        rows.append(
+            {"name": name, "supported": False, "reason": f"plugin failed to load: {error}",
+             "origin": "", "description": ""}
+        )
+    if args.format == "json":
+        _print_json(rows)
+        return 0
+    _print_table(
+        f"Storage drivers (root {root})",
+        ["driver", "supported", "reason", "from", "description"],
+        [
+            [r["name"], "yes" if r["supported"] else "no", r["reason"], r["origin"],
+             r["description"]]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_conformance(args: argparse.Namespace, engine: Engine) -> int:
+    import pytest
+
+    driver = args.suite_driver or engine.config.driver
+    if not driver:
+        driver = engine.choice.name
+    engine.registry.get(driver)  # a clear error for an unknown name
+    pytest_args = ["--pyargs", "lamina.conformance", f"--lamina-driver={driver}", "-p",
+                   "no:cacheprovider", *args.pytest_args]
+    if args.config:
+        pytest_args.append(f"--lamina-config={args.config}")
+    return int(pytest.main(pytest_args))
+
+
+# --- layers ---------------------------------------------------------------------------
+
+
+def _layer_dict(store: Any, layer: Any) -> dict[str, Any]:
+    return {
+        "id": layer.id,
+        "parent": layer.parent,
+        "writable": layer.writable,
+        "diff_id": layer.diff_id,
+        "size": layer.size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(layer.created)),
+        "mounts": store.mount_count(layer.id),
+    }
+
+
+def cmd_layer_create(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        layer = store.create_layer(args.parent, writable=args.rw, layer_id=args.id)
+    print(layer.id)
+    return 0
+
+
+def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        if args.file == "-":
+            layer = store.apply_layer(
+                sys.stdin.buffer, args.parent, writable=args.rw, layer_id=args.id
+            )
+        else:
+            try:
+                f = open(args.file, "rb")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise LaminaError(
+                    f"cannot read {args.file}: {exc.strerror}",
+                    hint="give the path of a layer tar (plain, gzip or zstd), or - for stdin",
+                ) from None
+            with f:
+                layer = store.apply_layer(f, args.parent, writable=args.rw, layer_id=args.id)
+    print(layer.id)
+    return 0
+
+
+def cmd_layer_ls(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        rows = [_layer_dict(store, layer) for layer in store.layers()]
+    if args.format == "json":
+        _print_json(rows)
+        return 0
+    if args.quiet:
+        for row in rows:
+            print(row["id"])
+        return 0
+    _print_table(
+        None,
+        ["ID", "PARENT", "MODE", "SIZE", "DIFF ID", "MOUNTS", "CREATED"],
+        [
+            [r["id"][:12], (r["parent"] or "")[:12], "rw" if r["writable"] else "ro",
+             r["size"] if r["size"] is not None else "", (r["diff_id"] or "")[:19],
+             r["mounts"], r["created"]]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_layer_rm(args: argparse.Namespace, engine: Engine) -> int:
+    status = 0
+    with engine.open_store() as store:
+        for layer_id in args.ids:
+            try:
+                store.remove_layer(layer_id)
+                print(layer_id)
+            except LaminaError as exc:
+                _report(exc)
+                status = exc.exit_status
+    return status
+
+
+def cmd_layer_mount(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        print(store.mount(args.id))
+    return 0
+
+
+def cmd_layer_unmount(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        store.unmount(args.id)
+    return 0
+
+
+def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        store.layer(args.id)
+        if args.output and args.output != "-":
+            target = Path(args.output)
+            tmp = target.with_name(f".{target.name}.part")
+            try:
+                with open(tmp, "wb") as out:
+                    store.diff(args.id, out)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            if sys.stdout.isatty():
+                raise LaminaError(
+                    "refusing to write a tar to a terminal",
+                    hint="redirect the output or use -o FILE",
+                )
+            store.diff(args.id, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        changes = store.changes(args.id)
+    if args.format == "json":
+        _print_json([{"path": "/" + c.path, "kind": c.kind.value} for c in changes])
+    else:
+        for change in changes:
+            print(f"{change.kind.value} /{change.path}")
+    return 0
+
+
+# --- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamina", description="Container images and layers on pluggable storage drivers."
+    )
+    parser.add_argument("--root", help="store root (default /var/lib/lamina for root)")
+    parser.add_argument("--driver", help="storage driver (default: chosen automatically)")
+    parser.add_argument("--config", help="config file (default: see docs/configuration.md)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each driver operation and its duration to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(parent: Any, name: str, handler: Handler, help_: str,
+                formats: bool = False) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        if formats:
+            p.add_argument("--format", choices=["table", "json"], default="table")
+        return p
+
+    command(sub, "info", cmd_info, "show the chosen driver, why, and its status", formats=True)
+    command(sub, "drivers", cmd_drivers, "list installed drivers and whether they work here",
+            formats=True)
+    p = command(sub, "conformance", cmd_conformance, "run the conformance suite on a driver")
+    p.add_argument("--driver", dest="suite_driver", help="driver to test (default: the chosen)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+
+    layer = sub.add_parser("layer", help="layer plumbing for driver authors and tests")
+    lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND", required=True)
+    p = command(lsub, "create", cmd_layer_create, "create an empty layer, print its id")
+    p.add_argument("--parent")
+    p.add_argument("--rw", action="store_true", help="writable layer")
+    p.add_argument("--id", help="choose the id (default: random)")
+    p = command(lsub, "apply", cmd_layer_apply, "create a layer from a layer tar, print its id")
+    p.add_argument("file", help="layer tar (plain, gzip or zstd), or - for stdin")
+    p.add_argument("--parent")
+    p.add_argument("--rw", action="store_true", help="writable layer")
+    p.add_argument("--id", help="choose the id (default: random)")
+    p = command(lsub, "ls", cmd_layer_ls, "list layers", formats=True)
+    p.add_argument("-q", "--quiet", action="store_true", help="ids only")
+    p = command(lsub, "rm", cmd_layer_rm, "remove layers")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = command(lsub, "mount", cmd_layer_mount, "mount a layer (counted), print the path")
+    p.add_argument("id", metavar="ID")
+    p = command(lsub, "unmount", cmd_layer_unmount, "drop one mount of a layer")
+    p.add_argument("id", metavar="ID")
+    p = command(lsub, "diff", cmd_layer_diff, "write the layer's changes as an OCI layer tar")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p = command(lsub, "changes", cmd_layer_changes, "list changed paths (A/C/D)", formats=True)
+    p.add_argument("id", metavar="ID")
+    return parser
+
+
+def _report(exc: LaminaError) -> None:
+    print(f"lamina: error: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, _engine(args))
+    except LaminaError as exc:
+        _report(exc)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("lamina: interrupted; nothing was left half done", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Configuration: where it is found, what it may say, and what overrides it.
+
+The first file found wins (no merging), in this order: ``--config``,
+``$LAMINA_CONFIG``, ``$XDG_CONFIG_HOME/lamina/lamina.toml`` (default
+``~/.config/lamina/lamina.toml``), ``/etc/lamina/lamina.toml``. No file at
+all is fine: every key has a default. ``$LAMINA_DRIVER`` overrides the
+file's ``driver``; command-line flags override both.
+
+See docs/configuration.md for every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .store import default_root
+
+DEFAULT_PRIORITY = ("overlay", "btrfs", "vfs")
+TOP_LEVEL_KEYS = {
+    "driver": "storage driver name; empty or absent: choose automatically",
+    "root": "directory of layers, images and metadata",
+    "runroot": "directory of run-time state (locks, mounts of running containers)",
+    "driver_priority": "order in which automatic selection tries drivers",
+    "drivers": "one table per driver with its options, e.g. [drivers.overlay]",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration, and where each part came from."""
+
+    driver: str | None = None
+    root: Path = field(default_factory=default_root)
+    runroot: Path = field(default_factory=lambda: default_runroot())
+    driver_priority: tuple[str, ...] = DEFAULT_PRIORITY
+    driver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the file read, or None when no file was found
+    source: Path | None = None
+    #: where ``driver`` came from: "--driver", "LAMINA_DRIVER", the file, or None
+    driver_source: str | None = None
+
+    def options_for(self, driver: str) -> dict[str, Any]:
+        return dict(self.driver_options.get(driver, {}))
+
+
+def default_runroot() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/lamina")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lamina-run-{os.geteuid()}"
+    return Path(runtime) / "lamina"
+
+
+def config_candidates(explicit: str | os.PathLike[str] | None = None) -> list[tuple[Path, bool]]:
+    """Config paths in lookup order, each with whether it must exist."""
+    if explicit:
+        return [(Path(explicit), True)]
+    env = os.environ.get("LAMINA_CONFIG")
+    if env:
+        return [(Path(env), True)]
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return [(Path(xdg) / "lamina" / "lamina.toml", False), (Path("/etc/lamina/lamina.toml"), False)]
+
+
+def load_config(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    driver: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Read the configuration and apply the environment and flag overrides."""
+    config = Config()
+    for path, required in config_candidates(explicit):
+        if path.is_file():
+            config = parse_config(path)
+            break
+        if required:
+            raise ConfigError(
+                f"config file {path} does not exist",
+                hint="check the path given with --config or LAMINA_CONFIG",
+            )
+    env_driver = os.environ.get("LAMINA_DRIVER")
+    if env_driver:
+        config = replace(config, driver=env_driver, driver_source="LAMINA_DRIVER")
+    if driver:
+        config = replace(config, driver=driver, driver_source="--driver")
+    if root:
+        config = replace(config, root=Path(root))
+    return config
+
+
+def parse_config(path: Path) -> Config:
+    """Parse one TOML file strictly: unknown keys and wrong types are errors."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}",
+            hint=f"valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}",
+        )
+    kwargs: dict[str, Any] = {"source": path}
+    if data.get("driver"):
+        kwargs["driver"] = _typed(path, data, "driver", str)
+        kwargs["driver_source"] = str(path)
+    for key in ("root", "runroot"):
+        if key in data:
+            value = Path(_typed(path, data, key, str))
+            if not value.is_absolute():
+                raise ConfigError(f"{path}: {key} must be an absolute path, not {value}")
+            kwargs[key] = value
+    if "driver_priority" in data:
+        priority = _typed(path, data, "driver_priority", list)
+        if not all(isinstance(p, str) and p for p in priority):
+            raise ConfigError(f"{path}: driver_priority must be a list of driver names")
+        kwargs["driver_priority"] = tuple(priority)
+    tables = _typed(path, data, "drivers", dict) if "drivers" in data else {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"{path}: drivers.{name} must be a table",
+                hint=f"write it as [drivers.{name}] with one option per line",
+            )
+    kwargs["driver_options"] = tables
+    return Config(**kwargs)
+
+
+def _typed(path: Path, data: dict[str, Any], key: str, kind: type) -> Any:
+    value = data[key]
+    if not isinstance(value, kind):
+        raise ConfigError(
+            f"{path}: {key} must be a {kind.__name__}, not {type(value).__name__}",
+            hint=TOP_LEVEL_KEYS[key],
+        )
+    return value

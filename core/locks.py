@@ -1,0 +1,82 @@
+"""Coordination between lamina processes: file locks and process identities.
+
+Several lamina commands may use one store at once and any of them may be
+killed. A lock serialises structural changes; a process identity recorded
+with an incomplete layer or a mount reference lets the next process tell
+"someone is still working on this" from "its owner died".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+from pathlib import Path
+
+
+class FileLock:
+    """An exclusive ``flock`` on a lock file, for the duration of a with block.
+
+    Re-entrant within one process: nested ``with`` blocks on the same object
+    take the lock once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._depth = 0
+
+    def __enter__(self) -> FileLock:
+        if self._depth == 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id: mounts and processes of another boot are gone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # field 22 (starttime); the command name in field 2 may hold spaces and ')'
+    return stat.rpartition(b")")[2].split()[19].decode()
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``<boot id>:<pid>:<start time>``: unique for a process across pid reuse."""
+    pid = os.getpid() if pid is None else pid
+    return f"{boot_id()}:{pid}:{_start_time(pid)}"
+
+
+def is_alive(identity: str) -> bool:
+    """Whether the process named by :func:`process_identity` still runs."""
+    try:
+        boot, pid, start = identity.split(":")
+    except ValueError:
+        return False
+    if boot != boot_id():
+        return False
+    return _start_time(int(pid)) == start

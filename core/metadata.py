@@ -1,0 +1,108 @@
+"""The store's metadata database (SQLite, WAL) and its schema migrations.
+
+SQLite because several lamina processes use one store at once: WAL lets
+readers run beside one writer, and ``BEGIN IMMEDIATE`` serialises writers
+across processes without a lock server.
+
+Migrations are a list; ``MIGRATIONS[n]`` brings the schema from version n to
+n + 1. A database newer than this lamina is refused instead of being guessed at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import StoreError
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: layers, their mount references, and room for images and containers
+    """
+    CREATE TABLE layers (
+        id          TEXT PRIMARY KEY,
+        parent      TEXT REFERENCES layers(id),
+        driver      TEXT NOT NULL,
+        writable    INTEGER NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('incomplete', 'ready', 'removing')),
+        owner       TEXT,              -- process holding an incomplete/removing layer
+        diff_id     TEXT,              -- sha256:<hex> of the uncompressed layer tar
+        size        INTEGER,           -- uncompressed tar bytes applied
+        created     REAL NOT NULL
+    );
+    CREATE INDEX layers_parent ON layers(parent);
+    CREATE INDEX layers_diff_id ON layers(diff_id);
+    CREATE TABLE mounts (
+        layer_id    TEXT NOT NULL REFERENCES layers(id),
+        holder      TEXT NOT NULL,     -- 'user' or a process identity
+        path        TEXT NOT NULL,
+        readonly    INTEGER NOT NULL
+    );
+    CREATE INDEX mounts_layer ON mounts(layer_id);
+    CREATE TABLE images (
+        id          TEXT PRIMARY KEY,  -- sha256:<hex> of the config
+        top_layer   TEXT REFERENCES layers(id),
+        created     REAL NOT NULL
+    );
+    CREATE TABLE containers (
+        id          TEXT PRIMARY KEY,
+        image       TEXT REFERENCES images(id),
+        layer       TEXT REFERENCES layers(id),
+        created     REAL NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating and migrating) the metadata database at ``path``."""
+    try:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.Error as exc:
+        raise StoreError(
+            f"cannot open the metadata database {path}: {exc}",
+            hint="check that the store root is writable and not on a network filesystem",
+        ) from exc
+    migrate(db, path)
+    return db
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION; refuse a database from a newer lamina."""
+    with transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store at {path.parent} has schema version {version}, newer than this "
+                f"lamina understands ({SCHEMA_VERSION})",
+                hint="upgrade lamina, or use another --root",
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that takes the database write lock at once.
+
+    ``BEGIN IMMEDIATE`` makes read-check-write sequences (create a layer
+    unless it exists) atomic across processes.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    else:
+        db.execute("COMMIT")
