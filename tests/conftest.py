@@ -1,0 +1,82 @@
+"""Shared fixtures: real directories, real mounts, real rootfs tarballs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lamina.core import mounts
+
+REPO = Path(__file__).resolve().parent.parent
+LAMINA = [sys.executable, "-m", "lamina.core.cli"]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, chown, mknod)")
+
+
+def run_lamina(*args: str, root: Path | None = None, env: dict[str, str] | None = None,
+               check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a child process, as a user would."""
+    cmd = [*LAMINA]
+    if root is not None:
+        cmd += ["--root", str(root)]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    full_env.update(env or {})
+    proc = subprocess.run(cmd + list(args), capture_output=True, env=full_env, input=input,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"lamina {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stderr.decode(errors='replace')}"
+        )
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """No test reads the machine's own lamina configuration or environment."""
+    for key in list(os.environ):
+        if key.startswith("LAMINA_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> Iterator[Path]:
+    """A store root on the machine's disk; any mount left below it fails the test."""
+    root = tmp_path / "store"
+    yield root
+    leftover = mounts.mounts_under(tmp_path)
+    for point in leftover:
+        mounts.detach(Path(point))
+    assert not leftover, f"mounts leaked under the store: {leftover}"
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs mounted for this test only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    point = tmp_path / "tmpfs"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(point)], check=True)
+    try:
+        yield point
+    finally:
+        for p in mounts.mounts_under(point, include_self=True):
+            mounts.detach(Path(p))
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real root filesystem tarball built from Debian's static busybox."""
+    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static is not installed (.ci/setup installs it)")
+    out = tmp_path_factory.mktemp("busybox") / "rootfs.tar"
+    subprocess.run(["bash", str(REPO / "examples" / "busybox-rootfs.sh"), str(out)], check=True)
+    return out
