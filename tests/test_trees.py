@@ -44,8 +44,9 @@ def build(root: Path) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(root / "sock"))
     for path in [*root.rglob("*"), root]:
-        os.utime(path, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789),
-                 follow_symlinks=False)
+        os.utime(
+            path, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789), follow_symlinks=False
+        )
 
 
 @pytest.fixture
@@ -154,9 +155,7 @@ def test_symlink_target(pair: tuple[Path, Path]) -> None:
         os.symlink("dir/fil3", root / "sym")  # same length, so the size is equal
         restore()
 
-    assert differences(pair, change) == [
-        "/sym: symlink target is 'dir/fil3', expected 'dir/file'"
-    ]
+    assert differences(pair, change) == ["/sym: symlink target is 'dir/fil3', expected 'dir/file'"]
 
 
 @pytest.mark.parametrize("name", ["null", "loop"])
