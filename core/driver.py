@@ -265,14 +265,6 @@ class Driver:
         """Release what the driver holds. Idempotent: closing twice is fine."""
         self.closed = True
 
-    def mounted_paths(self) -> list[Path]:
-        """Paths under ``home`` where this driver puts mounts.
-
-        The core unmounts mounts left there by crashed processes. Default:
-        anything under ``home`` that ``/proc/self/mountinfo`` lists.
-        """
-        return [self.home]
-
     # -- generic, overridable ------------------------------------------------------
 
     def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
