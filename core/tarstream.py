@@ -1,0 +1,684 @@
+"""A streaming reader for OCI layer tars that never hangs and never balloons.
+
+Why our own reader: the stdlib ``tarfile`` seeks, keeps every member in
+memory, and has had hangs and quadratic time on hostile PAX headers. Layers
+come from the network, so every field here is bounded (:class:`Limits`) and
+every malformation is a :class:`~lamina.core.errors.CorruptArchive` or an
+:class:`~lamina.core.errors.ArchiveLimit`, raised before anything bigger than
+a limit is buffered.
+
+Formats read: ustar (with prefix), POSIX pax (``x`` headers; ``g`` headers are
+validated and ignored, as docker and containerd do), GNU long names and long
+links (``L``/``K``), GNU sparse files (old ``S`` headers and the pax formats
+0.1 and 1.0), v7. File content is never buffered: :meth:`TarReader.chunks`
+hands out views of the read buffer.
+
+The reader also computes the layer's diff id: sha256 over every byte of the
+uncompressed stream, including what follows the end-of-archive marker (docker
+hashes the whole stream). That trailing part is read to the end of the stream
+but capped (:attr:`Limits.max_trailing`): a tar followed by gigabytes of zeros
+is an :class:`ArchiveLimit` error after at most that many bytes, never an
+endless read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from .errors import ArchiveLimit, CorruptArchive
+
+BLOCK = 512
+#: bytes asked from the stream per read; also the largest content view handed out
+CHUNK = 1 << 20
+_ZERO_BLOCK = bytes(BLOCK)
+
+# entry kinds (TarEntry.kind)
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+HARDLINK = "hardlink"
+CHAR = "char"
+BLOCKDEV = "block"
+FIFO = "fifo"
+
+_KINDS = {
+    b"0": FILE,
+    b"\0": FILE,
+    b"7": FILE,  # contiguous file: an ordinary file everywhere that matters
+    b"1": HARDLINK,
+    b"2": SYMLINK,
+    b"3": CHAR,
+    b"4": BLOCKDEV,
+    b"5": DIR,
+    b"6": FIFO,
+    b"D": DIR,  # GNU dump directory: its data (a listing) is skipped
+}
+#: kinds whose header is followed by no data, whatever the size field says (as Go reads)
+_HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO})
+
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+_OCTAL_DIGITS = b"01234567"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Safety limits of the reader; each exceeded one is an :class:`ArchiveLimit`."""
+
+    #: size of one pax extended header (``x`` or ``g``) or GNU long name/link
+    max_pax_size: int = 1 << 20
+    #: bytes of a path (Linux PATH_MAX, counting the final NUL)
+    max_path: int = 4096
+    #: bytes of one path component (NAME_MAX)
+    max_component: int = 255
+    #: data regions of one sparse file
+    max_sparse_entries: int = 1 << 16
+    #: bytes read after the end-of-archive marker (padding), hashed but ignored
+    max_trailing: int = 1 << 20
+
+
+@dataclass(slots=True)
+class TarEntry:
+    """One member of a layer tar, with every extension already folded in.
+
+    ``path`` and ``linkname`` are as written in the archive (decoded with
+    surrogateescape, so any bytes round-trip through ``os`` calls); cleaning
+    them is the applier's job. ``size`` is the file's size (the real size of
+    a sparse file); ``sparse`` lists its data regions as ``(offset, length)``.
+    """
+
+    path: str
+    kind: str
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    sparse: list[tuple[int, int]] | None = None
+    #: offset of the entry's first header in the uncompressed stream (for messages)
+    offset: int = 0
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstr(raw: bytes) -> bytes:
+    """A NUL-terminated header field."""
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def _number(raw: bytes, what: str, offset: int) -> int:
+    """An octal (or GNU base-256) numeric header field."""
+    if raw and raw[0] & 0x80:
+        value = int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
+        if raw[0] & 0x40:
+            value -= 1 << (8 * len(raw) - 1)
+        return value
+    digits = _cstr(raw).strip(b" ")
+    if not digits:
+        return 0
+    if digits.translate(None, _OCTAL_DIGITS):
+        raise CorruptArchive(
+            f"not a tar stream: invalid {what} field {raw!r} in the header at offset {offset}"
+        )
+    return int(digits, 8)
+
+
+def _pax_records(data: bytes, offset: int) -> dict[str, bytes]:
+    """Parse ``"<len> <key>=<value>\\n"`` records; every record advances, so no hang."""
+    records: dict[str, bytes] = {}
+    pos = 0
+    end = len(data)
+    while pos < end:
+        space = data.find(b" ", pos, min(end, pos + 21))
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            if not data[pos:].strip(b"\0"):
+                break  # NUL padding after the last record
+            raise CorruptArchive(f"malformed pax record at offset {offset + pos}: no length")
+        length = int(digits)
+        # shortest legal record: "<len> k=\n"
+        if length < len(digits) + 4:
+            raise CorruptArchive(
+                f"malformed pax record at offset {offset + pos}: length {length} is too small"
+            )
+        if pos + length > end:
+            raise CorruptArchive(
+                f"malformed pax record at offset {offset + pos}: length {length} "
+                "runs past the end of the header"
+            )
+        record = data[space + 1 : pos + length]
+        equals = record.find(b"=")
+        if record[-1:] != b"\n" or equals <= 0:
+            raise CorruptArchive(f"malformed pax record at offset {offset + pos}")
+        try:
+            key = record[:equals].decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptArchive(f"pax record key is not UTF-8 at offset {offset + pos}") from None
+        records[key] = record[equals + 1 : -1]
+        pos += length
+    return records
+
+
+def _pax_int(records: dict[str, bytes], key: str, offset: int) -> int | None:
+    raw = records.get(key)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise CorruptArchive(f"pax {key}={raw[:40]!r} is not a non-negative integer (at {offset})")
+    if len(raw) > 20:
+        raise ArchiveLimit(f"pax {key} has more than 20 digits (at offset {offset})")
+    return int(raw)
+
+
+def _pax_time_ns(raw: bytes, offset: int) -> int:
+    """A pax time (``[-]seconds[.fraction]``) in nanoseconds, truncated, never rounded."""
+    negative = raw.startswith(b"-")
+    body = raw[1:] if negative else raw
+    seconds, _, fraction = body.partition(b".")
+    if not seconds.isdigit() or (fraction and not fraction.isdigit()) or len(seconds) > 20:
+        raise CorruptArchive(f"invalid pax time {raw[:40]!r} at offset {offset}")
+    ns = int(seconds) * 1_000_000_000 + int((fraction[:9] or b"0").ljust(9, b"0"))
+    return -ns if negative else ns
+
+
+def _xattr_name_unquote(name: str) -> str:
+    """LIBARCHIVE.xattr.* names are %-encoded."""
+    from urllib.parse import unquote
+
+    return unquote(name, errors="surrogateescape")
+
+
+class TarReader:
+    """Iterate the entries of an uncompressed tar stream, hashing every byte.
+
+    Use it as ``for entry in reader:`` and read a file's content with
+    :meth:`chunks` before asking for the next entry (unread content is
+    skipped). After the iteration ended, :attr:`diff_id` and :attr:`size`
+    describe the whole stream.
+    """
+
+    def __init__(self, stream: IO[bytes], limits: Limits | None = None) -> None:
+        self._read = stream.read
+        self.limits = limits or Limits()
+        self._sha = hashlib.sha256()
+        #: bytes read from the stream so far
+        self.size = 0
+        self._buf = b""
+        self._pos = 0
+        self._left = 0  # content bytes of the current entry not consumed yet
+        self._pad = 0  # padding after the current entry's content
+        self._regions: list[tuple[int, int]] | None = None
+        self._finished = False
+
+    # -- low level ------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the stream consumed by parsing so far."""
+        return self.size - (len(self._buf) - self._pos)
+
+    @property
+    def diff_id(self) -> str:
+        """``sha256:<hex>`` of the bytes read; the diff id once the stream ended."""
+        return "sha256:" + self._sha.hexdigest()
+
+    def _fill(self) -> bool:
+        data = self._read(CHUNK)
+        if not data:
+            return False
+        self._sha.update(data)
+        self.size += len(data)
+        if self._pos < len(self._buf):
+            self._buf = self._buf[self._pos :] + data
+        else:
+            self._buf = data
+        self._pos = 0
+        return True
+
+    def _take(self, n: int, what: str) -> bytes:
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                raise CorruptArchive(
+                    f"the tar stream is truncated: it ends inside {what} (at offset {self.size})"
+                )
+        start = self._pos
+        self._pos = start + n
+        return self._buf[start : self._pos]
+
+    def _skip(self, n: int) -> None:
+        avail = len(self._buf) - self._pos
+        while n > avail:
+            n -= avail
+            self._buf, self._pos = b"", 0
+            if not self._fill():
+                raise CorruptArchive(
+                    f"the tar stream is truncated: it ends inside an entry's content "
+                    f"(at offset {self.size})"
+                )
+            avail = len(self._buf)
+        self._pos += n
+
+    def _block_or_eof(self) -> bytes | None:
+        """The next 512-byte block, or None at a clean end of stream."""
+        if len(self._buf) - self._pos < BLOCK:
+            while len(self._buf) - self._pos < BLOCK:
+                if not self._fill():
+                    if self._pos == len(self._buf):
+                        return None
+                    raise CorruptArchive(
+                        f"the tar stream is truncated: it ends inside a header "
+                        f"(at offset {self.size})"
+                    )
+        start = self._pos
+        self._pos = start + BLOCK
+        return self._buf[start : self._pos]
+
+    # -- content ------------------------------------------------------------------
+
+    def chunks(self) -> Iterator[tuple[int, memoryview]]:
+        """The current file's content as ``(file offset, view)`` pieces, in order.
+
+        A view is valid until the next call into the reader. Sparse files give
+        only their data regions; the holes are implied by the offsets and
+        :attr:`TarEntry.size`.
+        """
+        regions = self._regions
+        if regions is None:
+            regions = [(0, self._left)]
+        self._regions = []
+        for start, length in regions:
+            offset = start
+            remaining = length
+            while remaining:
+                avail = len(self._buf) - self._pos
+                if not avail:
+                    if not self._fill():
+                        raise CorruptArchive(
+                            f"the tar stream is truncated: it ends inside a file's content "
+                            f"(at offset {self.size})"
+                        )
+                    avail = len(self._buf)
+                n = min(avail, remaining)
+                view = memoryview(self._buf)[self._pos : self._pos + n]
+                self._pos += n
+                self._left -= n
+                remaining -= n
+                yield offset, view
+                offset += n
+
+    # -- entries ---------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        while (entry := self.next()) is not None:
+            yield entry
+
+    def next(self) -> TarEntry | None:
+        """The next entry, or None after the end of the archive."""
+        if self._finished:
+            return None
+        self._skip(self._left + self._pad)
+        self._left = self._pad = 0
+        self._regions = None
+        pax: dict[str, bytes] = {}
+        longname: bytes | None = None
+        longlink: bytes | None = None
+        first = self.offset
+        while True:
+            offset = self.offset
+            block = self._block_or_eof()
+            if block is None or block == _ZERO_BLOCK:
+                if block is not None:
+                    second = self._block_or_eof()
+                    if second is not None and second != _ZERO_BLOCK:
+                        raise CorruptArchive(
+                            f"a single zero block followed by data at offset {offset}"
+                        )
+                if pax or longname is not None or longlink is not None:
+                    raise CorruptArchive(
+                        f"the archive ends after an extended header at offset {first}"
+                    )
+                if offset == 0:
+                    raise CorruptArchive("the stream is empty: not a tar archive")
+                self._finish()
+                return None
+            entry = self._header(block, offset, pax, longname, longlink)
+            if entry is not None:
+                entry.offset = first
+                return entry
+            if self._meta is not None:  # an extension header: fold it in, read on
+                kind, data = self._meta
+                self._meta = None
+                if kind == b"x":
+                    pax.update(_pax_records(data, offset + BLOCK))
+                elif kind == b"L":
+                    longname = _cstr(data)
+                elif kind == b"K":
+                    longlink = _cstr(data)
+
+    _meta: tuple[bytes, bytes] | None = None
+
+    def _header(
+        self,
+        block: bytes,
+        offset: int,
+        pax: dict[str, bytes],
+        longname: bytes | None,
+        longlink: bytes | None,
+    ) -> TarEntry | None:
+        """Parse one header block; None for extension headers (stored in ``_meta``)."""
+        (
+            name,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            chksum,
+            typeflag,
+            linkname,
+            magic,
+            _version,
+            _uname,
+            _gname,
+            devmajor,
+            devminor,
+            prefix,
+        ) = _HEADER.unpack(block)
+        expected = _number(chksum, "checksum", offset)
+        actual = sum(block) - sum(chksum) + 8 * 32
+        if expected != actual and expected != _signed_checksum(block):
+            raise CorruptArchive(
+                f"not a tar stream, or a corrupt one: bad header checksum at offset {offset}"
+            )
+        data_size = _number(size, "size", offset)
+        if data_size < 0:
+            raise CorruptArchive(f"negative size in the header at offset {offset}")
+
+        if typeflag in (b"x", b"X", b"g", b"L", b"K"):
+            limit = self.limits.max_pax_size
+            if data_size > limit:
+                what = "pax header" if typeflag in (b"x", b"X", b"g") else "GNU long name"
+                raise ArchiveLimit(
+                    f"{what} of {data_size} bytes at offset {offset} exceeds the "
+                    f"limit of {limit} bytes"
+                )
+            data = self._take(data_size, "an extended header")
+            self._skip(-data_size % BLOCK)
+            if typeflag == b"g":
+                _pax_records(data, offset + BLOCK)  # validated, then ignored
+            else:
+                self._meta = (b"x" if typeflag == b"X" else typeflag, data)
+            return None
+
+        if typeflag == b"V":  # GNU volume label: not a file
+            self._skip(data_size + (-data_size % BLOCK))
+            return None
+
+        kind = _KINDS.get(typeflag)
+        sparse: list[tuple[int, int]] | None = None
+        real_size = data_size
+        if kind is None:
+            if typeflag == b"S":
+                kind = FILE
+                sparse, real_size = self._old_gnu_sparse(block, offset)
+            else:
+                raise CorruptArchive(
+                    f"unsupported tar entry type {typeflag!r} in the header at offset {offset}"
+                )
+
+        # the name: pax path > GNU long name > ustar prefix/name
+        if "path" in pax:
+            raw_name = pax["path"]
+        elif longname is not None:
+            raw_name = longname
+        else:
+            raw_name = _cstr(name)
+            if magic == b"ustar\0" and prefix[0]:
+                raw_name = _cstr(prefix) + b"/" + raw_name
+        if "linkpath" in pax:
+            raw_link = pax["linkpath"]
+        elif longlink is not None:
+            raw_link = longlink
+        else:
+            raw_link = _cstr(linkname)
+
+        entry = TarEntry(
+            path="",
+            kind=kind,
+            mode=_number(mode, "mode", offset) & 0o7777,
+            uid=_number(uid, "uid", offset),
+            gid=_number(gid, "gid", offset),
+            mtime_ns=_number(mtime, "mtime", offset) * 1_000_000_000,
+        )
+        if kind in (CHAR, BLOCKDEV):
+            entry.devmajor = _number(devmajor, "devmajor", offset)
+            entry.devminor = _number(devminor, "devminor", offset)
+        if kind == FILE and raw_name.endswith(b"/") and typeflag in (b"0", b"\0"):
+            entry.kind = kind = DIR  # v7 archives mark directories by a trailing slash
+
+        if pax:
+            raw_name, real_size, data_size, sparse = self._apply_pax(
+                entry, pax, offset, raw_name, real_size, data_size, sparse
+            )
+
+        if entry.uid < 0 or entry.gid < 0:
+            raise CorruptArchive(f"negative owner in the header at offset {offset}")
+        entry.path = self._check_path(raw_name, offset, "name")
+        if kind in (SYMLINK, HARDLINK):
+            entry.linkname = self._check_path(raw_link, offset, "link target")
+
+        if kind in _HEADER_ONLY:
+            data_size = 0
+        self._left = data_size
+        self._pad = -data_size % BLOCK
+        if sparse is not None:
+            if pax.get("GNU.sparse.major") == b"1":
+                sparse = self._pax_sparse_map(offset)
+            self._check_regions(sparse, real_size, self._left, offset)
+            self._regions = sparse
+            entry.sparse = sparse
+        if kind == FILE:
+            entry.size = data_size if sparse is None else real_size
+        return entry
+
+    def _apply_pax(
+        self,
+        entry: TarEntry,
+        pax: dict[str, bytes],
+        offset: int,
+        raw_name: bytes,
+        real_size: int,
+        data_size: int,
+        sparse: list[tuple[int, int]] | None,
+    ) -> tuple[bytes, int, int, list[tuple[int, int]] | None]:
+        """Fold pax records into the entry; returns the values that depend on them."""
+        value = _pax_int(pax, "size", offset)
+        if value is not None:
+            data_size = real_size = value
+        value = _pax_int(pax, "uid", offset)
+        if value is not None:
+            entry.uid = value
+        value = _pax_int(pax, "gid", offset)
+        if value is not None:
+            entry.gid = value
+        if "mtime" in pax:
+            entry.mtime_ns = _pax_time_ns(pax["mtime"], offset)
+        for key, raw in pax.items():
+            if key.startswith("SCHILY.xattr."):
+                entry.xattrs[key[len("SCHILY.xattr.") :]] = raw
+            elif key.startswith("LIBARCHIVE.xattr."):
+                import base64
+                import binascii
+
+                try:
+                    decoded = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+                except binascii.Error:
+                    raise CorruptArchive(
+                        f"invalid base64 in pax {key} at offset {offset}"
+                    ) from None
+                name = _xattr_name_unquote(key[len("LIBARCHIVE.xattr.") :])
+                entry.xattrs.setdefault(name, decoded)
+        if "GNU.sparse.major" in pax or "GNU.sparse.map" in pax or "GNU.sparse.size" in pax:
+            major = pax.get("GNU.sparse.major", b"0")
+            minor = pax.get("GNU.sparse.minor", b"1" if "GNU.sparse.map" in pax else b"0")
+            if "GNU.sparse.name" in pax:
+                raw_name = pax["GNU.sparse.name"]
+            if (major, minor) == (b"1", b"0"):
+                size = _pax_int(pax, "GNU.sparse.realsize", offset)
+                sparse = []  # the map is read from the data, once the size is known
+            elif (major, minor) == (b"0", b"1"):
+                size = _pax_int(pax, "GNU.sparse.size", offset)
+                sparse = self._pax_01_map(pax.get("GNU.sparse.map", b""), offset)
+            else:
+                raise CorruptArchive(
+                    f"unsupported GNU sparse format {major!r}.{minor!r} at offset {offset}"
+                )
+            if size is None:
+                raise CorruptArchive(f"GNU sparse entry without a real size at offset {offset}")
+            real_size = size
+            entry.kind = FILE
+        return raw_name, real_size, data_size, sparse
+
+    # -- sparse maps ---------------------------------------------------------------
+
+    def _too_many_regions(self, count: int, offset: int) -> ArchiveLimit:
+        return ArchiveLimit(
+            f"sparse file at offset {offset} has {count} or more data regions, "
+            f"more than the limit of {self.limits.max_sparse_entries}"
+        )
+
+    def _old_gnu_sparse(self, block: bytes, offset: int) -> tuple[list[tuple[int, int]], int]:
+        """Old GNU ``S`` headers: 4 regions in the header, 21 per extension block."""
+        regions: list[tuple[int, int]] = []
+
+        def read_regions(area: bytes, count: int) -> None:
+            for i in range(count):
+                raw_offset = area[i * 24 : i * 24 + 12]
+                if not raw_offset.strip(b"\0"):
+                    return
+                regions.append(
+                    (
+                        _number(raw_offset, "sparse offset", offset),
+                        _number(area[i * 24 + 12 : i * 24 + 24], "sparse length", offset),
+                    )
+                )
+
+        read_regions(block[386:482], 4)
+        real_size = _number(block[483:495], "sparse real size", offset)
+        extended = block[482]
+        while extended:
+            if len(regions) >= self.limits.max_sparse_entries:
+                raise self._too_many_regions(len(regions), offset)
+            ext = self._take(BLOCK, "a sparse header")
+            read_regions(ext[:504], 21)
+            extended = ext[504]
+        return regions, real_size
+
+    def _pax_01_map(self, raw: bytes, offset: int) -> list[tuple[int, int]]:
+        if raw.count(b",") + 1 > 2 * self.limits.max_sparse_entries:
+            raise self._too_many_regions(raw.count(b",") // 2, offset)
+        numbers = raw.split(b",") if raw else []
+        if len(numbers) % 2 or not all(n.isdigit() for n in numbers):
+            raise CorruptArchive(f"malformed GNU.sparse.map at offset {offset}")
+        values = [int(n) for n in numbers]
+        return list(zip(values[0::2], values[1::2], strict=True))
+
+    def _pax_sparse_map(self, offset: int) -> list[tuple[int, int]]:
+        """Format 1.0: decimal lines at the start of the data, padded to a block."""
+        text = b""
+        numbers: list[int] = []
+        wanted = 1
+        consumed = 0
+        while len(numbers) < wanted:
+            if consumed + BLOCK > self._left:
+                raise CorruptArchive(f"GNU sparse map runs past the entry at offset {offset}")
+            text += self._take(BLOCK, "a sparse map")
+            consumed += BLOCK
+            lines = text.split(b"\n")
+            text = lines.pop()
+            if len(text) > 20:
+                raise CorruptArchive(f"malformed GNU sparse map at offset {offset}")
+            for line in lines:
+                if not line.isdigit() or len(line) > 20:
+                    raise CorruptArchive(f"malformed GNU sparse map at offset {offset}")
+                numbers.append(int(line))
+                if len(numbers) == 1:
+                    if numbers[0] > self.limits.max_sparse_entries:
+                        raise self._too_many_regions(numbers[0], offset)
+                    wanted = 1 + 2 * numbers[0]
+                if len(numbers) == wanted:
+                    break
+        self._left -= consumed
+        values = numbers[1:]
+        return list(zip(values[0::2], values[1::2], strict=True))
+
+    def _check_regions(
+        self, regions: list[tuple[int, int]], real_size: int, stored: int, offset: int
+    ) -> None:
+        if len(regions) > self.limits.max_sparse_entries:
+            raise self._too_many_regions(len(regions), offset)
+        end = 0
+        total = 0
+        for start, length in regions:
+            if start < end or length < 0 or start + length > real_size:
+                raise CorruptArchive(f"invalid sparse map at offset {offset}")
+            end = start + length
+            total += length
+        if total != stored:
+            raise CorruptArchive(
+                f"sparse map at offset {offset} describes {total} bytes of data "
+                f"but the entry stores {stored}"
+            )
+
+    # -- names and the end ------------------------------------------------------------
+
+    def _check_path(self, raw: bytes, offset: int, what: str) -> str:
+        if b"\0" in raw:
+            raise CorruptArchive(f"the entry {what} at offset {offset} contains a NUL byte")
+        if not raw:
+            raise CorruptArchive(f"the entry at offset {offset} has an empty {what}")
+        limits = self.limits
+        if len(raw) >= limits.max_path:
+            raise ArchiveLimit(
+                f"the entry {what} at offset {offset} is {len(raw)} bytes long, "
+                f"longer than PATH_MAX ({limits.max_path})"
+            )
+        if len(raw) > limits.max_component and any(
+            len(part) > limits.max_component for part in raw.split(b"/")
+        ):
+            raise ArchiveLimit(
+                f"the entry {what} at offset {offset} has a component longer than "
+                f"{limits.max_component} bytes"
+            )
+        return _decode(raw)
+
+    def _finish(self) -> None:
+        """After the end marker: hash what follows up to the end, within the cap."""
+        self._finished = True
+        limit = self.limits.max_trailing
+        trailing = len(self._buf) - self._pos
+        self._buf, self._pos = b"", 0
+        while trailing <= limit and self._fill():
+            trailing += len(self._buf)
+            self._buf, self._pos = b"", 0
+        if trailing > limit:
+            raise ArchiveLimit(
+                f"more than {limit} bytes follow the end of the tar archive",
+                hint="the layer stream carries data after its end; it is malformed or hostile",
+            )
+
+
+def _signed_checksum(block: bytes) -> int:
+    """The historic checksum over signed chars, still written by some old tars."""
+    values = struct.unpack("512b", block)
+    return sum(values[:148]) + sum(values[156:]) + 8 * 32
