@@ -29,8 +29,8 @@ SPARSE_DATA_AT = 32 << 20
 
 
 def make_rich_tree(root: Path) -> None:
-    """A tree with every kind of entry and metadata a layer can hold."""
-    root.mkdir()
+    """A tree with every kind of entry and metadata a layer can hold (``root`` may exist)."""
+    root.mkdir(exist_ok=True)
     (root / "etc").mkdir()
     (root / "etc" / "hosts").write_bytes(b"127.0.0.1 localhost\n")
     os.chown(root / "etc" / "hosts", 1000, 1001)

@@ -1,0 +1,20 @@
+"""The vfs storage driver, registered through lamina's plugin hook like any third-party one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lamina.core.hookspec import hookimpl
+
+from .driver import VfsDriver
+
+if TYPE_CHECKING:
+    from lamina.core.plugins import DriverRegistry
+
+__all__ = ["VfsDriver", "lamina_register_drivers"]
+
+
+@hookimpl
+def lamina_register_drivers(registry: DriverRegistry) -> None:
+    """Hand the vfs driver class to lamina."""
+    registry.register(VfsDriver)

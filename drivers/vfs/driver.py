@@ -1,0 +1,243 @@
+"""The vfs driver: every layer is a complete copy of its parent.
+
+The slowest and largest driver, and the one that works everywhere: it needs
+no kernel feature beyond bind mounts, so it is the reference the other
+drivers are compared with. Layout under ``home``::
+
+    dir/<id>/          the layer's whole tree (a copy of the parent's at create)
+    dir/.tmp-<id>-<8 hex>/   a create in progress (debris if the process died)
+    mnt/<id>/          mount point of the layer's read-only view
+    meta/<id>.json     {"parent": ..., "writable": ...}; its presence is what
+                       makes the layer exist
+
+The meta file is written last on create and deleted first on remove, so a
+crash at any point leaves either a whole layer or debris that the next
+create or remove of that id clears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lamina.core import mounts
+from lamina.core.driver import Capabilities, Driver
+from lamina.core.errors import DriverError, LayerExists, LayerNotFound, StoreClosed
+from lamina.core.fsinfo import filesystem_type
+from lamina.core.treecopy import copy_tree, probe_copy_method, remove_tree
+
+
+def bind_readonly(source: Path, target: Path) -> None:
+    """Show ``source`` at ``target`` through a bind mount that refuses writes."""
+    mounts.bind_readonly(source, target)
+
+
+class VfsDriver(Driver):
+    """Layers as full directory copies; read-only views as read-only bind mounts."""
+
+    name: ClassVar[str] = "vfs"
+    description: ClassVar[str] = (
+        "full copy of the parent per layer (reflink or in-kernel copy); works on any filesystem"
+    )
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        root_mode=0o755,
+        rename_lower_dir=True,
+        hardlinks_survive_copy_up=True,  # a full copy keeps links; nothing is copied up
+        quota=False,
+        sparse_files=True,
+        subsecond_mtime=True,
+        native_diff=False,
+        max_depth=1_000_000,  # layers are independent copies: depth costs nothing at mount
+        needs_root=True,
+    )
+
+    def __init__(self, home: Path, options: Any = None) -> None:
+        super().__init__(home, options)
+        self.layers = self.home / "dir"
+        self.mounts = self.home / "mnt"
+        self.meta = self.home / "meta"
+        for path in (self.layers, self.mounts, self.meta):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._copy_method: str | None = None
+
+    # -- support ---------------------------------------------------------------
+
+    @classmethod
+    def check_support(cls, root: Path) -> str | None:
+        if os.geteuid() != 0:
+            return "vfs needs root: its read-only views are bind mounts"
+        if not os.access(root, os.W_OK | os.X_OK):
+            return f"{root} is not writable"
+        return None
+
+    # -- paths and state -------------------------------------------------------------
+
+    def _dir(self, layer_id: str) -> Path:
+        return self.layers / layer_id
+
+    def _meta(self, layer_id: str) -> Path:
+        return self.meta / f"{layer_id}.json"
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosed(
+                f"the vfs driver on {self.home} is closed",
+                hint="open the store again to keep working with it",
+            )
+
+    def _not_found(self, layer_id: str) -> LayerNotFound:
+        return LayerNotFound(
+            layer_id,
+            f"vfs layer {layer_id!r} does not exist",
+            hint="`lamina layer ls` lists the layers",
+        )
+
+    @staticmethod
+    def _temporaries(directory: Path, layer_id: str) -> list[Path]:
+        # exactly ".tmp-<id>-<8 hex>": the id "a" must not match debris of "a-b"
+        pattern = re.compile(re.escape(f".tmp-{layer_id}-") + "[0-9a-f]{8}")
+        with os.scandir(directory) as it:
+            return [directory / e.name for e in it if pattern.fullmatch(e.name)]
+
+    def _debris(self, layer_id: str) -> list[Path]:
+        """Half-made copies of ``layer_id`` left by a process that died mid-create."""
+        return self._temporaries(self.layers, layer_id)
+
+    def _clear_debris(self, layer_id: str) -> None:
+        """Remove everything of ``layer_id`` but its meta file (which must be gone)."""
+        self.unmount(layer_id)
+        for path in self._debris(layer_id):
+            remove_tree(path)
+        remove_tree(self._dir(layer_id))
+        for leftover in self._temporaries(self.meta, layer_id):
+            leftover.unlink(missing_ok=True)
+
+    def _write_meta(self, layer_id: str, parent: str | None, writable: bool) -> None:
+        tmp = self.meta / f".tmp-{layer_id}-{os.urandom(4).hex()}"
+        tmp.write_text(json.dumps({"parent": parent, "writable": writable}) + "\n")
+        os.rename(tmp, self._meta(layer_id))
+
+    def layer_info(self, layer_id: str) -> dict[str, Any]:
+        """The stored ``parent`` and ``writable`` of a layer (survives restarts)."""
+        try:
+            return json.loads(self._meta(layer_id).read_text())
+        except FileNotFoundError:
+            raise self._not_found(layer_id) from None
+
+    # -- the contract ----------------------------------------------------------------
+
+    def exists(self, layer_id: str) -> bool:
+        return self._meta(layer_id).is_file() and self._dir(layer_id).is_dir()
+
+    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+        self._check_open()
+        if self.exists(layer_id):
+            raise LayerExists(
+                layer_id,
+                f"vfs layer {layer_id!r} exists already",
+                hint="remove it first or choose another id",
+            )
+        if parent is not None and not self.exists(parent):
+            raise LayerNotFound(
+                parent,
+                f"parent layer {parent!r} of {layer_id!r} does not exist",
+                hint="create the parent first; `lamina layer ls` lists the layers",
+            )
+        self._clear_debris(layer_id)
+        tmp = self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}"
+        final = self._dir(layer_id)
+        try:
+            if parent is None:
+                os.mkdir(tmp, 0o700)
+                os.chmod(tmp, self.capabilities.root_mode)
+            else:
+                stats = copy_tree(self._dir(parent), tmp)
+                if stats.method != "none":
+                    self._copy_method = stats.method
+            os.rename(tmp, final)
+            self._write_meta(layer_id, parent, writable)
+        except BaseException:
+            with contextlib.suppress(DriverError, OSError):
+                remove_tree(tmp)
+                remove_tree(final)
+            raise
+
+    def remove(self, layer_id: str) -> None:
+        self._check_open()
+        meta, final = self._meta(layer_id), self._dir(layer_id)
+        anything = (
+            meta.exists()
+            or os.path.lexists(final)
+            or os.path.lexists(self.mounts / layer_id)
+            or bool(self._debris(layer_id))
+        )
+        if not anything:
+            raise self._not_found(layer_id)
+        # never delete through a mount: make sure none is left before the
+        # meta file (the layer's existence) goes
+        self.unmount(layer_id)
+        inside = mounts.mounts_under(final, include_self=True) if final.exists() else []
+        if inside:
+            raise DriverError(
+                f"refusing to delete through a mount at {inside[0]}",
+                hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
+            )
+        meta.unlink(missing_ok=True)
+        self._clear_debris(layer_id)
+
+    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+        source = self._dir(layer_id)
+        if not readonly:
+            return source  # writes go straight into the layer's own copy
+        point = self.mounts / layer_id
+        if mounts.is_mountpoint(point):
+            if self._is_our_readonly_view(source, point):
+                return point
+            mounts.detach(point)  # left by a crash, maybe half made (still writable)
+        point.mkdir(mode=0o700, exist_ok=True)
+        bind_readonly(source, point)
+        return point
+
+    @staticmethod
+    def _is_our_readonly_view(source: Path, point: Path) -> bool:
+        try:
+            src, dst = os.stat(source), os.stat(point)
+            readonly = bool(os.statvfs(point).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+        return readonly and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
+
+    def unmount(self, layer_id: str) -> None:
+        point = self.mounts / layer_id
+        if not os.path.lexists(point):
+            return
+        mounts.detach(point)
+        try:
+            os.rmdir(point)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise DriverError(
+                f"cannot remove the mount point {point}: {exc.strerror}",
+                hint="something is still mounted there; unmount it and retry",
+            ) from exc
+
+    def mounted_paths(self) -> list[Path]:
+        return [self.mounts]
+
+    def status(self) -> list[tuple[str, str]]:
+        if self._copy_method is None:
+            self._copy_method = probe_copy_method(self.layers)
+        count = sum(1 for p in self.meta.glob("*.json"))
+        return [
+            ("Backing Filesystem", filesystem_type(self.home)),
+            ("Copy Method", self._copy_method),
+            ("Layers", str(count)),
+        ]
