@@ -48,6 +48,7 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _CHUNK = 1 << 20
 _FLUSH_AT = 1 << 20
+_SMALL = 1 << 16
 _MAX_OCTAL_7 = 0o7777777
 _MAX_OCTAL_11 = 0o77777777777
 _NS = 1_000_000_000
@@ -255,7 +256,10 @@ def _write_file(sink: _Sink, full: str, path: str, st: os.stat_result) -> None:
             chunk = os.read(fd, min(remaining, _CHUNK))
             if not chunk:
                 raise _changed_while_reading(path, "shrank")
-            sink.write_large(chunk)
+            if len(chunk) < _SMALL:
+                sink.write(chunk)  # small files ride along with the headers
+            else:
+                sink.write_large(chunk)
             remaining -= len(chunk)
         if os.read(fd, 1):
             raise _changed_while_reading(path, "grew")
@@ -279,6 +283,10 @@ def write_layer_tar(
     only a driver that knows a directory hides its lower contents passes
     them. ``stats`` may hold an ``lstat`` per path already taken (as from
     :func:`lamina.core.changes.diff_trees`); anything missing is stat-ed here.
+
+    Paths are joined onto ``root`` as they are, so a parent directory that
+    is a symlink would be followed: pass only changes found by walking this
+    very tree without following symlinks (as :func:`compare_trees` does).
     """
     base = os.fspath(root)
     known = stats or {}
