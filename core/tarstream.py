@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -59,6 +60,9 @@ _KINDS = {
 }
 #: kinds whose header is followed by no data, whatever the size field says (as Go reads)
 _HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO})
+
+#: chunks at least this big are hashed on the helper thread
+_THREADED_HASH_MIN = 256 << 10
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _OCTAL_DIGITS = b"01234567"
@@ -116,8 +120,22 @@ def _cstr(raw: bytes) -> bytes:
     return raw if end < 0 else raw[:end]
 
 
+#: parsed numeric fields: modes, owners and sizes repeat a lot across headers
+_NUMBERS: dict[bytes, int] = {}
+
+
 def _number(raw: bytes, what: str, offset: int) -> int:
     """An octal (or GNU base-256) numeric header field."""
+    value = _NUMBERS.get(raw)
+    if value is not None:
+        return value
+    value = _parse_number(raw, what, offset)
+    if len(_NUMBERS) < 4096:
+        _NUMBERS[raw] = value
+    return value
+
+
+def _parse_number(raw: bytes, what: str, offset: int) -> int:
     if raw and raw[0] & 0x80:
         value = int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
         if raw[0] & 0x40:
@@ -211,6 +229,8 @@ class TarReader:
         self._read = stream.read
         self.limits = limits or Limits()
         self._sha = hashlib.sha256()
+        self._hasher: ThreadPoolExecutor | None = None
+        self._hashing: Future[None] | None = None
         #: bytes read from the stream so far
         self.size = 0
         self._buf = b""
@@ -230,13 +250,31 @@ class TarReader:
     @property
     def diff_id(self) -> str:
         """``sha256:<hex>`` of the bytes read; the diff id once the stream ended."""
+        self._hash_wait()
         return "sha256:" + self._sha.hexdigest()
+
+    def _hash(self, data: bytes) -> None:
+        """Hash a chunk; big ones on a helper thread (hashlib drops the GIL), so
+        hashing overlaps the applier's writes. At most one chunk is in flight:
+        memory stays bounded however fast the stream is read."""
+        self._hash_wait()
+        if len(data) < _THREADED_HASH_MIN:
+            self._sha.update(data)
+            return
+        if self._hasher is None:
+            self._hasher = _hash_worker()
+        self._hashing = self._hasher.submit(self._sha.update, data)
+
+    def _hash_wait(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
 
     def _fill(self) -> bool:
         data = self._read(CHUNK)
         if not data:
             return False
-        self._sha.update(data)
+        self._hash(data)
         self.size += len(data)
         if self._pos < len(self._buf):
             self._buf = self._buf[self._pos :] + data
@@ -475,7 +513,10 @@ class TarReader:
             raise CorruptArchive(f"negative owner in the header at offset {offset}")
         entry.path = self._check_path(raw_name, offset, "name")
         if kind in (SYMLINK, HARDLINK):
-            entry.linkname = self._check_path(raw_link, offset, "link target")
+            # a symlink target is only a string: the kernel limits its length, not its parts
+            entry.linkname = self._check_path(
+                raw_link, offset, "link target", components=kind == HARDLINK
+            )
 
         if kind in _HEADER_ONLY:
             data_size = 0
@@ -606,8 +647,6 @@ class TarReader:
             consumed += BLOCK
             lines = text.split(b"\n")
             text = lines.pop()
-            if len(text) > 20:
-                raise CorruptArchive(f"malformed GNU sparse map at offset {offset}")
             for line in lines:
                 if not line.isdigit() or len(line) > 20:
                     raise CorruptArchive(f"malformed GNU sparse map at offset {offset}")
@@ -618,6 +657,8 @@ class TarReader:
                     wanted = 1 + 2 * numbers[0]
                 if len(numbers) == wanted:
                     break
+            if len(numbers) < wanted and len(text) > 20:
+                raise CorruptArchive(f"malformed GNU sparse map at offset {offset}")
         self._left -= consumed
         values = numbers[1:]
         return list(zip(values[0::2], values[1::2], strict=True))
@@ -642,7 +683,7 @@ class TarReader:
 
     # -- names and the end ------------------------------------------------------------
 
-    def _check_path(self, raw: bytes, offset: int, what: str) -> str:
+    def _check_path(self, raw: bytes, offset: int, what: str, *, components: bool = True) -> str:
         if b"\0" in raw:
             raise CorruptArchive(f"the entry {what} at offset {offset} contains a NUL byte")
         if not raw:
@@ -653,8 +694,10 @@ class TarReader:
                 f"the entry {what} at offset {offset} is {len(raw)} bytes long, "
                 f"longer than PATH_MAX ({limits.max_path})"
             )
-        if len(raw) > limits.max_component and any(
-            len(part) > limits.max_component for part in raw.split(b"/")
+        if (
+            components
+            and len(raw) > limits.max_component
+            and any(len(part) > limits.max_component for part in raw.split(b"/"))
         ):
             raise ArchiveLimit(
                 f"the entry {what} at offset {offset} has a component longer than "
@@ -676,6 +719,18 @@ class TarReader:
                 f"more than {limit} bytes follow the end of the tar archive",
                 hint="the layer stream carries data after its end; it is malformed or hostile",
             )
+
+
+_WORKER: ThreadPoolExecutor | None = None
+
+
+def _hash_worker() -> ThreadPoolExecutor:
+    """One process-wide hashing thread: readers wait for their own chunk, so sharing
+    it keeps each reader's updates in order."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lamina-hash")
+    return _WORKER
 
 
 def _signed_checksum(block: bytes) -> int:
