@@ -108,10 +108,9 @@ class _Copier:
 
     # -- file data ------------------------------------------------------------
 
-    def copy_data(self, fin: int, fout: int, st: os.stat_result) -> None:
-        """Copy the content of ``fin`` into the empty ``fout`` by the best method."""
+    def copy_data(self, fin: int, fout: int, st: os.stat_result) -> str:
+        """Copy the content of ``fin`` into the empty ``fout``; returns the method used."""
         dev = st.st_dev
-        methods = self.stats.methods
         if dev not in self.no_reflink:
             try:
                 fcntl.ioctl(fout, FICLONE, fin)
@@ -120,8 +119,7 @@ class _Copier:
                     raise
                 self.no_reflink.add(dev)
             else:
-                methods["reflink"] += 1
-                return
+                return "reflink"
         size = st.st_size
         sparse = st.st_blocks * 512 < size
         if dev not in self.no_copy_range:
@@ -142,13 +140,33 @@ class _Copier:
                 self.no_copy_range.add(dev)
                 os.ftruncate(fout, 0)
             else:
-                methods["copy_file_range"] += 1
-                return
+                return "copy_file_range"
         if sparse:
             self._copy_sparse(fin, fout, size, False)
         else:
             _copy_plain(fin, fout, 0, size)
-        methods["plain"] += 1
+        return "plain"
+
+    def finish_file(self, fin: int, fout: int, st: os.stat_result) -> str | None:
+        """Data, owner, mode, xattrs and times of one regular file; closes both fds.
+
+        The order matters: writing data and chown both clear setuid bits and
+        ``security.capability``, so mode and xattrs come after them, and
+        times last.
+        """
+        try:
+            try:
+                method = self.copy_data(fin, fout, st) if st.st_size else None
+                os.fchown(fout, st.st_uid, st.st_gid)
+                os.fchmod(fout, st.st_mode & 0o7777)
+                for xname in _listxattr_fd(fin):
+                    os.setxattr(fout, xname, os.getxattr(fin, xname))
+                os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fout)
+        finally:
+            os.close(fin)
+        return method
 
     @staticmethod
     def _copy_sparse(fin: int, fout: int, size: int, copy_range: bool) -> None:
@@ -199,9 +217,8 @@ class _Copier:
         S_IFREG, S_IFDIR, S_IFLNK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
         lstat, open_, close, mkdir = os.lstat, os.open, os.close, os.mkdir
         fchown, fchmod, utime, link = os.fchown, os.fchmod, os.utime, os.link
-        listxattr, getxattr, setxattr = _listxattr_fd, os.getxattr, os.setxattr
         links, stats, dst_root_fd = self.links, self.stats, self.dst_root_fd
-        copy_data = self.copy_data
+        finish_file, methods = self.finish_file, self.stats.methods
         while stack:
             sfd, dfd, rel, names, dst_st = stack[-1]
             descended = False
@@ -236,22 +253,14 @@ class _Copier:
                         fin = open_(name, _READ_FLAGS, dir_fd=sfd)
                         try:
                             fout = open_(name, _CREATE_FLAGS, 0o600, dir_fd=dfd)
-                            try:
-                                if st.st_size:
-                                    copy_data(fin, fout, st)
-                                    stats.bytes += st.st_size
-                                # chown clears setuid and security.capability:
-                                # owner, then mode, then xattrs, then times
-                                fchown(fout, st.st_uid, st.st_gid)
-                                fchmod(fout, st.st_mode & 0o7777)
-                                for xname in listxattr(fin):
-                                    setxattr(fout, xname, getxattr(fin, xname))
-                                utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
-                            finally:
-                                close(fout)
-                        finally:
+                        except BaseException:
                             close(fin)
+                            raise
+                        method = finish_file(fin, fout, st)
+                        if method:
+                            methods[method] += 1
                         stats.files += 1
+                        stats.bytes += st.st_size
                     elif fmt == S_IFLNK:
                         os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
                         self._finish_node(sfd, dfd, name, st, chmod=False)
