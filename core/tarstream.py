@@ -501,8 +501,8 @@ class TarReader:
         if kind in (CHAR, BLOCKDEV):
             entry.devmajor = _number(devmajor, "devmajor", offset)
             entry.devminor = _number(devminor, "devminor", offset)
-        if kind == FILE and raw_name.endswith(b"/") and typeflag in (b"0", b"\0"):
-            entry.kind = kind = DIR  # v7 archives mark directories by a trailing slash
+        if typeflag == b"\0" and raw_name.endswith(b"/"):
+            entry.kind = kind = DIR  # v7 archives mark directories by a trailing slash (as Go)
 
         if pax:
             raw_name, real_size, data_size, sparse = self._apply_pax(
