@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,11 +30,6 @@ from lamina.core.driver import Capabilities, Driver
 from lamina.core.errors import DriverError, LayerExists, LayerNotFound, StoreClosed
 from lamina.core.fsinfo import filesystem_type
 from lamina.core.treecopy import copy_tree, probe_copy_method, remove_tree
-
-
-def bind_readonly(source: Path, target: Path) -> None:
-    """Show ``source`` at ``target`` through a bind mount that refuses writes."""
-    mounts.bind_readonly(source, target)
 
 
 class VfsDriver(Driver):
@@ -55,7 +51,7 @@ class VfsDriver(Driver):
         needs_root=True,
     )
 
-    def __init__(self, home: Path, options: Any = None) -> None:
+    def __init__(self, home: Path, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(home, options)
         self.layers = self.home / "dir"
         self.mounts = self.home / "mnt"
@@ -161,9 +157,10 @@ class VfsDriver(Driver):
             os.rename(tmp, final)
             self._write_meta(layer_id, parent, writable)
         except BaseException:
-            with contextlib.suppress(DriverError, OSError):
-                remove_tree(tmp)
-                remove_tree(final)
+            # leave nothing behind, so the same id can be created again
+            for path in (tmp, final):
+                with contextlib.suppress(DriverError, OSError):
+                    remove_tree(path)
             raise
 
     def remove(self, layer_id: str) -> None:
@@ -202,7 +199,7 @@ class VfsDriver(Driver):
                 return point
             mounts.detach(point)  # left by a crash, maybe half made (still writable)
         point.mkdir(mode=0o700, exist_ok=True)
-        bind_readonly(source, point)
+        mounts.bind_readonly(source, point)
         return point
 
     @staticmethod
