@@ -207,7 +207,12 @@ def _join(parts: tuple[str, ...]) -> str:
 
 def _clean(path: str) -> list[str]:
     """Components of an entry path, lexically cleaned; UnsafeArchive above the root."""
-    parts: list[str] = []
+    if path.startswith("./"):
+        path = path[2:]
+    parts = path.strip("/").split("/")
+    if "" not in parts and "." not in parts and ".." not in parts:
+        return parts  # the common case: nothing to clean
+    parts = []
     for part in path.split("/"):
         if part == "" or part == ".":
             continue
@@ -387,10 +392,10 @@ class _Applier:
             self._root_entry(entry)
             return
         name = parts[-1]
+        if parts[0].startswith(_AUFS_META_PREFIX) and parts != [OPAQUE_MARKER]:
+            return  # AUFS bookkeeping (.wh..wh.plnk ...), as docker skips it
         if name.startswith(WHITEOUT_PREFIX):
             self._whiteout(entry, parts)
-            return
-        if parts[0].startswith(_AUFS_META_PREFIX):
             return
         resolved = self.resolve_dir(parts[:-1], entry.path)
         assert resolved is not None
