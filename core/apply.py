@@ -616,9 +616,7 @@ class _Applier:
         self._path_metadata(entry, dir_fd, name, chmod=True)
 
     def _whiteout(self, entry: TarEntry, parts: list[str]) -> None:
-        name = parts[-1]
-        if entry.kind == tarstream.DIR:
-            raise UnsafeArchive(entry.path, "a whiteout cannot be a directory")
+        name = parts[-1]  # any entry type counts, as in docker: only the name matters
         if name == OPAQUE_MARKER:
             resolved = self.resolve_dir(parts[:-1], entry.path)
             assert resolved is not None

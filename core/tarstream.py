@@ -24,6 +24,7 @@ endless read.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -731,6 +732,15 @@ def _hash_worker() -> ThreadPoolExecutor:
     if _WORKER is None:
         _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lamina-hash")
     return _WORKER
+
+
+def _forget_worker() -> None:
+    """A forked child has no hashing thread: it must start its own, not queue forever."""
+    global _WORKER
+    _WORKER = None
+
+
+os.register_at_fork(after_in_child=_forget_worker)
 
 
 def _signed_checksum(block: bytes) -> int:

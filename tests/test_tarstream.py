@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -497,3 +498,18 @@ def test_short_reads_are_handled() -> None:
     got, reader = read_all(Trickle(tar, 7))  # type: ignore[arg-type]
     assert [(e.path, e.uid, c) for e, c in got] == [(e.path, e.uid, c) for e, c in expected]
     assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+def test_hashing_works_in_a_forked_child() -> None:
+    data = TarBuilder().file("a", os.urandom(3 << 20)).bytes()
+    expected = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert read_all(data)[1].diff_id == expected  # the hashing thread runs now
+    pid = os.fork()
+    if pid == 0:  # the child has no hashing thread: it must not wait for one forever
+        try:
+            signal.alarm(20)
+            os._exit(0 if read_all(data)[1].diff_id == expected else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
