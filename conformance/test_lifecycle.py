@@ -10,16 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from lamina.core import mounts
-from lamina.core.errors import (
-    LayerExists,
-    LayerHasChildren,
-    LayerNotFound,
-    NotMounted,
-    StoreClosed,
-)
-from lamina.core.fsinfo import filesystem_type
-
 from lamina.conformance import trees
 from lamina.conformance.requirements import READ_ONLY_ERRNOS
 from lamina.conformance.scenarios import (
@@ -37,6 +27,15 @@ from lamina.conformance.scenarios import (
     run_scenario,
     step,
 )
+from lamina.core import mounts
+from lamina.core.errors import (
+    LayerExists,
+    LayerHasChildren,
+    LayerNotFound,
+    NotMounted,
+    StoreClosed,
+)
+from lamina.core.fsinfo import filesystem_type
 
 
 def _base(store, reference: Path, capabilities) -> str:
