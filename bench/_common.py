@@ -121,7 +121,8 @@ def report(title: str, lamina: Contender, reference: Contender, target: float,
         for c in (lamina, reference):
             print(f"  {c.name:<40} best {c.best:.3f} s  median {c.median:.3f} s  "
                   f"runs {' '.join(f'{t:.3f}' for t in c.times)}")
-        print(f"  ratio {ratio:.2f}x (target <= {target}x): {'OK' if ok else 'MISSED'}")
+        print(f"  ratio {ratio:.2f}x (target <= {target}x): {'OK' if ok else 'MISSED'}; "
+              f"median / median: {lamina.median / reference.median:.2f}x")
         return ok
     console = Console()
     table = Table(title=title)
@@ -134,5 +135,6 @@ def report(title: str, lamina: Contender, reference: Contender, target: float,
         console.print(f"[bold]{key}:[/bold] {value}")
     console.print(table)
     verdict = "[green]OK[/green]" if ok else "[red]MISSED[/red]"
-    console.print(f"ratio (best / best): [bold]{ratio:.2f}x[/bold], target <= {target}x: {verdict}")
+    console.print(f"ratio (best / best): [bold]{ratio:.2f}x[/bold], target <= {target}x: {verdict}"
+                  f"; median / median: {lamina.median / reference.median:.2f}x")
     return ok
