@@ -19,14 +19,20 @@ Rules (the contract of :meth:`lamina.core.driver.Driver.changes`):
   nothing across filesystems), mtime in nanoseconds, device number, symlink
   target or xattrs differ. File *content* is never read: an entry whose
   metadata, size and mtime are all equal counts as unchanged, which is what
-  keeps the cost proportional to the number of entries, not bytes.
+  keeps the cost proportional to the number of entries, not bytes. The one
+  exception closes the gap Docker's naive diff leaves: given ``since_ns``
+  (when the layer was created), a regular file whose metadata looks
+  unchanged but whose ctime is later has its content compared, so a
+  same-size rewrite that kept the mtime (``cp -p``, fixed build timestamps,
+  two writes in one timestamp tick) is still seen. A file's ctime cannot be
+  set from user space, so untouched files are never read.
 - A type change (directory replaced by a file, say) is MODIFIED; the lower
   subtree below a replaced directory is not reported, since writing the new
   entry replaces it whole. A file replaced by a directory reports the new
   directory's children as ADDED.
 - Every parent directory of a change is reported MODIFIED too (as Docker
-  does), so a layer tar always carries the directories its entries live in.
-  The root is not added this way: it appears only when it differs itself.
+  does), so a layer tar always carries the directories its entries live in;
+  that includes the root, so an export restores its metadata exactly.
 - Hardlinks: when the set of names sharing an inode inside the upper tree
   differs from the lower tree's, all of those names are reported MODIFIED,
   so an export can link them together again.
@@ -35,8 +41,7 @@ Rules (the contract of :meth:`lamina.core.driver.Driver.changes`):
   differ from a fresh root's.
 
 Inode numbers are never compared between the trees: two views of the same
-unchanged file may show different inodes (a copying driver), so a file that
-was replaced by an identical one with the same mtime is not seen.
+unchanged file may show different inodes (a copying driver).
 """
 
 from __future__ import annotations
@@ -113,6 +118,21 @@ def _scan(path: str) -> dict[str, os.DirEntry[str]]:
         return {entry.name: entry for entry in it}
 
 
+#: how far a file's ctime may lag the wall clock (the kernel stamps files with a
+#: coarse clock that ticks every few milliseconds)
+CTIME_SLACK_NS = 50_000_000
+
+
+def _same_content(lpath: str, upath: str) -> bool:
+    with open(lpath, "rb", buffering=0) as lf, open(upath, "rb", buffering=0) as uf:
+        while True:
+            a = lf.read(1 << 20)
+            if a != uf.read(1 << 20):
+                return False
+            if not a:
+                return True
+
+
 def _differs(lst: os.stat_result, ust: os.stat_result, lpath: str, upath: str) -> bool:
     """Whether two entries at the same path differ by anything the contract names."""
     if (
@@ -132,13 +152,22 @@ def _differs(lst: os.stat_result, ust: os.stat_result, lpath: str, upath: str) -
     return read_xattrs(lpath) != read_xattrs(upath)
 
 
-def diff_trees(lower: Path | str | None, upper: Path | str, *, root_mode: int = 0o755) -> TreeDiff:
+def diff_trees(
+    lower: Path | str | None,
+    upper: Path | str,
+    *,
+    root_mode: int = 0o755,
+    since_ns: int | None = None,
+) -> TreeDiff:
     """Compare two trees (see the module rules); :func:`compare_trees` returns the list.
 
     ``root_mode`` is the mode of a fresh layer root, used only without ``lower``.
+    ``since_ns`` is when the upper layer was created: files whose ctime is later
+    get their content compared when their metadata looks unchanged.
     """
+    recheck = None if since_ns is None else since_ns - CTIME_SLACK_NS
     try:
-        return _diff_trees(lower, upper, root_mode)
+        return _diff_trees(lower, upper, root_mode, recheck)
     except OSError as exc:
         raise DriverError(
             f"cannot compare layer trees {lower} and {upper}: {exc}",
@@ -146,7 +175,9 @@ def diff_trees(lower: Path | str | None, upper: Path | str, *, root_mode: int = 
         ) from exc
 
 
-def _diff_trees(lower: Path | str | None, upper: Path | str, root_mode: int) -> TreeDiff:
+def _diff_trees(
+    lower: Path | str | None, upper: Path | str, root_mode: int, recheck: int | None
+) -> TreeDiff:
     result = TreeDiff()
     kinds = result.kinds
     stats = result.stats
@@ -196,7 +227,12 @@ def _diff_trees(lower: Path | str | None, upper: Path | str, root_mode: int) -> 
                 key = (lst.st_dev, lst.st_ino)
                 lower_links.setdefault(key, []).append(path)
                 lower_key[path] = key
-            if _differs(lst, ust, lent.path, uent.path):
+            if _differs(lst, ust, lent.path, uent.path) or (
+                recheck is not None
+                and ust.st_ctime_ns >= recheck
+                and stat.S_ISREG(ust.st_mode)
+                and not _same_content(lent.path, uent.path)
+            ):
                 kinds[path] = _MODIFIED
                 stats[path] = ust
             if udir_entry:
@@ -217,12 +253,13 @@ def _diff_trees(lower: Path | str | None, upper: Path | str, root_mode: int) -> 
                     kinds[name] = _MODIFIED
                     stats[name] = upper_linked_stat[name]
 
-    # parent directories of every change are MODIFIED (the root only by itself)
+    # parent directories of every change are MODIFIED, up to the root
     for path in list(kinds):
-        parent = path.rpartition("/")[0]
-        while parent and parent not in kinds:
-            kinds[parent] = _MODIFIED
-            parent = parent.rpartition("/")[0]
+        while path:
+            path = path.rpartition("/")[0]
+            if path in kinds:
+                break
+            kinds[path] = _MODIFIED
     for path, kind in kinds.items():
         if kind is _MODIFIED and path not in stats:
             stats[path] = os.lstat(os.path.join(upper_root, path)) if path else root_st
@@ -240,13 +277,15 @@ def _diff_trees(lower: Path | str | None, upper: Path | str, root_mode: int) -> 
     return result
 
 
-def compare_trees(lower: Path | None, upper: Path, *, root_mode: int = 0o755) -> list[Change]:
+def compare_trees(
+    lower: Path | None, upper: Path, *, root_mode: int = 0o755, since_ns: int | None = None
+) -> list[Change]:
     """What changed from ``lower`` (or from nothing) to ``upper``, sorted by path.
 
     Walks both trees with ``scandir``/``lstat`` and never follows a symlink;
     see the module docstring for the exact rules.
     """
-    return diff_trees(lower, upper, root_mode=root_mode).changes()
+    return diff_trees(lower, upper, root_mode=root_mode, since_ns=since_ns).changes()
 
 
 @contextlib.contextmanager
@@ -267,7 +306,12 @@ def generic_changes(
 ) -> list[Change]:
     """The core's :meth:`Driver.changes`: compare the layer's view with its parent's."""
     with viewed_layers(views, layer_id, parent) as (lower, upper):
-        return compare_trees(lower, upper, root_mode=driver.capabilities.root_mode)
+        return compare_trees(
+            lower,
+            upper,
+            root_mode=driver.capabilities.root_mode,
+            since_ns=views.created_ns(layer_id),
+        )
 
 
 def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: LayerViews) -> int:
@@ -277,7 +321,12 @@ def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: 
     and directories, symlinks and devices count nothing.
     """
     with viewed_layers(views, layer_id, parent) as (lower, upper):
-        found = diff_trees(lower, upper, root_mode=driver.capabilities.root_mode)
+        found = diff_trees(
+            lower,
+            upper,
+            root_mode=driver.capabilities.root_mode,
+            since_ns=views.created_ns(layer_id),
+        )
     seen: set[tuple[int, int]] = set()
     total = 0
     for st in found.stats.values():

@@ -133,8 +133,11 @@ def cmd_conformance(args: argparse.Namespace, engine: Engine) -> int:
     if not driver:
         driver = engine.choice.name
     engine.registry.get(driver)  # a clear error for an unknown name
+    extra = list(args.pytest_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
     pytest_args = ["--pyargs", "lamina.conformance", f"--lamina-driver={driver}", "-p",
-                   "no:cacheprovider", *args.pytest_args]
+                   "no:cacheprovider", *extra]
     if args.config:
         pytest_args.append(f"--lamina-config={args.config}")
     return int(pytest.main(pytest_args))
@@ -255,7 +258,8 @@ def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
 
 def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        changes = store.changes(args.id)
+        # the root is the parent of every change; like `docker diff`, do not list it
+        changes = [c for c in store.changes(args.id) if c.path]
     if args.format == "json":
         _print_json([{"path": "/" + c.path, "kind": c.kind.value} for c in changes])
     else:
@@ -291,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
             formats=True)
     p = command(sub, "conformance", cmd_conformance, "run the conformance suite on a driver")
     p.add_argument("--driver", dest="suite_driver", help="driver to test (default: the chosen)")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    p.set_defaults(pytest_args=[])
+    p.epilog = "Any other arguments (-k EXPR, -x, -q, ...) are passed on to pytest."
 
     layer = sub.add_parser("layer", help="layer plumbing for driver authors and tests")
     lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND", required=True)
@@ -328,7 +333,11 @@ def _report(exc: LaminaError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "conformance":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.pytest_args = extra
     try:
         return args.handler(args, _engine(args))
     except LaminaError as exc:

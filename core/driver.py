@@ -114,6 +114,14 @@ class LayerViews(Protocol):
         """Mount the incomplete layer ``layer_id`` writable, to fill it."""
         ...
 
+    def created_ns(self, layer_id: str) -> int | None:
+        """When the driver finished creating the layer (``time.time_ns()``).
+
+        Anything in the layer whose ctime is later was written after that:
+        the generic diff compares such files' content, not only metadata.
+        """
+        ...
+
 
 # --- the base class -----------------------------------------------------------
 

@@ -371,5 +371,10 @@ def generic_diff(
 ) -> int:
     """The core's :meth:`Driver.diff`: compare the mounted trees and tar the changes."""
     with viewed_layers(views, layer_id, parent) as (lower, upper):
-        found = diff_trees(lower, upper, root_mode=driver.capabilities.root_mode)
+        found = diff_trees(
+            lower,
+            upper,
+            root_mode=driver.capabilities.root_mode,
+            since_ns=views.created_ns(layer_id),
+        )
         return write_layer_tar(out, upper, found.changes(), stats=found.stats)

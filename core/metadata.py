@@ -29,7 +29,8 @@ MIGRATIONS: list[str] = [
         owner       TEXT,              -- process holding an incomplete/removing layer
         diff_id     TEXT,              -- sha256:<hex> of the uncompressed layer tar
         size        INTEGER,           -- uncompressed tar bytes applied
-        created     REAL NOT NULL
+        created     REAL NOT NULL,
+        created_ns  INTEGER            -- when the driver finished creating it
     );
     CREATE INDEX layers_parent ON layers(parent);
     CREATE INDEX layers_diff_id ON layers(diff_id);

@@ -381,7 +381,7 @@ class Store:
     def _begin(self, parent: str | None, writable: bool, layer_id: str | None) -> str:
         """Record an incomplete layer and have the driver create it."""
         self._check_open()
-        layer_id = check_layer_id(layer_id) if layer_id else secrets.token_hex(32)
+        layer_id = secrets.token_hex(32) if layer_id is None else check_layer_id(layer_id)
         started = time.monotonic()
         with self._lock:
             if parent is not None:
@@ -404,6 +404,10 @@ class Store:
                     # debris of an earlier crash the metadata no longer knows about
                     self.driver.remove(layer_id)
                 self.driver.create(layer_id, parent, writable=writable)
+                with metadata.transaction(self._db):
+                    self._db.execute(
+                        "UPDATE layers SET created_ns = ? WHERE id = ?", (time.time_ns(), layer_id)
+                    )
             except BaseException:
                 with metadata.transaction(self._db):
                     self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
@@ -514,6 +518,12 @@ class _Views:
         finally:
             with store._lock:
                 store._release(layer_id, store._me)
+
+    def created_ns(self, layer_id: str) -> int | None:
+        row = self.store._db.execute(
+            "SELECT created_ns FROM layers WHERE id = ?", (layer_id,)
+        ).fetchone()
+        return None if row is None else row["created_ns"]
 
     @contextlib.contextmanager
     def populate(self, layer_id: str) -> Iterator[Path]:
