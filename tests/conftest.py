@@ -80,3 +80,15 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("busybox") / "rootfs.tar"
     subprocess.run(["bash", str(REPO / "examples" / "busybox-rootfs.sh"), str(out)], check=True)
     return out
+
+
+@pytest.fixture(params=["ext4", "xfs", "btrfs", "tmpfs"])
+def backing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A fresh real filesystem of each kind, mounted for this test (skips with the reason)."""
+    from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+
+    try:
+        with backing_filesystem(request.param, tmp_path / "backing") as fs:
+            yield fs.path
+    except BackingUnavailable as exc:
+        pytest.skip(str(exc))
