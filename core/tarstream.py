@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
+from zlib import adler32
 
 from .errors import ArchiveLimit, CorruptArchive
 
@@ -434,7 +435,7 @@ class TarReader:
             prefix,
         ) = _HEADER.unpack(block)
         expected = _number(chksum, "checksum", offset)
-        actual = sum(block) - sum(chksum) + 8 * 32
+        actual = _byte_sum(block) - sum(chksum) + 8 * 32
         if expected != actual and expected != _signed_checksum(block):
             raise CorruptArchive(
                 f"not a tar stream, or a corrupt one: bad header checksum at offset {offset}"
@@ -741,6 +742,13 @@ def _forget_worker() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_worker)
+
+
+def _byte_sum(block: bytes) -> int:
+    """Sum of a block's bytes, in C: Adler-32's first half is 1 + the byte sum modulo
+    65521, exact for 256 bytes (at most 65280). Much faster than ``sum(block)``."""
+    view = memoryview(block)
+    return (adler32(view[:256]) & 0xFFFF) + (adler32(view[256:]) & 0xFFFF) - 2
 
 
 def _signed_checksum(block: bytes) -> int:
