@@ -1,0 +1,1 @@
+"""The btrfs driver (work in progress: not registered yet)."""

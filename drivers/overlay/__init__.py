@@ -1,0 +1,1 @@
+"""The overlay driver (work in progress: not registered yet)."""
