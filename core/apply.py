@@ -646,22 +646,41 @@ class _Applier:
 
     # -- the end ---------------------------------------------------------------------------
 
+    def _chain_to(self, chain: list[tuple[str, int]], path: str) -> int | None:
+        """An fd of the real directory ``path``, reusing and extending ``chain``.
+
+        None when the path is no longer a directory (a later entry replaced it).
+        """
+        while chain and not (path == chain[-1][0] or path.startswith(chain[-1][0] + "/")):
+            os.close(chain.pop()[1])
+        base, fd = chain[-1] if chain else ("", self.root_fd)
+        rest = path[len(base) :].strip("/")
+        for part in rest.split("/") if rest else ():
+            try:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                return None
+            base = f"{base}/{part}" if base else part
+            chain.append((base, fd))
+        return fd
+
     def finish(self) -> None:
         """Directory mtimes, after every child is in place."""
         self.forget_dirs()
         self.close_retired()
-        for real, mtime in self.dir_times.items():
-            if not real:
-                os.utime(f"/proc/self/fd/{self.root_fd}", ns=(mtime, mtime))
-                continue
-            parent, _, name = real.rpartition("/")
-            try:
-                fd = self._open_real(tuple(parent.split("/")) if parent else (), real)
-            except UnsafeArchive:
-                continue
-            try:
-                os.utime(name, ns=(mtime, mtime), dir_fd=fd, follow_symlinks=False)
-            finally:
+        chain: list[tuple[str, int]] = []  # open directories from the root down
+        try:
+            for real in sorted(self.dir_times):  # parents first: the chain is reused
+                mtime = self.dir_times[real]
+                if not real:
+                    os.utime(f"/proc/self/fd/{self.root_fd}", ns=(mtime, mtime))
+                    continue
+                parent, _, name = real.rpartition("/")
+                fd = self._chain_to(chain, parent)
+                if fd is not None:
+                    os.utime(name, ns=(mtime, mtime), dir_fd=fd, follow_symlinks=False)
+        finally:
+            for _, fd in chain:
                 os.close(fd)
         if self.dropped_xattrs:
             log.warning(
