@@ -9,7 +9,7 @@ The last component is never followed: entries are created with
 ``O_EXCL``/``O_NOFOLLOW`` and their metadata set on fds or with
 ``follow_symlinks=False``.
 
-Choices (see also docs):
+Choices:
 
 * Leading ``/`` is stripped; a ``..`` that would climb above the root is
   :class:`~lamina.core.errors.UnsafeArchive`, as is any attempt to make the
@@ -34,6 +34,13 @@ Choices (see also docs):
 * Hardlink entries link the target's inode (a symlink target is linked
   itself); their header metadata is not applied, as GNU tar does: the inode
   got its metadata from its own entry.
+* Parents the tar does not list are made with mode 0755 (as docker does).
+  An opaque marker's directory is made if missing; a plain whiteout's parent
+  only if the strategy asks (:attr:`Whiteouts.create_parents`).
+* AUFS bookkeeping entries (``.wh..wh.plnk/...`` at the top) are skipped.
+* Errors: the archive's faults are :class:`UnsafeArchive`,
+  :class:`CorruptArchive` or :class:`ArchiveLimit` (EFBIG too); any other
+  OSError (ENOSPC, EIO ...) is a :class:`DriverError` naming the entry.
 """
 
 from __future__ import annotations
@@ -136,8 +143,10 @@ class MergedWhiteouts:
                             continue
                         try:
                             sub = os.open(name, _READ_DIR_FLAGS, dir_fd=fd)
-                        except (NotADirectoryError, OSError):
-                            continue  # a file (or symlink) of this layer: kept
+                        except OSError as exc:
+                            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                                continue  # a file (or symlink) of this layer: kept
+                            raise
                         pending.append((sub, child))
                 finally:
                     os.close(fd)
