@@ -43,7 +43,9 @@ def _print_table(title: str | None, columns: Sequence[str], rows: Sequence[Seque
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*(str(c) for c in row))
-    Console(soft_wrap=True).print(table)
+    # a pipe has no width: do not fold cells at 80 columns there
+    width = None if sys.stdout.isatty() else 1000
+    Console(soft_wrap=True, width=width).print(table)
 
 
 def _print_json(data: Any) -> None:
@@ -80,8 +82,10 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
     print(f"Backing filesystem:  {facts['backing_filesystem']}")
     print(f"Config file:         {facts['config_file'] or '(none found, defaults)'}")
     print(f"Layers:              {facts['layers']}")
-    for key, value in facts["driver_status"].items():
-        print(f"  {key + ':':<19}{value}")
+    status = facts["driver_status"]
+    pad = max((len(k) for k in status), default=0) + 1
+    for key, value in status.items():
+        print(f"  {key + ':':<{pad}} {value}")
     return 0
 
 

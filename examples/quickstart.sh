@@ -32,4 +32,4 @@ echo "== layers"
 lamina layer ls
 echo "== lamina info"
 lamina info
-lamina layer rm "$top" >/dev/null
+lamina layer rm "$top" "$base" >/dev/null
