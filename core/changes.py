@@ -301,24 +301,13 @@ def viewed_layers(
                 yield lower, upper
 
 
-def generic_changes(
+@contextlib.contextmanager
+def layer_diff(
     driver: Driver, layer_id: str, parent: str | None, views: LayerViews
-) -> list[Change]:
-    """The core's :meth:`Driver.changes`: compare the layer's view with its parent's."""
-    with viewed_layers(views, layer_id, parent) as (lower, upper):
-        return compare_trees(
-            lower,
-            upper,
-            root_mode=driver.capabilities.root_mode,
-            since_ns=views.created_ns(layer_id),
-        )
+) -> Iterator[tuple[TreeDiff, Path]]:
+    """Compare a layer's view with its parent's; yield the result and the layer's view.
 
-
-def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: LayerViews) -> int:
-    """The core's :meth:`Driver.diff_size`: bytes of regular files ADDED or MODIFIED.
-
-    Each inode counts once, however many names it has; the parents' files
-    and directories, symlinks and devices count nothing.
+    The views stay mounted for the block, so an export can read the files.
     """
     with viewed_layers(views, layer_id, parent) as (lower, upper):
         found = diff_trees(
@@ -327,6 +316,25 @@ def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: 
             root_mode=driver.capabilities.root_mode,
             since_ns=views.created_ns(layer_id),
         )
+        yield found, upper
+
+
+def generic_changes(
+    driver: Driver, layer_id: str, parent: str | None, views: LayerViews
+) -> list[Change]:
+    """The core's :meth:`Driver.changes`: compare the layer's view with its parent's."""
+    with layer_diff(driver, layer_id, parent, views) as (found, _):
+        return found.changes()
+
+
+def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: LayerViews) -> int:
+    """The core's :meth:`Driver.diff_size`: bytes of regular files ADDED or MODIFIED.
+
+    Each inode counts once, however many names it has; the parents' files
+    and directories, symlinks and devices count nothing.
+    """
+    with layer_diff(driver, layer_id, parent, views) as (found, _):
+        pass
     seen: set[tuple[int, int]] = set()
     total = 0
     for st in found.stats.values():

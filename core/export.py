@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .changes import diff_trees, read_xattrs, viewed_layers
+from .changes import layer_diff, read_xattrs
 from .driver import Change, ChangeKind
 from .errors import DriverError
 
@@ -370,11 +370,5 @@ def generic_diff(
     driver: Driver, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
 ) -> int:
     """The core's :meth:`Driver.diff`: compare the mounted trees and tar the changes."""
-    with viewed_layers(views, layer_id, parent) as (lower, upper):
-        found = diff_trees(
-            lower,
-            upper,
-            root_mode=driver.capabilities.root_mode,
-            since_ns=views.created_ns(layer_id),
-        )
+    with layer_diff(driver, layer_id, parent, views) as (found, upper):
         return write_layer_tar(out, upper, found.changes(), stats=found.stats)
