@@ -387,7 +387,7 @@ class TarReader:
                     raise CorruptArchive(
                         f"the archive ends after an extended header at offset {first}"
                     )
-                if offset == 0:
+                if block is None and offset == 0:
                     raise CorruptArchive("the stream is empty: not a tar archive")
                 self._finish()
                 return None

@@ -275,6 +275,11 @@ def test_gigabytes_of_zeros_after_the_end_stop_at_the_cap() -> None:
     assert time.monotonic() - start < 5
 
 
+def test_an_archive_of_only_the_end_marker_is_empty_not_corrupt() -> None:
+    entries, reader = read_all(bytes(1024))
+    assert entries == [] and reader.size == 1024
+
+
 def test_archive_without_end_marker_ends_at_a_block_boundary() -> None:
     entries, _ = read_all(TarBuilder().file("a", b"1").bytes(end=False))
     assert [e.path for e, _ in entries] == ["a"]
