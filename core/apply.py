@@ -160,7 +160,9 @@ def remove_tree(dir_fd: int, name: str) -> None:
 
     Iterative (no recursion limit on deep trees); each directory is opened with
     ``O_NOFOLLOW`` relative to its parent's fd, so a symlink is removed, never
-    entered. Raises FileNotFoundError when ``name`` does not exist.
+    entered. Raises FileNotFoundError when ``name`` does not exist, and
+    :class:`DriverError` before descending into another filesystem (a mount
+    below a layer is never emptied through it).
     """
     try:
         os.unlink(name, dir_fd=dir_fd)
@@ -168,8 +170,11 @@ def remove_tree(dir_fd: int, name: str) -> None:
     except IsADirectoryError:
         pass
     top = os.open(name, _READ_DIR_FLAGS, dir_fd=dir_fd)
-    stack: list[tuple[int, str, list[str]]] = [(top, name, os.listdir(top))]
+    stack: list[tuple[int, str, list[str]]] = [(top, name, [])]
     try:
+        device = os.fstat(dir_fd).st_dev
+        _same_device(top, device, name)
+        stack[-1][2].extend(os.listdir(top))
         while stack:
             fd, _, names = stack[-1]
             if names:
@@ -179,6 +184,7 @@ def remove_tree(dir_fd: int, name: str) -> None:
                 except IsADirectoryError:
                     sub = os.open(child, _READ_DIR_FLAGS, dir_fd=fd)
                     try:
+                        _same_device(sub, device, child)
                         stack.append((sub, child, os.listdir(sub)))
                     except BaseException:
                         os.close(sub)
@@ -192,6 +198,14 @@ def remove_tree(dir_fd: int, name: str) -> None:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
+
+
+def _same_device(fd: int, device: int, name: str) -> None:
+    if os.fstat(fd).st_dev != device:
+        raise DriverError(
+            f"refusing to delete {name!r}: it is on another filesystem (a mount point)",
+            hint="unmount what is mounted below the layer first",
+        )
 
 
 # --- the applier ----------------------------------------------------------------------

@@ -440,3 +440,21 @@ def test_can_make_devices_matches_the_namespace() -> None:
         initial = f.read().split() == ["0", "0", "4294967295"]
     apply_module.can_make_devices.cache_clear()
     assert can_make_devices() == (initial and os.geteuid() == 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
+def test_remove_tree_stops_at_a_mount(tmp_path: Path) -> None:
+    inner = tmp_path / "d" / "mnt"
+    inner.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
+    try:
+        (inner / "data").write_text("on another filesystem")
+        fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+        try:
+            with pytest.raises(DriverError, match="another filesystem"):
+                remove_tree(fd, "d")
+        finally:
+            os.close(fd)
+        assert (inner / "data").read_text() == "on another filesystem"
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
