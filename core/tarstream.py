@@ -416,24 +416,9 @@ class TarReader:
         longlink: bytes | None,
     ) -> TarEntry | None:
         """Parse one header block; None for extension headers (stored in ``_meta``)."""
-        (
-            name,
-            mode,
-            uid,
-            gid,
-            size,
-            mtime,
-            chksum,
-            typeflag,
-            linkname,
-            magic,
-            _version,
-            _uname,
-            _gname,
-            devmajor,
-            devminor,
-            prefix,
-        ) = _HEADER.unpack(block)
+        chksum = block[148:156]
+        size = block[124:136]
+        typeflag = block[156:157]
         expected = _number(chksum, "checksum", offset)
         actual = _byte_sum(block) - sum(chksum) + 8 * 32
         if expected != actual and expected != _signed_checksum(block):
@@ -460,6 +445,24 @@ class TarReader:
                 self._meta = (b"x" if typeflag == b"X" else typeflag, data)
             return None
 
+        (
+            name,
+            mode,
+            uid,
+            gid,
+            _size,
+            mtime,
+            _chksum,
+            _typeflag,
+            linkname,
+            magic,
+            _version,
+            _uname,
+            _gname,
+            devmajor,
+            devminor,
+            prefix,
+        ) = _HEADER.unpack(block)
         if typeflag == b"V":  # GNU volume label: not a file
             self._skip(data_size + (-data_size % BLOCK))
             return None
@@ -498,7 +501,8 @@ class TarReader:
             mode=_number(mode, "mode", offset) & 0o7777,
             uid=_number(uid, "uid", offset),
             gid=_number(gid, "gid", offset),
-            mtime_ns=_number(mtime, "mtime", offset) * 1_000_000_000,
+            # a pax mtime replaces the header's (parsed later): skip the work then
+            mtime_ns=0 if "mtime" in pax else _number(mtime, "mtime", offset) * 1_000_000_000,
         )
         if kind in (CHAR, BLOCKDEV):
             entry.devmajor = _number(devmajor, "devmajor", offset)
