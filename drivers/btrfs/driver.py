@@ -1,0 +1,499 @@
+"""The btrfs driver: a layer is a subvolume, a child layer a snapshot of its parent.
+
+Creating a child costs one metadata operation instead of a copy, and a
+finished image layer becomes a read-only snapshot, so the kernel itself
+refuses writes to it. Layout under ``home``::
+
+    subvolumes/<id>    the layer's subvolume (a snapshot of the parent's)
+    meta/<id>.json     {"parent", "writable", "size"}; written last on create
+                       and deleted first on remove: its presence is what makes
+                       the layer exist, so a crash leaves only debris that the
+                       next create or remove of that id deletes
+    mnt/<id>           a read-only bind of a *writable* subvolume, only when
+                       such a layer is asked for read-only
+    qgroups-pending    qgroups of deleted subvolumes the kernel would not drop
+                       yet (the subvolume is still being cleaned); retried later
+
+``btrfsutil`` is imported only when a btrfs driver is used: lamina must
+start without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, ClassVar
+
+from lamina.core import mounts
+from lamina.core.changes import TreeDiff, diff_trees, viewed_layers
+from lamina.core.driver import Capabilities, Change, Driver, LayerViews, Option
+from lamina.core.errors import (
+    DriverError,
+    DriverNotSupported,
+    LayerExists,
+    LayerNotFound,
+    StoreClosed,
+)
+from lamina.core.export import write_layer_tar
+from lamina.core.fsinfo import filesystem_magic, filesystem_type
+from lamina.core.treecopy import remove_tree
+
+from . import ioctl
+from .native import NativeUnavailable, native_tree_diff
+from .size import parse_size
+
+BTRFS_MAGIC = 0x9123683E
+INSTALL_HINT = "pip install 'lamina[btrfs]' (needs libbtrfsutil-dev: apt-get install -y " \
+    "libbtrfsutil-dev btrfs-progs)"
+#: set to a file path to check every native change list against the generic
+#: walk (a mismatch raises) and log one line per comparison there
+VERIFY_ENV = "LAMINA_BTRFS_VERIFY_NATIVE"
+
+
+def load_btrfsutil() -> ModuleType:
+    """Import ``btrfsutil`` on first use, or say how to install it."""
+    try:
+        import btrfsutil
+    except ImportError as exc:
+        raise DriverNotSupported(
+            "btrfs", f"the btrfsutil Python module is not importable ({exc})",
+            hint=INSTALL_HINT,
+        ) from exc
+    return btrfsutil
+
+
+def _util_error(what: str, exc: Exception) -> DriverError:
+    return DriverError(f"btrfs: {what}: {exc}",
+                       hint="check `dmesg` and `btrfs filesystem show` for the filesystem's state")
+
+
+class BtrfsDriver(Driver):
+    """Layers as btrfs subvolumes and snapshots; quotas with qgroups; native changes."""
+
+    name: ClassVar[str] = "btrfs"
+    description: ClassVar[str] = (
+        "subvolume per layer, snapshot per child; qgroup quotas; needs a btrfs root"
+    )
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        root_mode=0o755,
+        rename_lower_dir=True,
+        hardlinks_survive_copy_up=True,  # a snapshot shares inodes; nothing is copied up
+        quota=True,
+        sparse_files=True,
+        subsecond_mtime=True,
+        native_diff=True,
+        max_depth=1_000_000,  # a snapshot is independent of its parent's depth
+        needs_root=True,
+    )
+    options: ClassVar[Mapping[str, Option]] = {
+        "size": Option(
+            str,
+            'most bytes a writable layer may add, like "10G" (a qgroup exclusive limit); '
+            "switches quotas on for the whole filesystem",
+        ),
+        "native_changes": Option(
+            bool, "list a layer's changes from btrfs generation numbers (false: walk both trees)",
+            True,
+        ),
+    }
+
+    def __init__(self, home: Path, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(home, options)
+        self.util = load_btrfsutil()
+        self.subvolumes = self.home / "subvolumes"
+        self.mounts = self.home / "mnt"
+        self.meta = self.home / "meta"
+        for path in (self.subvolumes, self.mounts, self.meta):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.size: int | None = (
+            None if self.config["size"] is None else parse_size(self.config["size"])
+        )
+        #: how changes were computed: "native" or "generic: <why>", newest last
+        self.change_log: list[str] = []
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        given = dict(options)
+        if isinstance(given.get("size"), int) and not isinstance(given["size"], bool):
+            given["size"] = str(given["size"])
+        result = super().validate_options(given)
+        if result["size"] is not None:
+            parse_size(result["size"], what="option 'size' of driver 'btrfs'")
+        return result
+
+    # -- support ---------------------------------------------------------------
+
+    @classmethod
+    def check_support(cls, root: Path) -> str | None:
+        if os.geteuid() != 0:
+            return "btrfs needs root: snapshots, tree searches and quotas are privileged"
+        magic = filesystem_magic(root)
+        if magic != BTRFS_MAGIC:
+            return f"{root} is on {filesystem_type(root)}, not btrfs"
+        try:
+            load_btrfsutil()
+        except DriverNotSupported as exc:
+            return f"{exc.reason}: {INSTALL_HINT}"
+        if not os.access(root, os.W_OK | os.X_OK):
+            return f"{root} is not writable"
+        return None
+
+    # -- paths and state -------------------------------------------------------------
+
+    def _subvol(self, layer_id: str) -> Path:
+        return self.subvolumes / layer_id
+
+    def _meta(self, layer_id: str) -> Path:
+        return self.meta / f"{layer_id}.json"
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosed(
+                f"the btrfs driver on {self.home} is closed",
+                hint="open the store again to keep working with it",
+            )
+
+    def _not_found(self, layer_id: str) -> LayerNotFound:
+        return LayerNotFound(
+            layer_id, f"btrfs layer {layer_id!r} does not exist",
+            hint="`lamina layer ls` lists the layers",
+        )
+
+    def layer_info(self, layer_id: str) -> dict[str, Any]:
+        """The stored ``parent``, ``writable`` and ``size`` of a layer."""
+        try:
+            return json.loads(self._meta(layer_id).read_text())
+        except FileNotFoundError:
+            raise self._not_found(layer_id) from None
+
+    def _write_meta(self, layer_id: str, info: dict[str, Any]) -> None:
+        tmp = self.meta / f".tmp-{layer_id}-{os.urandom(4).hex()}"
+        tmp.write_text(json.dumps(info) + "\n")
+        os.rename(tmp, self._meta(layer_id))
+
+    @contextlib.contextmanager
+    def _fd(self, path: Path) -> Iterator[int]:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    # -- the contract ----------------------------------------------------------------
+
+    def exists(self, layer_id: str) -> bool:
+        return self._meta(layer_id).is_file() and self._subvol(layer_id).is_dir()
+
+    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+        self._check_open()
+        if self.exists(layer_id):
+            raise LayerExists(layer_id, f"btrfs layer {layer_id!r} exists already",
+                              hint="remove it first or choose another id")
+        if parent is not None and not self.exists(parent):
+            raise LayerNotFound(
+                parent, f"parent layer {parent!r} of {layer_id!r} does not exist",
+                hint="create the parent first; `lamina layer ls` lists the layers",
+            )
+        self._clear_debris(layer_id)
+        path = self._subvol(layer_id)
+        size = self.size if writable else None
+        try:
+            if parent is None:
+                self.util.create_subvolume(path)
+                os.chmod(path, self.capabilities.root_mode)
+            else:
+                self.util.create_snapshot(self._subvol(parent), path)
+            if size is not None:
+                self._limit(path, size)
+            self._write_meta(layer_id, {"parent": parent, "writable": writable, "size": size})
+        except BaseException as exc:
+            # leave nothing behind, so the same id can be created again
+            with contextlib.suppress(DriverError, OSError, self.util.BtrfsUtilError):
+                self._delete_subvolume(path)
+            if isinstance(exc, self.util.BtrfsUtilError):
+                raise _util_error(f"cannot create layer {layer_id!r}", exc) from exc
+            raise
+
+    def finalize(self, layer_id: str) -> None:
+        """Make a finished read-only layer a read-only subvolume: the kernel refuses writes."""
+        self._check_open()
+        if not self.layer_info(layer_id)["writable"]:
+            try:
+                self.util.set_subvolume_read_only(self._subvol(layer_id), True)
+            except self.util.BtrfsUtilError as exc:
+                raise _util_error(f"cannot make layer {layer_id!r} read-only", exc) from exc
+
+    def remove(self, layer_id: str) -> None:
+        self._check_open()
+        meta, path = self._meta(layer_id), self._subvol(layer_id)
+        if not (meta.exists() or os.path.lexists(path) or os.path.lexists(self.mounts / layer_id)):
+            raise self._not_found(layer_id)
+        self.unmount(layer_id)
+        inside = mounts.mounts_under(path, include_self=True) if path.exists() else []
+        if inside:
+            raise DriverError(
+                f"refusing to delete through a mount at {inside[0]}",
+                hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
+            )
+        meta.unlink(missing_ok=True)
+        self._clear_debris(layer_id)
+
+    def _clear_debris(self, layer_id: str) -> None:
+        """Delete everything of ``layer_id`` but its meta file (which must be gone)."""
+        self.unmount(layer_id)
+        self._delete_subvolume(self._subvol(layer_id))
+        for leftover in self.meta.glob(f".tmp-{layer_id}-*"):
+            if len(leftover.name) == len(f".tmp-{layer_id}-") + 8:
+                leftover.unlink(missing_ok=True)
+
+    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+        path = self._subvol(layer_id)
+        if not readonly or self.util.get_subvolume_read_only(path):
+            return path  # the subvolume is the tree; a read-only one refuses writes itself
+        # a writable subvolume asked for read-only: a read-only bind of it
+        point = self.mounts / layer_id
+        if mounts.is_mountpoint(point):
+            if _is_readonly_view_of(path, point):
+                return point
+            mounts.detach(point)
+        point.mkdir(mode=0o700, exist_ok=True)
+        mounts.bind_readonly(path, point)
+        return point
+
+    def unmount(self, layer_id: str) -> None:
+        point = self.mounts / layer_id
+        if not os.path.lexists(point):
+            return
+        mounts.detach(point)
+        try:
+            os.rmdir(point)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise DriverError(
+                f"cannot remove the mount point {point}: {exc.strerror}",
+                hint="something is still mounted there; unmount it and retry",
+            ) from exc
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError, DriverError):
+                self.reap_qgroups()
+        super().close()
+
+    # -- deleting subvolumes and their qgroups --------------------------------------
+
+    def _delete_subvolume(self, path: Path) -> None:
+        """Delete ``path`` with every subvolume a container made inside it, and their qgroups."""
+        if not os.path.lexists(path):
+            return
+        util = self.util
+        if not util.is_subvolume(path):
+            remove_tree(path)  # never made by us as a plain directory, but finish the job
+            return
+        with self._fd(self.home) as fd:
+            quotas = ioctl.quota_enabled(fd)
+        ids = []
+        if quotas:
+            ids = [util.subvolume_id(path)]
+            ids += [sub_id for _, sub_id in util.SubvolumeIterator(path)]
+        try:
+            util.delete_subvolume(path, recursive=True)
+        except util.BtrfsUtilError:
+            # a read-only subvolume cannot lose its nested subvolumes' entries:
+            # clear the flag on it and below, then delete again
+            for nested, _ in util.SubvolumeIterator(path, post_order=False):
+                util.set_subvolume_read_only(path / nested, False)
+            util.set_subvolume_read_only(path, False)
+            try:
+                util.delete_subvolume(path, recursive=True)
+            except util.BtrfsUtilError as exc:
+                raise _util_error(f"cannot delete subvolume {path}", exc) from exc
+        if ids:
+            self._queue_qgroups(ids)
+            self.reap_qgroups()
+
+    def _queue_qgroups(self, ids: list[int]) -> None:
+        with open(self.home / "qgroups-pending", "a") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+
+    def reap_qgroups(self) -> int:
+        """Destroy the qgroups of deleted subvolumes the kernel has finished dropping.
+
+        Returns how many are still waiting (their subvolumes are still being
+        cleaned up; a later remove or close retries).
+        """
+        pending_file = self.home / "qgroups-pending"
+        try:
+            pending = {int(x) for x in pending_file.read_text().split()}
+        except FileNotFoundError:
+            return 0
+        left = set()
+        with self._fd(self.home) as fd:
+            for subvol_id in sorted(pending):
+                try:
+                    ioctl.qgroup_destroy(fd, subvol_id)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        left.add(subvol_id)
+                    elif exc.errno not in (errno.ENOENT, errno.ENOTCONN, errno.EINVAL):
+                        raise
+        tmp = pending_file.with_name(f".qgroups-pending-{os.getpid()}")
+        if left:
+            tmp.write_text("".join(f"{i}\n" for i in sorted(left)))
+            os.rename(tmp, pending_file)
+        else:
+            pending_file.unlink(missing_ok=True)
+        return len(left)
+
+    # -- quotas -------------------------------------------------------------------------
+
+    def _limit(self, path: Path, size: int | None) -> None:
+        with self._fd(path) as fd:
+            try:
+                if size is not None and not ioctl.quota_enabled(fd):
+                    ioctl.quota_enable(fd)
+                    (self.home / "quota-enabled-by-lamina").write_text(
+                        time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+                if size is None and not ioctl.quota_enabled(fd):
+                    return
+                ioctl.qgroup_limit(fd, max_excl=size)
+            except OSError as exc:
+                raise DriverError(
+                    f"cannot set a quota on {path}: {exc.strerror}",
+                    hint="quotas need btrfs qgroups: check `btrfs qgroup show` on the filesystem",
+                ) from exc
+
+    def set_quota(self, layer_id: str, size: int | str | None) -> None:
+        """Limit what ``layer_id`` may add to ``size`` bytes (``None``: no limit).
+
+        The per-layer form of the ``size`` option (the driver contract has no
+        per-layer options yet). The limit is a qgroup exclusive limit: bytes
+        the layer's subvolume does not share with its parent.
+        """
+        self._check_open()
+        info = self.layer_info(layer_id)
+        limit = None if size is None else parse_size(size, what="quota size")
+        self._limit(self._subvol(layer_id), limit)
+        self._write_meta(layer_id, {**info, "size": limit})
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> list[tuple[str, str]]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            progs = subprocess.run(["btrfs", "--version"], capture_output=True, text=True,
+                                   timeout=10).stdout.strip() or "unknown"
+        except (OSError, subprocess.SubprocessError):
+            progs = "not installed (apt-get install -y btrfs-progs)"
+        try:
+            library = f"btrfsutil {version('btrfsutil')}"
+        except PackageNotFoundError:
+            library = "btrfsutil (version unknown)"
+        with self._fd(self.home) as fd:
+            quotas = ioctl.quota_enabled(fd)
+        marker = self.home / "quota-enabled-by-lamina"
+        if quotas:
+            quota_text = "on"
+            if marker.exists():
+                quota_text += f" (switched on by lamina {marker.read_text().strip()} for 'size')"
+        else:
+            quota_text = "off"
+        limit = self.config["size"] or "none"
+        return [
+            ("Backing Filesystem", filesystem_type(self.home)),
+            ("Btrfs Progs", progs),
+            ("Library", library),
+            ("Quotas", quota_text),
+            ("Writable Layer Size", limit),
+            ("Native Changes", "on" if self.config["native_changes"] else "off"),
+            ("Layers", str(sum(1 for _ in self.meta.glob("*.json")))),
+        ]
+
+    # -- changes from generation numbers ------------------------------------------------
+
+    def _tree_diff(
+        self, layer_id: str, parent: str | None, lower: Path | None, upper: Path,
+        views: LayerViews,
+    ) -> TreeDiff:
+        """The layer's changes: natively where that is exact, else by walking both trees."""
+        since = views.created_ns(layer_id)
+        root_mode = self.capabilities.root_mode
+        found = None
+        if parent is None or lower is None:
+            why = "no parent"
+        elif not self.config["native_changes"]:
+            why = "native_changes = false"
+        else:
+            try:
+                found = native_tree_diff(
+                    self.util, self._subvol(layer_id), self._subvol(parent), lower, upper,
+                    root_mode=root_mode, since_ns=since,
+                )
+                why = ""
+            except NativeUnavailable as exc:
+                why = str(exc)
+        verify = os.environ.get(VERIFY_ENV)
+        if found is not None and verify:
+            generic = diff_trees(lower, upper, root_mode=root_mode, since_ns=since)
+            if generic.kinds != found.kinds:
+                raise DriverError(
+                    f"native changes of {layer_id} differ from the generic walk: "
+                    f"native {sorted((p, k.value) for p, k in found.kinds.items())} "
+                    f"generic {sorted((p, k.value) for p, k in generic.kinds.items())}",
+                    hint="a btrfs driver bug: set native_changes = false meanwhile",
+                )
+        self.change_log.append("native" if found is not None else f"generic: {why}")
+        if verify:
+            with open(verify, "a") as log:
+                log.write(self.change_log[-1] + "\n")
+        if found is None:
+            found = diff_trees(lower, upper, root_mode=root_mode, since_ns=since)
+        return found
+
+    def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
+        with viewed_layers(views, layer_id, parent) as (lower, upper):
+            return self._tree_diff(layer_id, parent, lower, upper, views).changes()
+
+    def diff(
+        self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+    ) -> int:
+        with viewed_layers(views, layer_id, parent) as (lower, upper):
+            found = self._tree_diff(layer_id, parent, lower, upper, views)
+            return write_layer_tar(out, upper, found.changes(), stats=found.stats)
+
+    def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
+        import stat
+
+        with viewed_layers(views, layer_id, parent) as (lower, upper):
+            found = self._tree_diff(layer_id, parent, lower, upper, views)
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for st in found.stats.values():
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+        return total
+
+
+def _is_readonly_view_of(source: Path, point: Path) -> bool:
+    try:
+        src, dst = os.stat(source), os.stat(point)
+        readonly = bool(os.statvfs(point).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    return readonly and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
+
+
+__all__ = ["BtrfsDriver", "load_btrfsutil"]
