@@ -1,1 +1,20 @@
-"""The overlay driver (work in progress: not registered yet)."""
+"""The overlay storage driver, registered through lamina's plugin hook like any third-party one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lamina.core.hookspec import hookimpl
+
+from .driver import OverlayDriver
+
+if TYPE_CHECKING:
+    from lamina.core.plugins import DriverRegistry
+
+__all__ = ["OverlayDriver", "lamina_register_drivers"]
+
+
+@hookimpl
+def lamina_register_drivers(registry: DriverRegistry) -> None:
+    """Hand the overlay driver class to lamina."""
+    registry.register(OverlayDriver)

@@ -1,0 +1,417 @@
+"""The overlay driver: OverlayFS layers up to the kernel's 500-layer limit, with native diffs.
+
+Layout under ``home``::
+
+    <id>/diff/       the layer's own content: the upper dir of a writable
+                     mount, a lower dir of every mount of its children
+    <id>/work/       overlay's work dir (same filesystem as diff/)
+    <id>/merged/     mount point of the layer's combined tree
+    <id>/link        the layer's short name (26 characters)
+    <id>/lower       the parents' short names, top-most first (``l/A:l/B``)
+    <id>/parent      the parent's id (empty without one)
+    l/<short>        symlink to ``../<id>/diff``: short paths for legacy mount(2)
+    .tmp-<id>-<hex>/ a create in progress, or a remove in progress (debris)
+    features.json    what the kernel writes with the mount options in use
+
+A layer exists when ``<id>/link`` does: a create builds everything in a
+temporary directory and renames it into place last; a remove renames the
+layer away first, then deletes. Whatever a crash leaves is found by the
+layer id and cleared by the next create or remove of that id.
+
+Mounts use the new mount API with one ``lowerdir+`` per lower, so a chain of
+500 layers mounts (Docker stops at 128); without ``lowerdir+`` the legacy
+``mount(2)`` with ``l/`` short paths is used and its depth limit reported.
+A read-only layer without parent is a read-only bind mount of its ``diff/``
+(overlay needs two lowers without an upper); a writable layer without
+parent is its ``diff/`` itself, as nothing lies below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+from lamina.core import mounts
+from lamina.core.driver import (
+    ApplyResult,
+    Capabilities,
+    Change,
+    Driver,
+    LayerViews,
+    Option,
+)
+from lamina.core.errors import (
+    ConfigError,
+    DriverError,
+    LayerExists,
+    LayerNotFound,
+    StoreClosed,
+)
+from lamina.core.fsinfo import filesystem_type
+from lamina.core.treecopy import remove_tree
+
+from . import mountapi, nativeapply, nativediff, support
+
+_SHORT_ALPHABET = string.ascii_uppercase + string.digits
+SHORT_LEN = 26
+FEATURES_FILE = "features.json"
+
+
+class OverlayDriver(Driver):
+    """OverlayFS layers: diff dirs stacked at mount time, deletions as whiteouts."""
+
+    name: ClassVar[str] = "overlay"
+    description: ClassVar[str] = (
+        "OverlayFS: layers stacked at mount time, up to 500 deep, native diff and apply"
+    )
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        root_mode=0o755,
+        # a lower directory renames only with redirect_dir, which a native diff cannot read
+        rename_lower_dir=False,
+        # index=off, as every engine mounts: copy-up gives the written name its own inode
+        hardlinks_survive_copy_up=False,
+        quota=False,
+        sparse_files=True,
+        subsecond_mtime=True,
+        native_diff=True,
+        max_depth=mountapi.KERNEL_MAX_LOWERS,
+        needs_root=True,
+    )
+    options: ClassVar[Mapping[str, Option]] = {
+        "mountopt": Option(
+            str,
+            "extra mount options, comma separated: mount flags (nodev, nosuid, noexec, "
+            "noatime) and overlay options (metacopy=on, redirect_dir=on, volatile, ...)",
+            "",
+        ),
+        "mount_api": Option(
+            str,
+            "how stacks are mounted: 'auto' (fsopen with one lowerdir+ per layer when the "
+            "kernel has it, Linux 6.8+), 'new' (always that) or 'legacy' (mount(2) with "
+            "short paths; about 130 layers)",
+            "auto",
+        ),
+    }
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        result = super().validate_options(options)
+        mountapi.parse_mountopt(result["mountopt"] or "")
+        if result["mount_api"] not in ("auto", "new", "legacy"):
+            raise ConfigError(
+                f"option 'mount_api' of driver 'overlay' is {result['mount_api']!r}",
+                hint="choose 'auto', 'new' or 'legacy'",
+            )
+        return result
+
+    def __init__(self, home: Path, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(home, options)
+        self.home = self.home.resolve()
+        self.links = self.home / "l"
+        self.links.mkdir(mode=0o700, exist_ok=True)
+        self.mount_options = mountapi.parse_mountopt(self.config["mountopt"] or "")
+        api = self.config["mount_api"]
+        if api == "auto":
+            self.legacy = not mountapi.lowerdir_plus_supported()
+        else:
+            self.legacy = api == "legacy"
+            if not self.legacy and not mountapi.lowerdir_plus_supported():
+                raise ConfigError(
+                    "mount_api = 'new' but this kernel's overlay has no lowerdir+ (Linux 6.8+)",
+                    hint="use mount_api = 'auto' or 'legacy'",
+                )
+        self._features: support.Features | None = None
+
+    # -- support ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_support(cls, root: Path) -> str | None:
+        return support.unsupported_reason(Path(root))
+
+    # -- paths and state -------------------------------------------------------------------
+
+    def _dir(self, layer_id: str) -> Path:
+        return self.home / layer_id
+
+    def diff_dir(self, layer_id: str) -> Path:
+        """The layer's own content directory (its upper dir)."""
+        return self.home / layer_id / "diff"
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosed(
+                f"the overlay driver on {self.home} is closed",
+                hint="open the store again to keep working with it",
+            )
+
+    def _not_found(self, layer_id: str) -> LayerNotFound:
+        return LayerNotFound(
+            layer_id,
+            f"overlay layer {layer_id!r} does not exist",
+            hint="`lamina layer ls` lists the layers",
+        )
+
+    def _temporaries(self, layer_id: str) -> list[Path]:
+        pattern = re.compile(re.escape(f".tmp-{layer_id}-") + "[0-9a-f]{8}")
+        with os.scandir(self.home) as it:
+            return [self.home / e.name for e in it if pattern.fullmatch(e.name)]
+
+    def parent_of(self, layer_id: str) -> str | None:
+        """The stored parent id (survives restarts)."""
+        try:
+            text = (self._dir(layer_id) / "parent").read_text().strip()
+        except FileNotFoundError:
+            raise self._not_found(layer_id) from None
+        return text or None
+
+    def chain(self, layer_id: str) -> list[str]:
+        """The ids of the parents, top-most first (not the layer itself)."""
+        out = []
+        current = self.parent_of(layer_id)
+        while current is not None:
+            out.append(current)
+            current = self.parent_of(current)
+        return out
+
+    def _short_lowers(self, layer_id: str) -> list[str]:
+        text = (self._dir(layer_id) / "lower").read_text().strip()
+        return text.split(":") if text else []
+
+    def lower_dirs(self, layer_id: str) -> list[Path]:
+        """The diff dirs of the parents, top-most first (the ``l/`` links resolved)."""
+        return [Path(os.path.realpath(self.home / short)) for short in self._short_lowers(layer_id)]
+
+    # -- create and remove -------------------------------------------------------------------
+
+    def exists(self, layer_id: str) -> bool:
+        return (self._dir(layer_id) / "link").is_file()
+
+    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+        self._check_open()
+        if self.exists(layer_id):
+            raise LayerExists(
+                layer_id,
+                f"overlay layer {layer_id!r} exists already",
+                hint="remove it first or choose another id",
+            )
+        if parent is not None and not self.exists(parent):
+            raise LayerNotFound(
+                parent,
+                f"parent layer {parent!r} of {layer_id!r} does not exist",
+                hint="create the parent first; `lamina layer ls` lists the layers",
+            )
+        self._clear_debris(layer_id)
+        lowers: list[str] = []
+        if parent is not None:
+            lowers = [f"l/{self._short(parent)}", *self._short_lowers(parent)]
+            if len(lowers) + 1 > mountapi.KERNEL_MAX_LOWERS:
+                raise DriverError(
+                    f"layer {layer_id!r} would be {len(lowers) + 1} layers deep; overlay "
+                    f"mounts at most {mountapi.KERNEL_MAX_LOWERS}",
+                    hint="squash the image into fewer layers",
+                )
+        tmp = self.home / f".tmp-{layer_id}-{os.urandom(4).hex()}"
+        short = "".join(secrets.choice(_SHORT_ALPHABET) for _ in range(SHORT_LEN))
+        link = self.links / short
+        try:
+            tmp.mkdir(mode=0o700)
+            for name in ("diff", "work", "merged"):
+                (tmp / name).mkdir(mode=0o700)
+            diff = tmp / "diff"
+            if parent is None:
+                os.chmod(diff, self.capabilities.root_mode)
+            else:
+                # the merged root is the top layer's root: start as the parent's
+                self._copy_root(self.diff_dir(parent), diff)
+            (tmp / "lower").write_text(":".join(lowers) + "\n")
+            (tmp / "parent").write_text((parent or "") + "\n")
+            os.symlink(f"../{layer_id}/diff", link)
+            (tmp / "link").write_text(short + "\n")
+            os.rename(tmp, self._dir(layer_id))
+        except BaseException:
+            with contextlib.suppress(OSError, DriverError):
+                link.unlink(missing_ok=True)
+                remove_tree(tmp)
+            raise
+
+    @staticmethod
+    def _copy_root(src: Path, dst: Path) -> None:
+        st = os.lstat(src)
+        fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            nativeapply._copy_metadata(os.fspath(src), fd, st)
+        finally:
+            os.close(fd)
+
+    def _short(self, layer_id: str) -> str:
+        return (self._dir(layer_id) / "link").read_text().strip()
+
+    def _clear_debris(self, layer_id: str) -> None:
+        """Delete half-made or half-removed copies of ``layer_id`` and their short links."""
+        for path in self._temporaries(layer_id):
+            for point in mounts.mounts_under(path, include_self=True):
+                mounts.detach(Path(point))
+            with contextlib.suppress(FileNotFoundError):
+                short = (path / "link").read_text().strip()
+                if short and "/" not in short:
+                    (self.links / short).unlink(missing_ok=True)
+            remove_tree(path)
+
+    def remove(self, layer_id: str) -> None:
+        self._check_open()
+        final = self._dir(layer_id)
+        if not os.path.lexists(final) and not self._temporaries(layer_id):
+            raise self._not_found(layer_id)
+        if os.path.lexists(final):
+            self.unmount(layer_id)
+            inside = mounts.mounts_under(final, include_self=True)
+            if inside:
+                raise DriverError(
+                    f"refusing to delete through a mount at {inside[0]}",
+                    hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
+                )
+            os.rename(final, self.home / f".tmp-{layer_id}-{os.urandom(4).hex()}")
+        self._clear_debris(layer_id)
+
+    # -- mounting ----------------------------------------------------------------------------
+
+    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+        layer = self._dir(layer_id)
+        diff = layer / "diff"
+        shorts = self._short_lowers(layer_id)
+        if not shorts and not readonly:
+            return diff  # nothing below: the layer's own directory is its tree
+        point = layer / "merged"
+        point.mkdir(mode=0o700, exist_ok=True)
+        if mounts.is_mountpoint(point):
+            mounts.detach(point)  # left by a crash, maybe with other options
+        if not shorts:
+            mounts.bind_readonly(diff, point)
+            return point
+        if readonly:
+            spec = mountapi.OverlaySpec(
+                [diff, *self.lower_dirs(layer_id)], options=self.mount_options, readonly=True
+            )
+            short_list = [f"{layer_id}/diff", *shorts]
+        else:
+            spec = mountapi.OverlaySpec(
+                self.lower_dirs(layer_id), diff, layer / "work", self.mount_options
+            )
+            short_list = shorts
+        if self.legacy:
+            mountapi.mount_legacy(spec, short_list, self.home, point)
+        else:
+            mountapi.mount_new_api(spec, point)
+        return point
+
+    def unmount(self, layer_id: str) -> None:
+        point = self._dir(layer_id) / "merged"
+        if not os.path.lexists(point):
+            return
+        mounts.detach(point)
+        if mounts.is_mountpoint(point):
+            raise DriverError(
+                f"{point} is still mounted after detaching it",
+                hint="something mounted over it again; unmount it by hand and retry",
+            )
+
+    def mounted_paths(self) -> list[Path]:
+        return [self.home]
+
+    # -- what the kernel does ------------------------------------------------------------------
+
+    def features(self) -> support.Features:
+        """Whether redirect/metacopy xattrs get written here; probed once, cached in home."""
+        if self._features is not None:
+            return self._features
+        key = {
+            "kernel": os.uname().release,
+            "mountopt": self.mount_options.text,
+            "legacy": self.legacy,
+        }
+        cache = self.home / FEATURES_FILE
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(cache.read_text())
+            if data["key"] == key:
+                self._features = support.Features(**data["features"])
+                return self._features
+        found = support.probe_features(self.home, self.mount_options, self.legacy)
+        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "features": found.as_dict()}) + "\n")
+        os.rename(tmp, cache)
+        self._features = found
+        return found
+
+    def max_depth(self) -> int:
+        """The deepest chain that mounts with the mount method in use."""
+        if self.legacy:
+            return mountapi.legacy_max_lowers(self.home, self.mount_options)
+        return mountapi.KERNEL_MAX_LOWERS
+
+    def status(self) -> list[tuple[str, str]]:
+        features = self.features()
+        dtype = support.supports_d_type(self.home)
+        how = (
+            "legacy mount(2), lowerdir= of l/ short paths (one page)"
+            if self.legacy
+            else "new mount API: fsopen + one fsconfig lowerdir+ per layer"
+        )
+        native = "true" if features.native_diff else f"false ({features.why_not_native()})"
+        count = sum(1 for p in self.home.iterdir() if (p / "link").is_file())
+        return [
+            ("Backing Filesystem", filesystem_type(self.home)),
+            ("Supports d_type", str(dtype).lower()),
+            ("Native Overlay Diff", native),
+            ("Using metacopy", str(features.metacopy).lower()),
+            ("Max Depth", str(self.max_depth())),
+            ("Deep Stacks", how),
+            ("Mount Options", ",".join(filter(None, ["index=off", self.mount_options.text]))),
+            ("Layers", str(count)),
+        ]
+
+    # -- content ---------------------------------------------------------------------------------
+
+    def _native(self, layer_id: str) -> nativediff.NativeDiff:
+        return nativediff.layer_changes(
+            self.diff_dir(layer_id), self.lower_dirs(layer_id),
+            root_mode=self.capabilities.root_mode,
+        )
+
+    def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
+        if not self.features().native_diff:
+            return super().changes(layer_id, parent, views)
+        self._check_layer(layer_id)
+        return self._native(layer_id).found.changes()
+
+    def diff(self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews) -> int:
+        if not self.features().native_diff:
+            return super().diff(layer_id, parent, out, views)
+        self._check_layer(layer_id)
+        return nativediff.write_native_diff(out, self.diff_dir(layer_id), self._native(layer_id))
+
+    def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
+        if not self.features().native_diff:
+            return super().diff_size(layer_id, parent, views)
+        self._check_layer(layer_id)
+        return nativediff.diff_size(self._native(layer_id))
+
+    def apply(
+        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+    ) -> ApplyResult:
+        self._check_layer(layer_id)
+        return nativeapply.apply_layer(stream, self.diff_dir(layer_id), self.lower_dirs(layer_id))
+
+    def _check_layer(self, layer_id: str) -> None:
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
