@@ -59,6 +59,7 @@ from . import tarstream
 from .driver import ApplyResult
 from .errors import ArchiveLimit, CorruptArchive, DriverError, LaminaError, UnsafeArchive
 from .tarstream import TarEntry, TarReader
+from .treecopy import remove_at
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class MergedWhiteouts:
 
     def whiteout(self, dir_fd: int, name: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            remove_tree(dir_fd, name)
+            remove_at(dir_fd, name)
 
     def opaque(self, dir_fd: int, dir_path: str) -> None:
         pending = [(os.open(".", _READ_DIR_FLAGS, dir_fd=dir_fd), dir_path)]
@@ -139,7 +140,7 @@ class MergedWhiteouts:
                     for name in os.listdir(fd):
                         child = f"{path}/{name}" if path else name
                         if child not in self.mine:
-                            remove_tree(fd, name)
+                            remove_at(fd, name)
                             continue
                         try:
                             sub = os.open(name, _READ_DIR_FLAGS, dir_fd=fd)
@@ -153,59 +154,6 @@ class MergedWhiteouts:
         finally:
             for fd, _ in pending:
                 os.close(fd)
-
-
-def remove_tree(dir_fd: int, name: str) -> None:
-    """Delete ``name`` under ``dir_fd`` and everything below it, following nothing.
-
-    Iterative (no recursion limit on deep trees); each directory is opened with
-    ``O_NOFOLLOW`` relative to its parent's fd, so a symlink is removed, never
-    entered. Raises FileNotFoundError when ``name`` does not exist, and
-    :class:`DriverError` before descending into another filesystem (a mount
-    below a layer is never emptied through it).
-    """
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    except IsADirectoryError:
-        pass
-    top = os.open(name, _READ_DIR_FLAGS, dir_fd=dir_fd)
-    stack: list[tuple[int, str, list[str]]] = [(top, name, [])]
-    try:
-        device = os.fstat(dir_fd).st_dev
-        _same_device(top, device, name)
-        stack[-1][2].extend(os.listdir(top))
-        while stack:
-            fd, _, names = stack[-1]
-            if names:
-                child = names.pop()
-                try:
-                    os.unlink(child, dir_fd=fd)
-                except IsADirectoryError:
-                    sub = os.open(child, _READ_DIR_FLAGS, dir_fd=fd)
-                    try:
-                        _same_device(sub, device, child)
-                        stack.append((sub, child, os.listdir(sub)))
-                    except BaseException:
-                        os.close(sub)
-                        raise
-                except FileNotFoundError:
-                    pass
-                continue
-            fd, dirname, _ = stack.pop()
-            os.close(fd)
-            os.rmdir(dirname, dir_fd=stack[-1][0] if stack else dir_fd)
-    finally:
-        for fd, _, _ in stack:
-            os.close(fd)
-
-
-def _same_device(fd: int, device: int, name: str) -> None:
-    if os.fstat(fd).st_dev != device:
-        raise DriverError(
-            f"refusing to delete {name!r}: it is on another filesystem (a mount point)",
-            hint="unmount what is mounted below the layer first",
-        )
 
 
 # --- the applier ----------------------------------------------------------------------
@@ -457,7 +405,7 @@ class _Applier:
             if for_dir:
                 return True
             self.forget_dirs()
-            remove_tree(dir_fd, name)
+            remove_at(dir_fd, name)
             prefix = real + "/"
             for path in [p for p in self.dir_times if p == real or p.startswith(prefix)]:
                 del self.dir_times[path]

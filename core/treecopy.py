@@ -398,10 +398,10 @@ def _refuse_mount(where: str | Path) -> DriverError:
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything below it; a missing ``path`` is fine.
 
-    Works relative to directory descriptors and never follows a symlink (a
-    symlink is unlinked, not entered). Refuses with a :class:`DriverError`
-    before deleting anything when a mount lies at or below ``path``, and
-    again mid-way if a directory turns out to be on another device.
+    Refuses with a :class:`DriverError` before deleting anything when a mount
+    lies at or below ``path`` (the mount table knows bind mounts that a device
+    comparison misses), and again mid-way if a directory turns out to be on
+    another device. The walk itself is :func:`remove_at`.
     """
     path = Path(path)
     try:
@@ -410,63 +410,71 @@ def remove_tree(path: Path) -> None:
         return
     except OSError as exc:
         raise DriverError(f"cannot delete {path}: {exc.strerror}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise DriverError(f"cannot delete {path}: {exc.strerror}") from exc
-        return
-    mounts = mounts_under(path, include_self=True)
-    if mounts:
-        raise _refuse_mount(mounts[-1])
-    if os.path.ismount(path):
-        raise _refuse_mount(path)
-    root_fd = os.open(path, _DIR_FLAGS)
-    stack: list[tuple[int, str, list[os.DirEntry[str]]]] = []
+    if stat.S_ISDIR(st.st_mode):
+        found = mounts_under(path, include_self=True)
+        if found:
+            raise _refuse_mount(found[-1])
+    parent_fd = os.open(path.parent, _DIR_FLAGS)
     try:
-        dev = os.fstat(root_fd).st_dev
-        stack.append((root_fd, "", list(os.scandir(root_fd))))
-        while stack:
-            fd, rel, entries = stack[-1]
-            name = ""
-            try:
-                descended = False
-                while entries:
-                    entry = entries.pop()
-                    name = entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                        if os.fstat(child).st_dev != dev:
-                            os.close(child)
-                            raise _refuse_mount(path / rel / name)
-                        stack.append((child, f"{rel}{name}/", list(os.scandir(child))))
-                        descended = True
-                        break
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=fd)
-                if descended:
-                    continue
-                stack.pop()
-                if fd != root_fd:
-                    os.close(fd)
-                    parent_fd, _, _ = stack[-1]
-                    name = rel.rstrip("/").rpartition("/")[2]
-                    rel = rel.rstrip("/").rpartition("/")[0]
-                    os.rmdir(name, dir_fd=parent_fd)
-            except OSError as exc:
-                where = path / rel / name if name else path / rel
-                if exc.errno == errno.EBUSY:
-                    raise _refuse_mount(where) from exc
-                raise DriverError(f"cannot delete {where}: {exc.strerror}") from exc
-        os.rmdir(path)
+        remove_at(parent_fd, path.name)
+    except FileNotFoundError:
+        return
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise _refuse_mount(path) from exc
         raise DriverError(f"cannot delete {path}: {exc.strerror}") from exc
     finally:
+        os.close(parent_fd)
+
+
+def remove_at(dir_fd: int, name: str) -> None:
+    """Delete ``name`` under ``dir_fd`` and everything below it, following nothing.
+
+    Iterative (no recursion limit on deep trees); each directory is opened with
+    ``O_NOFOLLOW`` relative to its parent's fd, so a symlink is removed, never
+    entered. Raises FileNotFoundError when ``name`` does not exist, and
+    :class:`DriverError` before descending into another filesystem (a mount
+    below a layer is never emptied through it).
+    """
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except IsADirectoryError:
+        pass
+    top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    stack: list[tuple[int, str, list[str]]] = [(top, name, [])]
+    try:
+        device = os.fstat(dir_fd).st_dev
+        _same_device(top, device, name)
+        stack[-1][2].extend(os.listdir(top))
+        while stack:
+            fd, _, names = stack[-1]
+            if names:
+                child = names.pop()
+                try:
+                    os.unlink(child, dir_fd=fd)
+                except IsADirectoryError:
+                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        _same_device(sub, device, child)
+                        stack.append((sub, child, os.listdir(sub)))
+                    except BaseException:
+                        os.close(sub)
+                        raise
+                except FileNotFoundError:
+                    pass
+                continue
+            fd, dirname, _ = stack.pop()
+            os.close(fd)
+            os.rmdir(dirname, dir_fd=stack[-1][0] if stack else dir_fd)
+    finally:
         for fd, _, _ in stack:
-            if fd != root_fd:
-                os.close(fd)
-        os.close(root_fd)
+            os.close(fd)
+
+
+def _same_device(fd: int, device: int, name: str) -> None:
+    if os.fstat(fd).st_dev != device:
+        raise DriverError(
+            f"refusing to delete {name!r}: it is on another filesystem (a mount point)",
+            hint=f"unmount what is mounted at {name!r} first (umount -l), then retry",
+        )

@@ -15,9 +15,10 @@ import pytest
 from tarmaker import TarBuilder
 
 from lamina.core import apply as apply_module
-from lamina.core.apply import MergedWhiteouts, apply_tar, can_make_devices, remove_tree
+from lamina.core.apply import MergedWhiteouts, apply_tar, can_make_devices
 from lamina.core.compression import open_layer_stream
 from lamina.core.errors import CorruptArchive, DriverError, UnsafeArchive
+from lamina.core.treecopy import remove_at
 
 MINBASE = Path("/var/tmp/lamina-fixtures/minbase.tar")
 
@@ -217,7 +218,7 @@ def test_deep_and_wide_trees_keep_few_fds(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(tmp_path / "w3").st_mode) == 0o703
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        remove_tree(fd, "d")  # too deep for shutil.rmtree's recursion (pytest's cleanup)
+        remove_at(fd, "d")  # too deep for shutil.rmtree's recursion (pytest's cleanup)
     finally:
         os.close(fd)
 
@@ -404,7 +405,7 @@ def test_merged_whiteouts_directly(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "d" / "keep") == []  # below a kept dir, not listed: lower
 
 
-def test_remove_tree_never_follows_symlinks(tmp_path: Path) -> None:
+def test_remove_at_never_follows_symlinks(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_text("p")
@@ -414,7 +415,7 @@ def test_remove_tree_never_follows_symlinks(tmp_path: Path) -> None:
     os.symlink(outside, victim / "a" / "link2")
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        remove_tree(fd, "victim")
+        remove_at(fd, "victim")
     finally:
         os.close(fd)
     assert not victim.exists() and (outside / "precious").read_text() == "p"
@@ -443,7 +444,7 @@ def test_can_make_devices_matches_the_namespace() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
-def test_remove_tree_stops_at_a_mount(tmp_path: Path) -> None:
+def test_remove_at_stops_at_a_mount(tmp_path: Path) -> None:
     inner = tmp_path / "d" / "mnt"
     inner.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
@@ -452,7 +453,7 @@ def test_remove_tree_stops_at_a_mount(tmp_path: Path) -> None:
         fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
         try:
             with pytest.raises(DriverError, match="another filesystem"):
-                remove_tree(fd, "d")
+                remove_at(fd, "d")
         finally:
             os.close(fd)
         assert (inner / "data").read_text() == "on another filesystem"
