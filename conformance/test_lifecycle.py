@@ -142,6 +142,10 @@ def test_04_failed_create_leaves_nothing(store) -> None:
     assert "orphan" not in {layer.id for layer in store.layers()}
     store.create_layer(layer_id="orphan")
     assert store.driver.exists("orphan")
+    # the store checks the parent first; the driver must hold the same rule on its own
+    with pytest.raises(LayerNotFound):
+        store.driver.create("orphan-2", "no-such-parent", writable=False)
+    assert not store.driver.exists("orphan-2"), "a failed driver create left a layer behind"
 
 
 def test_05_remove(store, reference_dir, capabilities, assert_tree) -> None:
