@@ -552,7 +552,15 @@ def render(result: MatrixResult, file: Any = None) -> None:
     from rich.text import Text
 
     out = file or sys.stdout
+    texts = {key: _cell_text(cell) for key, cell in result.cells.items()}
+    widths = [max(len("driver"), *(len(d) for d in result.drivers))]
+    widths += [max(len(fs), *(len(line) for d in result.drivers
+                               for line in texts[(d, fs)][0].splitlines()))
+               for fs in result.filesystems]
+    # never truncate a cell: wider than the terminal is better than "FAILED 2/…"
     console = Console(file=out, highlight=False, soft_wrap=True)
+    console = Console(file=out, highlight=False, soft_wrap=True,
+                      width=max(console.width, sum(w + 3 for w in widths) + 1))
     table = Table(title="lamina conformance matrix", header_style="bold", show_lines=True)
     table.add_column("driver", no_wrap=True)
     for fs in result.filesystems:
@@ -560,7 +568,7 @@ def render(result: MatrixResult, file: Any = None) -> None:
     for driver in result.drivers:
         row = [Text(driver)]
         for fs in result.filesystems:
-            text, style = _cell_text(result.cell(driver, fs))
+            text, style = texts[(driver, fs)]
             row.append(Text(text, style=style))
         table.add_row(*row)
     console.print(table)

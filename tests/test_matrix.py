@@ -55,6 +55,16 @@ class PickyDriver(VfsDriver):
         if filesystem_type(root) == "tmpfs":
             return "picky does not work on tmpfs (test driver)"
         return super().check_support(root)
+
+
+class CrashyDriver(VfsDriver):
+    """vfs whose support check crashes: a bug, not "unsupported"."""
+
+    name = "crashy"
+
+    @classmethod
+    def check_support(cls, root: Path):
+        raise RuntimeError("boom")
 '''
 
 
@@ -231,6 +241,46 @@ def test_not_applicable_cells_exit_zero(tmp_path: Path, workdir: Path,
     skipped = suite.find("testcase/skipped")
     assert skipped is not None and "picky does not work on tmpfs" in skipped.get("message")
     assert_nothing_left(workdir)
+
+
+def test_error_cells(tmp_path: Path, workdir: Path, broken_drivers: Path) -> None:
+    """A crashing support check and a -k that selects nothing are errors, not passes."""
+    junit = tmp_path / "m.xml"
+    proc = run(tmp_path, "--driver", "matrix_test_drivers:CrashyDriver,vfs", "--fs", "tmpfs",
+               "-k", "no_such_case", "--workdir", str(workdir), "--junit", str(junit),
+               pythonpath=broken_drivers)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for driver in ("crashy", "vfs"):
+        assert "ERROR" in matrix_row(proc.stdout, driver)
+    assert ("Error in crashy@tmpfs: the support check of driver 'crashy' failed: "
+            "RuntimeError: boom") in proc.stdout
+    assert "Error in vfs@tmpfs: no test was selected (pytest exit 5): check -k" in proc.stdout
+    found = suites(junit)
+    for name in ("crashy@tmpfs", "vfs@tmpfs"):
+        assert found[name].get("errors") == "1"
+        assert found[name].find("testcase/error") is not None
+    assert_nothing_left(workdir)
+
+
+def test_cells_are_never_truncated() -> None:
+    """Wide cells widen the table instead of becoming "FAILED 2/…" on an 80-column pipe."""
+    import io
+
+    from lamina.conformance.matrix import Cell, MatrixResult, render
+
+    fss = ["ext4", "xfs", "xfs-noftype", "btrfs", "tmpfs"]
+    result = MatrixResult(["a-rather-long-driver-name"], fss, {})
+    for fs in fss:
+        result.cells[("a-rather-long-driver-name", fs)] = Cell(
+            "a-rather-long-driver-name", fs, "failed", passed=100, failed=123, seconds=1234.5,
+            failures=[{"test": "test_x::test_01", "message": "m"}])
+    out = io.StringIO()
+    render(result, out)
+    text = out.getvalue()
+    assert "…" not in text
+    assert matrix_row(text, "a-rather-long-driver-name").count("FAILED 123/223") == 5
+    assert text.count("  test_x::test_01: m") == 5
+    assert "some cells FAILED" in text
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
