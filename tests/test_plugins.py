@@ -67,8 +67,10 @@ def test_third_party_driver_selected_by_config(plugin_path: Path, tmp_path: Path
     assert info["driver"] == "dircopy"
     assert str(config) in info["why"]
     # and it really stores layers: apply a rootfs and read a file back through a mount
-    layer_id = run_lamina("layer", "apply", str(busybox_tar), root=root, env=env).stdout.decode().strip()
-    path = Path(run_lamina("layer", "mount", layer_id, root=root, env=env).stdout.decode().strip())
+    applied = run_lamina("layer", "apply", str(busybox_tar), root=root, env=env)
+    layer_id = applied.stdout.decode().strip()
+    mounted = run_lamina("layer", "mount", layer_id, root=root, env=env)
+    path = Path(mounted.stdout.decode().strip())
     try:
         assert (path / "etc" / "passwd").read_text().startswith("root:")
         assert (path / "bin" / "busybox").stat().st_size > 100_000
