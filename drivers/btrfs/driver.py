@@ -341,12 +341,20 @@ class BtrfsDriver(Driver):
         left = set()
         with self._fd(self.home) as fd:
             for subvol_id in sorted(pending):
+                usage = ioctl.qgroup_usage(fd, subvol_id)
+                if usage is None:
+                    continue  # gone already: the kernel drops it with its subvolume
+                if usage != (0, 0):
+                    # the subvolume's extents are not all dropped yet: deleting the
+                    # qgroup now would leave the quota accounting inconsistent
+                    left.add(subvol_id)
+                    continue
                 try:
                     ioctl.qgroup_destroy(fd, subvol_id)
                 except OSError as exc:
                     if exc.errno == errno.EBUSY:
                         left.add(subvol_id)
-                    elif exc.errno not in (errno.ENOENT, errno.ENOTCONN, errno.EINVAL):
+                    elif exc.errno != errno.ENOENT:
                         raise
         tmp = pending_file.with_name(f".qgroups-pending-{os.getpid()}")
         if left:
@@ -402,14 +410,17 @@ class BtrfsDriver(Driver):
         except PackageNotFoundError:
             library = "btrfsutil (version unknown)"
         with self._fd(self.home) as fd:
-            quotas = ioctl.quota_enabled(fd)
+            flags = ioctl.quota_status(fd)
         marker = self.home / "quota-enabled-by-lamina"
-        if quotas:
+        if flags is None:
+            quota_text = "off"
+        else:
             quota_text = "on"
             if marker.exists():
                 quota_text += f" (switched on by lamina {marker.read_text().strip()} for 'size')"
-        else:
-            quota_text = "off"
+            if flags & ioctl.QGROUP_STATUS_FLAG_INCONSISTENT:
+                quota_text += "; accounting inconsistent, limits not enforced until " \
+                    "`btrfs quota rescan` finishes"
         limit = self.config["size"] or "none"
         return [
             ("Backing Filesystem", filesystem_type(self.home)),

@@ -154,36 +154,46 @@ def quota_enable(fd: int) -> None:
     fcntl.ioctl(fd, IOC_QUOTA_CTL, bytearray(struct.pack("=QQ", QUOTA_CTL_ENABLE, 0)))
 
 
-def quota_enabled(fd: int) -> bool:
-    """Whether the filesystem has quota accounting on (its quota tree has a status item)."""
+QGROUP_STATUS_FLAG_ON = 1
+QGROUP_STATUS_FLAG_INCONSISTENT = 4
+
+
+def quota_status(fd: int) -> int | None:
+    """Flags of the quota status item (``QGROUP_STATUS_FLAG_*``); ``None`` with quotas off."""
     try:
         for item in tree_search(
             fd, QUOTA_TREE_OBJECTID,
             min_key=(0, QGROUP_STATUS_KEY, 0), max_key=(0, QGROUP_STATUS_KEY, U64_MAX),
         ):
             if item.type == QGROUP_STATUS_KEY:
-                return True
+                return struct.unpack_from("=Q", item.data, 16)[0]
     except OSError as exc:
         if exc.errno == errno.ENOENT:  # no quota tree: never enabled, or disabled
-            return False
+            return None
         raise
-    return False
+    return None
 
 
-def qgroup_exists(fd: int, qgroupid: int) -> bool:
-    """Whether qgroup ``qgroupid`` (``level << 48 | id``) is recorded in the quota tree."""
+def quota_enabled(fd: int) -> bool:
+    """Whether the filesystem has quota accounting on."""
+    return quota_status(fd) is not None
+
+
+def qgroup_usage(fd: int, qgroupid: int) -> tuple[int, int] | None:
+    """(referenced, exclusive) bytes of qgroup ``qgroupid`` (``level << 48 | id``), or None."""
     try:
-        return any(
-            item.type == QGROUP_INFO_KEY
-            for item in tree_search(
-                fd, QUOTA_TREE_OBJECTID,
-                min_key=(0, QGROUP_INFO_KEY, qgroupid), max_key=(0, QGROUP_INFO_KEY, qgroupid),
-            )
-        )
+        for item in tree_search(
+            fd, QUOTA_TREE_OBJECTID,
+            min_key=(0, QGROUP_INFO_KEY, qgroupid), max_key=(0, QGROUP_INFO_KEY, qgroupid),
+        ):
+            if item.type == QGROUP_INFO_KEY and item.offset == qgroupid:
+                _, rfer, _, excl, _ = struct.unpack_from("=5Q", item.data, 0)
+                return rfer, excl
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            return False
+            return None
         raise
+    return None
 
 
 def qgroup_limit(fd: int, *, max_excl: int | None = None, max_rfer: int | None = None) -> None:
