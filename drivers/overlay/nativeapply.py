@@ -38,6 +38,7 @@ from lamina.core.changes import read_xattrs
 from lamina.core.driver import ApplyResult
 from lamina.core.errors import ArchiveLimit, DriverError, LaminaError
 from lamina.core.tarstream import TarEntry, TarReader
+from lamina.core.treecopy import remove_at
 
 from .stack import OPAQUE_XATTR, LayerStack, is_whiteout
 
@@ -93,7 +94,7 @@ class OverlayWhiteouts:
         rel = _rel(self.root, dir_fd)
         path = f"{rel}/{name}" if rel else name
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            core_apply.remove_tree(dir_fd, name)
+            remove_at(dir_fd, name)
         self.stack.forget()
         if self.stack.lookup(path) is None:
             return  # nothing below shows that name
