@@ -322,7 +322,14 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
 
 
 def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else ""
+    """The headline of a message; with the next line when it ends in a colon."""
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        head = f"{head} {lines[1]}"
+    return head[:300]
 
 
 def read_junit(path: Path, cell: Cell) -> None:
