@@ -1,0 +1,336 @@
+"""The fuse-overlayfs driver: overlay layers mounted by the fuse-overlayfs program.
+
+Layers are stored the way the kernel's overlay driver stores them, but
+mounted in user space, which works where the kernel's overlay does not:
+on top of another overlay (a lamina store inside a container whose root is
+an overlay), and in nested setups. Layout under ``home``::
+
+    layers/<id>/diff/     the layer's own content (the upper directory)
+    layers/<id>/work/     fuse-overlayfs' work directory
+    layers/<id>/merged/   mount point of the combined tree
+    layers/<id>/layer.json  {"parent", "lower": [parent, grandparent, ...], "writable"}
+    layers/.tmp-<id>-<hex>/ a create in progress (debris if the process died)
+    layers/.rm-<id>-<hex>/  a remove in progress (finished by the next remove)
+    empty/                the lower directory of a base layer's writable mount
+
+A layer exists once ``layers/<id>`` does: create builds the whole directory
+under a temporary name and renames it, remove renames it away before
+deleting, so a crash leaves either a whole layer or debris that the next
+create or remove of that id clears.
+
+Mounts: a read-only mount is ``lowerdir=`` the layer's ``diff`` and its
+parents' (no upper: fuse-overlayfs answers EROFS, and the mount is ``ro``);
+a writable mount adds ``upperdir=diff``. fuse-overlayfs itself records
+deletions in ``diff/`` (as root: 0/0 character devices and the
+``trusted.overlay.opaque`` xattr, the kernel's format). ``apply`` of a base
+layer writes the tar straight into ``diff/``; a child layer is filled
+through a writable mount (see :meth:`FuseOverlayDriver.apply` for why).
+``changes``, ``diff`` and ``diff_size`` are the core's generic ones, which
+compare mounted trees: correct whatever fuse-overlayfs wrote into
+``diff/``, at the cost of walking the whole tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+from lamina.core import mounts
+from lamina.core.apply import apply_tar
+from lamina.core.driver import ApplyResult, Capabilities, Driver, LayerViews
+from lamina.core.errors import DriverError, LayerExists, LayerNotFound, StoreClosed
+from lamina.core.fsinfo import filesystem_type
+from lamina.core.treecopy import remove_tree
+
+from . import fuse
+
+META = "layer.json"
+
+
+class FuseOverlayDriver(Driver):
+    """Overlay layers (diff/work/merged per layer) mounted with fuse-overlayfs."""
+
+    name: ClassVar[str] = "fuse-overlayfs"
+    description: ClassVar[str] = (
+        "overlay layers mounted in user space by fuse-overlayfs; works on top of overlay"
+    )
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        root_mode=0o755,
+        rename_lower_dir=False,  # rename(2) of a lower directory fails with EXDEV (mv copies)
+        hardlinks_survive_copy_up=True,  # it copies up every name of a lower inode together
+        quota=False,
+        sparse_files=False,
+        subsecond_mtime=True,
+        native_diff=False,
+        max_depth=500,
+        needs_root=True,  # /dev/fuse, whiteout devices and trusted.* xattrs in diff/
+    )
+
+    def __init__(self, home: Path, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(home, options)
+        self.layers = self.home / "layers"
+        self.empty = self.home / "empty"
+        self.layers.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.empty.mkdir(mode=0o755, exist_ok=True)
+
+    # -- support -----------------------------------------------------------------------
+
+    @classmethod
+    def check_support(cls, root: Path) -> str | None:
+        """Mount a real two-layer stack under ``root``, delete through it, check the upper."""
+        if fuse.program() is None:
+            return "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)"
+        if os.geteuid() != 0:
+            return "the fuse-overlayfs driver needs root (/dev/fuse, whiteout devices)"
+        try:
+            os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+        except OSError as exc:
+            return f"/dev/fuse is not usable: {exc.strerror} (load the fuse module)"
+        try:
+            probe = Path(tempfile.mkdtemp(prefix=".fuse-overlayfs-probe-", dir=root))
+        except OSError as exc:
+            return f"cannot write to {root}: {exc.strerror}"
+        try:
+            return cls._probe(probe)
+        finally:
+            with contextlib.suppress(DriverError, OSError):
+                fuse.unmount(probe / "merged")
+            remove_tree(probe)
+
+    @staticmethod
+    def _probe(probe: Path) -> str | None:
+        """Write through a writable mount, then read the result back as a read-only stack."""
+        for sub in ("lower", "upper", "work", "merged"):
+            (probe / sub).mkdir()
+        (probe / "lower" / "gone").write_bytes(b"")
+        (probe / "lower" / "dir").mkdir()
+        try:
+            fuse.mount(probe / "merged", ["lower"], upper="upper", work="work", cwd=probe)
+        except DriverError as exc:
+            return str(exc)
+        try:
+            os.unlink(probe / "merged" / "gone")
+            (probe / "merged" / "dir" / "new").write_bytes(b"x")
+        except OSError as exc:
+            return f"writing through a fuse-overlayfs mount failed: {exc.strerror}"
+        finally:
+            fuse.unmount(probe / "merged")
+        try:
+            fuse.mount(probe / "merged", ["upper", "lower"], cwd=probe)
+        except DriverError as exc:
+            return str(exc)
+        try:
+            seen = sorted(os.listdir(probe / "merged")), os.listdir(probe / "merged" / "dir")
+        finally:
+            fuse.unmount(probe / "merged")
+        if seen != (["dir"], ["new"]):
+            return f"fuse-overlayfs on {filesystem_type(probe)} lost a deletion or a write"
+        return None
+
+    # -- paths and state ----------------------------------------------------------------
+
+    def _dir(self, layer_id: str) -> Path:
+        return self.layers / layer_id
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosed(f"the fuse-overlayfs driver on {self.home} is closed",
+                              hint="open the store again to keep working with it")
+
+    def _not_found(self, layer_id: str) -> LayerNotFound:
+        return LayerNotFound(layer_id, f"fuse-overlayfs layer {layer_id!r} does not exist",
+                             hint="`lamina layer ls` lists the layers")
+
+    def _debris(self, layer_id: str) -> list[Path]:
+        """Half-made or half-removed copies of ``layer_id`` (``.tmp-``/``.rm-<id>-<8 hex>``)."""
+        pattern = re.compile(r"\.(tmp|rm)-" + re.escape(layer_id) + r"-[0-9a-f]{8}")
+        with os.scandir(self.layers) as it:
+            return [self.layers / e.name for e in it if pattern.fullmatch(e.name)]
+
+    def _meta(self, layer_id: str) -> dict[str, Any]:
+        try:
+            return json.loads((self._dir(layer_id) / META).read_text())
+        except FileNotFoundError:
+            raise self._not_found(layer_id) from None
+
+    def _lowers(self, layer_id: str) -> list[str]:
+        """The parents' diff directories, nearest first, relative to ``layers/``."""
+        return [f"{p}/diff" for p in self._meta(layer_id)["lower"]]
+
+    def _delete(self, path: Path) -> None:
+        """Unmount what a crash left in ``path``, then delete it; never through a mount."""
+        merged = path / "merged"
+        if os.path.lexists(merged):
+            fuse.unmount(merged)
+        left = mounts.mounts_under(path, include_self=True)
+        if left:
+            raise DriverError(f"refusing to delete through a mount at {left[0]}",
+                              hint=f"unmount {left[0]} first, then retry")
+        remove_tree(path)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    def exists(self, layer_id: str) -> bool:
+        return (self._dir(layer_id) / META).is_file()
+
+    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+        self._check_open()
+        if self.exists(layer_id):
+            raise LayerExists(layer_id, f"fuse-overlayfs layer {layer_id!r} exists already",
+                              hint="remove it first or choose another id")
+        lower: list[str] = []
+        if parent is not None:
+            if not self.exists(parent):
+                raise LayerNotFound(
+                    parent, f"parent layer {parent!r} of {layer_id!r} does not exist",
+                    hint="create the parent first; `lamina layer ls` lists the layers")
+            lower = [parent, *self._meta(parent)["lower"]]
+            if len(lower) + 1 > self.capabilities.max_depth:
+                raise DriverError(
+                    f"layer {layer_id!r} would be {len(lower) + 1} layers deep; "
+                    f"fuse-overlayfs mounts at most {self.capabilities.max_depth}",
+                    hint="flatten the image (export the merged tree as one layer)")
+        for path in self._debris(layer_id):
+            self._delete(path)
+        if os.path.lexists(self._dir(layer_id)):
+            self._delete(self._dir(layer_id))  # a layer directory without its meta file
+        tmp = self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}"
+        try:
+            tmp.mkdir(mode=0o700)
+            (tmp / "diff").mkdir()
+            if parent is None:
+                os.chmod(tmp / "diff", self.capabilities.root_mode)
+            else:
+                self._inherit_root(self._dir(parent) / "diff", tmp / "diff")
+            (tmp / "work").mkdir(mode=0o700)
+            (tmp / "merged").mkdir(mode=0o700)
+            (tmp / META).write_text(
+                json.dumps({"parent": parent, "lower": lower, "writable": writable}) + "\n")
+            os.rename(tmp, self._dir(layer_id))
+        except BaseException:
+            with contextlib.suppress(DriverError, OSError):
+                remove_tree(tmp)
+            raise
+
+    @staticmethod
+    def _inherit_root(parent_diff: Path, diff: Path) -> None:
+        """Give a child's ``diff/`` the parent's root metadata.
+
+        An overlay shows the top-most layer's root directory, so an empty
+        child must carry what its parent shows (case 14: a root chmod
+        holds through later layers). The opaque marker stays behind.
+        """
+        st = os.lstat(parent_diff)
+        os.chown(diff, st.st_uid, st.st_gid)
+        os.chmod(diff, stat.S_IMODE(st.st_mode))
+        for name in os.listxattr(parent_diff):
+            if not name.startswith("trusted.overlay."):
+                os.setxattr(diff, name, os.getxattr(parent_diff, name))
+        os.utime(diff, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def remove(self, layer_id: str) -> None:
+        self._check_open()
+        final = self._dir(layer_id)
+        debris = self._debris(layer_id)
+        if not os.path.lexists(final) and not debris:
+            raise self._not_found(layer_id)
+        if os.path.lexists(final):
+            merged = final / "merged"
+            if os.path.lexists(merged):
+                fuse.unmount(merged)
+            left = mounts.mounts_under(final, include_self=True)
+            if left:
+                raise DriverError(f"refusing to delete through a mount at {left[0]}",
+                                  hint=f"unmount {left[0]} first, then remove {layer_id!r} again")
+            gone = self.layers / f".rm-{layer_id}-{os.urandom(4).hex()}"
+            os.rename(final, gone)  # the layer stops existing here, atomically
+            debris.append(gone)
+        for path in debris:
+            self._delete(path)
+
+    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+        layer = self._dir(layer_id)
+        merged = layer / "merged"
+        if mounts.is_mountpoint(merged):
+            fuse.unmount(merged)  # left by a crash; we do not know how it was mounted
+        lower = self._lowers(layer_id)
+        if readonly:
+            fuse.mount(merged, [f"{layer_id}/diff", *lower], cwd=self.layers)
+        else:
+            fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
+                       upper=f"{layer_id}/diff", work=f"{layer_id}/work", cwd=self.layers)
+        try:
+            _look_up_everything(merged)
+        except BaseException:
+            fuse.unmount(merged)
+            raise
+        return merged
+
+    def unmount(self, layer_id: str) -> None:
+        merged = self._dir(layer_id) / "merged"
+        if os.path.lexists(merged):
+            fuse.unmount(merged)
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def apply(self, layer_id: str, parent: str | None, stream: IO[bytes],
+              views: LayerViews) -> ApplyResult:
+        """A base layer: extract straight into ``diff/``; a child: the core's generic apply.
+
+        Without parents ``diff/`` is the whole tree, so the core's applier
+        with its default whiteouts (which delete, here nothing) is exact and
+        skips FUSE for the usually largest layer of an image. A child goes
+        through a writable mount: where a tar's whiteout or a path component
+        lands depends on the lower layers (a parent that is a file below, a
+        symlink below, a directory this tar both hides and fills), and the
+        mount resolves all of that the way fuse-overlayfs will show it.
+        """
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+        if parent is not None:
+            return super().apply(layer_id, parent, stream, views)
+        return apply_tar(stream, self._dir(layer_id) / "diff")
+
+    # -- facts -------------------------------------------------------------------------------
+
+    def status(self) -> list[tuple[str, str]]:
+        count = sum(1 for _ in self.layers.glob(f"*/{META}"))
+        return [
+            ("Backing Filesystem", filesystem_type(self.home)),
+            ("fuse-overlayfs", fuse.version()),
+            ("Whiteouts", "written by fuse-overlayfs (0/0 devices, trusted.overlay.opaque)"),
+            ("Native Diff", "false (the core's generic diff of mounted trees)"),
+            ("Native Apply", "base layers (into diff/); children through a mount"),
+            ("Layers", str(count)),
+        ]
+
+
+
+def _look_up_everything(root: Path) -> None:
+    """``lstat`` every entry below ``root`` (iteratively, following nothing).
+
+    fuse-overlayfs reports a file's ``st_nlink`` from the names of it that it
+    has looked up so far: a reader that meets one name of a hardlinked pair
+    in another directory first sees ``st_nlink == 1`` (a tar of the tree, an
+    export, a tree comparison all lose the link). Looking everything up once
+    right after mounting makes the counts exact, at the cost of one walk of
+    the tree per mount (its first user; later users share the mount).
+    """
+    pending = [os.fspath(root)]
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
