@@ -107,8 +107,12 @@ def race(contenders: list[Contender], runs: int) -> None:
 
 
 def report(title: str, lamina: Contender, reference: Contender, target: float,
-           facts: list[tuple[str, str]]) -> bool:
-    """Print facts, both timings and the ratio of best times; True if within target."""
+           facts: list[tuple[str, str]], others: tuple[Contender, ...] = ()) -> bool:
+    """Print facts, the timings and the ratio of best times; True if within target.
+
+    ``others`` are shown for information (a lower-level path, say) and do not
+    count for the target.
+    """
     ratio = lamina.best / reference.best
     ok = ratio <= target
     try:
@@ -118,7 +122,7 @@ def report(title: str, lamina: Contender, reference: Contender, target: float,
         print(title)
         for key, value in facts:
             print(f"  {key}: {value}")
-        for c in (lamina, reference):
+        for c in (lamina, reference, *others):
             print(f"  {c.name:<40} best {c.best:.3f} s  median {c.median:.3f} s  "
                   f"runs {' '.join(f'{t:.3f}' for t in c.times)}")
         print(f"  ratio {ratio:.2f}x (target <= {target}x): {'OK' if ok else 'MISSED'}; "
@@ -128,7 +132,7 @@ def report(title: str, lamina: Contender, reference: Contender, target: float,
     table = Table(title=title)
     for col in ("", "best (s)", "median (s)", "runs (s)"):
         table.add_column(col, justify="left" if not col else "right")
-    for c in (lamina, reference):
+    for c in (lamina, reference, *others):
         table.add_row(c.name, f"{c.best:.3f}", f"{c.median:.3f}",
                       " ".join(f"{t:.2f}" for t in c.times))
     for key, value in facts:
