@@ -186,7 +186,17 @@ class OverlayDriver(Driver):
 
     def lower_dirs(self, layer_id: str) -> list[Path]:
         """The diff dirs of the parents, top-most first (the ``l/`` links resolved)."""
-        return [Path(os.path.realpath(self.home / short)) for short in self._short_lowers(layer_id)]
+        home = os.fspath(self.home)
+        # each link reads "../<id>/diff": one readlink, no realpath walk (500 layers deep)
+        return [
+            Path(f"{home}/{os.readlink(f'{home}/{short}')[3:]}")
+            for short in self._short_lowers(layer_id)
+        ]
+
+    def _mount_lowers(self, layer_id: str) -> list[Path | str]:
+        """The parents' diff dirs as the ``l/`` paths: the kernel follows the links."""
+        home = os.fspath(self.home)
+        return [f"{home}/{short}" for short in self._short_lowers(layer_id)]
 
     # -- create and remove -------------------------------------------------------------------
 
@@ -300,12 +310,12 @@ class OverlayDriver(Driver):
             return point
         if readonly:
             spec = mountapi.OverlaySpec(
-                [diff, *self.lower_dirs(layer_id)], options=self.mount_options, readonly=True
+                [diff, *self._mount_lowers(layer_id)], options=self.mount_options, readonly=True
             )
             short_list = [f"{layer_id}/diff", *shorts]
         else:
             spec = mountapi.OverlaySpec(
-                self.lower_dirs(layer_id), diff, layer / "work", self.mount_options
+                self._mount_lowers(layer_id), diff, layer / "work", self.mount_options
             )
             short_list = shorts
         if self.legacy:

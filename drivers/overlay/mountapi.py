@@ -120,7 +120,7 @@ def parse_mountopt(text: str) -> MountOptions:
 class OverlaySpec:
     """What to mount: lowers top-most first, an optional upper and work dir."""
 
-    lowers: list[Path]
+    lowers: list[Path | str]
     upper: Path | None = None
     work: Path | None = None
     options: MountOptions = field(default_factory=MountOptions)
