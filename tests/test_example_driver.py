@@ -1,0 +1,118 @@
+"""The driver kit: the fuse-overlayfs example installs like any third-party package and conforms.
+
+The package in examples/lamina-fuse-overlayfs is installed with pip into a
+private directory (no index, no dependencies: lamina itself comes from this
+checkout) and used only through ``PYTHONPATH``, as an installed plugin is.
+Its own test module then runs the whole conformance suite against it on the
+machine's disk (ext4) and on a tmpfs, and the matrix runner shows it as a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, needs_root, run_lamina
+
+from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+
+EXAMPLE = REPO / "examples" / "lamina-fuse-overlayfs"
+KNOWN_FAILURE = "test_20_chown_only[commit]"
+
+needs_fuse_overlayfs = pytest.mark.skipif(
+    shutil.which("fuse-overlayfs") is None or not os.path.exists("/dev/fuse"),
+    reason="fuse-overlayfs or /dev/fuse missing (.ci/setup installs fuse-overlayfs)",
+)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example installed the way pip installs any driver package."""
+    target = tmp_path_factory.mktemp("example-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(EXAMPLE)],
+        check=True, capture_output=True,
+    )
+    return target
+
+
+def run_example_tests(site: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(site), "LAMINA_TEST_ROOT": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+         str(EXAMPLE / "tests")],
+        capture_output=True, text=True, env=env, cwd=EXAMPLE, timeout=1200,
+    )
+
+
+def test_installed_package_registers_through_its_entry_point(site: Path, tmp_path: Path) -> None:
+    files = {p.name for p in site.iterdir()}
+    assert "lamina_fuse_overlayfs" in files
+    assert any(f.startswith("lamina_fuse_overlayfs-1.0.0.dist-info") for f in files), files
+    out = run_lamina("drivers", "--format", "json", root=tmp_path / "root",
+                     env={"PYTHONPATH": str(site)})
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    row = rows["fuse-overlayfs"]
+    assert row["origin"] == "lamina-fuse-overlayfs 1.0.0"
+    usable = os.geteuid() == 0 and shutil.which("fuse-overlayfs") is not None
+    assert row["supported"] is usable, row
+
+
+def test_example_uses_only_the_public_core_api() -> None:
+    """A third-party package may import lamina.core.* and nothing else of lamina."""
+    for source in (EXAMPLE / "lamina_fuse_overlayfs").glob("*.py"):
+        for line in source.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and words[1].startswith("lamina"):
+                module = words[1]
+                assert module.startswith(("lamina.core", "lamina_fuse_overlayfs")), (
+                    f"{source.name}: {line.strip()}")
+
+
+@needs_root
+@needs_fuse_overlayfs
+def test_suite_passes_on_the_machines_disk(site: Path, tmp_path: Path) -> None:
+    root = Path("/var/tmp") / f"lamina-example-{os.getpid()}"
+    root.mkdir(mode=0o700)
+    try:
+        proc = run_example_tests(site, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout, proc.stdout
+
+
+@needs_root
+@needs_fuse_overlayfs
+def test_suite_passes_on_tmpfs(site: Path, tmp_path: Path) -> None:
+    try:
+        with backing_filesystem("tmpfs", tmp_path / "backing", size_mb=2048) as fs:
+            proc = run_example_tests(site, fs.path)
+    except BackingUnavailable as exc:
+        pytest.skip(str(exc))
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout, proc.stdout
+
+
+@needs_root
+@needs_fuse_overlayfs
+def test_example_is_a_row_of_the_matrix(site: Path, tmp_path: Path) -> None:
+    """``lamina conformance --driver fuse-overlayfs --fs tmpfs``: one row, the known failure named."""
+    report = tmp_path / "matrix.json"
+    cases = "test_01 or test_06 or test_13 or test_37 or test_20_chown_only"
+    proc = run_lamina("conformance", "--driver", "fuse-overlayfs", "--fs", "tmpfs",
+                      "--size-mb", "512", "--workdir", str(tmp_path / "work"),
+                      "--json", str(report), "-k", cases,
+                      env={"PYTHONPATH": str(site)}, check=False)
+    cells = json.loads(report.read_text())["cells"]
+    assert [(c["driver"], c["fs"]) for c in cells] == [("fuse-overlayfs", "tmpfs")], cells
+    cell = cells[0]
+    assert [f["test"].rsplit("::", 1)[-1] for f in cell["failures"]] == [KNOWN_FAILURE], cell
+    assert cell["passed"] >= 6, cell
+    assert proc.returncode != 0  # a failed cell fails the run
