@@ -103,7 +103,7 @@ def test_suite_passes_on_tmpfs(site: Path, tmp_path: Path) -> None:
 @needs_root
 @needs_fuse_overlayfs
 def test_example_is_a_row_of_the_matrix(site: Path, tmp_path: Path) -> None:
-    """``lamina conformance --driver fuse-overlayfs --fs tmpfs``: one row, the known failure named."""
+    """``lamina conformance --driver fuse-overlayfs --fs tmpfs``: a row, its failure named."""
     report = tmp_path / "matrix.json"
     cases = "test_01 or test_06 or test_13 or test_37 or test_20_chown_only"
     proc = run_lamina("conformance", "--driver", "fuse-overlayfs", "--fs", "tmpfs",
