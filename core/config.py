@@ -12,7 +12,6 @@ See docs/configuration.md for every key.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -95,6 +94,8 @@ def load_config(
 
 def parse_config(path: Path) -> Config:
     """Parse one TOML file strictly: unknown keys and wrong types are errors."""
+    import tomllib  # only when a file exists: it is a fifth of a command's start-up
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -30,7 +30,6 @@ from typing import IO, Any
 
 from . import metadata, mounts
 from .blobs import BlobStore
-from .compression import open_layer_stream
 from .driver import ApplyResult, Change, Driver
 from .errors import (
     InvalidLayerId,
@@ -265,6 +264,8 @@ class Store:
         On any failure, KeyboardInterrupt included, the layer is removed again;
         a SIGKILL leaves an incomplete layer that the next open removes.
         """
+        from .compression import open_layer_stream  # the tar path: not for every command
+
         layer_id = self._begin(parent, writable, layer_id)
         try:
             started = time.monotonic()
