@@ -5,8 +5,10 @@ child's ``otransid``). Every later change to an inode (content, metadata,
 xattrs, a link added or removed, an entry of a directory added, removed or
 renamed) rewrites that inode's item with a newer transaction id, and the
 kernel's tree search skips every part of the child's tree untouched since
-``G``. So the inodes touched since the snapshot (``S``) cost a search
-proportional to the change, not to the image, and their paths
+``G``. So the inodes touched since the snapshot cost a search proportional
+to the change, not to the image; those whose items all still equal the
+parent's (but for atime: they were only read) are dropped, and the rest
+(``S``) with their paths
 (``INO_PATHS``) with all their ancestors (``V``) are the only places where
 the child can differ from the parent.
 
@@ -21,9 +23,11 @@ judged by the generic code itself, so what it reports is the generic
 result. The premises are checked, and :class:`NativeUnavailable` says why
 the generic walk must be used instead:
 
-- the parent changed after the snapshot (a writable parent);
+- a writable parent changed after the snapshot (or was snapshotted again:
+  indistinguishable from the generation alone);
 - the child is not a snapshot of that parent;
 - a subvolume nests in either (their placeholders carry no generations);
+- more than :data:`MAX_CANDIDATES` inodes were rewritten (the walk is cheaper);
 - a hardlinked file is among the entries looked at (hardlink groups are
   compared across whole trees, which a pruned walk does not see).
 """
@@ -49,15 +53,47 @@ from . import ioctl
 
 #: inode number of a subvolume's root directory
 FIRST_FREE_OBJECTID = 256
+#: beyond this many rewritten inodes, checking each against the parent costs more than
+#: the generic walk of a Debian-sized tree (measured: bench/bench_btrfs_layers.py)
+MAX_CANDIDATES = 256
 
 
 class NativeUnavailable(Exception):
     """The generation numbers cannot give an exact answer here; the message says why."""
 
 
-def touched_inodes(fd: int, tree_id: int, since_transid: int) -> set[int]:
-    """Inodes of subvolume ``tree_id`` whose item changed after transaction ``since_transid``."""
-    found = set()
+#: bytes of an INODE_ITEM that change without the inode changing: transid, atime
+_INODE_NOISE = ((8, 16), (112, 124))
+
+
+def _masked(item: ioctl.Item) -> tuple[int, int, bytes]:
+    data = item.data
+    if item.type == ioctl.INODE_ITEM_KEY:
+        buf = bytearray(data)
+        for start, end in _INODE_NOISE:
+            buf[start:end] = bytes(end - start)
+        data = bytes(buf)
+    return item.type, item.offset, data
+
+
+def _items_of(fd: int, tree_id: int, ino: int) -> list[tuple[int, int, bytes]]:
+    return [
+        _masked(item)
+        for item in ioctl.tree_search(fd, tree_id, min_key=(ino, 0, 0),
+                                      max_key=(ino, 255, ioctl.U64_MAX))
+    ]
+
+
+def touched_inodes(fd: int, tree_id: int, parent_tree_id: int, since_transid: int) -> set[int]:
+    """Inodes of subvolume ``tree_id`` that differ from ``parent_tree_id``'s since a snapshot.
+
+    Candidates are the inodes whose item was rewritten after transaction
+    ``since_transid``; a candidate whose every item (name refs, xattrs, extent
+    references, directory entries, the inode item but for its atime and
+    transid) is byte-for-byte the parent's was only read (an atime update),
+    not changed, and is dropped.
+    """
+    candidates = set()
     for item in ioctl.tree_search(
         fd, tree_id,
         min_key=(FIRST_FREE_OBJECTID, ioctl.INODE_ITEM_KEY, 0),
@@ -65,8 +101,16 @@ def touched_inodes(fd: int, tree_id: int, since_transid: int) -> set[int]:
         min_transid=since_transid + 1,
     ):
         if item.type == ioctl.INODE_ITEM_KEY and ioctl.inode_transid(item) > since_transid:
-            found.add(item.objectid)
-    return found
+            candidates.add(item.objectid)
+    if len(candidates) > MAX_CANDIDATES:
+        raise NativeUnavailable(
+            f"{len(candidates)} inodes were rewritten since the snapshot (reads that update "
+            "atimes count): comparing them costs more than walking the trees"
+        )
+    return {
+        ino for ino in candidates
+        if _items_of(fd, tree_id, ino) != _items_of(fd, parent_tree_id, ino)
+    }
 
 
 def native_tree_diff(
@@ -92,7 +136,10 @@ def native_tree_diff(
     parent = util.subvolume_info(parent_subvol)
     if child.parent_uuid != parent.uuid:
         raise NativeUnavailable("the layer is not a snapshot of its parent's subvolume")
-    if parent.generation > child.otransid:
+    # a read-only parent cannot have changed (lamina finalizes a layer before any child
+    # exists and never clears the flag); a writable one has not if its tree's newest
+    # generation is the snapshot's own (each later snapshot of it also rewrites its root)
+    if not util.get_subvolume_read_only(parent_subvol) and parent.generation > child.otransid:
         raise NativeUnavailable("the parent changed after the layer was snapshotted")
     for subvol in (layer_subvol, parent_subvol):
         if next(iter(util.SubvolumeIterator(subvol)), None) is not None:
@@ -100,7 +147,7 @@ def native_tree_diff(
 
     fd = os.open(layer_subvol, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        touched = touched_inodes(fd, child.id, child.otransid)
+        touched = touched_inodes(fd, child.id, parent.id, child.otransid)
         on_path: set[str] = {""}
         for ino in touched:
             if ino == FIRST_FREE_OBJECTID:
