@@ -43,16 +43,17 @@ def run_property(driver: str, tmp: Path, examples: int) -> subprocess.CompletedP
 
 
 def shrunk_plan(output: str) -> str:
-    """The ``plan=[...]`` of Hypothesis's falsifying example, on one line."""
-    start = output.rfind("plan=")
+    """The plan of Hypothesis's falsifying example (``Draw 1 (plan): [...]``), on one line."""
+    marker = "Draw 1 (plan): "
+    start = output.rfind(marker)
     assert start >= 0, f"no falsifying plan in the output:\n{output[-4000:]}"
     lines = []
-    for line in output[start + len("plan="):].splitlines():
+    for line in output[start + len(marker):].splitlines():
         line = re.sub(r"^[E|\s]*", "", line)  # pytest's "E" and exception-group margins
-        if line == ")":
-            break
         lines.append(line)
-    return " ".join(lines).rstrip(",")
+        if line.endswith("]]"):
+            break
+    return " ".join(lines)
 
 
 def test_vfs_passes(tmp_path: Path) -> None:
