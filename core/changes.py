@@ -112,6 +112,16 @@ class TreeDiff:
         """The changes sorted by path (a parent always sorts before its children)."""
         return [Change(path, kind) for path, kind in sorted(self.kinds.items())]
 
+    def content_size(self) -> int:
+        """Bytes of regular files ADDED or MODIFIED, each inode once (a layer's diff size)."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for st in self.stats.values():
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+        return total
+
 
 def _scan(path: str) -> dict[str, os.DirEntry[str]]:
     with os.scandir(path) as it:
@@ -334,11 +344,4 @@ def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: 
     and directories, symlinks and devices count nothing.
     """
     with layer_diff(driver, layer_id, parent, views) as (found, _):
-        pass
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for st in found.stats.values():
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return total
+        return found.content_size()

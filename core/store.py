@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -382,7 +381,7 @@ class Store:
     def _begin(self, parent: str | None, writable: bool, layer_id: str | None) -> str:
         """Record an incomplete layer and have the driver create it."""
         self._check_open()
-        layer_id = secrets.token_hex(32) if layer_id is None else check_layer_id(layer_id)
+        layer_id = os.urandom(32).hex() if layer_id is None else check_layer_id(layer_id)
         started = time.monotonic()
         with self._lock:
             if parent is not None:

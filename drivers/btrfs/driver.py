@@ -29,10 +29,9 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from lamina.core import mounts
-from lamina.core.changes import TreeDiff, diff_trees, viewed_layers
 from lamina.core.driver import Capabilities, Change, Driver, LayerViews, Option
 from lamina.core.errors import (
     DriverError,
@@ -41,13 +40,14 @@ from lamina.core.errors import (
     LayerNotFound,
     StoreClosed,
 )
-from lamina.core.export import write_layer_tar
 from lamina.core.fsinfo import filesystem_magic, filesystem_type
 from lamina.core.treecopy import remove_tree
 
 from . import ioctl
-from .native import NativeUnavailable, native_tree_diff
 from .size import parse_size
+
+if TYPE_CHECKING:  # the diff paths load only when used: start-up of every command pays
+    from lamina.core.changes import TreeDiff
 
 BTRFS_MAGIC = 0x9123683E
 INSTALL_HINT = "pip install 'lamina[btrfs]' (needs libbtrfsutil-dev: apt-get install -y " \
@@ -439,6 +439,10 @@ class BtrfsDriver(Driver):
         views: LayerViews,
     ) -> TreeDiff:
         """The layer's changes: natively where that is exact, else by walking both trees."""
+        from lamina.core.changes import diff_trees
+
+        from .native import NativeUnavailable, native_tree_diff
+
         since = views.created_ns(layer_id)
         root_mode = self.capabilities.root_mode
         found = None
@@ -474,28 +478,26 @@ class BtrfsDriver(Driver):
         return found
 
     def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
+        from lamina.core.changes import viewed_layers
+
         with viewed_layers(views, layer_id, parent) as (lower, upper):
             return self._tree_diff(layer_id, parent, lower, upper, views).changes()
 
     def diff(
         self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
     ) -> int:
+        from lamina.core.changes import viewed_layers
+        from lamina.core.export import write_layer_tar
+
         with viewed_layers(views, layer_id, parent) as (lower, upper):
             found = self._tree_diff(layer_id, parent, lower, upper, views)
             return write_layer_tar(out, upper, found.changes(), stats=found.stats)
 
     def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
-        import stat
+        from lamina.core.changes import viewed_layers
 
         with viewed_layers(views, layer_id, parent) as (lower, upper):
-            found = self._tree_diff(layer_id, parent, lower, upper, views)
-        seen: set[tuple[int, int]] = set()
-        total = 0
-        for st in found.stats.values():
-            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-        return total
+            return self._tree_diff(layer_id, parent, lower, upper, views).content_size()
 
 
 def _is_readonly_view_of(source: Path, point: Path) -> bool:

@@ -36,7 +36,7 @@ import secrets
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from lamina.core import mounts
 from lamina.core.driver import (
@@ -57,7 +57,10 @@ from lamina.core.errors import (
 from lamina.core.fsinfo import filesystem_type
 from lamina.core.treecopy import remove_tree
 
-from . import mountapi, nativeapply, nativediff, support
+from . import mountapi, support
+
+if TYPE_CHECKING:  # the tar paths load only when used: start-up of every command pays
+    from . import nativediff
 
 _SHORT_ALPHABET = string.ascii_uppercase + string.digits
 SHORT_LEN = 26
@@ -256,6 +259,8 @@ class OverlayDriver(Driver):
         st = os.lstat(src)
         fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            from . import nativeapply
+
             nativeapply._copy_metadata(os.fspath(src), fd, st)
         finally:
             os.close(fd)
@@ -392,6 +397,8 @@ class OverlayDriver(Driver):
     # -- content ---------------------------------------------------------------------------------
 
     def _native(self, layer_id: str) -> nativediff.NativeDiff:
+        from . import nativediff
+
         return nativediff.layer_changes(
             self.diff_dir(layer_id), self.lower_dirs(layer_id),
             root_mode=self.capabilities.root_mode,
@@ -407,18 +414,24 @@ class OverlayDriver(Driver):
         if not self.features().native_diff:
             return super().diff(layer_id, parent, out, views)
         self._check_layer(layer_id)
+        from . import nativediff
+
         return nativediff.write_native_diff(out, self.diff_dir(layer_id), self._native(layer_id))
 
     def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
         if not self.features().native_diff:
             return super().diff_size(layer_id, parent, views)
         self._check_layer(layer_id)
+        from . import nativediff
+
         return nativediff.diff_size(self._native(layer_id))
 
     def apply(
         self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
     ) -> ApplyResult:
         self._check_layer(layer_id)
+        from . import nativeapply
+
         return nativeapply.apply_layer(stream, self.diff_dir(layer_id), self.lower_dirs(layer_id))
 
     def _check_layer(self, layer_id: str) -> None:
