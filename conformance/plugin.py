@@ -91,6 +91,10 @@ def load_driver_class(name: str) -> type[Driver]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lamina_property: case 44, the Hypothesis property test (slow; run it with "
+        "-m lamina_property, leave it out with -m 'not lamina_property')"
+    )
     name = config.getoption("lamina_driver", None)
     if not name:
         return

@@ -22,7 +22,6 @@ from conftest import REPO, needs_root, run_lamina
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 
 EXAMPLE = REPO / "examples" / "lamina-fuse-overlayfs"
-KNOWN_FAILURE = "test_20_chown_only[commit]"
 
 needs_fuse_overlayfs = pytest.mark.skipif(
     shutil.which("fuse-overlayfs") is None or not os.path.exists("/dev/fuse"),
@@ -103,7 +102,7 @@ def test_suite_passes_on_tmpfs(site: Path, tmp_path: Path) -> None:
 @needs_root
 @needs_fuse_overlayfs
 def test_example_is_a_row_of_the_matrix(site: Path, tmp_path: Path) -> None:
-    """``lamina conformance --driver fuse-overlayfs --fs tmpfs``: a row, its failure named."""
+    """``lamina conformance --driver fuse-overlayfs --fs tmpfs``: a passing row of the matrix."""
     report = tmp_path / "matrix.json"
     cases = "test_01 or test_06 or test_13 or test_37 or test_20_chown_only"
     proc = run_lamina("conformance", "--driver", "fuse-overlayfs", "--fs", "tmpfs",
@@ -113,6 +112,6 @@ def test_example_is_a_row_of_the_matrix(site: Path, tmp_path: Path) -> None:
     cells = json.loads(report.read_text())["cells"]
     assert [(c["driver"], c["fs"]) for c in cells] == [("fuse-overlayfs", "tmpfs")], cells
     cell = cells[0]
-    assert [f["test"].rsplit("::", 1)[-1] for f in cell["failures"]] == [KNOWN_FAILURE], cell
-    assert cell["passed"] >= 6, cell
-    assert proc.returncode != 0  # a failed cell fails the run
+    assert cell["status"] == "passed" and cell["failures"] == [], cell
+    assert cell["passed"] >= 6 and cell["skipped"] >= 1, cell  # the declared limit skips
+    assert proc.returncode == 0, proc.stdout
