@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import IO
 from zlib import adler32
 
@@ -60,11 +61,21 @@ _KINDS = {
     b"6": FIFO,
     b"D": DIR,  # GNU dump directory: its data (a listing) is skipped
 }
+#: the same, keyed by the typeflag byte's value
+_KINDS_BY_FLAG = {flag[0]: kind for flag, kind in _KINDS.items()}
+#: typeflags of extension headers (their data describes the next header)
+_EXTENSION_TYPES = frozenset(b"xXgLK")
+_PAX_TYPES = frozenset(b"xXg")
+#: pax keys fully handled without looking for xattrs or sparse records
+_PLAIN_PAX_KEYS = frozenset(
+    {"path", "linkpath", "size", "uid", "gid", "mtime", "atime", "ctime", "uname", "gname"}
+    | {"comment", "charset", "hdrcharset"}
+)
 #: kinds whose header is followed by no data, whatever the size field says (as Go reads)
 _HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO})
 
-#: chunks at least this big are hashed on the helper thread
-_THREADED_HASH_MIN = 256 << 10
+#: chunks read but not hashed yet, at most (memory stays bounded by this many CHUNKs)
+_HASH_IN_FLIGHT = 16
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _OCTAL_DIGITS = b"01234567"
@@ -131,10 +142,30 @@ def _number(raw: bytes, what: str, offset: int) -> int:
     value = _NUMBERS.get(raw)
     if value is not None:
         return value
-    value = _parse_number(raw, what, offset)
+    body = raw[:-1]
+    if raw[-1] in (0, 32) and body.isdigit():  # the usual "0001234\0" form
+        try:
+            value = int(body, 8)
+        except ValueError:  # an 8 or a 9: the careful parse says so
+            value = _parse_number(raw, what, offset)
+    else:
+        value = _parse_number(raw, what, offset)
     if len(_NUMBERS) < 4096:
         _NUMBERS[raw] = value
     return value
+
+
+#: checksum field -> the sum of all the header's bytes that the field promises
+_CHECKSUM_TOTALS: dict[bytes, int] = {}
+
+
+def _checksum_total(raw: bytes, offset: int) -> int:
+    """What the unsigned byte sum of a whole header block is when its checksum
+    field ``raw`` is right: the checksum counts the field itself as 8 spaces."""
+    total = _number(raw, "checksum", offset) + sum(raw) - 8 * 32
+    if len(_CHECKSUM_TOTALS) < 4096:
+        _CHECKSUM_TOTALS[raw] = total
+    return total
 
 
 def _parse_number(raw: bytes, what: str, offset: int) -> int:
@@ -153,10 +184,50 @@ def _parse_number(raw: bytes, what: str, offset: int) -> int:
     return int(digits, 8)
 
 
+#: pax keys seen in most layers, decoded once
+_PAX_KEY_NAMES = {
+    key.encode(): key
+    for key in ("path", "linkpath", "size", "uid", "gid", "mtime", "atime", "ctime")
+}
+
+
 def _pax_records(data: bytes, offset: int) -> dict[str, bytes]:
     """Parse ``"<len> <key>=<value>\\n"`` records; every record advances, so no hang."""
     records: dict[str, bytes] = {}
     pos = 0
+    end = len(data)
+    find = data.find
+    while pos < end:
+        # the well-formed case, checked as strictly as the careful path below
+        space = find(b" ", pos, pos + 21)
+        if space > pos:
+            digits = data[pos:space]
+            if digits.isdigit():
+                length = int(digits)
+                stop = pos + length
+                if length >= space - pos + 4 and stop <= end and data[stop - 1] == 10:
+                    equals = find(b"=", space + 1, stop)
+                    if equals > space + 1:
+                        raw_key = data[space + 1 : equals]
+                        key = _PAX_KEY_NAMES.get(raw_key)
+                        if key is None:
+                            try:
+                                key = raw_key.decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise CorruptArchive(
+                                    f"pax record key is not UTF-8 at offset {offset + pos}"
+                                ) from None
+                        records[key] = data[equals + 1 : stop - 1]
+                        pos = stop
+                        continue
+        _pax_record_careful(data, offset, pos, records)
+        break
+    return records
+
+
+def _pax_record_careful(data: bytes, offset: int, pos: int, records: dict[str, bytes]) -> None:
+    """The rest of a pax header from a record the fast path did not take: its
+    NUL padding, or the error that says what is wrong."""
     end = len(data)
     while pos < end:
         space = data.find(b" ", pos, min(end, pos + 21))
@@ -186,7 +257,6 @@ def _pax_records(data: bytes, offset: int) -> dict[str, bytes]:
             raise CorruptArchive(f"pax record key is not UTF-8 at offset {offset + pos}") from None
         records[key] = record[equals + 1 : -1]
         pos += length
-    return records
 
 
 def _pax_int(records: dict[str, bytes], key: str, offset: int) -> int | None:
@@ -230,9 +300,9 @@ class TarReader:
     def __init__(self, stream: IO[bytes], limits: Limits | None = None) -> None:
         self._read = stream.read
         self.limits = limits or Limits()
-        self._sha = hashlib.sha256()
-        self._hasher: ThreadPoolExecutor | None = None
-        self._hashing: Future[None] | None = None
+        #: names this long or shorter need no component or PATH_MAX check
+        self._short_path = min(self.limits.max_component, self.limits.max_path - 1)
+        self._hasher = _Hasher()
         #: bytes read from the stream so far
         self.size = 0
         self._buf = b""
@@ -252,31 +322,13 @@ class TarReader:
     @property
     def diff_id(self) -> str:
         """``sha256:<hex>`` of the bytes read; the diff id once the stream ended."""
-        self._hash_wait()
-        return "sha256:" + self._sha.hexdigest()
-
-    def _hash(self, data: bytes) -> None:
-        """Hash a chunk; big ones on a helper thread (hashlib drops the GIL), so
-        hashing overlaps the applier's writes. At most one chunk is in flight:
-        memory stays bounded however fast the stream is read."""
-        self._hash_wait()
-        if len(data) < _THREADED_HASH_MIN:
-            self._sha.update(data)
-            return
-        if self._hasher is None:
-            self._hasher = _hash_worker()
-        self._hashing = self._hasher.submit(self._sha.update, data)
-
-    def _hash_wait(self) -> None:
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
+        return "sha256:" + self._hasher.hexdigest()
 
     def _fill(self) -> bool:
         data = self._read(CHUNK)
         if not data:
             return False
-        self._hash(data)
+        self._hasher.update(data)
         self.size += len(data)
         if self._pos < len(self._buf):
             self._buf = self._buf[self._pos :] + data
@@ -366,16 +418,29 @@ class TarReader:
         """The next entry, or None after the end of the archive."""
         if self._finished:
             return None
-        self._skip(self._left + self._pad)
-        self._left = self._pad = 0
+        skip = self._left + self._pad
+        if skip:
+            if len(self._buf) - self._pos >= skip:
+                self._pos += skip
+            else:
+                self._skip(skip)
+            self._left = self._pad = 0
         self._regions = None
-        pax: dict[str, bytes] = {}
+        pax: dict[str, bytes] | None = None
         longname: bytes | None = None
         longlink: bytes | None = None
-        first = self.offset
+        first = -1
         while True:
-            offset = self.offset
-            block = self._block_or_eof()
+            buf = self._buf
+            pos = self._pos
+            offset = self.size - len(buf) + pos
+            if first < 0:
+                first = offset
+            if len(buf) - pos >= BLOCK:
+                self._pos = pos + BLOCK
+                block: bytes | None = buf[pos : pos + BLOCK]
+            else:
+                block = self._block_or_eof()
             if block is None or block == _ZERO_BLOCK:
                 if block is not None:
                     second = self._block_or_eof()
@@ -383,7 +448,7 @@ class TarReader:
                         raise CorruptArchive(
                             f"a single zero block followed by data at offset {offset}"
                         )
-                if pax or longname is not None or longlink is not None:
+                if pax is not None or longname is not None or longlink is not None:
                     raise CorruptArchive(
                         f"the archive ends after an extended header at offset {first}"
                     )
@@ -391,60 +456,80 @@ class TarReader:
                     raise CorruptArchive("the stream is empty: not a tar archive")
                 self._finish()
                 return None
-            entry = self._header(block, offset, pax, longname, longlink)
+            chksum = block[148:156]
+            # the byte sum in C: Adler-32's first half is 1 + the byte sum modulo 65521,
+            # exact for 256 bytes (at most 65280); much faster than sum(block)
+            total = _CHECKSUM_TOTALS.get(chksum)
+            if total is None:
+                total = _checksum_total(chksum, offset)
+            if total != (adler32(block[:256]) & 0xFFFF) + (
+                adler32(block[256:]) & 0xFFFF
+            ) - 2 and _number(chksum, "checksum", offset) != _signed_checksum(block):
+                raise CorruptArchive(
+                    f"not a tar stream, or a corrupt one: bad header checksum at offset {offset}"
+                )
+            size = block[124:136]
+            data_size = _NUMBERS.get(size)
+            if data_size is None:
+                data_size = _number(size, "size", offset)
+            if data_size < 0:
+                raise CorruptArchive(f"negative size in the header at offset {offset}")
+            typeflag = block[156]
+            if typeflag in _EXTENSION_TYPES:
+                data = self._extension(typeflag, data_size, offset)
+                if typeflag == 0x78 or typeflag == 0x58:  # x, X
+                    records = _pax_records(data, offset + BLOCK)
+                    if pax is None:
+                        pax = records
+                    else:
+                        pax.update(records)
+                elif typeflag == 0x4C:  # L
+                    longname = _cstr(data)
+                elif typeflag == 0x4B:  # K
+                    longlink = _cstr(data)
+                continue
+            entry = self._header(block, typeflag, data_size, offset, pax, longname, longlink)
             if entry is not None:
                 entry.offset = first
                 return entry
-            if self._meta is not None:  # an extension header: fold it in, read on
-                kind, data = self._meta
-                self._meta = None
-                if kind == b"x":
-                    pax.update(_pax_records(data, offset + BLOCK))
-                elif kind == b"L":
-                    longname = _cstr(data)
-                elif kind == b"K":
-                    longlink = _cstr(data)
 
-    _meta: tuple[bytes, bytes] | None = None
+    def _extension(self, typeflag: int, data_size: int, offset: int) -> bytes:
+        """The data of an extension header (pax, GNU long name), within the limit."""
+        limit = self.limits.max_pax_size
+        if data_size > limit:
+            what = "pax header" if typeflag in _PAX_TYPES else "GNU long name"
+            raise ArchiveLimit(
+                f"{what} of {data_size} bytes at offset {offset} exceeds the limit of {limit} bytes"
+            )
+        end = self._pos + data_size
+        if end <= len(self._buf):
+            data = self._buf[self._pos : end]
+            self._pos = end
+        else:
+            data = self._take(data_size, "an extended header")
+        pad = -data_size % BLOCK
+        if len(self._buf) - self._pos >= pad:
+            self._pos += pad
+        else:
+            self._skip(pad)
+        if typeflag == 0x67:  # g
+            _pax_records(data, offset + BLOCK)  # validated, then ignored
+        return data
 
     def _header(
         self,
         block: bytes,
+        typeflag: int,
+        data_size: int,
         offset: int,
-        pax: dict[str, bytes],
+        pax: dict[str, bytes] | None,
         longname: bytes | None,
         longlink: bytes | None,
     ) -> TarEntry | None:
-        """Parse one header block; None for extension headers (stored in ``_meta``)."""
-        chksum = block[148:156]
-        size = block[124:136]
-        typeflag = block[156:157]
-        expected = _number(chksum, "checksum", offset)
-        actual = _byte_sum(block) - sum(chksum) + 8 * 32
-        if expected != actual and expected != _signed_checksum(block):
-            raise CorruptArchive(
-                f"not a tar stream, or a corrupt one: bad header checksum at offset {offset}"
-            )
-        data_size = _number(size, "size", offset)
-        if data_size < 0:
-            raise CorruptArchive(f"negative size in the header at offset {offset}")
-
-        if typeflag in (b"x", b"X", b"g", b"L", b"K"):
-            limit = self.limits.max_pax_size
-            if data_size > limit:
-                what = "pax header" if typeflag in (b"x", b"X", b"g") else "GNU long name"
-                raise ArchiveLimit(
-                    f"{what} of {data_size} bytes at offset {offset} exceeds the "
-                    f"limit of {limit} bytes"
-                )
-            data = self._take(data_size, "an extended header")
-            self._skip(-data_size % BLOCK)
-            if typeflag == b"g":
-                _pax_records(data, offset + BLOCK)  # validated, then ignored
-            else:
-                self._meta = (b"x" if typeflag == b"X" else typeflag, data)
+        """Parse an entry's header block (its extensions folded in); None for a volume label."""
+        if typeflag == 0x56:  # V: a GNU volume label, not a file
+            self._skip(data_size + (-data_size % BLOCK))
             return None
-
         (
             name,
             mode,
@@ -463,51 +548,50 @@ class TarReader:
             devminor,
             prefix,
         ) = _HEADER.unpack(block)
-        if typeflag == b"V":  # GNU volume label: not a file
-            self._skip(data_size + (-data_size % BLOCK))
-            return None
 
-        kind = _KINDS.get(typeflag)
+        kind = _KINDS_BY_FLAG.get(typeflag)
         sparse: list[tuple[int, int]] | None = None
         real_size = data_size
         if kind is None:
-            if typeflag == b"S":
+            if typeflag == 0x53:  # S: old GNU sparse file
                 kind = FILE
                 sparse, real_size = self._old_gnu_sparse(block, offset)
             else:
                 raise CorruptArchive(
-                    f"unsupported tar entry type {typeflag!r} in the header at offset {offset}"
+                    f"unsupported tar entry type {bytes([typeflag])!r} in the header "
+                    f"at offset {offset}"
                 )
 
         # the name: pax path > GNU long name > ustar prefix/name
-        if "path" in pax:
+        if pax is not None and "path" in pax:
             raw_name = pax["path"]
         elif longname is not None:
             raw_name = longname
         else:
-            raw_name = _cstr(name)
-            if magic == b"ustar\0" and prefix[0]:
-                raw_name = _cstr(prefix) + b"/" + raw_name
-        if "linkpath" in pax:
-            raw_link = pax["linkpath"]
-        elif longlink is not None:
-            raw_link = longlink
-        else:
-            raw_link = _cstr(linkname)
+            raw_name = name.partition(b"\0")[0]
+            if prefix[0] and magic == b"ustar\0":
+                raw_name = prefix.partition(b"\0")[0] + b"/" + raw_name
 
-        entry = TarEntry(
-            path="",
-            kind=kind,
-            mode=_number(mode, "mode", offset) & 0o7777,
-            uid=_number(uid, "uid", offset),
-            gid=_number(gid, "gid", offset),
-            # a pax mtime replaces the header's (parsed later): skip the work then
-            mtime_ns=0 if "mtime" in pax else _number(mtime, "mtime", offset) * 1_000_000_000,
-        )
-        if kind in (CHAR, BLOCKDEV):
+        numbers = _NUMBERS
+        mode_value = numbers.get(mode)
+        if mode_value is None:
+            mode_value = _number(mode, "mode", offset)
+        uid_value = numbers.get(uid)
+        if uid_value is None:
+            uid_value = _number(uid, "uid", offset)
+        gid_value = numbers.get(gid)
+        if gid_value is None:
+            gid_value = _number(gid, "gid", offset)
+        # a pax mtime replaces the header's (parsed later): skip the work then
+        if pax is not None and "mtime" in pax:
+            mtime_ns = 0
+        else:
+            mtime_ns = _number(mtime, "mtime", offset) * 1_000_000_000
+        entry = TarEntry("", kind, mode_value & 0o7777, uid_value, gid_value, 0, mtime_ns)
+        if kind is CHAR or kind is BLOCKDEV:
             entry.devmajor = _number(devmajor, "devmajor", offset)
             entry.devminor = _number(devminor, "devminor", offset)
-        if typeflag == b"\0" and raw_name.endswith(b"/"):
+        if typeflag == 0 and raw_name.endswith(b"/"):
             entry.kind = kind = DIR  # v7 archives mark directories by a trailing slash (as Go)
 
         if pax:
@@ -517,11 +601,20 @@ class TarReader:
 
         if entry.uid < 0 or entry.gid < 0:
             raise CorruptArchive(f"negative owner in the header at offset {offset}")
-        entry.path = self._check_path(raw_name, offset, "name")
-        if kind in (SYMLINK, HARDLINK):
+        if 0 < len(raw_name) <= self._short_path and 0 not in raw_name:
+            entry.path = raw_name.decode("utf-8", "surrogateescape")  # the common case
+        else:
+            entry.path = self._check_path(raw_name, offset, "name")
+        if kind is SYMLINK or kind is HARDLINK:
+            if pax is not None and "linkpath" in pax:
+                raw_link = pax["linkpath"]
+            elif longlink is not None:
+                raw_link = longlink
+            else:
+                raw_link = linkname.partition(b"\0")[0]
             # a symlink target is only a string: the kernel limits its length, not its parts
             entry.linkname = self._check_path(
-                raw_link, offset, "link target", components=kind == HARDLINK
+                raw_link, offset, "link target", components=kind is HARDLINK
             )
 
         if kind in _HEADER_ONLY:
@@ -529,12 +622,12 @@ class TarReader:
         self._left = data_size
         self._pad = -data_size % BLOCK
         if sparse is not None:
-            if pax.get("GNU.sparse.major") == b"1":
+            if pax is not None and pax.get("GNU.sparse.major") == b"1":
                 sparse = self._pax_sparse_map(offset)
             self._check_regions(sparse, real_size, self._left, offset)
             self._regions = sparse
             entry.sparse = sparse
-        if kind == FILE:
+        if kind is FILE:
             entry.size = data_size if sparse is None else real_size
         return entry
 
@@ -549,17 +642,16 @@ class TarReader:
         sparse: list[tuple[int, int]] | None,
     ) -> tuple[bytes, int, int, list[tuple[int, int]] | None]:
         """Fold pax records into the entry; returns the values that depend on them."""
-        value = _pax_int(pax, "size", offset)
-        if value is not None:
-            data_size = real_size = value
-        value = _pax_int(pax, "uid", offset)
-        if value is not None:
-            entry.uid = value
-        value = _pax_int(pax, "gid", offset)
-        if value is not None:
-            entry.gid = value
+        if "size" in pax:
+            data_size = real_size = _pax_int(pax, "size", offset)  # type: ignore[assignment]
+        if "uid" in pax:
+            entry.uid = _pax_int(pax, "uid", offset)  # type: ignore[assignment]
+        if "gid" in pax:
+            entry.gid = _pax_int(pax, "gid", offset)  # type: ignore[assignment]
         if "mtime" in pax:
             entry.mtime_ns = _pax_time_ns(pax["mtime"], offset)
+        if pax.keys() <= _PLAIN_PAX_KEYS:
+            return raw_name, real_size, data_size, sparse  # no xattrs, not sparse
         for key, raw in pax.items():
             if key.startswith("SCHILY.xattr."):
                 entry.xattrs[key[len("SCHILY.xattr.") :]] = raw
@@ -727,32 +819,74 @@ class TarReader:
             )
 
 
-_WORKER: ThreadPoolExecutor | None = None
+class _Hasher:
+    """sha256 of a stream, computed on the process-wide hashing thread.
+
+    hashlib drops the GIL while it hashes a big buffer, so the hash runs on the
+    second core while the applier parses and writes. The hand-off is one queue
+    put per CHUNK and the reader never waits for the hash, except when
+    :data:`_HASH_IN_FLIGHT` chunks are still queued (memory stays bounded) or
+    when it asks for the digest. One worker thread serves every reader in FIFO
+    order, so each reader's chunks are hashed in stream order.
+    """
+
+    __slots__ = ("_error", "_sha", "_slots")
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._slots = threading.Semaphore(_HASH_IN_FLIGHT)
+        self._error: BaseException | None = None
+
+    def update(self, data: bytes) -> None:
+        self._slots.acquire()
+        _hash_queue().put((self, data))
+
+    def _work(self, data: bytes) -> None:
+        """On the worker thread."""
+        try:
+            self._sha.update(data)
+        except BaseException as exc:  # re-raised by hexdigest
+            self._error = exc
+        finally:
+            self._slots.release()
+
+    def hexdigest(self) -> str:
+        """Waits until every queued chunk is hashed."""
+        for _ in range(_HASH_IN_FLIGHT):
+            self._slots.acquire()
+        self._slots.release(_HASH_IN_FLIGHT)
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest()
 
 
-def _hash_worker() -> ThreadPoolExecutor:
-    """One process-wide hashing thread: readers wait for their own chunk, so sharing
-    it keeps each reader's updates in order."""
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lamina-hash")
-    return _WORKER
+_QUEUE: SimpleQueue[tuple[_Hasher, bytes]] | None = None
+
+
+def _hash_queue() -> SimpleQueue[tuple[_Hasher, bytes]]:
+    """The queue of the process-wide hashing thread, started on first use."""
+    global _QUEUE
+    if _QUEUE is None:
+        queue: SimpleQueue[tuple[_Hasher, bytes]] = SimpleQueue()
+        threading.Thread(target=_hash_loop, args=(queue,), name="lamina-hash", daemon=True).start()
+        _QUEUE = queue
+    return _QUEUE
+
+
+def _hash_loop(queue: SimpleQueue[tuple[_Hasher, bytes]]) -> None:
+    get = queue.get
+    while True:
+        hasher, data = get()
+        hasher._work(data)
 
 
 def _forget_worker() -> None:
     """A forked child has no hashing thread: it must start its own, not queue forever."""
-    global _WORKER
-    _WORKER = None
+    global _QUEUE
+    _QUEUE = None
 
 
 os.register_at_fork(after_in_child=_forget_worker)
-
-
-def _byte_sum(block: bytes) -> int:
-    """Sum of a block's bytes, in C: Adler-32's first half is 1 + the byte sum modulo
-    65521, exact for 256 bytes (at most 65280). Much faster than ``sum(block)``."""
-    view = memoryview(block)
-    return (adler32(view[:256]) & 0xFFFF) + (adler32(view[256:]) & 0xFFFF) - 2
 
 
 def _signed_checksum(block: bytes) -> int:
