@@ -72,6 +72,23 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
             mounts.detach(Path(p))
 
 
+def pip_install_target(src: Path, target: Path) -> None:
+    """Install a package the way pip installs any driver package, offline, into ``target``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(src)],
+        check=True, capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fuse-overlayfs example driver installed (put it on PYTHONPATH to use it)."""
+    target = tmp_path_factory.mktemp("example-site")
+    pip_install_target(REPO / "examples" / "lamina-fuse-overlayfs", target)
+    return target
+
+
 @pytest.fixture(scope="session")
 def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real root filesystem tarball built from Debian's static busybox."""

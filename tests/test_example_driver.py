@@ -30,15 +30,8 @@ needs_fuse_overlayfs = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example installed the way pip installs any driver package."""
-    target = tmp_path_factory.mktemp("example-site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(EXAMPLE)],
-        check=True, capture_output=True,
-    )
-    return target
+def site(example_site: Path) -> Path:
+    return example_site
 
 
 def run_example_tests(site: Path, root: Path) -> subprocess.CompletedProcess[str]:

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, needs_root, run_lamina
+from conftest import REPO, needs_root, pip_install_target, run_lamina
 
 from lamina.core.plugins import collect_drivers, plugin_manager
 
 PLUGIN_SRC = REPO / "tests" / "plugins" / "lamina-dircopy"
-
-
-def pip_install_target(src: Path, target: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(src)],
-        check=True, capture_output=True,
-    )
 
 
 @pytest.fixture(scope="module")
