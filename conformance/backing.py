@@ -23,13 +23,15 @@ from lamina.core.errors import LaminaError
 #: name -> (mkfs command, tools it needs); tmpfs needs none
 FILESYSTEMS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "ext4": (["mkfs.ext4", "-q", "-F"], ("mkfs.ext4",)),
+    # ext4 without the filetype feature: readdir reports no d_type (overlay refuses it)
+    "ext4-nodtype": (["mkfs.ext4", "-q", "-F", "-O", "^filetype"], ("mkfs.ext4",)),
     "xfs": (["mkfs.xfs", "-q", "-f", "-n", "ftype=1"], ("mkfs.xfs",)),
     # ftype=0 needs the V4 on-disk format (crc=0), which newer kernels cannot mount
     "xfs-noftype": (["mkfs.xfs", "-q", "-f", "-m", "crc=0", "-n", "ftype=0"], ("mkfs.xfs",)),
     "btrfs": (["mkfs.btrfs", "-q", "-f"], ("mkfs.btrfs",)),
     "tmpfs": ([], ()),
 }
-DEFAULT_SIZE_MB = {"ext4": 1024, "xfs": 1024, "xfs-noftype": 1024, "btrfs": 1024, "tmpfs": 1024}
+DEFAULT_SIZE_MB = {kind: 1024 for kind in FILESYSTEMS}
 IMAGE_SUFFIX = ".lamina-fs.img"
 
 
@@ -57,7 +59,7 @@ def unavailable_reason(kind: str) -> str | None:
     for tool in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (.ci/setup installs it)"
-    fstype = "xfs" if kind.startswith("xfs") else kind
+    fstype = kind.partition("-")[0]
     with open("/proc/filesystems") as f:
         known = {line.split()[-1] for line in f if line.strip()}
     if fstype not in known and not Path(f"/lib/modules/{os.uname().release}").exists():
@@ -109,7 +111,7 @@ def backing_filesystem(
         mkfs, _ = FILESYSTEMS[kind]
         _run([*mkfs, str(image)])
         device = _run(["losetup", "--find", "--show", str(image)])
-        fstype = "xfs" if kind.startswith("xfs") else kind
+        fstype = kind.partition("-")[0]
         proc = subprocess.run(["mount", "-t", fstype, device, str(point)], capture_output=True,
                               text=True)
         if proc.returncode != 0:

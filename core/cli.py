@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the chosen driver; all for a matrix)")
     p.add_argument("--fs", metavar="FS[,FS]",
                    help="run the matrix on these backing filesystems, each made on a loop "
-                   "device: ext4, xfs, xfs-noftype, btrfs, tmpfs (default: all this machine "
-                   "can make)")
+                   "device: ext4, ext4-nodtype, xfs, xfs-noftype, btrfs, tmpfs (default: all "
+                   "this machine can make)")
     p.add_argument("--size-mb", type=int, metavar="N",
                    help="size of each backing filesystem (default 1024)")
     p.add_argument("--junit", metavar="FILE",

@@ -50,6 +50,17 @@ def test_leftovers_of_a_killed_run_are_cleaned(tmp_path: Path) -> None:
     assert loops_for(tmp_path) == [] and not mounts.mounts_under(tmp_path)
 
 
+def test_ext4_without_filetype_reports_no_d_type(tmp_path: Path) -> None:
+    """The stand-in for xfs ftype=0 on kernels that cannot mount XFS V4."""
+    from lamina.drivers.overlay.support import dirent_types
+
+    with backing_filesystem("ext4-nodtype", tmp_path) as fs:
+        assert filesystem_type(fs.path) == "ext4"
+        (fs.path / "d").mkdir()
+        (fs.path / "f").write_bytes(b"")
+        assert set(dirent_types(fs.path).values()) == {0}  # DT_UNKNOWN for every entry
+
+
 def test_a_filesystem_the_kernel_refuses_says_why(tmp_path: Path) -> None:
     """xfs with ftype=0 needs the V4 format; kernels built without it refuse the mount."""
     try:
