@@ -4,9 +4,10 @@ All installed drivers (overlay, btrfs, vfs and the fuse-overlayfs example,
 installed as a third-party package) on ext4, xfs, btrfs and tmpfs made on
 loop devices, plus two filesystems without d_type: xfs with ftype=0 (which
 kernels without XFS V4 support cannot mount at all) and ext4 without the
-filetype feature. Every cell must pass or be not applicable with a reason. The property test (case 44) runs inside each cell
-with 25 examples, and separately with 200 examples per driver on the
-machine's own filesystem (btrfs, which cannot work on it, on a loop btrfs).
+filetype feature. Every cell must pass or be not applicable with a reason.
+The property test (case 44) runs inside each cell with 25 examples, and
+separately with 200 examples per driver on the machine's own filesystem
+(btrfs, which cannot work on it, on a loop btrfs).
 """
 
 from __future__ import annotations
