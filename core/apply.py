@@ -58,7 +58,7 @@ from typing import IO, ClassVar, Protocol
 from . import tarstream
 from .driver import ApplyResult
 from .errors import ArchiveLimit, CorruptArchive, DriverError, LaminaError, UnsafeArchive
-from .tarstream import TarEntry, TarReader
+from .tarstream import DIR, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
 from .treecopy import remove_at
 
 log = logging.getLogger(__name__)
@@ -368,22 +368,32 @@ class _Applier:
         if name.startswith(WHITEOUT_PREFIX):
             self._whiteout(entry, parts)
             return
-        resolved = self.resolve_dir(parts[:-1], entry.path)
-        assert resolved is not None
-        dir_fd, real_dir = resolved
-        real = f"{_join(real_dir)}/{name}" if real_dir else name
+        if len(parts) == 1:
+            dir_fd, real = self.root_fd, name
+            real_dir: tuple[str, ...] = ()
+        else:
+            # the common case: the parent is in the cache (what resolve_dir looks up first)
+            resolved = self.dirs.get("/".join(parts[:-1])) or self.resolve_dir(
+                parts[:-1], entry.path
+            )
+            assert resolved is not None
+            dir_fd, real_dir = resolved
+            real = f"{_join(real_dir)}/{name}" if real_dir else name
         kind = entry.kind
-        if kind == tarstream.FILE:
+        if kind == FILE:
             self._file(entry, reader, dir_fd, name, real)
-        elif kind == tarstream.DIR:
+        elif kind == DIR:
             self._dir(entry, parts, dir_fd, name, real, real_dir)
-        elif kind == tarstream.SYMLINK:
+        elif kind == SYMLINK:
             self._symlink(entry, dir_fd, name, real)
-        elif kind == tarstream.HARDLINK:
+        elif kind == HARDLINK:
             self._hardlink(entry, dir_fd, name, real)
         else:
             self._node(entry, dir_fd, name, real)
-        self._mark_mine(real)
+        mine = self.mine
+        while real not in mine:  # the entry and its ancestors are this layer's
+            mine.add(real)
+            real = real.rpartition("/")[0]
 
     def _root_entry(self, entry: TarEntry) -> None:
         if entry.kind != tarstream.DIR:
@@ -423,12 +433,8 @@ class _Applier:
             self._make_room(dir_fd, name, real, for_dir=False)
             fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            if entry.sparse is None:
-                write = os.write
-                for _, view in reader.chunks():
-                    while view:
-                        view = view[write(fd, view) :]
-            else:
+            write = os.write
+            if entry.sparse is not None:
                 pwrite = os.pwrite
                 for offset, view in reader.chunks():
                     while view:
@@ -436,7 +442,18 @@ class _Applier:
                         view = view[done:]
                         offset += done
                 os.ftruncate(fd, entry.size)
-            self._fd_metadata(fd, entry)
+            elif (view := reader.content()) is not None:  # a small file: usually one write
+                while view:
+                    view = view[write(fd, view) :]
+            else:
+                for _, view in reader.chunks():
+                    while view:
+                        view = view[write(fd, view) :]
+            os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            if entry.xattrs:
+                for key, value in self._xattrs(entry):
+                    os.setxattr(fd, key, value)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)

@@ -24,6 +24,7 @@ endless read.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 import threading
@@ -74,8 +75,12 @@ _PLAIN_PAX_KEYS = frozenset(
 #: kinds whose header is followed by no data, whatever the size field says (as Go reads)
 _HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO})
 
-#: chunks read but not hashed yet, at most (memory stays bounded by this many CHUNKs)
-_HASH_IN_FLIGHT = 16
+#: chunks read but not hashed yet, at most (memory stays bounded by this many buffers)
+_HASH_IN_FLIGHT = 8
+#: size of the pooled read buffers: a CHUNK and what is left of the previous one
+#: (the part of a header that straddles two reads); a bigger leftover gets its own
+_BUFFER_SIZE = CHUNK + (16 << 10)
+_EMPTY = memoryview(b"")
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _OCTAL_DIGITS = b"01234567"
@@ -299,13 +304,15 @@ class TarReader:
 
     def __init__(self, stream: IO[bytes], limits: Limits | None = None) -> None:
         self._read = stream.read
+        self._readinto = getattr(stream, "readinto", None)
         self.limits = limits or Limits()
         #: names this long or shorter need no component or PATH_MAX check
         self._short_path = min(self.limits.max_component, self.limits.max_path - 1)
         self._hasher = _Hasher()
         #: bytes read from the stream so far
         self.size = 0
-        self._buf = b""
+        #: the unparsed bytes are ``_buf[_pos:]``; ``_buf`` views a buffer of the hasher's pool
+        self._buf = _EMPTY
         self._pos = 0
         self._left = 0  # content bytes of the current entry not consumed yet
         self._pad = 0  # padding after the current entry's content
@@ -325,17 +332,46 @@ class TarReader:
         return "sha256:" + self._hasher.hexdigest()
 
     def _fill(self) -> bool:
-        data = self._read(CHUNK)
-        if not data:
-            return False
-        self._hasher.update(data)
-        self.size += len(data)
-        if self._pos < len(self._buf):
-            self._buf = self._buf[self._pos :] + data
-        else:
-            self._buf = data
+        """Read up to CHUNK more bytes after the unparsed ones; False at the end.
+
+        The bytes land in a spare buffer of the hasher's pool (a buffer comes
+        back once hashed and no longer parsed), so the read neither allocates
+        nor page-faults, and the hasher sees the very bytes that are parsed.
+        """
+        buf = self._buf
+        carry = buf[self._pos :].tobytes() if self._pos < len(buf) else b""
+        self._buf = _EMPTY  # the old buffer is ours no more: it may come back as spare
         self._pos = 0
+        kept = len(carry)
+        hasher = self._hasher
+        buffer = hasher.spare(kept + CHUNK)
+        view = memoryview(buffer)
+        if kept:
+            view[:kept] = carry
+        try:
+            n = self._read_into(view[kept : kept + CHUNK])
+        except BaseException:
+            hasher.give_back(buffer)
+            raise
+        if not n:
+            hasher.give_back(buffer)
+            self._buf = memoryview(carry)
+            return False
+        hasher.update(view[kept : kept + n], buffer)
+        self.size += n
+        self._buf = view[: kept + n]
         return True
+
+    def _read_into(self, view: memoryview) -> int:
+        """One read of the stream into ``view``: readinto when the stream has it."""
+        if self._readinto is not None:
+            try:
+                return self._readinto(view) or 0
+            except (NotImplementedError, io.UnsupportedOperation):
+                self._readinto = None  # a stream that only implements read()
+        data = self._read(len(view)) or b""
+        view[: len(data)] = data
+        return len(data)
 
     def _take(self, n: int, what: str) -> bytes:
         while len(self._buf) - self._pos < n:
@@ -345,13 +381,13 @@ class TarReader:
                 )
         start = self._pos
         self._pos = start + n
-        return self._buf[start : self._pos]
+        return self._buf[start : self._pos].tobytes()
 
     def _skip(self, n: int) -> None:
         avail = len(self._buf) - self._pos
         while n > avail:
             n -= avail
-            self._buf, self._pos = b"", 0
+            self._buf, self._pos = _EMPTY, 0
             if not self._fill():
                 raise CorruptArchive(
                     f"the tar stream is truncated: it ends inside an entry's content "
@@ -373,9 +409,22 @@ class TarReader:
                     )
         start = self._pos
         self._pos = start + BLOCK
-        return self._buf[start : self._pos]
+        return self._buf[start : self._pos].tobytes()
 
     # -- content ------------------------------------------------------------------
+
+    def content(self) -> memoryview | None:
+        """The current file's whole content as one view, when it is in the read
+        buffer already and the file is not sparse (most small files); else None,
+        and :meth:`chunks` hands it out. The view is valid until the next call
+        into the reader."""
+        n = self._left
+        pos = self._pos
+        if self._regions is not None or len(self._buf) - pos < n:
+            return None
+        self._pos = pos + n
+        self._left = 0
+        return self._buf[pos : pos + n]
 
     def chunks(self) -> Iterator[tuple[int, memoryview]]:
         """The current file's content as ``(file offset, view)`` pieces, in order.
@@ -401,7 +450,7 @@ class TarReader:
                         )
                     avail = len(self._buf)
                 n = min(avail, remaining)
-                view = memoryview(self._buf)[self._pos : self._pos + n]
+                view = self._buf[self._pos : self._pos + n]
                 self._pos += n
                 self._left -= n
                 remaining -= n
@@ -438,7 +487,7 @@ class TarReader:
                 first = offset
             if len(buf) - pos >= BLOCK:
                 self._pos = pos + BLOCK
-                block: bytes | None = buf[pos : pos + BLOCK]
+                block: bytes | None = buf[pos : pos + BLOCK].tobytes()
             else:
                 block = self._block_or_eof()
             if block is None or block == _ZERO_BLOCK:
@@ -503,7 +552,7 @@ class TarReader:
             )
         end = self._pos + data_size
         if end <= len(self._buf):
-            data = self._buf[self._pos : end]
+            data = self._buf[self._pos : end].tobytes()
             self._pos = end
         else:
             data = self._take(data_size, "an extended header")
@@ -808,10 +857,10 @@ class TarReader:
         self._finished = True
         limit = self.limits.max_trailing
         trailing = len(self._buf) - self._pos
-        self._buf, self._pos = b"", 0
+        self._buf, self._pos = _EMPTY, 0
         while trailing <= limit and self._fill():
             trailing += len(self._buf)
-            self._buf, self._pos = b"", 0
+            self._buf, self._pos = _EMPTY, 0
         if trailing > limit:
             raise ArchiveLimit(
                 f"more than {limit} bytes follow the end of the tar archive",
@@ -820,7 +869,8 @@ class TarReader:
 
 
 class _Hasher:
-    """sha256 of a stream, computed on the process-wide hashing thread.
+    """sha256 of a stream, computed on the process-wide hashing thread, and the
+    pool of read buffers that the hash hands back.
 
     hashlib drops the GIL while it hashes a big buffer, so the hash runs on the
     second core while the applier parses and writes. The hand-off is one queue
@@ -830,24 +880,46 @@ class _Hasher:
     order, so each reader's chunks are hashed in stream order.
     """
 
-    __slots__ = ("_error", "_sha", "_slots")
+    __slots__ = ("_error", "_free", "_made", "_sha", "_slots")
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
         self._slots = threading.Semaphore(_HASH_IN_FLIGHT)
         self._error: BaseException | None = None
+        #: pooled buffers the hash is done with
+        self._free: SimpleQueue[bytearray] = SimpleQueue()
+        self._made = 0
 
-    def update(self, data: bytes) -> None:
+    def spare(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes that nobody uses; the caller must
+        have let go of the buffer it parsed before (a spare may be that one)."""
+        if size > _BUFFER_SIZE:
+            return bytearray(size)  # a huge leftover (a pax header): not pooled
+        free = self._free
+        if not free.empty() or self._made > _HASH_IN_FLIGHT:
+            return free.get()  # waits for the hash only when all are in flight
+        self._made += 1
+        return bytearray(_BUFFER_SIZE)
+
+    def give_back(self, buffer: bytearray) -> None:
+        """A spare that was not used after all."""
+        if len(buffer) == _BUFFER_SIZE:
+            self._free.put(buffer)
+
+    def update(self, data: memoryview, buffer: bytearray) -> None:
+        """Hash ``data`` (a view of ``buffer``), then put ``buffer`` back in the pool."""
         self._slots.acquire()
-        _hash_queue().put((self, data))
+        _hash_queue().put((self, data, buffer))
 
-    def _work(self, data: bytes) -> None:
+    def _work(self, data: memoryview, buffer: bytearray) -> None:
         """On the worker thread."""
         try:
             self._sha.update(data)
         except BaseException as exc:  # re-raised by hexdigest
             self._error = exc
         finally:
+            data.release()
+            self.give_back(buffer)
             self._slots.release()
 
     def hexdigest(self) -> str:
@@ -860,24 +932,25 @@ class _Hasher:
         return self._sha.hexdigest()
 
 
-_QUEUE: SimpleQueue[tuple[_Hasher, bytes]] | None = None
+_QUEUE: SimpleQueue[tuple[_Hasher, memoryview, bytearray]] | None = None
 
 
-def _hash_queue() -> SimpleQueue[tuple[_Hasher, bytes]]:
+def _hash_queue() -> SimpleQueue[tuple[_Hasher, memoryview, bytearray]]:
     """The queue of the process-wide hashing thread, started on first use."""
     global _QUEUE
     if _QUEUE is None:
-        queue: SimpleQueue[tuple[_Hasher, bytes]] = SimpleQueue()
+        queue: SimpleQueue[tuple[_Hasher, memoryview, bytearray]] = SimpleQueue()
         threading.Thread(target=_hash_loop, args=(queue,), name="lamina-hash", daemon=True).start()
         _QUEUE = queue
     return _QUEUE
 
 
-def _hash_loop(queue: SimpleQueue[tuple[_Hasher, bytes]]) -> None:
+def _hash_loop(queue: SimpleQueue[tuple[_Hasher, memoryview, bytearray]]) -> None:
     get = queue.get
     while True:
-        hasher, data = get()
-        hasher._work(data)
+        hasher, data, buffer = get()
+        hasher._work(data, buffer)
+        del hasher, data, buffer  # hold no buffer while waiting
 
 
 def _forget_worker() -> None:
