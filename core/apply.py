@@ -51,7 +51,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import IO, ClassVar, Protocol
 
@@ -690,13 +690,41 @@ def apply_tar(stream: IO[bytes], root: Path, *, whiteouts: Whiteouts | None = No
     leaving a partial tree under ``root`` (never outside it), for the caller
     to remove.
     """
+    if whiteouts is None:
+        return apply_tar_with(stream, root)
+    return apply_tar_with(stream, root, whiteouts_for=lambda _mine: whiteouts)
+
+
+def apply_tar_with(
+    stream: IO[bytes],
+    root: Path,
+    *,
+    whiteouts_for: Callable[[set[str]], Whiteouts] | None = None,
+    before: Callable[[TarEntry], None] | None = None,
+    after: Callable[[int], None] | None = None,
+) -> ApplyResult:
+    """:func:`apply_tar` with a driver's own steps, for drivers whose layer is not
+    the merged view (overlay's upper directory).
+
+    ``whiteouts_for(mine)`` makes the whiteout strategy; ``mine`` is the live
+    set of real paths this layer made (and their ancestors). ``before(entry)``
+    runs before each entry is applied (a copy-up), ``after(root_fd)`` once every
+    entry and directory mtime is in place. Errors are translated as in
+    :func:`apply_tar`, whichever step raised them.
+    """
     reader = TarReader(stream)
-    applier = _Applier(Path(root), whiteouts)
+    applier = _Applier(Path(root), None)
+    if whiteouts_for is not None:
+        applier.whiteouts = whiteouts_for(applier.mine)
     entry: TarEntry | None = None
     try:
         for entry in reader:
+            if before is not None:
+                before(entry)
             applier.apply(entry, reader)
         applier.finish()
+        if after is not None:
+            after(applier.root_fd)
     except LaminaError:
         raise
     except OSError as exc:

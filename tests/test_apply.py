@@ -459,3 +459,45 @@ def test_remove_at_stops_at_a_mount(tmp_path: Path) -> None:
         assert (inner / "data").read_text() == "on another filesystem"
     finally:
         subprocess.run(["umount", str(inner)], check=True)
+
+
+def test_apply_tar_with_runs_the_driver_steps_in_order(tmp_path: Path) -> None:
+    """The public hook for drivers: their whiteouts see the live set of this layer's
+    paths, ``before`` runs before each entry and ``after`` once it all is in place."""
+    tar = TarBuilder().dir("d").file("d/f", b"x").file("d/.wh.gone", b"").bytes()
+    seen: list[str] = []
+    made: list[set[str]] = []
+
+    class Recording(MergedWhiteouts):
+        def whiteout(self, dir_fd: int, name: str) -> None:
+            seen.append(f"whiteout {name}")
+
+    def whiteouts_for(mine: set[str]) -> Recording:
+        made.append(mine)
+        return Recording(mine)
+
+    def before(entry: object) -> None:
+        seen.append(f"before {entry.path}")  # type: ignore[attr-defined]
+        assert not (tmp_path / entry.path).exists()  # type: ignore[attr-defined]
+
+    def after(root_fd: int) -> None:
+        seen.append("after")
+        assert os.stat(root_fd).st_ino == tmp_path.stat().st_ino
+        assert (tmp_path / "d/f").read_bytes() == b"x"
+
+    result = apply_module.apply_tar_with(
+        io.BytesIO(tar), tmp_path, whiteouts_for=whiteouts_for, before=before, after=after
+    )
+    assert seen == ["before d/", "before d/f", "before d/.wh.gone", "whiteout gone", "after"]
+    assert made and {"d", "d/f"} <= made[0]
+    assert result.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+def test_errors_of_a_driver_step_are_translated(tmp_path: Path) -> None:
+    def before(entry: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(DriverError, match="entry 'f'"):
+        apply_module.apply_tar_with(
+            io.BytesIO(TarBuilder().file("f", b"1").bytes()), tmp_path, before=before
+        )
