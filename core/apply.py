@@ -712,8 +712,21 @@ def apply_tar_with(
     entry and directory mtime is in place. Errors are translated as in
     :func:`apply_tar`, whichever step raised them.
     """
-    reader = TarReader(stream)
-    applier = _Applier(Path(root), None)
+    reader = TarReader(stream, read_ahead=True)
+    try:
+        return _apply_entries(reader, Path(root), whiteouts_for, before, after)
+    finally:
+        reader.close()  # no thread reads the stream any more: the caller may close it
+
+
+def _apply_entries(
+    reader: TarReader,
+    root: Path,
+    whiteouts_for: Callable[[set[str]], Whiteouts] | None,
+    before: Callable[[TarEntry], None] | None,
+    after: Callable[[int], None] | None,
+) -> ApplyResult:
+    applier = _Applier(root, None)
     if whiteouts_for is not None:
         applier.whiteouts = whiteouts_for(applier.mine)
     entry: TarEntry | None = None

@@ -28,7 +28,7 @@ import io
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import IO
@@ -81,6 +81,10 @@ _HASH_IN_FLIGHT = 8
 #: (the part of a header that straddles two reads); a bigger leftover gets its own
 _BUFFER_SIZE = CHUNK + (16 << 10)
 _EMPTY = memoryview(b"")
+#: buffers a read-ahead thread fills before the parser takes them
+_AHEAD = 4
+#: room in front of a read-ahead buffer for the unparsed end of the previous one
+_RESERVE = 16 << 10
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _OCTAL_DIGITS = b"01234567"
@@ -302,7 +306,9 @@ class TarReader:
     describe the whole stream.
     """
 
-    def __init__(self, stream: IO[bytes], limits: Limits | None = None) -> None:
+    def __init__(
+        self, stream: IO[bytes], limits: Limits | None = None, *, read_ahead: bool = False
+    ) -> None:
         self._read = stream.read
         self._readinto = getattr(stream, "readinto", None)
         self.limits = limits or Limits()
@@ -318,6 +324,14 @@ class TarReader:
         self._pad = 0  # padding after the current entry's content
         self._regions: list[tuple[int, int]] | None = None
         self._finished = False
+        #: with ``read_ahead``, a thread reads and hashes the stream ahead of the parser
+        self._ahead = _ReadAhead(self._read_into) if read_ahead else None
+
+    def close(self) -> None:
+        """Stop reading ahead: after it returns no thread touches the stream, so
+        the caller may close it. Needed only with ``read_ahead`` (then required)."""
+        if self._ahead is not None:
+            self._ahead.close()
 
     # -- low level ------------------------------------------------------------
 
@@ -329,6 +343,8 @@ class TarReader:
     @property
     def diff_id(self) -> str:
         """``sha256:<hex>`` of the bytes read; the diff id once the stream ended."""
+        if self._ahead is not None:
+            return "sha256:" + self._ahead.sha.hexdigest()
         return "sha256:" + self._hasher.hexdigest()
 
     def _fill(self) -> bool:
@@ -342,6 +358,8 @@ class TarReader:
         carry = buf[self._pos :].tobytes() if self._pos < len(buf) else b""
         self._buf = _EMPTY  # the old buffer is ours no more: it may come back as spare
         self._pos = 0
+        if self._ahead is not None:
+            return self._fill_ahead(carry)
         kept = len(carry)
         hasher = self._hasher
         buffer = hasher.spare(kept + CHUNK)
@@ -360,6 +378,24 @@ class TarReader:
         hasher.update(view[kept : kept + n], buffer)
         self.size += n
         self._buf = view[: kept + n]
+        return True
+
+    def _fill_ahead(self, carry: bytes) -> bool:
+        """:meth:`_fill` from the read-ahead thread's next buffer (already hashed)."""
+        got = self._ahead.take()  # type: ignore[union-attr]
+        if got is None:
+            self._buf = memoryview(carry)
+            return False
+        buffer, n = got
+        kept = len(carry)
+        view = memoryview(buffer)
+        if kept <= _RESERVE:  # the leftover goes in front of the new bytes: no big copy
+            start = _RESERVE - kept
+            view[start:_RESERVE] = carry
+            self._buf = view[start : _RESERVE + n]
+        else:  # a big pax header across two reads: rare
+            self._buf = memoryview(carry + view[_RESERVE : _RESERVE + n].tobytes())
+        self.size += n
         return True
 
     def _read_into(self, view: memoryview) -> int:
@@ -930,6 +966,74 @@ class _Hasher:
         if self._error is not None:
             raise self._error
         return self._sha.hexdigest()
+
+
+class _ReadAhead:
+    """Reads and hashes a stream on a thread of its own, a few buffers ahead of
+    the parser: the read (a copy, or a decompression) and the hash overlap the
+    applier's writes, and the parser gets bytes that are hashed already.
+
+    Memory is bounded: :data:`_AHEAD` buffers circulate between the thread and
+    the parser. A stream error is raised to the parser where it would have met
+    it. :meth:`close` returns only once the thread touches the stream no more.
+    """
+
+    def __init__(self, read_into: Callable[[memoryview], int]) -> None:
+        self.sha = hashlib.sha256()
+        self._free: SimpleQueue[bytearray | None] = SimpleQueue()
+        self._ready: SimpleQueue[tuple[bytearray | None, int, BaseException | None]] = SimpleQueue()
+        for _ in range(_AHEAD):
+            self._free.put(bytearray(_RESERVE + CHUNK))
+        self._current: bytearray | None = None
+        self._end: BaseException | bool | None = False
+        self._stop = False
+        self._thread = threading.Thread(
+            target=self._run, args=(read_into,), name="lamina-read", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, read_into: Callable[[memoryview], int]) -> None:
+        free, ready, update = self._free, self._ready, self.sha.update
+        while True:
+            buffer = free.get()
+            if buffer is None or self._stop:
+                return
+            view = memoryview(buffer)[_RESERVE:]
+            try:
+                n = read_into(view)
+                if n:
+                    update(view[:n])
+            except BaseException as exc:  # the parser raises it
+                ready.put((None, 0, exc))
+                return
+            if not n:
+                ready.put((None, 0, None))
+                return
+            ready.put((buffer, n, None))
+
+    def take(self) -> tuple[bytearray, int] | None:
+        """The next buffer and how many bytes it holds after the reserve; None at
+        the end. The previous buffer goes back to the thread: let go of it first."""
+        if self._current is not None:
+            self._free.put(self._current)
+            self._current = None
+        if self._end is not False:
+            if isinstance(self._end, BaseException):
+                raise self._end
+            return None
+        buffer, n, exc = self._ready.get()
+        if buffer is None:
+            self._end = exc
+            if exc is not None:
+                raise exc
+            return None
+        self._current = buffer
+        return buffer, n
+
+    def close(self) -> None:
+        self._stop = True
+        self._free.put(None)
+        self._thread.join()
 
 
 _QUEUE: SimpleQueue[tuple[_Hasher, memoryview, bytearray]] | None = None

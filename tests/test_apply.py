@@ -501,3 +501,47 @@ def test_errors_of_a_driver_step_are_translated(tmp_path: Path) -> None:
         apply_module.apply_tar_with(
             io.BytesIO(TarBuilder().file("f", b"1").bytes()), tmp_path, before=before
         )
+
+
+def read_ahead_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "lamina-read"]
+
+
+def test_a_stream_error_reaches_the_applier_and_the_read_ahead_thread_ends(
+    tmp_path: Path,
+) -> None:
+    """apply_tar reads on a thread of its own: a decoder's error must still stop the
+    apply at that point, and no thread may read the stream once apply_tar returned."""
+    data = TarBuilder().file("a", os.urandom(3 << 20)).file("b", b"2").bytes()
+    blob = gzip.compress(data)
+    broken = blob[: len(blob) // 2] + bytes(b ^ 0x55 for b in blob[len(blob) // 2 :])
+    with pytest.raises(CorruptArchive, match="gzip"):
+        apply_tar(open_layer_stream(io.BytesIO(broken)), tmp_path)
+    assert read_ahead_threads() == []
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_applier_error_stops_the_read_ahead_before_the_stream_is_read_through(
+    tmp_path: Path,
+) -> None:
+    class Counting(io.BytesIO):
+        reads_after_error = 0
+        failed = False
+
+        def readinto(self, buffer: object) -> int:  # type: ignore[override]
+            if Counting.failed:
+                Counting.reads_after_error += 1
+            return super().readinto(buffer)  # type: ignore[arg-type]
+
+    tar = TarBuilder().file("../escape", b"x").file("big", os.urandom(20 << 20)).bytes()
+    stream = Counting(tar)
+    with pytest.raises(UnsafeArchive):
+        try:
+            apply_tar(stream, tmp_path)
+        finally:
+            Counting.failed = True
+    stream.close()  # safe: apply_tar's thread is gone
+    assert read_ahead_threads() == []
+    assert Counting.reads_after_error == 0
