@@ -37,7 +37,8 @@ from zlib import adler32
 from .errors import ArchiveLimit, CorruptArchive
 
 BLOCK = 512
-#: bytes asked from the stream per read; also the largest content view handed out
+#: bytes asked from the stream per read (without read-ahead); also the largest
+#: content view handed out then
 CHUNK = 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 
@@ -82,7 +83,10 @@ _HASH_IN_FLIGHT = 8
 _BUFFER_SIZE = CHUNK + (16 << 10)
 _EMPTY = memoryview(b"")
 #: buffers a read-ahead thread fills before the parser takes them
-_AHEAD = 4
+_AHEAD = 3
+#: bytes per read of the read-ahead thread: big, as each read and hash costs
+#: that thread a wait for the GIL while the applier runs Python code
+_AHEAD_CHUNK = 4 << 20
 #: room in front of a read-ahead buffer for the unparsed end of the previous one
 _RESERVE = 16 << 10
 
@@ -983,7 +987,7 @@ class _ReadAhead:
         self._free: SimpleQueue[bytearray | None] = SimpleQueue()
         self._ready: SimpleQueue[tuple[bytearray | None, int, BaseException | None]] = SimpleQueue()
         for _ in range(_AHEAD):
-            self._free.put(bytearray(_RESERVE + CHUNK))
+            self._free.put(bytearray(_RESERVE + _AHEAD_CHUNK))
         self._current: bytearray | None = None
         self._end: BaseException | bool | None = False
         self._stop = False

@@ -534,10 +534,21 @@ def test_pooled_read_buffers_are_reused_without_mixing_content() -> None:
         builder.pax({"mtime": f"{i}.5"}).file(f"f{i}", data)
     tar = builder.bytes()
     assert len(tar) > (tarstream._HASH_IN_FLIGHT + 4) * tarstream.CHUNK
+    assert len(tar) > (tarstream._AHEAD + 2) * tarstream._AHEAD_CHUNK
     for stream in (io.BytesIO(tar), Trickle(tar, tarstream.CHUNK // 2 + 3)):
         got, reader = read_all(stream)  # type: ignore[arg-type]
         assert {e.path: c for e, c in got} == files
         assert [e.mtime_ns for e, _ in got] == [i * 10**9 + 5 * 10**8 for i in range(60)]
+        assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+    for stream in (io.BytesIO(tar), Trickle(tar, tarstream.CHUNK // 2 + 3)):
+        reader = TarReader(stream, read_ahead=True)  # type: ignore[arg-type]
+        try:
+            seen = {}
+            for entry in reader:
+                seen[entry.path] = b"".join(bytes(view) for _, view in reader.chunks())
+        finally:
+            reader.close()
+        assert seen == files
         assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
 
 
