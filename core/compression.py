@@ -44,6 +44,20 @@ class _Source:
             return head
         return self._fileobj.read(size)
 
+    def readinto(self, buffer: Any) -> int:
+        """Straight into the caller's buffer when the blob can (no copy, no allocation)."""
+        view = memoryview(buffer).cast("B")
+        if not self._head:
+            readinto = getattr(self._fileobj, "readinto", None)
+            if readinto is not None:
+                try:
+                    return readinto(view) or 0
+                except (NotImplementedError, io.UnsupportedOperation):
+                    pass  # a file object that only implements read()
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
 
 class _Decoded(io.RawIOBase):
     """Base of the decoded streams: only ``read`` is implemented by subclasses."""
@@ -72,6 +86,9 @@ class _Plain(_Decoded):
 
     def read(self, size: int = -1) -> bytes:  # type: ignore[override]
         return self._source.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        return self._source.readinto(buffer)
 
 
 class _Gzip(_Decoded):

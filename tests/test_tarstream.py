@@ -565,3 +565,16 @@ def test_content_is_the_whole_small_file_in_one_view() -> None:
             assert list(reader.chunks()) == []  # nothing left to hand out
         seen[entry.path] = bytes(view)
     assert seen == {"small": b"hello", "big": big, "empty": b""}
+
+
+def test_a_plain_layer_stream_reads_into_the_callers_buffer() -> None:
+    """readinto of a plain blob: the sniffed head first, then straight from the file
+    (or through read() for a stream without readinto), every byte exactly once."""
+    data = os.urandom(100_000)
+    for blob in (io.BytesIO(data), Trickle(data, 3000)):
+        stream = open_layer_stream(blob)  # type: ignore[arg-type]
+        got = bytearray()
+        buffer = bytearray(7001)
+        while n := stream.readinto(buffer):  # type: ignore[attr-defined]
+            got += buffer[:n]
+        assert bytes(got) == data
