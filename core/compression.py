@@ -48,7 +48,11 @@ class _Source:
         """Straight into the caller's buffer when the blob can (no copy, no allocation)."""
         view = memoryview(buffer).cast("B")
         if not self._head:
-            readinto = getattr(self._fileobj, "readinto", None)
+            # one read of the raw stream, as a raw stream's readinto is: a pipe's
+            # bytes are passed on as they come
+            readinto = getattr(self._fileobj, "readinto1", None) or getattr(
+                self._fileobj, "readinto", None
+            )
             if readinto is not None:
                 try:
                     return readinto(view) or 0

@@ -314,7 +314,9 @@ class TarReader:
         self, stream: IO[bytes], limits: Limits | None = None, *, read_ahead: bool = False
     ) -> None:
         self._read = stream.read
-        self._readinto = getattr(stream, "readinto", None)
+        # readinto1 (one read of the raw stream) hands a pipe's bytes over as they
+        # come, where readinto would wait for a whole buffer
+        self._readinto = getattr(stream, "readinto1", None) or getattr(stream, "readinto", None)
         self.limits = limits or Limits()
         #: names this long or shorter need no component or PATH_MAX check
         self._short_path = min(self.limits.max_component, self.limits.max_path - 1)

@@ -578,3 +578,36 @@ def test_a_plain_layer_stream_reads_into_the_callers_buffer() -> None:
         while n := stream.readinto(buffer):  # type: ignore[attr-defined]
             got += buffer[:n]
         assert bytes(got) == data
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_entries_come_out_of_a_pipe_before_it_is_closed(read_ahead: bool) -> None:
+    """A layer streamed through a pipe is applied as it arrives: no read waits for
+    a whole buffer (megabytes) when the bytes that are there make an entry."""
+    import threading
+
+    tar = TarBuilder().file("first", b"1" * 5000).file("second", b"2").bytes()
+    read_fd, write_fd = os.pipe()
+    first_seen = threading.Event()
+    with open(read_fd, "rb") as stream:
+        reader = TarReader(stream, read_ahead=read_ahead)
+        try:
+            os.write(write_fd, tar[:6000])  # the first entry, not the end
+
+            def rest() -> None:
+                first_seen.wait(10)
+                os.write(write_fd, tar[6000:])
+                os.close(write_fd)
+
+            writer = threading.Thread(target=rest)
+            writer.start()
+            entry = reader.next()
+            assert entry is not None and entry.path == "first"
+            assert writer.is_alive()  # it still waits to send the rest
+            first_seen.set()
+            assert [e.path for e in reader] == ["second"]
+            writer.join()
+        finally:
+            first_seen.set()
+            reader.close()
+    assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
