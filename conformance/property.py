@@ -577,17 +577,25 @@ def build_layer_tar(before: trees.Tree, ref: Path, *, with_root: bool = False) -
 # --- running a plan on two stores -------------------------------------------------------------
 
 
+#: what a driver that declares copy_up_keeps_mtimes=False is still held to, mtime-wise
+KINDS_WITHOUT_COPY_UP_MTIMES = ("file", "fifo", "char device", "block device", "socket")
+
+
 @dataclasses.dataclass
 class Comparison:
     """How strictly the driver is held to vfs (decided by its capabilities)."""
 
     subsecond: bool
     identical_diffs: bool
+    #: entry kinds whose mtimes are compared (None: all)
+    mtime_kinds: frozenset[str] | None = None
 
     @classmethod
     def for_capabilities(cls, caps: Capabilities) -> Comparison:
+        keeps = caps.copy_up_keeps_mtimes
         return cls(subsecond=caps.subsecond_mtime,
-                   identical_diffs=caps.subsecond_mtime and not caps.native_diff)
+                   identical_diffs=caps.subsecond_mtime and not caps.native_diff and keeps,
+                   mtime_kinds=None if keeps else frozenset(KINDS_WITHOUT_COPY_UP_MTIMES))
 
 
 class SideBySide:
@@ -644,9 +652,11 @@ class SideBySide:
 
     # -- comparisons ----------------------------------------------------------------------------
 
-    def _same(self, expected: Path, actual: Path, what: str, *, subsecond: bool = True) -> None:
+    def _same(self, expected: Path, actual: Path, what: str, *, subsecond: bool = True,
+              driver: bool = False) -> None:
+        kinds = self.rule.mtime_kinds if driver else None
         problems = trees.compare(trees.snapshot(expected, subsecond=subsecond),
-                                 trees.snapshot(actual, subsecond=subsecond))
+                                 trees.snapshot(actual, subsecond=subsecond), mtime_kinds=kinds)
         if problems:
             raise AssertionError(f"{what}:\n  " + "\n  ".join(problems[:40]))
 
@@ -664,7 +674,7 @@ class SideBySide:
         with self._mounted("vfs", ids["vfs"]) as vfs, self._mounted("driver", ids["driver"]) as drv:
             self._same(self.reference, vfs, f"{what}: vfs differs from the plain reference")
             self._same(vfs, drv, f"{what}: the driver differs from vfs",
-                       subsecond=self.rule.subsecond)
+                       subsecond=self.rule.subsecond, driver=True)
 
     def check_diffs(self, ids: dict[str, str], parents: dict[str, str | None], what: str) -> dict:
         """The two exported diffs are the same (bytes, or trees once applied); return them."""
@@ -681,7 +691,7 @@ class SideBySide:
         with self._mounted("vfs", applied["vfs"]) as want, \
                 self._mounted("vfs", applied["driver"]) as got:
             self._same(want, got, f"{what}: the driver's diff, applied on vfs, differs from vfs's",
-                       subsecond=self.rule.subsecond)
+                       subsecond=self.rule.subsecond, driver=True)
         return diffs
 
     # -- running -------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def _check_exported(store, layer_id: str, expect: dict[str, tuple[str, int]]) ->
 def test_20_chown_only(run, store, fill, capabilities) -> None:
     """A chown-only change of a nested tree is visible and exported."""
     if fill == "commit":  # chown -h of a lower symlink copies it up
-        require(capabilities, copy_up_keeps_symlink_mtime=True)
+        require(capabilities, copy_up_keeps_mtimes=True)
     steps = [
         step(directory("n"), directory("n/a"), file("n/a/f", b"f"), symlink("n/a/l", "f"),
              directory("n/b"), file("n/b/g", b"g", mode=0o4755), name="base"),

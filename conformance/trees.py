@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,14 @@ def _describe_xattrs(pairs: tuple[tuple[str, bytes], ...]) -> str:
     return "{" + ", ".join(f"{k}={v!r}" for k, v in pairs) + "}"
 
 
-def compare(expected: Tree, actual: Tree) -> list[str]:
+def compare(
+    expected: Tree, actual: Tree, *, mtime_kinds: Collection[str] | None = None
+) -> list[str]:
     """Every difference between two snapshots, one readable line each; empty if equal.
 
     mtimes are compared only when both snapshots took them, and in whole
-    seconds when either asked for ``subsecond=False``.
+    seconds when either asked for ``subsecond=False``; with ``mtime_kinds``
+    only for entries of those kinds (``"file"``, ``"directory"``...).
     """
     problems: list[str] = []
     use_mtimes = expected.mtimes and actual.mtimes
@@ -181,7 +185,7 @@ def compare(expected: Tree, actual: Tree) -> list[str]:
                 f"{where}: hardlinked with {sorted(map(_show, got.links))}, "
                 f"expected {sorted(map(_show, want.links))}"
             )
-        if use_mtimes:
+        if use_mtimes and (mtime_kinds is None or want.kind in mtime_kinds):
             w, g = want.mtime_ns, got.mtime_ns
             if not subsecond:
                 w, g = w // 1_000_000_000, g // 1_000_000_000

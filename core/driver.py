@@ -75,8 +75,9 @@ class Capabilities:
     rename_lower_dir: bool = True
     #: hardlinks between lower files stay one inode after one name is written (case 27)
     hardlinks_survive_copy_up: bool = False
-    #: a metadata change of a lower symlink (chown -h) keeps the symlink's mtime (case 20)
-    copy_up_keeps_symlink_mtime: bool = True
+    #: a copy-up keeps the mtimes of a lower symlink it copies (chown -h, case 20) and of
+    #: the parent directories it writes into (cases 20 and 44); kernel overlay does
+    copy_up_keeps_mtimes: bool = True
     #: the ``size`` option is enforced with EDQUOT/ENOSPC (case 35)
     quota: bool = False
     #: holes of sparse files stay holes in layers (case 31)

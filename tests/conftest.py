@@ -20,7 +20,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, c
 
 
 def run_lamina(*args: str, root: Path | None = None, env: dict[str, str] | None = None,
-               check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+               check: bool = True, input: bytes | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real CLI in a child process, as a user would."""
     cmd = [*LAMINA]
     if root is not None:
@@ -28,7 +29,7 @@ def run_lamina(*args: str, root: Path | None = None, env: dict[str, str] | None 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
     full_env.update(env or {})
     proc = subprocess.run(cmd + list(args), capture_output=True, env=full_env, input=input,
-                          timeout=300)
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"lamina {' '.join(args)} failed ({proc.returncode}):\n"

@@ -65,9 +65,9 @@ class FuseOverlayDriver(Driver):
         root_mode=0o755,
         rename_lower_dir=False,  # rename(2) of a lower directory fails with EXDEV (mv copies)
         hardlinks_survive_copy_up=True,  # it copies up every name of a lower inode together
-        # its copyup() makes a new symlink and sets no times: chown -h of a lower symlink
-        # changes the symlink's mtime (fuse-overlayfs 1.10 and upstream)
-        copy_up_keeps_symlink_mtime=False,
+        # its copyup() makes a new symlink and sets no times, and leaves the parent
+        # directory's mtime changed (fuse-overlayfs 1.10 and upstream)
+        copy_up_keeps_mtimes=False,
         quota=False,
         sparse_files=False,
         subsecond_mtime=True,
