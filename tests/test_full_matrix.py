@@ -33,13 +33,21 @@ FILESYSTEMS = ["ext4", "xfs", "btrfs", "tmpfs", "xfs-noftype", "ext4-nodtype"]
 REQUIRED = {*range(1, 25), *range(26, 34), *range(36, 44)}
 
 
+def property_env(examples: int) -> dict[str, str]:
+    """Case 44's settings: the same draws on every CI run, so a red CI is reproducible.
+
+    Random exploration is for developers (unset LAMINA_PROPERTY_DERANDOMIZE).
+    """
+    return {"LAMINA_PROPERTY_EXAMPLES": str(examples), "LAMINA_PROPERTY_DERANDOMIZE": "1"}
+
+
 def test_every_cell_passes_or_says_why_not(example_site: Path, tmp_path: Path) -> None:
     report = tmp_path / "matrix.json"
     proc = run_lamina(
         "conformance", "--driver", "all", "--fs", ",".join(FILESYSTEMS),
         "--workdir", str(tmp_path / "work"), "--json", str(report),
         "--junit", str(tmp_path / "matrix.xml"),
-        env={"PYTHONPATH": str(example_site), "LAMINA_PROPERTY_EXAMPLES": "25"},
+        env={"PYTHONPATH": str(example_site), **property_env(25)},
         check=False, timeout=1800,
     )
     output = proc.stdout.decode() + proc.stderr.decode()
@@ -86,7 +94,7 @@ def property_run(driver: str, root: Path, env: dict[str, str]) -> subprocess.Com
 
 @pytest.mark.parametrize("driver", sorted(DRIVERS))
 def test_property_200_examples(driver: str, example_site: Path, tmp_path: Path) -> None:
-    env = {"PYTHONPATH": str(example_site), "LAMINA_PROPERTY_EXAMPLES": "200"}
+    env = {"PYTHONPATH": str(example_site), **property_env(200)}
     if driver == "btrfs":  # it cannot work on the machine's own filesystem
         try:
             with backing_filesystem("btrfs", tmp_path / "backing", size_mb=2048) as fs:
