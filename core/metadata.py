@@ -67,8 +67,8 @@ def connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")
         # keep the write-ahead log small: checkpoint often and truncate it after,
         # so metadata costs kilobytes per layer, not a growing log
-        db.execute("PRAGMA wal_autocheckpoint=64")
-        db.execute("PRAGMA journal_size_limit=262144")
+        db.execute("PRAGMA wal_autocheckpoint=32")
+        db.execute("PRAGMA journal_size_limit=65536")
         db.execute("PRAGMA foreign_keys=ON")
     except sqlite3.Error as exc:
         raise StoreError(
