@@ -33,6 +33,7 @@ compare mounted trees: correct whatever fuse-overlayfs wrote into
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -273,7 +274,16 @@ class FuseOverlayDriver(Driver):
             fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
                        upper=f"{layer_id}/diff", work=f"{layer_id}/work", cwd=self.layers)
         try:
-            _look_up_everything(merged)
+            special = _look_up_everything(merged)
+            if not readonly:
+                todo = _copy_up_plan(merged, layer / "diff", special)
+                if todo:  # fuse-overlayfs would copy them up as regular files
+                    fuse.unmount(merged)
+                    _copy_up(layer / "diff", todo)
+                    fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
+                               upper=f"{layer_id}/diff", work=f"{layer_id}/work",
+                               cwd=self.layers)
+                    _look_up_everything(merged)
         except BaseException:
             fuse.unmount(merged)
             raise
@@ -320,7 +330,7 @@ class FuseOverlayDriver(Driver):
 
 
 
-def _look_up_everything(root: Path) -> None:
+def _look_up_everything(root: Path) -> list[tuple[str, os.stat_result]]:
     """``lstat`` every entry below ``root`` (iteratively, following nothing).
 
     fuse-overlayfs reports a file's ``st_nlink`` from the names of it that it
@@ -329,11 +339,97 @@ def _look_up_everything(root: Path) -> None:
     export, a tree comparison all lose the link). Looking everything up once
     right after mounting makes the counts exact, at the cost of one walk of
     the tree per mount (its first user; later users share the mount).
+
+    Returns the special files met (fifos, devices, sockets; path relative
+    to ``root``): a writable mount must copy those up itself.
     """
+    special = []
+    base = len(os.fspath(root)) + 1
     pending = [os.fspath(root)]
     while pending:
         with os.scandir(pending.pop()) as it:
             for entry in it:
-                entry.stat(follow_symlinks=False)
-                if entry.is_dir(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
                     pending.append(entry.path)
+                elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    special.append((entry.path[base:], st))
+    return special
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """What a copy-up must recreate of one entry of the merged tree."""
+
+    path: str
+    st: os.stat_result
+    xattrs: dict[str, bytes]
+
+
+def _copy_up_plan(merged: Path, diff: Path,
+                  special: list[tuple[str, os.stat_result]]) -> list[_Entry]:
+    """The special files only a lower layer holds, with the directories above them.
+
+    fuse-overlayfs 1.10 (and upstream) copies up anything that is neither a
+    directory nor a symlink by reading it into a new *regular* file: a
+    lower fifo or device that is renamed, chown-ed or touched in a writable
+    layer becomes an empty file (and the kernel, which cached a fifo, answers
+    EIO). The kernel's overlay copies them up as what they are. So a
+    writable mount copies them up itself, exactly as the merged tree shows
+    them, before fuse-overlayfs can: the tree, and so every diff, stays the
+    same, and fuse-overlayfs then finds them in the upper directory.
+    Returned parents first; read from the mount, applied after unmounting.
+    """
+    todo: dict[str, _Entry] = {}
+    for path, st in special:
+        if os.path.lexists(diff / path):
+            continue  # the upper directory's own: what the mount shows
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in todo and not os.path.lexists(diff / parent):
+                todo[parent] = _entry(merged, parent, os.lstat(merged / parent))
+        todo[path] = _entry(merged, path, st)
+    return sorted(todo.values(), key=lambda e: e.path.count("/"))
+
+
+def _entry(merged: Path, path: str, st: os.stat_result) -> _Entry:
+    full = os.fspath(merged / path)
+    names = [n for n in os.listxattr(full, follow_symlinks=False)
+             if not n.startswith("trusted.overlay.")]  # never an opaque marker
+    return _Entry(path, st, {n: os.getxattr(full, n, follow_symlinks=False) for n in names})
+
+
+def _copy_up(diff: Path, todo: list[_Entry]) -> None:
+    """Make the entries of :func:`_copy_up_plan` in ``diff`` (the mount is gone).
+
+    Names of one hardlinked special file stay one inode, as fuse-overlayfs
+    keeps them for regular files. Directories get their times last, after
+    their children are made.
+    """
+    planned = {e.path for e in todo}
+    kept = {}  # directories diff/ had that get new entries: their times stay
+    for e in todo:
+        parent = e.path.rpartition("/")[0]
+        if parent not in planned and parent not in kept:
+            st = os.lstat(diff / parent)
+            kept[parent] = (st.st_atime_ns, st.st_mtime_ns)
+    made: dict[int, str] = {}  # the mount's inode -> the first name made of it
+    for e in todo:
+        full = os.fspath(diff / e.path)
+        if stat.S_ISDIR(e.st.st_mode):
+            os.mkdir(full, 0o700)
+        elif e.st.st_ino in made and e.st.st_nlink > 1:
+            os.link(made[e.st.st_ino], full)
+            continue
+        else:
+            os.mknod(full, stat.S_IFMT(e.st.st_mode) | 0o600, e.st.st_rdev)
+            made[e.st.st_ino] = full
+        os.chown(full, e.st.st_uid, e.st.st_gid)
+        os.chmod(full, stat.S_IMODE(e.st.st_mode))
+        for name, value in e.xattrs.items():
+            os.setxattr(full, name, value)
+    for e in reversed(todo):
+        os.utime(diff / e.path, ns=(e.st.st_atime_ns, e.st.st_mtime_ns))
+    for parent, times in kept.items():
+        os.utime(diff / parent, ns=times)
