@@ -37,6 +37,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -274,10 +275,11 @@ class FuseOverlayDriver(Driver):
             fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
                        upper=f"{layer_id}/diff", work=f"{layer_id}/work", cwd=self.layers)
         try:
-            special = _look_up_everything(merged)
+            mistaken = _look_up_everything(merged)
             if not readonly:
-                todo = _copy_up_plan(merged, layer / "diff", special)
-                if todo:  # fuse-overlayfs would copy them up as regular files
+                todo = _copy_up_plan(merged, layer / "diff",
+                                     [self.layers / d for d in lower], mistaken)
+                if todo:  # fuse-overlayfs would copy these up wrong: do it first
                     fuse.unmount(merged)
                     _copy_up(layer / "diff", todo)
                     fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
@@ -340,10 +342,10 @@ def _look_up_everything(root: Path) -> list[tuple[str, os.stat_result]]:
     right after mounting makes the counts exact, at the cost of one walk of
     the tree per mount (its first user; later users share the mount).
 
-    Returns the special files met (fifos, devices, sockets; path relative
-    to ``root``): a writable mount must copy those up itself.
+    Returns the entries that fuse-overlayfs would copy up wrong (paths
+    relative to ``root``; see :func:`_copy_up_plan`).
     """
-    special = []
+    mistaken = []
     base = len(os.fspath(root)) + 1
     pending = [os.fspath(root)]
     while pending:
@@ -352,9 +354,28 @@ def _look_up_everything(root: Path) -> list[tuple[str, os.stat_result]]:
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
                     pending.append(entry.path)
-                elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                    special.append((entry.path[base:], st))
-    return special
+                if _copied_up_wrong(st):
+                    mistaken.append((entry.path[base:], st))
+    return mistaken
+
+
+def _copied_up_wrong(st: os.stat_result) -> bool:
+    """Whether fuse-overlayfs 1.10's copy-up (and upstream's) would change this entry.
+
+    - a fifo, device or socket: copied by reading it into a new *regular*
+      file (an empty one; the kernel, which cached a fifo, then says EIO);
+    - a directory with setuid or setgid: made with mkdir(2), which drops both;
+    - a setuid or setgid file not owned by 0:0: made, then fchown-ed, which
+      clears both.
+
+    The kernel's overlay copies all of them up as they are.
+    """
+    fmt = stat.S_IFMT(st.st_mode)
+    if fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
+        return True
+    if not st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        return False
+    return fmt == stat.S_IFDIR or (fmt == stat.S_IFREG and (st.st_uid, st.st_gid) != (0, 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,48 +385,51 @@ class _Entry:
     path: str
     st: os.stat_result
     xattrs: dict[str, bytes]
+    #: where a regular file's data is (the top-most lower layer that has the path)
+    source: Path | None = None
 
 
-def _copy_up_plan(merged: Path, diff: Path,
-                  special: list[tuple[str, os.stat_result]]) -> list[_Entry]:
-    """The special files only a lower layer holds, with the directories above them.
+def _copy_up_plan(merged: Path, diff: Path, lowers: list[Path],
+                  mistaken: list[tuple[str, os.stat_result]]) -> list[_Entry]:
+    """Of the entries :func:`_copied_up_wrong` finds, those only lower layers hold.
 
-    fuse-overlayfs 1.10 (and upstream) copies up anything that is neither a
-    directory nor a symlink by reading it into a new *regular* file: a
-    lower fifo or device that is renamed, chown-ed or touched in a writable
-    layer becomes an empty file (and the kernel, which cached a fifo, answers
-    EIO). The kernel's overlay copies them up as what they are. So a
-    writable mount copies them up itself, exactly as the merged tree shows
-    them, before fuse-overlayfs can: the tree, and so every diff, stays the
-    same, and fuse-overlayfs then finds them in the upper directory.
-    Returned parents first; read from the mount, applied after unmounting.
+    A writable mount copies them up itself, exactly as the merged tree shows
+    them and before fuse-overlayfs can: the tree, and so every diff, stays
+    the same, and fuse-overlayfs then finds them in the upper directory.
+    Directories above them that ``diff/`` lacks come too (an upper directory
+    without the opaque marker merges with the lower ones, as in the kernel's
+    format). Returned parents first; read from the mount, made after
+    unmounting it.
     """
     todo: dict[str, _Entry] = {}
-    for path, st in special:
-        if os.path.lexists(diff / path):
+    for path, st in mistaken:
+        if path in todo or os.path.lexists(diff / path):
             continue  # the upper directory's own: what the mount shows
         parts = path.split("/")
         for depth in range(1, len(parts)):
             parent = "/".join(parts[:depth])
             if parent not in todo and not os.path.lexists(diff / parent):
                 todo[parent] = _entry(merged, parent, os.lstat(merged / parent))
-        todo[path] = _entry(merged, path, st)
+        source = None
+        if stat.S_ISREG(st.st_mode):  # the top-most one: a whiteout would hide it
+            source = next(d / path for d in lowers if os.path.lexists(d / path))
+        todo[path] = _entry(merged, path, st, source)
     return sorted(todo.values(), key=lambda e: e.path.count("/"))
 
 
-def _entry(merged: Path, path: str, st: os.stat_result) -> _Entry:
+def _entry(merged: Path, path: str, st: os.stat_result, source: Path | None = None) -> _Entry:
     full = os.fspath(merged / path)
     names = [n for n in os.listxattr(full, follow_symlinks=False)
              if not n.startswith("trusted.overlay.")]  # never an opaque marker
-    return _Entry(path, st, {n: os.getxattr(full, n, follow_symlinks=False) for n in names})
+    return _Entry(path, st, {n: os.getxattr(full, n, follow_symlinks=False) for n in names},
+                  source)
 
 
 def _copy_up(diff: Path, todo: list[_Entry]) -> None:
     """Make the entries of :func:`_copy_up_plan` in ``diff`` (the mount is gone).
 
-    Names of one hardlinked special file stay one inode, as fuse-overlayfs
-    keeps them for regular files. Directories get their times last, after
-    their children are made.
+    Names of one hardlinked file stay one inode, as fuse-overlayfs keeps
+    them. Directories get their times last, after their children are made.
     """
     planned = {e.path for e in todo}
     kept = {}  # directories diff/ had that get new entries: their times stay
@@ -422,11 +446,14 @@ def _copy_up(diff: Path, todo: list[_Entry]) -> None:
         elif e.st.st_ino in made and e.st.st_nlink > 1:
             os.link(made[e.st.st_ino], full)
             continue
+        elif e.source is not None:
+            shutil.copyfile(e.source, full)
+            made[e.st.st_ino] = full
         else:
             os.mknod(full, stat.S_IFMT(e.st.st_mode) | 0o600, e.st.st_rdev)
             made[e.st.st_ino] = full
         os.chown(full, e.st.st_uid, e.st.st_gid)
-        os.chmod(full, stat.S_IMODE(e.st.st_mode))
+        os.chmod(full, stat.S_IMODE(e.st.st_mode))  # after chown, which clears setuid
         for name, value in e.xattrs.items():
             os.setxattr(full, name, value)
     for e in reversed(todo):
