@@ -78,6 +78,9 @@ class Capabilities:
     #: a copy-up keeps the mtimes of a lower symlink it copies (chown -h, case 20) and of
     #: the parent directories it writes into (cases 20 and 44); kernel overlay does
     copy_up_keeps_mtimes: bool = True
+    #: a new entry made through a writable mount inside a setgid directory takes the
+    #: directory's group (and a new directory its setgid bit), as the kernel does (case 44)
+    setgid_dirs_inherit_group: bool = True
     #: the ``size`` option is enforced with EDQUOT/ENOSPC (case 35)
     quota: bool = False
     #: holes of sparse files stay holes in layers (case 31)

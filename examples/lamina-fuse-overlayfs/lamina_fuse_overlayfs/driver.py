@@ -70,6 +70,9 @@ class FuseOverlayDriver(Driver):
         # its copyup() makes a new symlink and sets no times, and leaves the parent
         # directory's mtime changed (fuse-overlayfs 1.10 and upstream)
         copy_up_keeps_mtimes=False,
+        # it makes directories, fifos, devices and symlinks (and files where a whiteout
+        # was) in its work directory and chowns them to the caller: no setgid inheritance
+        setgid_dirs_inherit_group=False,
         quota=False,
         sparse_files=False,
         subsecond_mtime=True,
