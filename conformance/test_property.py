@@ -43,7 +43,8 @@ def test_44_same_as_vfs(lamina_suite, tmp_path_factory, data) -> None:
     """The driver's trees and exported diffs equal vfs's after every layer of the plan."""
     assert lamina_suite.root is not None
     caps = lamina_suite.driver_class.capabilities
-    plan = data.draw(plans(links_survive_copy_up=caps.hardlinks_survive_copy_up), label="plan")
+    plan = data.draw(plans(links_survive_copy_up=caps.hardlinks_survive_copy_up,
+                           setgid_inherits=caps.setgid_dirs_inherit_group), label="plan")
     reference: Path = tmp_path_factory.mktemp("property-reference")
     pair = SideBySide(lamina_suite.driver_class, dict(lamina_suite.options),
                       lamina_suite.root, reference)
