@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, LayerExists, LayerNotFound, StoreClosed
 
 # --- values exchanged with drivers ---------------------------------------------
 
@@ -278,6 +278,39 @@ class Driver:
     def close(self) -> None:
         """Release what the driver holds. Idempotent: closing twice is fine."""
         self.closed = True
+
+    # -- helpers for subclasses: the checks every driver makes the same way ----------
+
+    def _check_open(self) -> None:
+        """Raise :class:`StoreClosed` once :meth:`close` ran (operations after close fail)."""
+        if self.closed:
+            raise StoreClosed(
+                f"the {self.name} driver on {self.home} is closed",
+                hint="open the store again to keep working with it",
+            )
+
+    def _not_found(self, layer_id: str) -> LayerNotFound:
+        return LayerNotFound(
+            layer_id,
+            f"{self.name} layer {layer_id!r} does not exist",
+            hint="`lamina layer ls` lists the layers",
+        )
+
+    def _check_create(self, layer_id: str, parent: str | None) -> None:
+        """The preconditions of :meth:`create`: open, a new id, an existing parent."""
+        self._check_open()
+        if self.exists(layer_id):
+            raise LayerExists(
+                layer_id,
+                f"{self.name} layer {layer_id!r} exists already",
+                hint="remove it first or choose another id",
+            )
+        if parent is not None and not self.exists(parent):
+            raise LayerNotFound(
+                parent,
+                f"parent layer {parent!r} of {layer_id!r} does not exist",
+                hint="create the parent first; `lamina layer ls` lists the layers",
+            )
 
     # -- generic, overridable ------------------------------------------------------
 

@@ -36,9 +36,6 @@ from lamina.core.driver import Capabilities, Change, Driver, LayerViews, Option
 from lamina.core.errors import (
     DriverError,
     DriverNotSupported,
-    LayerExists,
-    LayerNotFound,
-    StoreClosed,
 )
 from lamina.core.fsinfo import filesystem_magic, filesystem_type
 from lamina.core.treecopy import remove_tree
@@ -153,19 +150,6 @@ class BtrfsDriver(Driver):
     def _meta(self, layer_id: str) -> Path:
         return self.meta / f"{layer_id}.json"
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise StoreClosed(
-                f"the btrfs driver on {self.home} is closed",
-                hint="open the store again to keep working with it",
-            )
-
-    def _not_found(self, layer_id: str) -> LayerNotFound:
-        return LayerNotFound(
-            layer_id, f"btrfs layer {layer_id!r} does not exist",
-            hint="`lamina layer ls` lists the layers",
-        )
-
     def layer_info(self, layer_id: str) -> dict[str, Any]:
         """The stored ``parent``, ``writable`` and ``size`` of a layer."""
         try:
@@ -192,15 +176,7 @@ class BtrfsDriver(Driver):
         return self._meta(layer_id).is_file() and self._subvol(layer_id).is_dir()
 
     def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        self._check_open()
-        if self.exists(layer_id):
-            raise LayerExists(layer_id, f"btrfs layer {layer_id!r} exists already",
-                              hint="remove it first or choose another id")
-        if parent is not None and not self.exists(parent):
-            raise LayerNotFound(
-                parent, f"parent layer {parent!r} of {layer_id!r} does not exist",
-                hint="create the parent first; `lamina layer ls` lists the layers",
-            )
+        self._check_create(layer_id, parent)
         self._clear_debris(layer_id)
         path = self._subvol(layer_id)
         size = self.size if writable else None

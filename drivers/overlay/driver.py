@@ -50,9 +50,6 @@ from lamina.core.driver import (
 from lamina.core.errors import (
     ConfigError,
     DriverError,
-    LayerExists,
-    LayerNotFound,
-    StoreClosed,
 )
 from lamina.core.fsinfo import filesystem_type
 from lamina.core.treecopy import remove_tree
@@ -147,20 +144,6 @@ class OverlayDriver(Driver):
         """The layer's own content directory (its upper dir)."""
         return self.home / layer_id / "diff"
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise StoreClosed(
-                f"the overlay driver on {self.home} is closed",
-                hint="open the store again to keep working with it",
-            )
-
-    def _not_found(self, layer_id: str) -> LayerNotFound:
-        return LayerNotFound(
-            layer_id,
-            f"overlay layer {layer_id!r} does not exist",
-            hint="`lamina layer ls` lists the layers",
-        )
-
     def _temporaries(self, layer_id: str) -> list[Path]:
         pattern = re.compile(re.escape(f".tmp-{layer_id}-") + "[0-9a-f]{8}")
         with os.scandir(self.home) as it:
@@ -207,19 +190,7 @@ class OverlayDriver(Driver):
         return (self._dir(layer_id) / "link").is_file()
 
     def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        self._check_open()
-        if self.exists(layer_id):
-            raise LayerExists(
-                layer_id,
-                f"overlay layer {layer_id!r} exists already",
-                hint="remove it first or choose another id",
-            )
-        if parent is not None and not self.exists(parent):
-            raise LayerNotFound(
-                parent,
-                f"parent layer {parent!r} of {layer_id!r} does not exist",
-                hint="create the parent first; `lamina layer ls` lists the layers",
-            )
+        self._check_create(layer_id, parent)
         self._clear_debris(layer_id)
         lowers: list[str] = []
         if parent is not None:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from lamina.core import mounts
 from lamina.core.driver import Capabilities, Driver
-from lamina.core.errors import DriverError, LayerExists, LayerNotFound, StoreClosed
+from lamina.core.errors import DriverError
 from lamina.core.fsinfo import filesystem_type
 from lamina.core.treecopy import copy_tree, probe_copy_method, remove_tree
 
@@ -78,20 +78,6 @@ class VfsDriver(Driver):
     def _meta(self, layer_id: str) -> Path:
         return self.meta / f"{layer_id}.json"
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise StoreClosed(
-                f"the vfs driver on {self.home} is closed",
-                hint="open the store again to keep working with it",
-            )
-
-    def _not_found(self, layer_id: str) -> LayerNotFound:
-        return LayerNotFound(
-            layer_id,
-            f"vfs layer {layer_id!r} does not exist",
-            hint="`lamina layer ls` lists the layers",
-        )
-
     @staticmethod
     def _temporaries(directory: Path, layer_id: str) -> list[Path]:
         # exactly ".tmp-<id>-<8 hex>": the id "a" must not match debris of "a-b"
@@ -130,19 +116,7 @@ class VfsDriver(Driver):
         return self._meta(layer_id).is_file() and self._dir(layer_id).is_dir()
 
     def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        self._check_open()
-        if self.exists(layer_id):
-            raise LayerExists(
-                layer_id,
-                f"vfs layer {layer_id!r} exists already",
-                hint="remove it first or choose another id",
-            )
-        if parent is not None and not self.exists(parent):
-            raise LayerNotFound(
-                parent,
-                f"parent layer {parent!r} of {layer_id!r} does not exist",
-                hint="create the parent first; `lamina layer ls` lists the layers",
-            )
+        self._check_create(layer_id, parent)
         self._clear_debris(layer_id)
         tmp = self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}"
         final = self._dir(layer_id)
