@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 OVERLAY_XATTR_PREFIXES: tuple[str, ...] = ("trusted.overlay.",)
 
 _ADDED = ChangeKind.ADDED
-_MODIFIED = ChangeKind.MODIFIED
+_MODIFIED = MODIFIED = ChangeKind.MODIFIED
 _DELETED = ChangeKind.DELETED
 
 
@@ -123,7 +123,8 @@ class TreeDiff:
         return total
 
 
-def _scan(path: str) -> dict[str, os.DirEntry[str]]:
+def scan(path: str) -> dict[str, os.DirEntry[str]]:
+    """A directory's entries by name (scandir, stat cached on the entries)."""
     with os.scandir(path) as it:
         return {entry.name: entry for entry in it}
 
@@ -133,7 +134,8 @@ def _scan(path: str) -> dict[str, os.DirEntry[str]]:
 CTIME_SLACK_NS = 50_000_000
 
 
-def _same_content(lpath: str, upath: str) -> bool:
+def same_content(lpath: str, upath: str) -> bool:
+    """Whether two regular files hold the same bytes (read in 1 MiB blocks)."""
     with open(lpath, "rb", buffering=0) as lf, open(upath, "rb", buffering=0) as uf:
         while True:
             a = lf.read(1 << 20)
@@ -143,7 +145,7 @@ def _same_content(lpath: str, upath: str) -> bool:
                 return True
 
 
-def _differs(lst: os.stat_result, ust: os.stat_result, lpath: str, upath: str) -> bool:
+def metadata_differs(lst: os.stat_result, ust: os.stat_result, lpath: str, upath: str) -> bool:
     """Whether two entries at the same path differ by anything the contract names."""
     if (
         lst.st_mode != ust.st_mode
@@ -199,7 +201,9 @@ def _diff_trees(
             f"cannot compare {upper_root}: not a directory",
             hint="pass the mounted root directory of the layer",
         )
-    if lower_root is not None and _differs(os.lstat(lower_root), root_st, lower_root, upper_root):
+    if lower_root is not None and metadata_differs(
+        os.lstat(lower_root), root_st, lower_root, upper_root
+    ):
         kinds[""] = _MODIFIED
 
     # names sharing an inode: (dev, ino) -> paths in each tree, and path -> key in lower
@@ -212,8 +216,8 @@ def _diff_trees(
     stack: list[tuple[str | None, str, str]] = [(lower_root, upper_root, "")]
     while stack:
         ldir, udir, rel = stack.pop()
-        uents = _scan(udir)
-        lents = _scan(ldir) if ldir is not None else {}
+        uents = scan(udir)
+        lents = scan(ldir) if ldir is not None else {}
         prefix = rel + "/" if rel else ""
         for name in lents.keys() - uents.keys():
             kinds[prefix + name] = _DELETED
@@ -237,11 +241,11 @@ def _diff_trees(
                 key = (lst.st_dev, lst.st_ino)
                 lower_links.setdefault(key, []).append(path)
                 lower_key[path] = key
-            if _differs(lst, ust, lent.path, uent.path) or (
+            if metadata_differs(lst, ust, lent.path, uent.path) or (
                 recheck is not None
                 and ust.st_ctime_ns >= recheck
                 and stat.S_ISREG(ust.st_mode)
-                and not _same_content(lent.path, uent.path)
+                and not same_content(lent.path, uent.path)
             ):
                 kinds[path] = _MODIFIED
                 stats[path] = ust

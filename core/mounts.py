@@ -142,3 +142,23 @@ def detach(target: Path, *, attempts: int = 50, delay: float = 0.02) -> None:
         f"cannot unmount {target}: still busy",
         hint="a process may be using files below it; find it with `fuser -m` and retry",
     )
+
+
+def release_mount_point(point: Path) -> None:
+    """Detach whatever is mounted on ``point`` and remove the empty directory.
+
+    Missing is fine (idempotent). Removing the directory also drops copies of
+    the mount leaked into other mount namespaces.
+    """
+    if not os.path.lexists(point):
+        return
+    detach(point)
+    try:
+        os.rmdir(point)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise DriverError(
+            f"cannot remove the mount point {point}: {exc.strerror}",
+            hint="something is still mounted there; unmount it and retry",
+        ) from exc

@@ -40,12 +40,12 @@ from pathlib import Path
 from types import ModuleType
 
 from lamina.core.changes import (
-    _MODIFIED,
     CTIME_SLACK_NS,
+    MODIFIED,
     TreeDiff,
-    _differs,
-    _same_content,
-    _scan,
+    metadata_differs,
+    same_content,
+    scan,
 )
 from lamina.core.driver import ChangeKind
 
@@ -173,8 +173,8 @@ def _pruned_walk(
     result = TreeDiff()
     kinds, stats = result.kinds, result.stats
     root_st = os.lstat(upper_root)
-    if _differs(os.lstat(lower_root), root_st, lower_root, upper_root):
-        kinds[""] = _MODIFIED
+    if metadata_differs(os.lstat(lower_root), root_st, lower_root, upper_root):
+        kinds[""] = MODIFIED
     s_isdir = stat.S_ISDIR
 
     def linked(st: os.stat_result, path: str) -> None:
@@ -185,8 +185,8 @@ def _pruned_walk(
     stack: list[tuple[str | None, str, str, bool]] = [(lower_root, upper_root, "", True)]
     while stack:
         ldir, udir, rel, same = stack.pop()
-        uents = _scan(udir)
-        lents = _scan(ldir) if ldir is not None else {}
+        uents = scan(udir)
+        lents = scan(ldir) if ldir is not None else {}
         prefix = rel + "/" if rel else ""
         for name in lents.keys() - uents.keys():
             kinds[prefix + name] = ChangeKind.DELETED
@@ -215,13 +215,13 @@ def _pruned_walk(
                 continue
             lst = lent.stat(follow_symlinks=False)
             linked(lst, path)
-            if _differs(lst, ust, lent.path, uent.path) or (
+            if metadata_differs(lst, ust, lent.path, uent.path) or (
                 recheck is not None
                 and ust.st_ctime_ns >= recheck
                 and stat.S_ISREG(ust.st_mode)
-                and not _same_content(lent.path, uent.path)
+                and not same_content(lent.path, uent.path)
             ):
-                kinds[path] = _MODIFIED
+                kinds[path] = MODIFIED
                 stats[path] = ust
             if udir_entry:
                 if s_isdir(lst.st_mode):
@@ -235,8 +235,8 @@ def _pruned_walk(
             path = path.rpartition("/")[0]
             if path in kinds:
                 break
-            kinds[path] = _MODIFIED
+            kinds[path] = MODIFIED
     for path, kind in kinds.items():
-        if kind is _MODIFIED and path not in stats:
+        if kind is MODIFIED and path not in stats:
             stats[path] = os.lstat(os.path.join(upper_root, path)) if path else root_st
     return result

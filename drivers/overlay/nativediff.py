@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from lamina.core.changes import TreeDiff, diff_trees, read_xattrs
+from lamina.core.changes import TreeDiff, diff_trees, metadata_differs, same_content
 from lamina.core.driver import ChangeKind
 from lamina.core.errors import DriverError
 from lamina.core.export import write_layer_tar
@@ -55,36 +55,15 @@ class NativeDiff:
     covered: set[str] = field(default_factory=set)
 
 
-def _same_content(a: str, b: str) -> bool:
-    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
-        while True:
-            x = fa.read(1 << 20)
-            if x != fb.read(1 << 20):
-                return False
-            if not x:
-                return True
-
-
 def _differs(lst: os.stat_result, lpath: str, ust: os.stat_result, upath: str) -> bool:
-    """Metadata differences as the generic comparison sees them, then content."""
-    if (
-        lst.st_mode != ust.st_mode
-        or lst.st_mtime_ns != ust.st_mtime_ns
-        or lst.st_uid != ust.st_uid
-        or lst.st_gid != ust.st_gid
-    ):
+    """Metadata differences as the generic comparison sees them, then content.
+
+    The layer holds a copy of a file it changed, so a rewrite may have kept
+    size and mtime: a regular file with equal metadata has its bytes compared.
+    """
+    if metadata_differs(lst, ust, lpath, upath):
         return True
-    fmt = stat.S_IFMT(ust.st_mode)
-    if fmt != stat.S_IFDIR and lst.st_size != ust.st_size:
-        return True
-    if fmt in (stat.S_IFCHR, stat.S_IFBLK) and lst.st_rdev != ust.st_rdev:
-        return True
-    if fmt == stat.S_IFLNK and os.readlink(lpath) != os.readlink(upath):
-        return True
-    if read_xattrs(lpath) != read_xattrs(upath):
-        return True
-    # the layer holds a copy of this file: a rewrite may have kept size and mtime
-    return fmt == stat.S_IFREG and not _same_content(lpath, upath)
+    return stat.S_ISREG(ust.st_mode) and not same_content(lpath, upath)
 
 
 def layer_changes(upper: Path, lowers: list[Path], *, root_mode: int) -> NativeDiff:

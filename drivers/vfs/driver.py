@@ -186,19 +186,7 @@ class VfsDriver(Driver):
         return readonly and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
 
     def unmount(self, layer_id: str) -> None:
-        point = self.mounts / layer_id
-        if not os.path.lexists(point):
-            return
-        mounts.detach(point)
-        try:
-            os.rmdir(point)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise DriverError(
-                f"cannot remove the mount point {point}: {exc.strerror}",
-                hint="something is still mounted there; unmount it and retry",
-            ) from exc
+        mounts.release_mount_point(self.mounts / layer_id)
 
     def mounted_paths(self) -> list[Path]:
         return [self.mounts]
