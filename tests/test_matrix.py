@@ -92,7 +92,8 @@ def lamina_cmd(*args: str) -> list[str]:
 
 
 def env(tmp_path: Path, pythonpath: Path | None = None) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "PYTEST_"))}
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "PYTEST_"))
+         or k.startswith("LAMINA_PROPERTY_")}
     e["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
     if pythonpath is not None:
         e["PYTHONPATH"] = str(pythonpath)
