@@ -36,8 +36,8 @@ from lamina.core import tarstream
 from lamina.core.apply import MergedWhiteouts, apply_tar
 from lamina.core.changes import read_xattrs
 from lamina.core.driver import ApplyResult
-from lamina.core.errors import ArchiveLimit, DriverError, LaminaError
-from lamina.core.tarstream import TarEntry, TarReader
+from lamina.core.errors import DriverError, LaminaError
+from lamina.core.tarstream import TarEntry
 from lamina.core.treecopy import remove_at
 
 from .stack import OPAQUE_XATTR, LayerStack, is_whiteout
@@ -293,31 +293,20 @@ def apply_layer(stream: IO[bytes], upper: Path, lowers: list[Path]) -> ApplyResu
     root = os.path.realpath(upper)
     stack = LayerStack([root, *lowers])
     copy_up = _CopyUp(root, stack)
-    reader = TarReader(stream)
+    made: list[OverlayWhiteouts] = []
+
+    def whiteouts_for(mine: set[str]) -> OverlayWhiteouts:
+        made.append(OverlayWhiteouts(root, stack, mine))
+        return made[-1]
+
     # the core's applier with overlay's whiteouts and a copy-up step before each entry
-    applier = core_apply._Applier(Path(root), None)
-    whiteouts = OverlayWhiteouts(root, stack, applier.mine)
-    applier.whiteouts = whiteouts
-    entry: TarEntry | None = None
-    try:
-        for entry in reader:
-            _prepare(entry, copy_up, stack)
-            applier.apply(entry, reader)
-        applier.finish()
-        whiteouts.finish(applier.root_fd)
-    except LaminaError:
-        raise
-    except OSError as exc:
-        where = f"entry {entry.path!r}" if entry is not None else "the layer"
-        if exc.errno == errno.EFBIG:
-            raise ArchiveLimit(f"{where} is larger than the filesystem allows: {exc}") from exc
-        raise DriverError(
-            f"applying {where} failed: {exc}",
-            hint="check free space and that the filesystem supports the entry's features",
-        ) from exc
-    finally:
-        applier.close()
-    return ApplyResult(diff_id=reader.diff_id, size=reader.size)
+    return core_apply.apply_tar_with(
+        stream,
+        Path(root),
+        whiteouts_for=whiteouts_for,
+        before=lambda entry: _prepare(entry, copy_up, stack),
+        after=lambda root_fd: made[-1].finish(root_fd),
+    )
 
 
 def _prepare(entry: TarEntry, copy_up: _CopyUp, stack: LayerStack) -> None:
