@@ -988,8 +988,10 @@ class _ReadAhead:
         self.sha = hashlib.sha256()
         self._free: SimpleQueue[bytearray | None] = SimpleQueue()
         self._ready: SimpleQueue[tuple[bytearray | None, int, BaseException | None]] = SimpleQueue()
-        for _ in range(_AHEAD):
-            self._free.put(bytearray(_RESERVE + _AHEAD_CHUNK))
+        #: buffers made so far, and how many may circulate (made on demand by the
+        #: thread: a small stream never pays for zeroing them all)
+        self._made = 0
+        self.limit = _AHEAD
         self._current: bytearray | None = None
         self._end: BaseException | bool | None = False
         self._stop = False
@@ -1001,7 +1003,11 @@ class _ReadAhead:
     def _run(self, read_into: Callable[[memoryview], int]) -> None:
         free, ready, update = self._free, self._ready, self.sha.update
         while True:
-            buffer = free.get()
+            if free.empty() and self._made < self.limit:
+                self._made += 1
+                buffer: bytearray | None = bytearray(_RESERVE + _AHEAD_CHUNK)
+            else:
+                buffer = free.get()
             if buffer is None or self._stop:
                 return
             view = memoryview(buffer)[_RESERVE:]

@@ -504,7 +504,9 @@ def test_29_gigabytes_of_zeros_after_the_archive(site: Site) -> None:
     stream = LazyStream(TarBuilder().file("a", b"1").bytes(), 16 << 30)
     with within(10), pytest.raises(ArchiveLimit, match="follow the end"):
         apply_tar(stream, site.root)  # type: ignore[arg-type]
-    assert stream.read_bytes < 4 << 20
+    # the 1 MiB limit after the end, plus what the read-ahead thread had in flight
+    # (a few reads of this stream's 1 MiB pieces): never the 16 GiB
+    assert stream.read_bytes < 8 << 20
 
 
 def test_29_a_1tib_entry_whose_stream_ends(site: Site) -> None:
