@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from lamina.core.apply import apply_tar
-from lamina.core.driver import ApplyResult, Capabilities, LayerViews
+from lamina.core.driver import ApplyResult, Capabilities, LayerViews, Option
 from lamina.core.errors import StoreClosed
 from lamina.drivers.vfs import VfsDriver
 
@@ -265,6 +265,30 @@ class ForgetsLayersOnRestart(VfsDriver):
         return layer_id in self._known and super().exists(layer_id)
 
 
+class RemoveKeepsLayer(VfsDriver):
+    """``remove`` forgets nothing: the layer's directory, and so ``exists``, stay."""
+
+    name: ClassVar[str] = "mutant-remove-keeps"
+
+    def remove(self, layer_id: str) -> None:
+        self._check_open()
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+
+
+class IgnoresQuota(VfsDriver):
+    """Promises quotas (``quota=True`` and a ``size`` option) and enforces none."""
+
+    name: ClassVar[str] = "mutant-no-quota"
+    capabilities: ClassVar[Capabilities] = dataclasses.replace(
+        VfsDriver.capabilities, quota=True
+    )
+    options: ClassVar[Mapping[str, Option]] = {
+        **VfsDriver.options,
+        "size": Option(str, 'most bytes a writable layer may hold, like "10G" (ignored)'),
+    }
+
+
 class CreatesOrphans(VfsDriver):
     """Creates a layer on a missing parent as if it had none, instead of LayerNotFound."""
 
@@ -359,7 +383,8 @@ MUTANTS: dict[str, type[VfsDriver]] = {
     for cls in (
         IgnoresWhiteouts, IgnoresOpaque, DropsXattrs, DropsSetuid, LosesHardlinks,
         RoundsMtimes, TruncatesMtimes, ReadOnlyAcceptsWrites, LeaksMounts, WritesReachParent,
-        WrongRootMode, ForgetsLayersOnRestart, CreatesOrphans, CloseTwiceFails,
+        WrongRootMode, ForgetsLayersOnRestart, RemoveKeepsLayer, IgnoresQuota, CreatesOrphans,
+        CloseTwiceFails,
         StatusWithoutBackingFs, NondeterministicDiff, ExportsCharDeviceWhiteouts,
     )
 }
