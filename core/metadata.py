@@ -63,8 +63,10 @@ def connect(path: Path) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
+        # synchronous first: a new database's switch to WAL is a rollback-journal
+        # transaction, which syncs once less (of four) in NORMAL than in the default FULL
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA journal_mode=WAL")
         # keep the write-ahead log small: checkpoint often and truncate it after,
         # so metadata costs kilobytes per layer, not a growing log
         db.execute("PRAGMA wal_autocheckpoint=32")

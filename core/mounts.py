@@ -10,8 +10,8 @@ import ctypes
 import errno
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import DriverError
 
@@ -30,9 +30,12 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo (the fields lamina needs)."""
+class MountEntry(NamedTuple):
+    """One line of /proc/self/mountinfo (the fields lamina needs).
+
+    A named tuple, not a dataclass: a fifth of the class-creation cost at import
+    (every command's start-up), and quicker to build for each line of the table.
+    """
 
     mount_id: int
     parent_id: int
