@@ -24,7 +24,6 @@ import contextlib
 import errno
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -362,6 +361,7 @@ class BtrfsDriver(Driver):
     # -- status ---------------------------------------------------------------------------
 
     def status(self) -> list[tuple[str, str]]:
+        import subprocess  # only `lamina info` needs it: not every command's start-up
         from importlib.metadata import PackageNotFoundError, version
 
         try:

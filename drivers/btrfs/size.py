@@ -7,7 +7,8 @@ import re
 from lamina.core.errors import ConfigError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+#: compiled on first use (re caches it): importing the driver is every command's start-up
+_SIZE_RE = r"(?i)^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$"
 
 #: the smallest quota that still leaves room for a layer's own metadata
 MIN_SIZE = 1 << 20
@@ -25,7 +26,7 @@ def parse_size(value: int | str, *, what: str = "size") -> int:
     if isinstance(value, int):
         result = value
     else:
-        match = _SIZE_RE.match(value)
+        match = re.match(_SIZE_RE, value)
         if not match:
             raise ConfigError(f"{what} {value!r} is not a size", hint=hint)
         result = int(float(match.group(1)) * _UNITS[match.group(2).upper()])

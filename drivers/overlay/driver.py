@@ -32,8 +32,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
@@ -59,7 +57,7 @@ from . import mountapi, support
 if TYPE_CHECKING:  # the tar paths load only when used: start-up of every command pays
     from . import nativediff
 
-_SHORT_ALPHABET = string.ascii_uppercase + string.digits
+_SHORT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"  # string.ascii_uppercase + digits
 SHORT_LEN = 26
 FEATURES_FILE = "features.json"
 
@@ -190,6 +188,8 @@ class OverlayDriver(Driver):
         return (self._dir(layer_id) / "link").is_file()
 
     def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+        import secrets  # ~2 ms of imports (random, hmac): not at every command's start-up
+
         self._check_create(layer_id, parent)
         self._clear_debris(layer_id)
         lowers: list[str] = []

@@ -15,8 +15,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,6 +67,9 @@ def dirent_types(directory: Path) -> dict[str, int]:
 
 def supports_d_type(directory: Path) -> bool:
     """Whether the filesystem of ``directory`` fills d_type (probes in a temporary dir)."""
+    import shutil
+    import tempfile  # (~3 ms with random, bz2, lzma: the probes' cost, not every start-up's)
+
     probe = Path(tempfile.mkdtemp(prefix=".overlay-dtype-", dir=directory))
     try:
         (probe / "file").touch()
@@ -94,6 +95,9 @@ def _mount_probe(spec: mountapi.OverlaySpec, target: Path, legacy: bool, home: P
 
 def unsupported_reason(root: Path) -> str | None:
     """Why overlay cannot keep layers under ``root``, or None when a real test mount worked."""
+    import shutil
+    import tempfile
+
     if os.geteuid() != 0:
         return "overlay needs root: it mounts filesystems"
     if not _kernel_has_overlay():
@@ -160,6 +164,9 @@ class Features:
 
 def probe_features(work: Path, options: mountapi.MountOptions, legacy: bool) -> Features:
     """Rename a lower dir and chmod a lower file in a test mount; look for the xattrs."""
+    import shutil
+    import tempfile
+
     probe = Path(tempfile.mkdtemp(prefix=".overlay-features-", dir=work))
     try:
         for name in ("l1", "l2", "upper", "work", "merged"):
