@@ -4,32 +4,38 @@ Built-in drivers and third-party ones are found the same way: an entry point
 in the group names a module (or object) that implements
 ``lamina_register_drivers``. A plugin that fails to import does not take
 lamina down: it is recorded and shown by ``lamina drivers``.
+
+The entry points are read by :mod:`lamina.core.entrypoints` (the same answer as
+``importlib.metadata``, without its start-up cost).
 """
 
 from __future__ import annotations
-
-import importlib.metadata
-from dataclasses import dataclass, field
 
 import pluggy
 
 from . import hookspec
 from .driver import Driver
+from .entrypoints import entry_points
 from .errors import DriverNotFound, PluginError
 
 ENTRY_POINT_GROUP = "lamina.drivers"
 
 
-@dataclass
 class DriverRegistry:
     """Driver classes by name, filled by ``lamina_register_drivers``."""
 
-    drivers: dict[str, type[Driver]] = field(default_factory=dict)
-    #: where each driver came from (the distribution or plugin name)
-    origins: dict[str, str] = field(default_factory=dict)
-    #: plugins that failed to load: entry point name -> error text
-    broken: dict[str, str] = field(default_factory=dict)
-    _current_origin: str = "?"
+    def __init__(self, drivers: dict[str, type[Driver]] | None = None,
+                 origins: dict[str, str] | None = None,
+                 broken: dict[str, str] | None = None) -> None:
+        self.drivers: dict[str, type[Driver]] = {} if drivers is None else drivers
+        #: where each driver came from (the distribution or plugin name)
+        self.origins: dict[str, str] = {} if origins is None else origins
+        #: plugins that failed to load: entry point name -> error text
+        self.broken: dict[str, str] = {} if broken is None else broken
+        self._current_origin = "?"
+
+    def __repr__(self) -> str:
+        return f"DriverRegistry(drivers={sorted(self.drivers)}, broken={sorted(self.broken)})"
 
     def register(self, driver_class: type[Driver]) -> None:
         """Add a driver class; its ``name`` must be unique and non-empty."""
@@ -67,7 +73,7 @@ def plugin_manager(extra_plugins: tuple[object, ...] = ()) -> pluggy.PluginManag
     pm.add_hookspecs(hookspec)
     broken: dict[str, str] = {}
     origins: dict[str, str] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(ENTRY_POINT_GROUP):
         if pm.get_plugin(ep.name) is not None:
             continue
         try:
@@ -76,8 +82,7 @@ def plugin_manager(extra_plugins: tuple[object, ...] = ()) -> pluggy.PluginManag
         except Exception as exc:  # a broken third-party package must not break lamina
             broken[ep.name] = f"{type(exc).__name__}: {exc}"
             continue
-        dist = ep.dist
-        origins[ep.name] = f"{dist.name} {dist.version}" if dist else ep.value
+        origins[ep.name] = ep.distribution or ep.value
     for plugin in extra_plugins:
         pm.register(plugin)
     pm.lamina_broken_plugins = broken  # type: ignore[attr-defined]
