@@ -2,14 +2,14 @@
 
 Every :class:`~lamina.core.errors.LaminaError` becomes one ``lamina: error:``
 line (plus a ``hint:`` line when there is one) and a non-zero exit; only a
-bug shows a traceback. Heavy imports (rich, pytest) stay inside the commands
-that need them.
+bug shows a traceback. Heavy imports (rich, pytest, json) stay inside the
+commands that need them, and only the sub-command that runs gets its arguments
+built: every command pays for its start-up (docs/architecture.md, "Start-up").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -49,6 +49,8 @@ def _print_table(title: str | None, columns: Sequence[str], rows: Sequence[Seque
 
 
 def _print_json(data: Any) -> None:
+    import json
+
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 
@@ -317,30 +319,68 @@ def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
 # --- argument parsing -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lamina", description="Container images and layers on pluggable storage drivers."
-    )
-    parser.add_argument("--root", help="store root (default /var/lib/lamina for root)")
-    parser.add_argument("--driver", help="storage driver (default: chosen automatically)")
-    parser.add_argument("--config", help="config file (default: see docs/configuration.md)")
-    parser.add_argument("--trace", action="store_true",
-                        help="print each driver operation and its duration to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _terminal_columns() -> int:
+    """The width argparse wraps help to: ``$COLUMNS``, else the terminal's, else 80.
 
-    def command(parent: Any, name: str, handler: Handler, help_: str,
-                formats: bool = False) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help_, description=help_)
-        p.set_defaults(handler=handler)
-        if formats:
-            p.add_argument("--format", choices=["table", "json"], default="table")
-        return p
+    What ``shutil.get_terminal_size`` answers. argparse's own formatter imports shutil
+    for it, and shutil imports bz2 and lzma: ~2 ms of every start.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
-    command(sub, "info", cmd_info, "show the chosen driver, why, and its status", formats=True)
-    command(sub, "drivers", cmd_drivers, "list installed drivers and whether they work here",
-            formats=True)
-    p = command(sub, "conformance", cmd_conformance,
-                "run the conformance suite on a driver, or on drivers x filesystems")
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter with the width from :func:`_terminal_columns`."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser that adds its arguments only when it is used.
+
+    A run needs one sub-command, and argparse checks the help formatting of every
+    argument as it is added: adding all of them cost ~2 ms of each start.
+    ``arguments`` is called with the parser before it parses or prints help.
+    """
+
+    def __init__(self, *args: Any,
+                 arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._add_arguments = arguments
+
+    def _complete(self) -> None:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _conformance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--driver", dest="suite_driver", metavar="all|NAME[,NAME]",
                    help="driver(s) to test: registered names or module:Class, or all "
                    "(default: the chosen driver; all for a matrix)")
@@ -361,35 +401,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only cases matching EXPR (pytest)")
     p.add_argument("-x", dest="exitfirst", action="store_true",
                    help="stop each suite at its first failure (pytest)")
-    p.set_defaults(pytest_args=[])
-    p.epilog = ("Without --fs, --junit, --json, --workdir and --size-mb and with one driver, "
-                "the suite runs in this process on a temporary directory. Any other "
+
+
+def _new_layer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parent")
+    p.add_argument("--rw", action="store_true", help="writable layer")
+    p.add_argument("--id", help="choose the id (default: random)")
+
+
+def _layer_apply_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="layer tar (plain, gzip or zstd), or - for stdin")
+    _new_layer_arguments(p)
+
+
+def _layer_ls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="ids only")
+
+
+def _layer_ids_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+
+def _layer_id_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID")
+
+
+def _layer_diff_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each sub-command's arguments are added when it is used."""
+    parser = argparse.ArgumentParser(
+        prog="lamina", description="Container images and layers on pluggable storage drivers.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--root", help="store root (default /var/lib/lamina for root)")
+    parser.add_argument("--driver", help="storage driver (default: chosen automatically)")
+    parser.add_argument("--config", help="config file (default: see docs/configuration.md)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each driver operation and its duration to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_CommandParser)
+
+    def command(parent: Any, name: str, handler: Handler, help_: str, *,
+                formats: bool = False,
+                arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                **kwargs: Any) -> argparse.ArgumentParser:
+        def add_arguments(p: argparse.ArgumentParser) -> None:
+            if formats:
+                p.add_argument("--format", choices=["table", "json"], default="table")
+            if arguments is not None:
+                arguments(p)
+
+        p = parent.add_parser(name, help=help_, description=help_, arguments=add_arguments,
+                              **kwargs)
+        p.set_defaults(handler=handler)
+        return p
+
+    command(sub, "info", cmd_info, "show the chosen driver, why, and its status", formats=True)
+    command(sub, "drivers", cmd_drivers, "list installed drivers and whether they work here",
+            formats=True)
+    p = command(sub, "conformance", cmd_conformance,
+                "run the conformance suite on a driver, or on drivers x filesystems",
+                arguments=_conformance_arguments,
+                epilog="Without --fs, --junit, --json, --workdir and --size-mb and with one "
+                "driver, the suite runs in this process on a temporary directory. Any other "
                 "arguments (-q, -v, ...) are passed on to pytest.")
+    p.set_defaults(pytest_args=[])
 
     layer = sub.add_parser("layer", help="layer plumbing for driver authors and tests")
     lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND", required=True)
-    p = command(lsub, "create", cmd_layer_create, "create an empty layer, print its id")
-    p.add_argument("--parent")
-    p.add_argument("--rw", action="store_true", help="writable layer")
-    p.add_argument("--id", help="choose the id (default: random)")
-    p = command(lsub, "apply", cmd_layer_apply, "create a layer from a layer tar, print its id")
-    p.add_argument("file", help="layer tar (plain, gzip or zstd), or - for stdin")
-    p.add_argument("--parent")
-    p.add_argument("--rw", action="store_true", help="writable layer")
-    p.add_argument("--id", help="choose the id (default: random)")
-    p = command(lsub, "ls", cmd_layer_ls, "list layers", formats=True)
-    p.add_argument("-q", "--quiet", action="store_true", help="ids only")
-    p = command(lsub, "rm", cmd_layer_rm, "remove layers")
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p = command(lsub, "mount", cmd_layer_mount, "mount a layer (counted), print the path")
-    p.add_argument("id", metavar="ID")
-    p = command(lsub, "unmount", cmd_layer_unmount, "drop one mount of a layer")
-    p.add_argument("id", metavar="ID")
-    p = command(lsub, "diff", cmd_layer_diff, "write the layer's changes as an OCI layer tar")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("-o", "--output", help="file to write (default: stdout)")
-    p = command(lsub, "changes", cmd_layer_changes, "list changed paths (A/C/D)", formats=True)
-    p.add_argument("id", metavar="ID")
+    command(lsub, "create", cmd_layer_create, "create an empty layer, print its id",
+            arguments=_new_layer_arguments)
+    command(lsub, "apply", cmd_layer_apply, "create a layer from a layer tar, print its id",
+            arguments=_layer_apply_arguments)
+    command(lsub, "ls", cmd_layer_ls, "list layers", formats=True, arguments=_layer_ls_arguments)
+    command(lsub, "rm", cmd_layer_rm, "remove layers", arguments=_layer_ids_arguments)
+    command(lsub, "mount", cmd_layer_mount, "mount a layer (counted), print the path",
+            arguments=_layer_id_argument)
+    command(lsub, "unmount", cmd_layer_unmount, "drop one mount of a layer",
+            arguments=_layer_id_argument)
+    command(lsub, "diff", cmd_layer_diff, "write the layer's changes as an OCI layer tar",
+            arguments=_layer_diff_arguments)
+    command(lsub, "changes", cmd_layer_changes, "list changed paths (A/C/D)", formats=True,
+            arguments=_layer_id_argument)
     return parser
 
 

@@ -179,8 +179,8 @@ def test_layer_apply_starts_without_the_heavy_imports(tmp_path: Path) -> None:
                          check=True).stdout
     modules = set(out.split("MODULES ", 1)[1].split())
     assert "lamina.drivers.vfs" in modules
-    unwanted = {"importlib.metadata", "email", "zipfile", "csv", "tempfile", "subprocess",
-                "secrets", "rich", "json.tool", "tomllib"}
+    unwanted = {"importlib.metadata", "email", "zipfile", "csv", "tempfile", "shutil",
+                "subprocess", "secrets", "rich", "tomllib"}
     assert not (unwanted & modules), sorted(unwanted & modules)
 
 
