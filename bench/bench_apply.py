@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import FIXTURES, Contender, ensure_minbase, race, report, tree_stats
+from _common import FIXTURES, Contender, ensure_minbase, precompile, race, report, tree_stats
 
 from lamina.conformance.trees import compare, snapshot
 from lamina.core.apply import apply_tar
@@ -35,6 +35,7 @@ def main() -> int:
                         help="scratch directory, on the disk to measure")
     args = parser.parse_args()
     _, tar = ensure_minbase()
+    precompile()
     remove_tree(args.workdir)
     args.workdir.mkdir(parents=True)
     ours, theirs = args.workdir / "lamina", args.workdir / "tar"

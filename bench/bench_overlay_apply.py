@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import FIXTURES, Contender, ensure_minbase, race, report
+from _common import FIXTURES, Contender, ensure_minbase, precompile, race, report
 
 from lamina.conformance.trees import compare, snapshot
 from lamina.core.fsinfo import filesystem_type
@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=FIXTURES / "bench-overlay-apply")
     args = parser.parse_args()
     _, tar = ensure_minbase()
+    precompile()
     remove_tree(args.workdir)
     args.workdir.mkdir(parents=True)
     roots, theirs = args.workdir / "lamina", args.workdir / "tar"
