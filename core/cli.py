@@ -352,7 +352,7 @@ class _CommandParser(argparse.ArgumentParser):
 
     A run needs one sub-command, and argparse checks the help formatting of every
     argument as it is added: adding all of them cost ~2 ms of each start.
-    ``arguments`` is called with the parser before it parses or prints help.
+    ``arguments`` is called with the parser before it first parses.
     """
 
     def __init__(self, *args: Any,
@@ -362,22 +362,13 @@ class _CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._add_arguments = arguments
 
-    def _complete(self) -> None:
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # the one way argparse uses a sub-command's parser; its help and usage
+        # errors are printed from inside it
         if self._add_arguments is not None:
             add, self._add_arguments = self._add_arguments, None
             add(self)
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        self._complete()
         return super().parse_known_args(args, namespace)
-
-    def format_usage(self) -> str:
-        self._complete()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._complete()
-        return super().format_help()
 
 
 def _conformance_arguments(p: argparse.ArgumentParser) -> None:
