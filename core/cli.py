@@ -10,6 +10,7 @@ built: every command pays for its start-up (docs/architecture.md, "Start-up").
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -488,6 +489,21 @@ def _report(exc: LaminaError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` None means the process's own (the ``lamina`` command).
+
+    Run as the command, the process ends when this returns: everything it made is
+    handed to ``gc.freeze()`` first, so that the interpreter's exit does not search
+    it all for reference cycles again (~9 ms of a `layer apply`, a tenth of it).
+    Exit handlers still run and files are still flushed.
+    """
+    try:
+        return _run(argv)
+    finally:
+        if argv is None:
+            gc.freeze()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -1,18 +1,22 @@
-"""The command line's parser: a sub-command's arguments exist as soon as it is used.
+"""What the command line does to start and end quickly, held invisible to its users.
 
-The CLI adds a sub-command's arguments only when that sub-command parses or
-prints help (a start-up saving). These tests hold that invisible: help texts,
-parsed values and usage errors are those of a parser built in full.
+The CLI adds a sub-command's arguments only when that sub-command parses (help
+texts, parsed values and usage errors stay those of a parser built in full), and
+the ``lamina`` process freezes its objects before the interpreter's exit (exit
+handlers still run; an in-process caller of ``main(argv)`` is left alone).
 """
 
 from __future__ import annotations
 
+import gc
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import LAMINA
 
-from lamina.core.cli import build_parser
+from lamina.core.cli import build_parser, main
 
 COMMANDS = {
     ("info",): ["--format"],
@@ -88,3 +92,25 @@ def test_help_wraps_to_columns() -> None:
         return max(len(line) for line in out.splitlines())
 
     assert widest("60") <= 58 < widest("200")
+
+
+def test_the_command_freezes_its_objects_and_still_runs_exit_handlers(tmp_path: Path) -> None:
+    code = (
+        "import atexit, gc, sys\n"
+        "from lamina.core.cli import main\n"
+        "atexit.register(lambda: print('exit handler ran, frozen:', gc.get_freeze_count() > 0))\n"
+        f"sys.argv = ['lamina', '--root', {str(tmp_path / 'root')!r}, 'drivers']\n"
+        "sys.exit(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "vfs" in out
+    assert out.rstrip().endswith("exit handler ran, frozen: True")
+
+
+def test_main_called_in_process_freezes_nothing(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    before = gc.get_freeze_count()
+    assert main(["--root", str(tmp_path / "root"), "drivers", "--format", "json"]) == 0
+    assert '"name": "vfs"' in capsys.readouterr().out
+    assert gc.get_freeze_count() == before
