@@ -397,3 +397,26 @@ def test_status_names_every_fact(store_root: Path) -> None:
         started = time.monotonic()
         OverlayDriver(store_root / "overlay").features()
         assert time.monotonic() - started < 0.05
+
+
+def test_volatile_layer_mounts_again_unless_the_system_went_down(store_root: Path) -> None:
+    """`volatile` leaves a marker that makes the kernel refuse the next mount; the driver
+    clears it when this boot made it, and refuses with the fix after a reboot."""
+    with make_store(store_root, mountopt="volatile") as store:
+        base = apply(store, None, ("f", "file", b"base"))
+        rw = store.create_layer(base, writable=True).id
+        for round_ in range(3):  # a second mount failed with EINVAL before
+            path = store.mount(rw)
+            try:
+                (path / f"w{round_}").write_text("kept")
+                assert {p.name for p in path.iterdir()} >= {"f", *(f"w{i}" for i in range(round_))}
+            finally:
+                store.unmount(rw)
+        marker = store_root / "overlay" / rw / "work" / "work" / "incompat" / "volatile"
+        assert marker.is_dir(), "the kernel's volatile marker (else this test proves nothing)"
+        # as if the machine had rebooted while the layer was mounted
+        (store_root / "overlay" / rw / "volatile-boot").write_text("another-boot\n")
+        with pytest.raises(DriverError, match="went down") as info:
+            store.mount(rw)
+        assert f"lamina layer rm {rw}" in (info.value.hint or "")
+        assert not mounts.is_mountpoint(store_root / "overlay" / rw / "merged")

@@ -62,6 +62,12 @@ SHORT_LEN = 26
 FEATURES_FILE = "features.json"
 
 
+def _boot_id() -> str:
+    """This boot's random id: it changes on every boot, so it tells a crash from a restart."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
 class OverlayDriver(Driver):
     """OverlayFS layers: diff dirs stacked at mount time, deletions as whiteouts."""
 
@@ -287,6 +293,8 @@ class OverlayDriver(Driver):
         else:
             spec = mountapi.OverlaySpec([], diff, layer / "work", self.mount_options)
             names = []
+            if self.mount_options.get("volatile") is not None:
+                self._volatile_ready(layer_id)
         if self.legacy:  # mount(2): paths relative to home, from a child that chdirs there
             names += shorts
             mountapi.mount_legacy(spec, names, self.home, point)
@@ -300,6 +308,35 @@ class OverlayDriver(Driver):
             spec.lowers += [home + short.encode() for short in shorts]
             mountapi.mount_new_api(spec, point)
         return point
+
+    def _volatile_ready(self, layer_id: str) -> None:
+        """Let a ``volatile`` layer mount again, unless the system went down while it was.
+
+        A volatile mount never syncs, so the kernel leaves ``work/work/incompat/volatile``
+        and refuses the next mount (EINVAL) until someone vouches for the upper directory.
+        It is intact when this boot made the marker (the page cache still holds every
+        write): the marker is removed. After a reboot the layer may have lost writes: that
+        is an error, never silently mounted. The boot that mounts is written down first.
+        """
+        layer = self._dir(layer_id)
+        marker = layer / "work" / "work" / "incompat" / "volatile"
+        record = layer / "volatile-boot"
+        boot = _boot_id()
+        if os.path.lexists(marker):
+            try:
+                mounted_in = record.read_text().strip()
+            except FileNotFoundError:
+                mounted_in = ""
+            if mounted_in != boot:
+                raise DriverError(
+                    f"layer {layer_id} was mounted with the overlay option 'volatile' when "
+                    "the system went down: writes to it may be lost",
+                    hint=f"remove the layer (lamina layer rm {layer_id}) and make it again",
+                )
+            remove_tree(marker)
+        tmp = layer / "volatile-boot.tmp"
+        tmp.write_text(boot + "\n")
+        os.rename(tmp, record)
 
     def unmount(self, layer_id: str) -> None:
         point = self._dir(layer_id) / "merged"
