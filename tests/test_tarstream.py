@@ -527,7 +527,11 @@ def test_pooled_read_buffers_are_reused_without_mixing_content() -> None:
 
     builder = TarBuilder()
     files = {}
-    for i in range(60):
+    # enough files to go round both pools (hashing and read-ahead) more than once
+    pooled = max((tarstream._HASH_IN_FLIGHT + 4) * tarstream.CHUNK,
+                 (tarstream._AHEAD + 2) * tarstream._AHEAD_CHUNK)
+    count = max(60, pooled // (tarstream.CHUNK // 3) + 10)
+    for i in range(count):
         # sizes that move the next header across the 1 MiB read boundaries
         data = os.urandom(tarstream.CHUNK // 3 + 7 * i + (i % 5) * 300)
         files[f"f{i}"] = data
@@ -538,7 +542,7 @@ def test_pooled_read_buffers_are_reused_without_mixing_content() -> None:
     for stream in (io.BytesIO(tar), Trickle(tar, tarstream.CHUNK // 2 + 3)):
         got, reader = read_all(stream)  # type: ignore[arg-type]
         assert {e.path: c for e, c in got} == files
-        assert [e.mtime_ns for e, _ in got] == [i * 10**9 + 5 * 10**8 for i in range(60)]
+        assert [e.mtime_ns for e, _ in got] == [i * 10**9 + 5 * 10**8 for i in range(count)]
         assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
     for stream in (io.BytesIO(tar), Trickle(tar, tarstream.CHUNK // 2 + 3)):
         reader = TarReader(stream, read_ahead=True)  # type: ignore[arg-type]
