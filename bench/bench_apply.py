@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="timed runs of each (default 7)")
     parser.add_argument("--workdir", type=Path, default=FIXTURES / "bench-apply",
                         help="scratch directory, on the disk to measure")
+    parser.add_argument("--podman", action="store_true",
+                        help="also time `podman import` of the tar (the engine users compare "
+                             "with; for information: it also stores the blob)")
     args = parser.parse_args()
     _, tar = ensure_minbase()
     precompile()
@@ -59,8 +63,20 @@ def main() -> int:
                     lambda i: subprocess.run(["tar", "-xpf", str(tar), "-C", str(theirs / str(i))],
                                              check=True),
                     lambda i: (theirs / str(i)).mkdir(parents=True))
+    contenders = [lamina_cli, gnu, lamina]
+    podman_dir = args.workdir / "podman"
+    if args.podman:
+        if shutil.which("podman") is None:
+            sys.exit("--podman: podman is missing (apt-get install -y podman)")
+        contenders.append(Contender(
+            "podman import (overlay)",
+            lambda i: subprocess.run(
+                ["podman", "--root", str(podman_dir / str(i)), "--runroot",
+                 str(podman_dir / f"run{i}"), "--storage-driver", "overlay", "import", "-q",
+                 str(tar), f"bench:{i}"], check=True, stdout=subprocess.DEVNULL),
+        ))
     try:
-        race([lamina_cli, gnu, lamina], args.runs)
+        race(contenders, args.runs)
         # same tree as tar made (xattrs aside: plain tar -xpf does not restore them)
         problems = [p for p in compare(snapshot(theirs / "0"), snapshot(ours / "0"))
                     if "xattrs" not in p]
@@ -75,9 +91,13 @@ def main() -> int:
              ("filesystem", f"{filesystem_type(args.workdir)} ({args.workdir})"),
              ("trees identical", "yes" if not problems else f"NO ({len(problems)} differences)"),
              ("cpus", str(os.cpu_count()))],
-            others=(lamina,),
+            others=tuple(contenders[2:]),
         )
     finally:
+        for i in range(args.runs if args.podman else 0):  # podman's overlay mounts and state
+            subprocess.run(["podman", "--root", str(podman_dir / str(i)), "--runroot",
+                            str(podman_dir / f"run{i}"), "system", "reset", "-f"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         remove_tree(args.workdir)
     return 0 if ok and not problems else 1
 
