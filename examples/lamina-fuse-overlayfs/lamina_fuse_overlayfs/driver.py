@@ -9,6 +9,7 @@ an overlay), and in nested setups. Layout under ``home``::
     layers/<id>/work/     fuse-overlayfs' work directory
     layers/<id>/merged/   mount point of the combined tree
     layers/<id>/layer.json  {"parent", "lower": [parent, grandparent, ...], "writable"}
+    layers/<id>/wrote     a writable mount ran since diff/ was cleaned (see _forget_origins)
     layers/.tmp-<id>-<hex>/ a create in progress (debris if the process died)
     layers/.rm-<id>-<hex>/  a remove in progress (finished by the next remove)
     empty/                the lower directory of a base layer's writable mount
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -54,6 +56,10 @@ from lamina.core.treecopy import remove_tree
 from . import fuse
 
 META = "layer.json"
+#: made before a writable mount, removed once fuse-overlayfs' origin marks are gone from diff/
+WROTE = "wrote"
+#: where fuse-overlayfs' copy-up records the lower path a file came from
+ORIGIN_XATTR = "user.fuseoverlayfs.origin"
 
 
 class FuseOverlayDriver(Driver):
@@ -66,7 +72,9 @@ class FuseOverlayDriver(Driver):
     capabilities: ClassVar[Capabilities] = Capabilities(
         root_mode=0o755,
         rename_lower_dir=False,  # rename(2) of a lower directory fails with EXDEV (mv copies)
-        hardlinks_survive_copy_up=True,  # it copies up every name of a lower inode together
+        # a writable mount copies every name of a hardlinked lower file up itself, as one
+        # inode: fuse-overlayfs copies only the name it is reached through
+        hardlinks_survive_copy_up=True,
         # its copyup() makes a new symlink and sets no times, and leaves the parent
         # directory's mtime changed (fuse-overlayfs 1.10 and upstream)
         copy_up_keeps_mtimes=False,
@@ -270,13 +278,12 @@ class FuseOverlayDriver(Driver):
         layer = self._dir(layer_id)
         merged = layer / "merged"
         if mounts.is_mountpoint(merged):
-            fuse.unmount(merged)  # left by a crash; we do not know how it was mounted
+            self.unmount(layer_id)  # left by a crash; we do not know how it was mounted
         lower = self._lowers(layer_id)
         if readonly:
             fuse.mount(merged, [f"{layer_id}/diff", *lower], cwd=self.layers)
         else:
-            fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
-                       upper=f"{layer_id}/diff", work=f"{layer_id}/work", cwd=self.layers)
+            self._mount_writable(layer_id, lower)
         try:
             mistaken = _look_up_everything(merged)
             if not readonly:
@@ -285,19 +292,32 @@ class FuseOverlayDriver(Driver):
                 if todo:  # fuse-overlayfs would copy these up wrong: do it first
                     fuse.unmount(merged)
                     _copy_up(layer / "diff", todo)
-                    fuse.mount(merged, lower or [os.path.relpath(self.empty, self.layers)],
-                               upper=f"{layer_id}/diff", work=f"{layer_id}/work",
-                               cwd=self.layers)
+                    self._mount_writable(layer_id, lower)
                     _look_up_everything(merged)
         except BaseException:
-            fuse.unmount(merged)
+            self.unmount(layer_id)
             raise
         return merged
 
+    def _mount_writable(self, layer_id: str, lower: list[str]) -> None:
+        """Mount with ``diff/`` as the upper directory, marking it for :func:`_forget_origins`."""
+        (self._dir(layer_id) / WROTE).touch()
+        fuse.mount(self._dir(layer_id) / "merged",
+                   lower or [os.path.relpath(self.empty, self.layers)],
+                   upper=f"{layer_id}/diff", work=f"{layer_id}/work", cwd=self.layers)
+
     def unmount(self, layer_id: str) -> None:
-        merged = self._dir(layer_id) / "merged"
-        if os.path.lexists(merged):
-            fuse.unmount(merged)
+        """Unmount; after a writable mount, clear fuse-overlayfs' origin marks from ``diff/``.
+
+        The marker file survives a crash, so the next mount's clean-up of the
+        stale mount clears them then.
+        """
+        layer = self._dir(layer_id)
+        if os.path.lexists(layer / "merged"):
+            fuse.unmount(layer / "merged")
+        if os.path.lexists(layer / WROTE):
+            _forget_origins(layer / "diff")
+            os.unlink(layer / WROTE)
 
     # -- apply ------------------------------------------------------------------------------
 
@@ -335,6 +355,40 @@ class FuseOverlayDriver(Driver):
 
 
 
+def _forget_origins(diff: Path) -> None:
+    """Remove the ``user.fuseoverlayfs.origin`` xattr from every file and directory in ``diff``.
+
+    fuse-overlayfs' copy-up marks the upper copy with the lower path it came
+    from, and a later mount gives the copy the lower file's inode number
+    through it, but only while the copy's parent directory reaches down to
+    that lower layer. So the names of one upper file get different inode
+    numbers when they sit in directories that reach down to different
+    depths: after ``ln b c/a`` in a writable layer, where ``b`` was a lower
+    file and ``c`` a new directory, the next mount shows ``b`` and ``c/a``
+    as two files (case 44 found it; the link is kept on disk, but every
+    diff of the mount loses it). Without the mark fuse-overlayfs numbers an
+    upper file by its own inode, as it does every file made in the upper
+    directory. Called after unmounting, when nothing writes to ``diff``.
+    """
+    pending = [os.fspath(diff)]
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif not entry.is_file(follow_symlinks=False):
+                    continue  # no user.* xattrs on symlinks and special files
+                try:
+                    os.removexattr(entry.path, ORIGIN_XATTR, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                        raise DriverError(
+                            f"cannot clear fuse-overlayfs' origin mark of {entry.path}: "
+                            f"{exc.strerror}",
+                            hint="check that the store's filesystem is writable, then "
+                            "mount and unmount the layer again") from exc
+
+
 def _look_up_everything(root: Path) -> list[tuple[str, os.stat_result]]:
     """``lstat`` every entry below ``root`` (iteratively, following nothing).
 
@@ -346,9 +400,26 @@ def _look_up_everything(root: Path) -> list[tuple[str, os.stat_result]]:
     the tree per mount (its first user; later users share the mount).
 
     Returns the entries that fuse-overlayfs would copy up wrong (paths
-    relative to ``root``; see :func:`_copy_up_plan`).
+    relative to ``root``; see :func:`_copy_up_plan`): those
+    :func:`_copied_up_wrong` names, and every name of a regular file the
+    tree shows under more than one name (the same ``st_ino``).
+
+    fuse-overlayfs 1.10's copy-up (and upstream's) copies only the name a
+    hardlinked lower file was reached through into the upper directory,
+    marked with a ``user.fuseoverlayfs.origin`` xattr naming the lower path;
+    the other names stay below. The mount keeps serving all names as one
+    inode, so it looks right until it is unmounted: then the upper
+    directory holds the new content under one name and the old under the
+    others, and the next mount, which maps the copy back to the lower inode
+    through its origin, shows whichever name it looks up first (the old
+    content and mtime under both names, as case 44 found). No mount option
+    changes that. A writable mount therefore copies every name up itself,
+    as one new inode: fuse-overlayfs then finds an ordinary hardlinked upper
+    file and writes to it in place.
     """
     mistaken = []
+    first: dict[int, str] = {}  # a regular file's inode -> the first name met of it
+    linked: set[int] = set()  # inodes met under a second name
     base = len(os.fspath(root)) + 1
     pending = [os.fspath(root)]
     while pending:
@@ -359,6 +430,13 @@ def _look_up_everything(root: Path) -> list[tuple[str, os.stat_result]]:
                     pending.append(entry.path)
                 if _copied_up_wrong(st):
                     mistaken.append((entry.path[base:], st))
+                elif stat.S_ISREG(st.st_mode):
+                    name = first.setdefault(st.st_ino, entry.path[base:])
+                    if name != entry.path[base:]:
+                        linked.add(st.st_ino)
+                        mistaken.append((entry.path[base:], st))
+    for ino in linked:  # the first name, with the count now exact
+        mistaken.append((first[ino], os.lstat(os.path.join(root, first[ino]))))
     return mistaken
 
 
@@ -371,7 +449,9 @@ def _copied_up_wrong(st: os.stat_result) -> bool:
     - a setuid or setgid file not owned by 0:0: made, then fchown-ed, which
       clears both.
 
-    The kernel's overlay copies all of them up as they are.
+    The kernel's overlay copies all of them up as they are. Hardlinked
+    files are found by :func:`_look_up_everything`: ``st_nlink`` is exact
+    only once every name was looked up.
     """
     fmt = stat.S_IFMT(st.st_mode)
     if fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
@@ -394,7 +474,7 @@ class _Entry:
 
 def _copy_up_plan(merged: Path, diff: Path, lowers: list[Path],
                   mistaken: list[tuple[str, os.stat_result]]) -> list[_Entry]:
-    """Of the entries :func:`_copied_up_wrong` finds, those only lower layers hold.
+    """Of the entries :func:`_look_up_everything` returns, those only lower layers hold.
 
     A writable mount copies them up itself, exactly as the merged tree shows
     them and before fuse-overlayfs can: the tree, and so every diff, stays

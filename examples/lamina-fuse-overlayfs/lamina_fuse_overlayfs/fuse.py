@@ -22,6 +22,15 @@ from lamina.core.errors import DriverError
 PROGRAM = "fuse-overlayfs"
 #: how long an unmount waits for the daemon to exit (a 500-layer daemon needs ~1.5 s)
 DAEMON_EXIT_TIMEOUT = 10.0
+#: options of every mount. ``static_nlink`` (directories report st_nlink 1, as on btrfs):
+#: fuse-overlayfs 1.10 re-reads a directory from all layers to count its subdirectories,
+#: and a re-read resets a child directory made where a lower one was deleted (``rm -r a;
+#: mkdir a``) so that lookups in it find the deleted lower entries again (``ls a`` is
+#: empty, yet ``a/f`` exists; ``mv`` copying into ``a`` then fails with EEXIST: case 44).
+#: This removes the common trigger, not every one: the re-read after a rename in the
+#: parent still does it. ``timeout=0`` avoids other triggers but not the one case 44
+#: found, and makes every lookup a round trip to the daemon
+OPTIONS = ("static_nlink",)
 
 
 def program() -> str | None:
@@ -55,7 +64,7 @@ def mount(target: Path, lower: list[str], *, upper: str | None = None,
                           hint="install it: apt-get install fuse-overlayfs")
     if not lower:
         raise DriverError("fuse-overlayfs needs at least one lower directory")
-    options = ["lowerdir=" + ":".join(lower)]
+    options = [*OPTIONS, "lowerdir=" + ":".join(lower)]
     if upper is None:
         options.insert(0, "ro")  # the kernel refuses writes too, not only the daemon
     else:
