@@ -500,13 +500,18 @@ class _Applier:
                 for _, view in reader.chunks():
                     while view:
                         view = view[write(fd, view) :]
-            if not born_owned:
+            xattrs = self._xattrs(entry) if entry.xattrs else ()
+            # A capability goes after a chown and a chmod, always: a FUSE filesystem
+            # with writeback caching (fuse-overlayfs) may push the data later than we
+            # wrote it, and a data write clears security.capability; a setattr makes
+            # the kernel flush that data first (the example driver's case 37 shows it)
+            capability = any(key == "security.capability" for key, _ in xattrs)
+            if not born_owned or capability:
                 os.fchown(fd, entry.uid, entry.gid)
-            if create_mode != mode:
+            if create_mode != mode or capability:
                 os.fchmod(fd, mode)
-            if entry.xattrs:
-                for key, value in self._xattrs(entry):
-                    os.setxattr(fd, key, value)
+            for key, value in xattrs:
+                os.setxattr(fd, key, value)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
