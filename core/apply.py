@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 #: prefix of AUFS bookkeeping entries (``.wh..wh.plnk`` ...): skipped, never applied
-_AUFS_META_PREFIX = ".wh..wh."
+AUFS_META_PREFIX = ".wh..wh."
 
 #: symlinks followed while resolving one path (Linux uses 40 too)
 MAX_SYMLINK_HOPS = 40
@@ -194,7 +194,7 @@ def _join(parts: tuple[str, ...]) -> str:
     return "/".join(parts)
 
 
-def _clean(path: str) -> list[str]:
+def clean_path(path: str) -> list[str]:
     """Components of an entry path, lexically cleaned; UnsafeArchive above the root."""
     if path.startswith("./"):
         path = path[2:]
@@ -382,7 +382,7 @@ class _Applier:
     # -- entries ---------------------------------------------------------------------------
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
-        parts = _clean(entry.path)
+        parts = clean_path(entry.path)
         if len(self.dirs) >= MAX_CACHED_DIRS:
             self.forget_dirs()
         if self.retired:
@@ -391,7 +391,7 @@ class _Applier:
             self._root_entry(entry)
             return
         name = parts[-1]
-        if parts[0].startswith(_AUFS_META_PREFIX) and parts != [OPAQUE_MARKER]:
+        if parts[0].startswith(AUFS_META_PREFIX) and parts != [OPAQUE_MARKER]:
             return  # AUFS bookkeeping (.wh..wh.plnk ...), as docker skips it
         if name.startswith(WHITEOUT_PREFIX):
             self._whiteout(entry, parts)
@@ -617,7 +617,7 @@ class _Applier:
 
     def _hardlink(self, entry: TarEntry, dir_fd: int, name: str, real: str) -> None:
         try:
-            target_parts = _clean(entry.linkname)
+            target_parts = clean_path(entry.linkname)
         except UnsafeArchive:
             raise UnsafeArchive(
                 entry.path, f"the hardlink target {entry.linkname!r} leads outside the root"
@@ -695,7 +695,7 @@ class _Applier:
             self.whiteouts.opaque(dir_fd, _join(real_dir))
             return
         target = name[len(WHITEOUT_PREFIX) :]
-        if target in ("", ".", "..") or name.startswith(_AUFS_META_PREFIX):
+        if target in ("", ".", "..") or name.startswith(AUFS_META_PREFIX):
             raise UnsafeArchive(entry.path, "invalid whiteout name")
         resolved = self.resolve_dir(parts[:-1], entry.path, create=self.whiteouts.create_parents)
         if resolved is None:

@@ -310,11 +310,11 @@ def apply_layer(stream: IO[bytes], upper: Path, lowers: list[Path]) -> ApplyResu
 
 
 def _prepare(entry: TarEntry, copy_up: _CopyUp, stack: LayerStack) -> None:
-    parts = core_apply._clean(entry.path)
+    parts = core_apply.clean_path(entry.path)
     if not parts:
         return
     name = parts[-1]
-    if parts[0].startswith(core_apply._AUFS_META_PREFIX) and parts != [core_apply.OPAQUE_MARKER]:
+    if parts[0].startswith(core_apply.AUFS_META_PREFIX) and parts != [core_apply.OPAQUE_MARKER]:
         return
     is_whiteout_entry = name.startswith(core_apply.WHITEOUT_PREFIX)
     if is_whiteout_entry or (entry.kind != tarstream.DIR and "/".join(parts) in copy_up.ready):
@@ -326,6 +326,6 @@ def _prepare(entry: TarEntry, copy_up: _CopyUp, stack: LayerStack) -> None:
     copy_up.dirs(parts[:-1])
     if entry.kind == tarstream.HARDLINK:
         with contextlib.suppress(LaminaError):
-            target = core_apply._clean(entry.linkname)
+            target = core_apply.clean_path(entry.linkname)
             if target:
                 copy_up.file(target)
