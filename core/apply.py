@@ -234,8 +234,7 @@ class _Applier:
         #: real paths of directories this apply made or set, without setgid: a node
         #: made in one is born ours (euid/egid), so a chown to that is not needed
         self.plain_dirs: set[str] = set()
-        if not os.fstat(self.root_fd).st_mode & stat.S_ISGID:
-            self.plain_dirs.add("")
+        self._note_setgid("", os.fstat(self.root_fd).st_mode)
         self.euid, self.egid = os.geteuid(), os.getegid()
         #: permission bits the umask removes from a create mode
         self.umask = current_umask()
@@ -376,7 +375,7 @@ class _Applier:
         os.fchmod(fd, 0o755)
         path = _join((*real, name))
         self._mark_mine(path)
-        self.plain_dirs.add(path)
+        self._note_setgid(path, 0o755)
         return fd
 
     # -- entries ---------------------------------------------------------------------------
@@ -436,10 +435,7 @@ class _Applier:
             self._fd_metadata(fd, entry)
         finally:
             os.close(fd)
-        if entry.mode & stat.S_ISGID:
-            self.plain_dirs.discard("")
-        else:
-            self.plain_dirs.add("")
+        self._note_setgid("", entry.mode)
         self.dir_times[""] = entry.mtime_ns
 
     def _make_room(self, dir_fd: int, name: str, real: str, *, for_dir: bool) -> bool:
@@ -500,28 +496,37 @@ class _Applier:
                 for _, view in reader.chunks():
                     while view:
                         view = view[write(fd, view) :]
-            xattrs = self._xattrs(entry) if entry.xattrs else ()
-            # A capability goes after a chown and a chmod, always: a FUSE filesystem
-            # with writeback caching (fuse-overlayfs) may push the data later than we
-            # wrote it, and a data write clears security.capability; a setattr makes
-            # the kernel flush that data first (the example driver's case 37 shows it)
-            capability = any(key == "security.capability" for key, _ in xattrs)
-            if not born_owned or capability:
-                os.fchown(fd, entry.uid, entry.gid)
-            if create_mode != mode or capability:
-                os.fchmod(fd, mode)
-            for key, value in xattrs:
-                os.setxattr(fd, key, value)
+            self._fd_metadata(fd, entry, chown=not born_owned, chmod=create_mode != mode)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
 
-    def _fd_metadata(self, fd: int, entry: TarEntry) -> None:
-        os.fchown(fd, entry.uid, entry.gid)
-        os.fchmod(fd, entry.mode)
-        if entry.xattrs:
-            for key, value in self._xattrs(entry):
-                os.setxattr(fd, key, value)
+    def _fd_metadata(
+        self, fd: int, entry: TarEntry, *, chown: bool = True, chmod: bool = True
+    ) -> None:
+        """Owner, mode and xattrs through ``fd``; ``chown``/``chmod`` False when the
+        node was born with them.
+
+        A capability goes after a chown and a chmod, always: a FUSE filesystem with
+        writeback caching (fuse-overlayfs) may push a file's data later than it was
+        written, and a data write clears security.capability; a setattr makes the
+        kernel flush that data first (the example driver's case 37 shows it).
+        """
+        xattrs = self._xattrs(entry) if entry.xattrs else ()
+        capability = any(key == "security.capability" for key, _ in xattrs)
+        if chown or capability:
+            os.fchown(fd, entry.uid, entry.gid)
+        if chmod or capability:
+            os.fchmod(fd, entry.mode)
+        for key, value in xattrs:
+            os.setxattr(fd, key, value)
+
+    def _note_setgid(self, real: str, mode: int) -> None:
+        """Keep :attr:`plain_dirs` true for the directory ``real`` that now has ``mode``."""
+        if mode & stat.S_ISGID:
+            self.plain_dirs.discard(real)
+        else:
+            self.plain_dirs.add(real)
 
     def _xattrs(self, entry: TarEntry) -> list[tuple[str, bytes]]:
         kept = []
@@ -562,20 +567,11 @@ class _Applier:
                 os.mkdir(name, create_mode, dir_fd=dir_fd)
         fd = os.open(name, _READ_DIR_FLAGS, dir_fd=dir_fd)
         try:
-            if not born_owned:
-                os.fchown(fd, entry.uid, entry.gid)
-            if chmod:
-                os.fchmod(fd, mode)
-            if entry.xattrs:
-                for key, value in self._xattrs(entry):
-                    os.setxattr(fd, key, value)
+            self._fd_metadata(fd, entry, chown=not born_owned, chmod=chmod)
         except BaseException:
             os.close(fd)
             raise
-        if mode & stat.S_ISGID:
-            self.plain_dirs.discard(real)
-        else:
-            self.plain_dirs.add(real)
+        self._note_setgid(real, mode)
         self.dir_times[real] = entry.mtime_ns
         if not self._keep("/".join(parts), fd, (*real_dir, name)):
             os.close(fd)

@@ -24,19 +24,6 @@ BUG = "fuse-overlayfs 1.10 brings the deleted lower entry back (see the README)"
 
 
 @pytest.fixture
-def driver(tmp_path: Path) -> Iterator[FuseOverlayDriver]:
-    root = Path(os.environ.get("LAMINA_TEST_ROOT") or tmp_path)
-    reason = FuseOverlayDriver.check_support(root)
-    if reason:
-        pytest.skip(reason)
-    drv = FuseOverlayDriver(root / f"fuse-overlayfs-{os.urandom(4).hex()}")
-    yield drv
-    for layer in ("child", "base"):
-        if drv.exists(layer):
-            drv.remove(layer)
-
-
-@pytest.fixture
 def child(driver: FuseOverlayDriver) -> Iterator[Path]:
     """A writable layer over a base holding ``x/f`` (a directory), ``z`` (a file) and ``k``."""
     driver.create("base", None, writable=True)

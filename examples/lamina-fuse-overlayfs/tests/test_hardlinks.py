@@ -9,7 +9,6 @@ writable. These tests write, unmount and look again, as case 44 does.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,6 @@ from lamina_fuse_overlayfs import FuseOverlayDriver
 
 T_OLD = 1_609_459_202_123_456_789
 T_NEW = 1_609_459_206_987_654_321
-
-
-@pytest.fixture
-def driver(tmp_path: Path) -> Iterator[FuseOverlayDriver]:
-    root = Path(os.environ.get("LAMINA_TEST_ROOT") or tmp_path)
-    reason = FuseOverlayDriver.check_support(root)
-    if reason:
-        pytest.skip(reason)
-    drv = FuseOverlayDriver(root / f"fuse-overlayfs-{os.urandom(4).hex()}")
-    yield drv
-    for layer in ("grandchild", "child", "base"):
-        if drv.exists(layer):
-            drv.remove(layer)
 
 
 def _base_with_pair(driver: FuseOverlayDriver, names: tuple[str, str]) -> None:
