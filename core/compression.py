@@ -11,6 +11,8 @@ gzip of a text file) is rejected by the tar reader (:mod:`.tarstream`) as
 from __future__ import annotations
 
 import io
+import os
+import stat
 import zlib
 from typing import IO, Any
 
@@ -204,7 +206,9 @@ def open_layer_stream(fileobj: IO[bytes]) -> IO[bytes]:
     """Return the uncompressed tar stream of a layer blob (plain, gzip or zstd).
 
     The format is sniffed from the first bytes, never taken from a media type.
-    The result is read sequentially (``read(n)``); it never seeks ``fileobj``.
+    The result is read sequentially (``read(n)``). A plain tar in a regular,
+    seekable file is ``fileobj`` itself, moved back over the sniffed bytes: the
+    tar reader maps such a file instead of reading it (:mod:`.tarstream`).
     """
     head = b""
     while len(head) < len(ZSTD_MAGIC):
@@ -218,6 +222,19 @@ def open_layer_stream(fileobj: IO[bytes]) -> IO[bytes]:
         stream = _Gzip(source)
     elif head.startswith(ZSTD_MAGIC):
         stream = _Zstd(source)
+    elif head and _rewind(fileobj, len(head)):
+        return fileobj
     else:
         stream = _Plain(source)
     return stream  # type: ignore[return-value]
+
+
+def _rewind(fileobj: IO[bytes], count: int) -> bool:
+    """Move a regular file back by ``count`` bytes; False for anything else."""
+    try:
+        if not stat.S_ISREG(os.fstat(fileobj.fileno()).st_mode):
+            return False
+        fileobj.seek(-count, io.SEEK_CUR)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return True

@@ -23,9 +23,12 @@ endless read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import mmap
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -93,6 +96,9 @@ _AHEAD = 16
 _AHEAD_CHUNK = 2 << 20
 #: room in front of a read-ahead buffer for the unparsed end of the previous one
 _RESERVE = 16 << 10
+
+#: bytes hashed per step from a mapped file (the hash checks for a stop between steps)
+_MAP_HASH_STEP = 8 << 20
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _OCTAL_DIGITS = b"01234567"
@@ -334,14 +340,24 @@ class TarReader:
         self._pad = 0  # padding after the current entry's content
         self._regions: list[tuple[int, int]] | None = None
         self._finished = False
-        #: with ``read_ahead``, a thread reads and hashes the stream ahead of the parser
-        self._ahead = _ReadAhead(self._read_into) if read_ahead else None
+        self._ahead: _ReadAhead | None = None
+        #: a regular file is mapped whole: parsed and written from with no read copy
+        self._mapped = _MappedFile.of(stream)
+        if self._mapped is not None:
+            self._buf = self._mapped.view
+            self.size = len(self._buf)
+        elif read_ahead:
+            #: a thread reads and hashes the stream ahead of the parser
+            self._ahead = _ReadAhead(self._read_into)
 
     def close(self) -> None:
-        """Stop reading ahead: after it returns no thread touches the stream, so
-        the caller may close it. Needed only with ``read_ahead`` (then required)."""
+        """Stop the threads: after it returns none touches the stream, so the
+        caller may close it. Required with ``read_ahead`` or a regular file."""
         if self._ahead is not None:
             self._ahead.close()
+        if self._mapped is not None:
+            self._buf = _EMPTY
+            self._mapped.close()
 
     # -- low level ------------------------------------------------------------
 
@@ -353,6 +369,8 @@ class TarReader:
     @property
     def diff_id(self) -> str:
         """``sha256:<hex>`` of the bytes read; the diff id once the stream ended."""
+        if self._mapped is not None:
+            return "sha256:" + self._mapped.hexdigest()
         if self._ahead is not None:
             return "sha256:" + self._ahead.sha.hexdigest()
         return "sha256:" + self._hasher.hexdigest()
@@ -364,6 +382,8 @@ class TarReader:
         back once hashed and no longer parsed), so the read neither allocates
         nor page-faults, and the hasher sees the very bytes that are parsed.
         """
+        if self._mapped is not None:
+            return False  # the whole file is in the buffer already
         buf = self._buf
         carry = buf[self._pos :].tobytes() if self._pos < len(buf) else b""
         self._buf = _EMPTY  # the old buffer is ours no more: it may come back as spare
@@ -1050,6 +1070,85 @@ class _ReadAhead:
         self._stop = True
         self._free.put(None)
         self._thread.join()
+
+
+class _MappedFile:
+    """A regular file mapped read-only, hashed from the mapping on a thread of its own.
+
+    Mapping saves the read copies (~0.04 s of a 211 MB layer) and the hand-over
+    of buffers between threads: the parser sees the whole stream as one buffer
+    and file content is written straight from the page cache. The hash runs
+    ahead of the parser, independently, and stops early when the reader is
+    closed (a corrupt layer found at its start costs no hash of its rest).
+
+    A file that shrinks while it is mapped kills the process with SIGBUS (the
+    kernel's rule for mappings); the store then recovers as after any kill (the
+    incomplete layer is removed on the next start). Appending is harmless.
+    """
+
+    def __init__(self, mapping: mmap.mmap, start: int) -> None:
+        self._map = mapping
+        self.view = memoryview(mapping)[start:]
+        self._sha = hashlib.sha256()
+        self._stop = False
+        self._error: BaseException | None = None
+        #: bytes hashed so far
+        self.hashed = 0
+        self._thread = threading.Thread(
+            target=self._run, args=(memoryview(mapping)[start:],), name="lamina-hash-map",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @classmethod
+    def of(cls, stream: object) -> _MappedFile | None:
+        """The mapping of ``stream`` from its current position, when it is a
+        regular file with something left to read; else None (read it instead)."""
+        fileno = getattr(stream, "fileno", None)
+        tell = getattr(stream, "tell", None)
+        if fileno is None or tell is None:
+            return None
+        try:
+            fd = fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            start = tell()
+            if not 0 <= start < st.st_size:
+                return None
+            mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return None  # not mappable here (a pipe, a /proc file, an odd filesystem)
+        return cls(mapping, start)
+
+    def _run(self, view: memoryview) -> None:
+        update = self._sha.update
+        try:
+            for start in range(0, len(view), _MAP_HASH_STEP):
+                if self._stop:
+                    return
+                update(view[start : start + _MAP_HASH_STEP])
+                self.hashed = min(len(view), start + _MAP_HASH_STEP)
+        except BaseException as exc:  # re-raised by hexdigest
+            self._error = exc
+        finally:
+            view.release()
+
+    def hexdigest(self) -> str:
+        """Waits for the hash of the whole file."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        """Stop hashing and unmap, once nobody views the mapping any more."""
+        self._stop = True
+        self._thread.join()
+        self.view.release()
+        # a caller may still hold a content view: the mapping then goes with it
+        with contextlib.suppress(BufferError):
+            self._map.close()
 
 
 _QUEUE: SimpleQueue[tuple[_Hasher, memoryview, bytearray]] | None = None

@@ -70,11 +70,22 @@ class Site:
     root: Path
     victim: Path
     top: Path
+    #: "stream": the tar comes as a stream (read in pieces); "file": as a regular
+    #: file, which the reader maps whole. Both readings must refuse the same things.
+    source: str = "stream"
 
     def apply(self, tar: bytes | TarBuilder) -> ApplyResult:
         data = tar.bytes() if isinstance(tar, TarBuilder) else tar
         with within(20):
-            return apply_tar(io.BytesIO(data), self.root)
+            if self.source == "stream":
+                return apply_tar(io.BytesIO(data), self.root)
+            layer = self.top.parent / f"{self.top.name}-layer.tar"  # beside the watched tree
+            layer.write_bytes(data)
+            try:
+                with open(layer, "rb") as stream:
+                    return apply_tar(stream, self.root)
+            finally:
+                layer.unlink()
 
     def inside(self, path: str | Path) -> Path:
         """Where an absolute path of the image lands: under the root."""
@@ -97,8 +108,8 @@ def within(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@pytest.fixture(params=["stream", "file"])
+def site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Site]:
     root = tmp_path / "dest"
     root.mkdir()
     victim = tmp_path / "victim"
@@ -110,7 +121,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     (tmp_path / "dest-evil" / "secret").write_text("secret")
     os.utime(victim / "hello", ns=(1_000_000_000, 1_000_000_000))
     before = snapshot(tmp_path, root)
-    yield Site(root=root, victim=victim, top=tmp_path)
+    yield Site(root=root, victim=victim, top=tmp_path, source=request.param)
     assert snapshot(tmp_path, root) == before, "something outside the root changed"
     for host_path in (f"/{UNIQUE}", f"/etc/{UNIQUE}", f"/usr/bin/{UNIQUE}", f"/run/{UNIQUE}"):
         assert not os.path.lexists(host_path), f"{host_path} was written on the host"

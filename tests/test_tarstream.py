@@ -571,6 +571,84 @@ def test_content_is_the_whole_small_file_in_one_view() -> None:
     assert seen == {"small": b"hello", "big": big, "empty": b""}
 
 
+def varied_tar() -> bytes:
+    """Every shape the reader folds: pax, GNU long names, sparse maps, links, xattrs."""
+    builder = TarBuilder()
+    builder.dir("d", mtime_ns=1_500_000_000_123_456_789)
+    builder.file("d/" + "n" * 200, os.urandom(5000), xattrs={"user.k": b"v"})
+    builder.file("big", os.urandom(3 << 20), mode=0o4755, uid=7, gid=8)
+    builder.symlink("d/link", "../big")
+    builder.hardlink("hard", "big")
+    builder.sparse("sparse", 1 << 24, [(0, b"head"), ((1 << 24) - 4, b"tail")])
+    builder.fifo("fifo")
+    builder.file("empty", b"")
+    return builder.bytes() + bytes(3 * BLOCK)  # padding after the end marker, hashed too
+
+
+def test_a_regular_file_is_mapped_and_read_as_a_stream_would_be(tmp_path: Path) -> None:
+    """The reader maps a regular file (from the stream's position, not the file's
+    start) and gives exactly what reading the same bytes as a stream gives."""
+    tar = varied_tar()
+    prefix = os.urandom(12345)  # the caller read this much before handing the file over
+    path = tmp_path / "layer.tar"
+    path.write_bytes(prefix + tar)
+    streamed, stream_reader = read_all(tar)
+    with open(path, "rb") as stream:
+        stream.seek(len(prefix))
+        reader = TarReader(stream)
+        try:
+            assert reader._mapped is not None, "a regular file is mapped"
+            got = []
+            for entry in reader:
+                content = bytearray(entry.size if entry.kind == FILE else 0)
+                for offset, view in reader.chunks():
+                    content[offset : offset + len(view)] = view
+                got.append((entry, bytes(content)))
+            assert reader.diff_id == stream_reader.diff_id == (
+                "sha256:" + hashlib.sha256(tar).hexdigest()
+            )
+            assert reader.size == stream_reader.size == len(tar)
+        finally:
+            reader.close()
+    assert got == streamed
+
+
+def test_a_mapped_file_with_gigabytes_after_the_end_is_refused_early(tmp_path: Path) -> None:
+    """Case 29 for a mapped file: 16 GiB of zeros (a hole) after the archive is an
+    ArchiveLimit, and the hash that ran ahead stops instead of reading them all."""
+    path = tmp_path / "layer.tar"
+    path.write_bytes(TarBuilder().file("a", b"1").bytes())
+    os.truncate(path, 16 << 30)
+    with open(path, "rb") as stream:
+        reader = TarReader(stream)
+        try:
+            with pytest.raises(ArchiveLimit, match="follow the end"):
+                list(reader)
+        finally:
+            reader.close()
+    assert reader._mapped is not None
+    assert reader._mapped.hashed < 1 << 30
+
+
+def test_a_plain_blob_in_a_regular_file_is_handed_over_as_the_file(tmp_path: Path) -> None:
+    """open_layer_stream gives back a plain tar file itself, at the position the
+    caller handed it over (so the reader can map it); a compressed one is decoded."""
+    tar = TarBuilder().file("a", b"hello").bytes()
+    plain, packed = tmp_path / "plain.tar", tmp_path / "layer.tar.gz"
+    plain.write_bytes(b"xx" + tar)
+    packed.write_bytes(gzip.compress(tar))
+    with open(plain, "rb") as blob:
+        blob.seek(2)
+        stream = open_layer_stream(blob)
+        assert stream is blob and blob.tell() == 2
+        got, _ = read_all(stream)  # type: ignore[arg-type]
+        assert [(e.path, c) for e, c in got] == [("a", b"hello")]
+    with open(packed, "rb") as blob:
+        stream = open_layer_stream(blob)
+        assert stream is not blob
+        assert stream.read() == tar
+
+
 def test_a_plain_layer_stream_reads_into_the_callers_buffer() -> None:
     """readinto of a plain blob: the sniffed head first, then straight from the file
     (or through read() for a stream without readinto), every byte exactly once."""
