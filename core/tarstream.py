@@ -39,6 +39,11 @@ from zlib import adler32
 
 from .errors import ArchiveLimit, CorruptArchive
 
+try:  # the compiled common case (core/_tarfast.c); without it this module does all
+    from ._tarfast import next_entry as _fast_next_entry
+except ImportError:  # pragma: no cover - built without a C compiler
+    _fast_next_entry = None
+
 BLOCK = 512
 #: bytes asked from the stream per read (without read-ahead); also the largest
 #: content view handed out then
@@ -76,6 +81,8 @@ _PLAIN_PAX_KEYS = frozenset(
     {"path", "linkpath", "size", "uid", "gid", "mtime", "atime", "ctime", "uname", "gname"}
     | {"comment", "charset", "hdrcharset"}
 )
+#: the kinds by the numbers the compiled parser gives them
+_FAST_KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCKDEV, FIFO)
 #: kinds whose header is followed by no data, whatever the size field says (as Go reads)
 _HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO})
 
@@ -321,7 +328,12 @@ class TarReader:
     """
 
     def __init__(
-        self, stream: IO[bytes], limits: Limits | None = None, *, read_ahead: bool = False
+        self,
+        stream: IO[bytes],
+        limits: Limits | None = None,
+        *,
+        read_ahead: bool = False,
+        compiled: bool = True,
     ) -> None:
         self._read = stream.read
         # readinto1 (one read of the raw stream) hands a pipe's bytes over as they
@@ -330,6 +342,9 @@ class TarReader:
         self.limits = limits or Limits()
         #: names this long or shorter need no component or PATH_MAX check
         self._short_path = min(self.limits.max_component, self.limits.max_path - 1)
+        #: the compiled parser takes the entries it is sure about (``compiled=False``:
+        #: this module parses everything, as without a C compiler)
+        self._fast = _fast_next_entry if compiled else None
         self._hasher = _Hasher()
         #: bytes read from the stream so far
         self.size = 0
@@ -541,6 +556,19 @@ class TarReader:
                 self._skip(skip)
             self._left = self._pad = 0
         self._regions = None
+        if self._fast is not None:
+            buf = self._buf
+            pos = self._pos
+            got = self._fast(buf, pos, self._short_path, self.limits.max_pax_size)
+            if got is not None:
+                kind, path, mode, uid, gid, size, mtime_ns, link, major, minor, xattrs, at = got
+                self._pos = at
+                self._left = size
+                self._pad = -size % BLOCK
+                return TarEntry(
+                    path, _FAST_KINDS[kind], mode, uid, gid, size, mtime_ns, link, major, minor,
+                    {} if xattrs is None else xattrs, None, self.size - len(buf) + pos,
+                )  # fmt: skip
         pax: dict[str, bytes] | None = None
         longname: bytes | None = None
         longlink: bytes | None = None
