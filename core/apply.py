@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import logging
 import os
 import stat
 from collections.abc import Callable, Container
@@ -65,8 +64,6 @@ from .driver import ApplyResult
 from .errors import ArchiveLimit, CorruptArchive, DriverError, LaminaError, UnsafeArchive
 from .tarstream import DIR, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
 from .treecopy import remove_at
-
-log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -748,6 +745,15 @@ class _Applier:
         finally:
             for _, fd in chain:
                 os.close(fd)
+        if self.dropped_xattrs or self.skipped_devices:
+            self._warn()
+
+    def _warn(self) -> None:
+        """Say what the layer asked for and did not get (logging is imported only then:
+        it costs every command's start-up ~5 ms)."""
+        import logging
+
+        log = logging.getLogger(__name__)
         if self.dropped_xattrs:
             log.warning(
                 "dropped xattrs a layer may not set: %s", ", ".join(sorted(self.dropped_xattrs))
