@@ -12,9 +12,8 @@ See docs/configuration.md for every key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 from .store import default_root
@@ -29,19 +28,42 @@ TOP_LEVEL_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Config:
-    """The effective configuration, and where each part came from."""
-
-    driver: str | None = None
-    root: Path = field(default_factory=default_root)
-    runroot: Path = field(default_factory=lambda: default_runroot())
-    driver_priority: tuple[str, ...] = DEFAULT_PRIORITY
-    driver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+class _ConfigFields(NamedTuple):
+    driver: str | None
+    root: Path
+    runroot: Path
+    driver_priority: tuple[str, ...]
+    driver_options: dict[str, dict[str, Any]]
     #: the file read, or None when no file was found
-    source: Path | None = None
+    source: Path | None
     #: where ``driver`` came from: "--driver", "LAMINA_DRIVER", the file, or None
-    driver_source: str | None = None
+    driver_source: str | None
+
+
+class Config(_ConfigFields):
+    """The effective configuration, and where each part came from.
+
+    Immutable; ``config._replace(key=value)`` makes a changed copy. The default
+    root and runroot depend on the user and the environment when it is made.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        driver: str | None = None,
+        root: Path | None = None,
+        runroot: Path | None = None,
+        driver_priority: tuple[str, ...] = DEFAULT_PRIORITY,
+        driver_options: dict[str, dict[str, Any]] | None = None,
+        source: Path | None = None,
+        driver_source: str | None = None,
+    ) -> Config:
+        return super().__new__(
+            cls, driver, default_root() if root is None else root,
+            default_runroot() if runroot is None else runroot, driver_priority,
+            {} if driver_options is None else driver_options, source, driver_source,
+        )  # fmt: skip
 
     def options_for(self, driver: str) -> dict[str, Any]:
         return dict(self.driver_options.get(driver, {}))
@@ -84,11 +106,11 @@ def load_config(
             )
     env_driver = os.environ.get("LAMINA_DRIVER")
     if env_driver:
-        config = replace(config, driver=env_driver, driver_source="LAMINA_DRIVER")
+        config = config._replace(driver=env_driver, driver_source="LAMINA_DRIVER")
     if driver:
-        config = replace(config, driver=driver, driver_source="--driver")
+        config = config._replace(driver=driver, driver_source="--driver")
     if root:
-        config = replace(config, root=Path(root))
+        config = config._replace(root=Path(root))
     return config
 
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, Protocol
+from typing import IO, Any, ClassVar, NamedTuple, Protocol
 
 from .errors import ConfigError, LayerExists, LayerNotFound, StoreClosed
 
@@ -40,16 +39,29 @@ class ChangeKind(enum.Enum):
     DELETED = "D"
 
 
-@dataclass(frozen=True, order=True)
-class Change:
-    """One changed path, relative to the layer root, without a leading slash."""
+class Change(NamedTuple):
+    """One changed path, relative to the layer root, without a leading slash.
+
+    Changes compare and sort by path alone: a path changes one way per layer.
+    """
 
     path: str
-    kind: ChangeKind = field(compare=False)
+    kind: ChangeKind
+
+    def __eq__(self, other: object) -> bool:
+        return self.path == other.path if isinstance(other, Change) else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return self.path != other.path if isinstance(other, Change) else NotImplemented
+
+    def __lt__(self, other: object) -> bool:
+        return self.path < other.path if isinstance(other, Change) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.path)
 
 
-@dataclass(frozen=True)
-class ApplyResult:
+class ApplyResult(NamedTuple):
     """What applying a layer tar produced.
 
     ``diff_id`` is ``sha256:<hex>`` of the uncompressed tar stream, ``size`` the
@@ -61,8 +73,7 @@ class ApplyResult:
     size: int
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """What a driver promises; the conformance suite adapts to it.
 
     Every field is a promise checked by a conformance case: declare ``True``
@@ -95,8 +106,7 @@ class Capabilities:
     needs_root: bool = True
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One key a driver accepts in its configuration table."""
 
     type: type

@@ -46,9 +46,7 @@ class Engine:
         return choose_driver(self._config_at_root(), self.registry)
 
     def _config_at_root(self) -> Config:
-        from dataclasses import replace
-
-        return replace(self.config, root=self.root)
+        return self.config._replace(root=self.root)
 
     def make_driver(self, driver_class: type[Driver] | None = None) -> Driver:
         """Instantiate the chosen (or given) driver on its home under the root."""

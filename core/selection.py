@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import Config
 from .driver import Driver
@@ -23,14 +24,13 @@ from .errors import AmbiguousDriver, DriverError, DriverNotSupported
 from .plugins import DriverRegistry
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """The chosen driver class and a sentence saying why."""
 
     driver: type[Driver]
     reason: str
     #: drivers passed over on the way, with why
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: Sequence[tuple[str, str]] = ()
 
     @property
     def name(self) -> str:

@@ -32,9 +32,8 @@ import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import IO
+from typing import IO, NamedTuple
 from zlib import adler32
 
 from .errors import ArchiveLimit, CorruptArchive
@@ -111,8 +110,7 @@ _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _OCTAL_DIGITS = b"01234567"
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Safety limits of the reader; each exceeded one is an :class:`ArchiveLimit`."""
 
     #: size of one pax extended header (``x`` or ``g``) or GNU long name/link
@@ -127,7 +125,6 @@ class Limits:
     max_trailing: int = 1 << 20
 
 
-@dataclass(slots=True)
 class TarEntry:
     """One member of a layer tar, with every extension already folded in.
 
@@ -137,20 +134,66 @@ class TarEntry:
     a sparse file); ``sparse`` lists its data regions as ``(offset, length)``.
     """
 
-    path: str
-    kind: str
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
-    mtime_ns: int = 0
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    sparse: list[tuple[int, int]] | None = None
-    #: offset of the entry's first header in the uncompressed stream (for messages)
-    offset: int = 0
+    __slots__ = (
+        "devmajor",
+        "devminor",
+        "gid",
+        "kind",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "offset",
+        "path",
+        "size",
+        "sparse",
+        "uid",
+        "xattrs",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        path: str,
+        kind: str,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        size: int = 0,
+        mtime_ns: int = 0,
+        linkname: str = "",
+        devmajor: int = 0,
+        devminor: int = 0,
+        xattrs: dict[str, bytes] | None = None,
+        sparse: list[tuple[int, int]] | None = None,
+        offset: int = 0,
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.xattrs: dict[str, bytes] = {} if xattrs is None else xattrs
+        self.sparse = sparse
+        #: offset of the entry's first header in the uncompressed stream (for messages)
+        self.offset = offset
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TarEntry):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"TarEntry({fields})"
 
 
 def _decode(raw: bytes) -> str:

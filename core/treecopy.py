@@ -21,7 +21,6 @@ import errno
 import fcntl
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DriverError
@@ -47,17 +46,17 @@ _BIG = 1 << 30
 METHODS = ("reflink", "copy_file_range", "plain")
 
 
-@dataclass
 class CopyStats:
     """What :func:`copy_tree` copied; ``methods`` counts files per data path."""
 
-    directories: int = 0
-    files: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    specials: int = 0
-    bytes: int = 0
-    methods: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METHODS, 0))
+    def __init__(self) -> None:
+        self.directories = 0
+        self.files = 0
+        self.symlinks = 0
+        self.hardlinks = 0
+        self.specials = 0
+        self.bytes = 0
+        self.methods: dict[str, int] = dict.fromkeys(METHODS, 0)
 
     @property
     def method(self) -> str:

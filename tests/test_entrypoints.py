@@ -180,7 +180,7 @@ def test_layer_apply_starts_without_the_heavy_imports(tmp_path: Path) -> None:
     modules = set(out.split("MODULES ", 1)[1].split())
     assert "lamina.drivers.vfs" in modules
     unwanted = {"importlib.metadata", "email", "zipfile", "csv", "tempfile", "shutil",
-                "subprocess", "secrets", "rich", "tomllib"}
+                "subprocess", "secrets", "rich", "tomllib", "dataclasses", "logging"}
     assert not (unwanted & modules), sorted(unwanted & modules)
 
 

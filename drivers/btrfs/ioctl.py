@@ -14,7 +14,7 @@ import errno
 import fcntl
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _MAGIC = 0x94
 _WRITE, _READ = 1, 2
@@ -50,8 +50,7 @@ U64_MAX = (1 << 64) - 1
 _SEARCH_BUF = 1 << 20
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One item found by the tree search: its key, the leaf's generation, its bytes."""
 
     objectid: int

@@ -17,8 +17,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from lamina.core.errors import ConfigError, DriverError
 
@@ -82,8 +82,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
                         ctypes.c_void_p]
 
 
-@dataclass(frozen=True)
-class MountOptions:
+class MountOptions(NamedTuple):
     """A user's ``mountopt`` split into mount attributes and overlay options."""
 
     attrs: int = 0
@@ -120,16 +119,25 @@ def parse_mountopt(text: str) -> MountOptions:
     return MountOptions(attrs, flags, tuple(fs), text)
 
 
-@dataclass
 class OverlaySpec:
     """What to mount: lowers top-most first, an optional upper and work dir."""
 
-    #: paths; bytes are passed to the kernel as they are (the fast path for deep stacks)
-    lowers: list[Path | str | bytes]
-    upper: Path | None = None
-    work: Path | None = None
-    options: MountOptions = field(default_factory=MountOptions)
-    readonly: bool = False
+    __slots__ = ("lowers", "options", "readonly", "upper", "work")
+
+    def __init__(
+        self,
+        lowers: list[Path | str | bytes],
+        upper: Path | None = None,
+        work: Path | None = None,
+        options: MountOptions | None = None,
+        readonly: bool = False,
+    ) -> None:
+        #: paths; bytes are passed to the kernel as they are (the fast path for deep stacks)
+        self.lowers = lowers
+        self.upper = upper
+        self.work = work
+        self.options = MountOptions() if options is None else options
+        self.readonly = readonly
 
 
 def new_api_available() -> bool:

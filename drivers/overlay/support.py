@@ -15,8 +15,8 @@ import contextlib
 import ctypes
 import errno
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from lamina.core import mounts
 from lamina.core.errors import DriverError
@@ -142,8 +142,7 @@ def unsupported_reason(root: Path) -> str | None:
                 shutil.rmtree(probe)
 
 
-@dataclass(frozen=True)
-class Features:
+class Features(NamedTuple):
     """What the kernel writes with the mount options in use (probed once, cached)."""
 
     redirect_dir: bool
@@ -159,7 +158,7 @@ class Features:
         return " and ".join(found) + " xattrs written: using the generic diff" if found else ""
 
     def as_dict(self) -> dict[str, bool]:
-        return asdict(self)
+        return self._asdict()
 
 
 def probe_features(work: Path, options: mountapi.MountOptions, legacy: bool) -> Features:
