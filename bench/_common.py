@@ -82,6 +82,35 @@ def tree_stats(path: Path) -> tuple[int, int]:
     return entries, size
 
 
+class FreshExt4:
+    """A new, empty ext4 mounted at ``mountpoint`` on each :meth:`remake`.
+
+    The image lives in /dev/shm, so every run meets the same fresh inode allocator
+    and no writeback of earlier runs: the noise of a long-used disk (slower run
+    after run as deleted inodes pile up) stays out of the comparison. Both
+    contenders get the same treatment.
+    """
+
+    def __init__(self, mountpoint: Path, size_mb: int = 1500) -> None:
+        self.mountpoint = mountpoint
+        self.image = Path("/dev/shm") / f"lamina-bench-{os.getpid()}.ext4"
+        self.size_mb = size_mb
+
+    def remake(self) -> None:
+        self.close()
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        with open(self.image, "wb") as image:
+            image.truncate(self.size_mb << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mountpoint)],
+                       check=True)
+
+    def close(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["umount", str(self.mountpoint)], check=True)
+        self.image.unlink(missing_ok=True)
+
+
 @dataclass
 class Contender:
     """One way of doing the benchmarked work; ``prepare`` runs untimed before each run."""

@@ -17,9 +17,19 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from _common import FIXTURES, Contender, ensure_minbase, precompile, race, report, tree_stats
+from _common import (
+    FIXTURES,
+    Contender,
+    FreshExt4,
+    ensure_minbase,
+    precompile,
+    race,
+    report,
+    tree_stats,
+)
 
 from lamina.conformance.trees import compare, snapshot
 from lamina.core.apply import apply_tar
@@ -34,6 +44,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="timed runs of each (default 7)")
     parser.add_argument("--workdir", type=Path, default=FIXTURES / "bench-apply",
                         help="scratch directory, on the disk to measure")
+    parser.add_argument("--fresh-ext4", action="store_true",
+                        help="run each timed run on a new ext4 (a loop image in /dev/shm) "
+                             "mounted at the workdir, instead of the workdir's own disk")
     parser.add_argument("--podman", action="store_true",
                         help="also time `podman import` of the tar (the engine users compare "
                              "with; for information: it also stores the blob)")
@@ -64,6 +77,10 @@ def main() -> int:
                                              check=True),
                     lambda i: (theirs / str(i)).mkdir(parents=True))
     contenders = [lamina_cli, gnu, lamina]
+    fresh = FreshExt4(args.workdir) if args.fresh_ext4 else None
+    if fresh is not None:
+        for c in contenders:
+            c.prepare = _fresh_first(fresh, c.prepare)
     podman_dir = args.workdir / "podman"
     if args.podman:
         if shutil.which("podman") is None:
@@ -77,6 +94,12 @@ def main() -> int:
         ))
     try:
         race(contenders, args.runs)
+        if fresh is not None:  # the timed trees went with their filesystems: make a pair
+            fresh.remake()
+            (theirs / "0").mkdir(parents=True)
+            (ours / "0").mkdir(parents=True)
+            subprocess.run(["tar", "-xpf", str(tar), "-C", str(theirs / "0")], check=True)
+            lamina_apply(0)
         # same tree as tar made (xattrs aside: plain tar -xpf does not restore them)
         problems = [p for p in compare(snapshot(theirs / "0"), snapshot(ours / "0"))
                     if "xattrs" not in p]
@@ -88,7 +111,8 @@ def main() -> int:
             lamina_cli, gnu, TARGET,
             [("tar", f"{tar} ({tar.stat().st_size / 1e6:.0f} MB, {entries} entries)"),
              ("diff id", result.diff_id if result else "?"),
-             ("filesystem", f"{filesystem_type(args.workdir)} ({args.workdir})"),
+             ("filesystem", f"{filesystem_type(args.workdir)} ({args.workdir})"
+              + (", a new one for each run (--fresh-ext4)" if fresh else "")),
              ("trees identical", "yes" if not problems else f"NO ({len(problems)} differences)"),
              ("cpus", str(os.cpu_count()))],
             others=tuple(contenders[2:]),
@@ -98,8 +122,18 @@ def main() -> int:
             subprocess.run(["podman", "--root", str(podman_dir / str(i)), "--runroot",
                             str(podman_dir / f"run{i}"), "system", "reset", "-f"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if fresh is not None:
+            fresh.close()
         remove_tree(args.workdir)
     return 0 if ok and not problems else 1
+
+
+def _fresh_first(fresh: FreshExt4, prepare: Callable[[int], object]) -> Callable[[int], object]:
+    def run(i: int) -> None:
+        fresh.remake()
+        prepare(i)
+
+    return run
 
 
 if __name__ == "__main__":
