@@ -111,6 +111,17 @@ class FreshExt4:
         self.image.unlink(missing_ok=True)
 
 
+def fresh_first(fresh: FreshExt4, prepare: Callable[[int], object]) -> Callable[[int], object]:
+    """``prepare`` on a new filesystem: a contender's untimed step with --fresh-ext4."""
+
+    def run(i: int) -> None:
+        fresh.remake()
+        prepare(i)
+
+    run.__wrapped__ = prepare  # type: ignore[attr-defined]
+    return run
+
+
 @dataclass
 class Contender:
     """One way of doing the benchmarked work; ``prepare`` runs untimed before each run."""

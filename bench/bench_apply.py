@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
@@ -25,6 +24,7 @@ from _common import (
     Contender,
     FreshExt4,
     ensure_minbase,
+    fresh_first,
     precompile,
     race,
     report,
@@ -80,7 +80,7 @@ def main() -> int:
     fresh = FreshExt4(args.workdir) if args.fresh_ext4 else None
     if fresh is not None:
         for c in contenders:
-            c.prepare = _fresh_first(fresh, c.prepare)
+            c.prepare = fresh_first(fresh, c.prepare)
     podman_dir = args.workdir / "podman"
     if args.podman:
         if shutil.which("podman") is None:
@@ -127,13 +127,6 @@ def main() -> int:
         remove_tree(args.workdir)
     return 0 if ok and not problems else 1
 
-
-def _fresh_first(fresh: FreshExt4, prepare: Callable[[int], object]) -> Callable[[int], object]:
-    def run(i: int) -> None:
-        fresh.remake()
-        prepare(i)
-
-    return run
 
 
 if __name__ == "__main__":

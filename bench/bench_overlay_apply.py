@@ -19,7 +19,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import FIXTURES, Contender, ensure_minbase, precompile, race, report
+from _common import (
+    FIXTURES,
+    Contender,
+    FreshExt4,
+    ensure_minbase,
+    fresh_first,
+    precompile,
+    race,
+    report,
+)
 
 from lamina.conformance.trees import compare, snapshot
 from lamina.core.fsinfo import filesystem_type
@@ -32,6 +41,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=FIXTURES / "bench-overlay-apply")
+    parser.add_argument("--fresh-ext4", action="store_true",
+                        help="run each timed run on a new ext4 (a loop image in /dev/shm) "
+                             "mounted at the workdir, instead of the workdir's own disk")
     args = parser.parse_args()
     _, tar = ensure_minbase()
     precompile()
@@ -48,8 +60,17 @@ def main() -> int:
                     lambda i: subprocess.run(["tar", "-xpf", str(tar), "-C", str(theirs / str(i))],
                                              check=True),
                     lambda i: (theirs / str(i)).mkdir(parents=True))
+    fresh = FreshExt4(args.workdir) if args.fresh_ext4 else None
+    if fresh is not None:
+        for c in (lamina, gnu):
+            c.prepare = fresh_first(fresh, c.prepare)
     try:
         race([lamina, gnu], args.runs)
+        if fresh is not None:  # the timed trees went with their filesystems: make a pair
+            fresh.remake()
+            gnu.prepare.__wrapped__(0)  # type: ignore[attr-defined]
+            gnu.run(0)
+            lamina.run(0)
         home = roots / "0" / "overlay"
         layer = next(p for p in home.iterdir() if (p / "link").is_file())
         problems = [p for p in compare(snapshot(theirs / "0"), snapshot(layer / "diff"))
@@ -58,11 +79,14 @@ def main() -> int:
             "lamina layer apply (overlay) of the Debian minbase tar vs tar -xpf",
             lamina, gnu, TARGET,
             [("tar", f"{tar} ({tar.stat().st_size / 1e6:.0f} MB)"),
-             ("filesystem", f"{filesystem_type(args.workdir)} ({args.workdir})"),
+             ("filesystem", f"{filesystem_type(args.workdir)} ({args.workdir})"
+              + (", a new one for each run (--fresh-ext4)" if fresh else "")),
              ("trees identical", "yes" if not problems else f"NO: {problems[:5]}"),
              ("cpus", str(os.cpu_count()))],
         )
     finally:
+        if fresh is not None:
+            fresh.close()
         remove_tree(args.workdir)
     return 0 if ok and not problems else 1
 
