@@ -8,7 +8,6 @@ Class docstrings say what is broken; :data:`MUTANTS` lists them by class name.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import shutil
@@ -179,9 +178,7 @@ class RoundsMtimes(_ApplyThenMangle):
     """Declares whole-second mtimes, but rounds to the nearest second instead of truncating."""
 
     name: ClassVar[str] = "mutant-round-mtimes"
-    capabilities: ClassVar[Capabilities] = dataclasses.replace(
-        VfsDriver.capabilities, subsecond_mtime=False
-    )
+    capabilities: ClassVar[Capabilities] = VfsDriver.capabilities._replace(subsecond_mtime=False)
 
     def mangle(self, root: Path) -> None:
         for path, st in _walk(root):
@@ -280,9 +277,7 @@ class IgnoresQuota(VfsDriver):
     """Promises quotas (``quota=True`` and a ``size`` option) and enforces none."""
 
     name: ClassVar[str] = "mutant-no-quota"
-    capabilities: ClassVar[Capabilities] = dataclasses.replace(
-        VfsDriver.capabilities, quota=True
-    )
+    capabilities: ClassVar[Capabilities] = VfsDriver.capabilities._replace(quota=True)
     options: ClassVar[Mapping[str, Option]] = {
         **VfsDriver.options,
         "size": Option(str, 'most bytes a writable layer may hold, like "10G" (ignored)'),
