@@ -301,8 +301,8 @@ next_entry(PyObject *Py_UNUSED(module), PyObject *args)
                 goto python;
         } else {
             int64_t seconds;
-            if (octal_field(h + 136, 12, &seconds) < 0)
-                goto python;
+            if (octal_field(h + 136, 12, &seconds) < 0 || seconds > 9000000000LL)
+                goto python; /* 12 octal digits overflow nanoseconds: Python's ints do not */
             mtime_ns = seconds * 1000000000LL;
         }
         if (kind == K_CHAR || kind == K_BLOCK) {

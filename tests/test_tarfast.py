@@ -204,6 +204,15 @@ def _end(*blocks: bytes) -> bytes:
     return b"".join(blocks) + bytes(2 * BLOCK)
 
 
+def _with(block: bytes, offset: int, field: bytes) -> bytes:
+    """A header block with one field's bytes replaced and its checksum right again."""
+    changed = bytearray(block)
+    changed[offset : offset + len(field)] = field
+    changed[148:156] = b" " * 8
+    changed[148:156] = b"%06o\0 " % sum(changed)
+    return bytes(changed)
+
+
 #: archives at the edges of what the compiled parser takes: it must answer as Python
 EDGES = {
     "mode with file type bits": _end(header("f", mode=0o100644), header("d", typeflag=b"5",
@@ -233,8 +242,10 @@ EDGES = {
         pax_record(b"SCHILY.xattr.user.\xff", "v")).file("f").bytes(),
     "two pax headers": TarBuilder().pax({"mtime": "5.25", "path": "a"}).pax(
         {"path": "b", "SCHILY.xattr.user.k": "2"}).file("f", b"x").bytes(),
-    "a size field with an 8": _end(header("f", size=0)[:124] + b"0000000008\0\0"
-                                   + header("f")[136:]),
+    "an mtime field of 12 octal digits": _end(_with(header("f"), 136, b"7" * 12)),
+    "a size field with an 8": _end(_with(header("f"), 124, b"0000000008\0\0")),
+    "a mode field with spaces": _end(_with(header("f"), 100, b" 644  \0\0")),
+    "a base-256 uid": _end(_with(header("f"), 108, b"\x80" + bytes(6) + b"\x07")),
     "a GNU magic with a prefix": _end(header("f", prefix="p", magic=b"ustar  \0")),
     "a ustar prefix": _end(header("f", prefix="p/q")),
     "a v7 directory": _end(header("dir/", typeflag=b"\0")),
