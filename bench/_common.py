@@ -59,6 +59,20 @@ def ensure_minbase() -> tuple[Path, Path]:
     return rootfs, tar
 
 
+def ensure_minbase_gz() -> Path:
+    """The minbase tar gzip'ed (level 6, as registries' layers usually are), made once."""
+    _, tar = ensure_minbase()
+    gz = FIXTURES / "minbase.tar.gz"
+    with open(FIXTURES / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not gz.is_file():
+            tmp = FIXTURES / f"minbase.tar.gz.tmp-{os.getpid()}"
+            with open(tmp, "wb") as out:
+                subprocess.run(["gzip", "-6", "-c", str(tar)], stdout=out, check=True)
+            os.rename(tmp, gz)
+    return gz
+
+
 def precompile() -> None:
     """Byte-compile lamina's modules before a timed command starts.
 

@@ -24,6 +24,7 @@ from _common import (
     Contender,
     FreshExt4,
     ensure_minbase,
+    ensure_minbase_gz,
     fresh_first,
     precompile,
     race,
@@ -33,6 +34,7 @@ from _common import (
 
 from lamina.conformance.trees import compare, snapshot
 from lamina.core.apply import apply_tar
+from lamina.core.compression import open_layer_stream
 from lamina.core.fsinfo import filesystem_type
 from lamina.core.treecopy import remove_tree
 
@@ -47,11 +49,16 @@ def main() -> int:
     parser.add_argument("--fresh-ext4", action="store_true",
                         help="run each timed run on a new ext4 (a loop image in /dev/shm) "
                              "mounted at the workdir, instead of the workdir's own disk")
+    parser.add_argument("--gzip", action="store_true",
+                        help="apply the gzip'ed tar (minbase.tar.gz, level 6) against "
+                             "`tar -xzf` instead; the target is for the plain tar")
     parser.add_argument("--podman", action="store_true",
                         help="also time `podman import` of the tar (the engine users compare "
                              "with; for information: it also stores the blob)")
     args = parser.parse_args()
     _, tar = ensure_minbase()
+    if args.gzip:
+        tar = ensure_minbase_gz()
     precompile()
     remove_tree(args.workdir)
     args.workdir.mkdir(parents=True)
@@ -60,8 +67,8 @@ def main() -> int:
 
     def lamina_apply(i: int) -> None:
         nonlocal result
-        with open(tar, "rb") as stream:
-            result = apply_tar(stream, ours / str(i))
+        with open(tar, "rb") as blob:
+            result = apply_tar(open_layer_stream(blob), ours / str(i))
 
     cli_root = args.workdir / "cli"
     command = [sys.executable, "-m", "lamina.core.cli", "--driver", "vfs"]
@@ -72,9 +79,10 @@ def main() -> int:
     )
     lamina = Contender("apply_tar (in process)", lamina_apply,
                        lambda i: (ours / str(i)).mkdir(parents=True))
-    gnu = Contender("tar -xpf",
-                    lambda i: subprocess.run(["tar", "-xpf", str(tar), "-C", str(theirs / str(i))],
-                                             check=True),
+    tar_flags = "-xzpf" if args.gzip else "-xpf"
+    gnu = Contender(f"tar {tar_flags}",
+                    lambda i: subprocess.run(["tar", tar_flags, str(tar), "-C",
+                                              str(theirs / str(i))], check=True),
                     lambda i: (theirs / str(i)).mkdir(parents=True))
     contenders = [lamina_cli, gnu, lamina]
     fresh = FreshExt4(args.workdir) if args.fresh_ext4 else None
@@ -98,7 +106,7 @@ def main() -> int:
             fresh.remake()
             (theirs / "0").mkdir(parents=True)
             (ours / "0").mkdir(parents=True)
-            subprocess.run(["tar", "-xpf", str(tar), "-C", str(theirs / "0")], check=True)
+            subprocess.run(["tar", tar_flags, str(tar), "-C", str(theirs / "0")], check=True)
             lamina_apply(0)
         # same tree as tar made (xattrs aside: plain tar -xpf does not restore them)
         problems = [p for p in compare(snapshot(theirs / "0"), snapshot(ours / "0"))
@@ -107,7 +115,8 @@ def main() -> int:
             print("lamina's tree differs from tar's:", *problems[:20], sep="\n  ")
         entries, _ = tree_stats(ours / "0")
         ok = report(
-            "lamina layer apply of the Debian minbase layer tar vs tar -xpf",
+            f"lamina layer apply of the Debian minbase layer tar{'.gz' if args.gzip else ''} "
+            f"vs tar {tar_flags}",
             lamina_cli, gnu, TARGET,
             [("tar", f"{tar} ({tar.stat().st_size / 1e6:.0f} MB, {entries} entries)"),
              ("diff id", result.diff_id if result else "?"),

@@ -412,6 +412,20 @@ def layer() -> bytes:
     return TarBuilder().file("a", os.urandom(300_000)).file("b", b"b" * 3_000_000).bytes()
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def inflate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each gzip test with ISA-L's inflate and with zlib's (the fallback)."""
+    if request.param == "isal":
+        pytest.importorskip("isal", reason="isal is not installed (zlib is tested alone)")
+        monkeypatch.delenv("LAMINA_INFLATE", raising=False)
+    else:
+        monkeypatch.setenv("LAMINA_INFLATE", "zlib")
+    from lamina.core.compression import inflater
+
+    assert inflater()[0].__module__.split(".")[0] == request.param
+    return str(request.param)
+
+
 def decode(blob: bytes) -> bytes:
     stream = open_layer_stream(io.BytesIO(blob))
     out = bytearray()
@@ -421,7 +435,7 @@ def decode(blob: bytes) -> bytes:
     return bytes(out)
 
 
-def test_plain_gzip_and_multimember_gzip() -> None:
+def test_plain_gzip_and_multimember_gzip(inflate: str) -> None:
     tar = layer()
     assert decode(tar) == tar
     assert decode(gzip.compress(tar)) == tar
@@ -458,21 +472,21 @@ def test_missing_zstandard_says_what_to_install(monkeypatch: pytest.MonkeyPatch)
     ],
     ids=["truncated", "corrupt", "trailing-junk", "bad-crc", "zstd-junk"],
 )
-def test_broken_compressed_streams(blob: bytes) -> None:
+def test_broken_compressed_streams(blob: bytes, inflate: str) -> None:
     if blob.startswith(b"\x28\xb5"):
         pytest.importorskip("zstandard")
     with pytest.raises(CorruptArchive):
         decode(blob)
 
 
-def test_gzip_padding_is_capped() -> None:
+def test_gzip_padding_is_capped(inflate: str) -> None:
     blob = Zeros(1 << 30, prefix=gzip.compress(layer()))
     with pytest.raises(CorruptArchive, match="padding"):
         read_all(open_layer_stream(blob))  # type: ignore[arg-type, arg-type]
     assert blob.read_bytes < 8 << 20
 
 
-def test_gzip_bomb_is_streamed_in_bounded_pieces() -> None:
+def test_gzip_bomb_is_streamed_in_bounded_pieces(inflate: str) -> None:
     blob = zlib.compressobj(9, zlib.DEFLATED, 31)
     bomb = blob.compress(bytes(200 << 20)) + blob.flush()
     stream = open_layer_stream(io.BytesIO(bomb))
