@@ -1160,6 +1160,8 @@ class _MappedFile:
     def __init__(self, mapping: mmap.mmap, start: int) -> None:
         self._map = mapping
         self.view = memoryview(mapping)[start:]
+        #: bytes of the stream (the file from where the caller stood)
+        self.length = len(self.view)
         self._sha = hashlib.sha256()
         self._stop = False
         self._error: BaseException | None = None
@@ -1210,6 +1212,8 @@ class _MappedFile:
         self._thread.join()
         if self._error is not None:
             raise self._error
+        if self.hashed < self.length:  # closed first: never a digest of a part
+            raise RuntimeError("the tar reader was closed before its diff id was asked")
         return self._sha.hexdigest()
 
     def close(self) -> None:

@@ -642,6 +642,8 @@ def test_a_mapped_file_with_gigabytes_after_the_end_is_refused_early(tmp_path: P
             reader.close()
     assert reader._mapped is not None
     assert reader._mapped.hashed < 1 << 30
+    with pytest.raises(RuntimeError, match="closed before"):  # never a digest of a part
+        reader.diff_id  # noqa: B018
 
 
 def test_a_plain_blob_in_a_regular_file_is_handed_over_as_the_file(tmp_path: Path) -> None:
