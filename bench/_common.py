@@ -126,7 +126,7 @@ class FreshExt4:
 
 
 def fresh_first(fresh: FreshExt4, prepare: Callable[[int], object]) -> Callable[[int], object]:
-    """``prepare`` on a new filesystem: a contender's untimed step with --fresh-ext4."""
+    """``prepare`` on a new filesystem: a contender's untimed step, each run."""
 
     def run(i: int) -> None:
         fresh.remake()
