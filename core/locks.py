@@ -45,6 +45,10 @@ class FileLock:
             self._fd = -1
 
 
+#: what :func:`boot_id` answers when the kernel does not say: never proof of "same boot"
+UNKNOWN_BOOT = "unknown-boot"
+
+
 @functools.cache
 def boot_id() -> str:
     """This boot's id: mounts and processes of another boot are gone."""
@@ -52,7 +56,7 @@ def boot_id() -> str:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
     except OSError:
-        return "unknown-boot"
+        return UNKNOWN_BOOT
 
 
 def _start_time(pid: int) -> str | None:

@@ -50,6 +50,7 @@ from lamina.core.errors import (
     DriverError,
 )
 from lamina.core.fsinfo import filesystem_type
+from lamina.core.locks import UNKNOWN_BOOT, boot_id
 from lamina.core.treecopy import remove_tree
 
 from . import mountapi, support
@@ -60,12 +61,6 @@ if TYPE_CHECKING:  # the tar paths load only when used: start-up of every comman
 _SHORT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"  # string.ascii_uppercase + digits
 SHORT_LEN = 26
 FEATURES_FILE = "features.json"
-
-
-def _boot_id() -> str:
-    """This boot's random id: it changes on every boot, so it tells a crash from a restart."""
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
 
 
 class OverlayDriver(Driver):
@@ -321,13 +316,13 @@ class OverlayDriver(Driver):
         layer = self._dir(layer_id)
         marker = layer / "work" / "work" / "incompat" / "volatile"
         record = layer / "volatile-boot"
-        boot = _boot_id()
+        boot = boot_id()
         if os.path.lexists(marker):
             try:
                 mounted_in = record.read_text().strip()
             except FileNotFoundError:
                 mounted_in = ""
-            if mounted_in != boot:
+            if mounted_in != boot or boot == UNKNOWN_BOOT:
                 raise DriverError(
                     f"layer {layer_id} was mounted with the overlay option 'volatile' when "
                     "the system went down: writes to it may be lost",
