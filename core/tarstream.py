@@ -19,6 +19,10 @@ hashes the whole stream). That trailing part is read to the end of the stream
 but capped (:attr:`Limits.max_trailing`): a tar followed by gigabytes of zeros
 is an :class:`ArchiveLimit` error after at most that many bytes, never an
 endless read.
+
+Speed: a regular file is mapped whole instead of read (:class:`_MappedFile`),
+and the well-formed common case of a header is parsed by the compiled
+``_tarfast`` module, which hands everything else back to the parser here.
 """
 
 from __future__ import annotations
