@@ -364,30 +364,7 @@ def test_d_type_probe_sees_types_on_this_disk(tmp_path: Path) -> None:
     types = support.dirent_types(tmp_path)
     assert (types["f"], types["d"]) == (support.DT_REG, 4)
     assert OverlayDriver.check_support(tmp_path) is None
-    # the probes are gone; only the record of the passed check stays
-    assert sorted(os.listdir(tmp_path)) == [support.SUPPORT_RECORD, "d", "f"]
-
-
-def test_a_passed_check_is_remembered_for_the_boot_and_filesystem(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The test mount runs once per boot and root filesystem, not on every command;
-    a record from another boot or filesystem, or none, means checking again."""
-    assert OverlayDriver.check_support(tmp_path) is None
-    record = tmp_path / support.SUPPORT_RECORD
-    boot, dev, ino, release = record.read_text().split()
-    assert (int(dev), int(ino)) == (tmp_path.stat().st_dev, tmp_path.stat().st_ino)
-    assert release == os.uname().release
-    # from now on a real check would fail: only the record can answer None
-    monkeypatch.setattr(support, "_kernel_has_overlay", lambda: False)
-    assert OverlayDriver.check_support(tmp_path) is None
-    record.write_text(f"another-boot {dev} {ino} {release}\n")
-    assert "no overlay filesystem" in (OverlayDriver.check_support(tmp_path) or "")
-    record.write_text(f"{boot} {int(dev) + 1} {ino} {release}\n")
-    assert "no overlay filesystem" in (OverlayDriver.check_support(tmp_path) or "")
-    record.unlink()
-    assert "no overlay filesystem" in (OverlayDriver.check_support(tmp_path) or "")
-    assert not record.exists(), "a failed check is never remembered"
+    assert sorted(os.listdir(tmp_path)) == ["d", "f"]  # the check leaves nothing behind
 
 
 def test_overlay_on_overlay_is_refused(store_root: Path, tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from typing import NamedTuple
 from lamina.core import mounts
 from lamina.core.errors import DriverError
 from lamina.core.fsinfo import filesystem_magic, filesystem_type
-from lamina.core.locks import UNKNOWN_BOOT, boot_id
 
 from . import mountapi
 
@@ -94,49 +93,13 @@ def _mount_probe(spec: mountapi.OverlaySpec, target: Path, legacy: bool, home: P
         mountapi.mount_new_api(spec, target)
 
 
-#: in a store root: the boot, filesystem and kernel of the last check that passed there
-SUPPORT_RECORD = ".overlay-supported"
-
-
-def _support_key(root: Path) -> str | None:
-    """What a passed check depends on: this boot (the kernel and its modules) and the
-    root's filesystem; None when the boot cannot be told apart (then check each time)."""
-    boot = boot_id()
-    if boot == UNKNOWN_BOOT:
-        return None
-    st = os.stat(root)
-    return f"{boot} {st.st_dev} {st.st_ino} {os.uname().release}\n"
-
-
 def unsupported_reason(root: Path) -> str | None:
-    """Why overlay cannot keep layers under ``root``, or None when a real test mount worked.
-
-    Every command asks, and the test mount with its probes costs ~10 ms, so a check
-    that passed is remembered for the rest of the boot in ``<root>/.overlay-supported``
-    (for the same filesystem at the same place, the same kernel); remove that file to
-    check again. A failed check is never remembered.
-    """
-    if os.geteuid() != 0:
-        return "overlay needs root: it mounts filesystems"
-    record = root / SUPPORT_RECORD
-    key = _support_key(root)
-    if key is not None:
-        with contextlib.suppress(OSError):
-            if record.read_text() == key:
-                return None
-    reason = _check(root)
-    if reason is None and key is not None:
-        with contextlib.suppress(OSError):  # a read-only root: check again next time
-            tmp = root / f"{SUPPORT_RECORD}.{os.getpid()}"
-            tmp.write_text(key)
-            os.rename(tmp, record)
-    return reason
-
-
-def _check(root: Path) -> str | None:
+    """Why overlay cannot keep layers under ``root``, or None when a real test mount worked."""
     import shutil
     import tempfile
 
+    if os.geteuid() != 0:
+        return "overlay needs root: it mounts filesystems"
     if not _kernel_has_overlay():
         return "the kernel has no overlay filesystem (modprobe overlay)"
     if filesystem_magic(root) == OVERLAY_MAGIC:
