@@ -132,7 +132,6 @@ def fresh_first(fresh: FreshExt4, prepare: Callable[[int], object]) -> Callable[
         fresh.remake()
         prepare(i)
 
-    run.__wrapped__ = prepare  # type: ignore[attr-defined]
     return run
 
 

@@ -24,6 +24,8 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+from lamina.core.tarstream import FILE, TarEntry, TarReader
+
 BLOCK = 512
 #: default mtime of entries: a fixed second, so archives are reproducible
 DEFAULT_MTIME = 1_700_000_000
@@ -449,3 +451,22 @@ class TarBuilder:
             self._out.write(bytes(ext))
         self._out.write(_padded(data))
         return self
+
+
+def entries_with_content(reader: TarReader) -> list[tuple[TarEntry, bytes]]:
+    """Every entry a reader gives, with its whole content (holes of sparse files as zeros).
+
+    The buffer grows with the data read, never to a size a header only claims (a
+    hostile one may claim an exabyte and end after a block).
+    """
+    out = []
+    for entry in reader:
+        content = bytearray()
+        for offset, view in reader.chunks():
+            if offset > len(content):
+                content.extend(bytes(offset - len(content)))
+            content[offset : offset + len(view)] = view
+        if entry.kind == FILE and len(content) < entry.size:  # a sparse file's last hole
+            content.extend(bytes(entry.size - len(content)))
+        out.append((entry, bytes(content)))
+    return out

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tarmaker import BLOCK, TarBuilder, header, pax_record
+from tarmaker import BLOCK, TarBuilder, entries_with_content, header, pax_record
 
 from lamina.core import tarstream
 from lamina.core.errors import LaminaError
@@ -44,14 +44,8 @@ def outcome(
         stream.write(data)
         stream.seek(0)
         reader = TarReader(stream, limits, compiled=compiled)
-        entries = []
         try:
-            for entry in reader:
-                content = bytearray()
-                for offset, view in reader.chunks():
-                    content[offset : offset + len(view)] = view
-                entries.append((entry, bytes(content)))
-            return entries, reader.diff_id
+            return entries_with_content(reader), reader.diff_id
         except LaminaError as exc:
             return type(exc).__name__, str(exc)
         finally:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tarmaker import BLOCK, TarBuilder, header
+from tarmaker import BLOCK, TarBuilder, entries_with_content, header
 
 from lamina.core.compression import open_layer_stream
 from lamina.core.errors import ArchiveLimit, ContentError, CorruptArchive
@@ -40,13 +40,7 @@ def read_all(data: bytes | io.RawIOBase, limits: Limits | None = None) -> tuple[
     """Every entry with its content (sparse files expanded, holes as zeros)."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     reader = TarReader(stream, limits)  # type: ignore[arg-type]
-    out = []
-    for entry in reader:
-        content = bytearray(entry.size if entry.kind == FILE else 0)
-        for offset, view in reader.chunks():
-            content[offset : offset + len(view)] = view
-        out.append((entry, bytes(content)))
-    return out, reader
+    return entries_with_content(reader), reader
 
 
 class Zeros(io.RawIOBase):
@@ -612,12 +606,7 @@ def test_a_regular_file_is_mapped_and_read_as_a_stream_would_be(tmp_path: Path) 
         reader = TarReader(stream)
         try:
             assert reader._mapped is not None, "a regular file is mapped"
-            got = []
-            for entry in reader:
-                content = bytearray(entry.size if entry.kind == FILE else 0)
-                for offset, view in reader.chunks():
-                    content[offset : offset + len(view)] = view
-                got.append((entry, bytes(content)))
+            got = entries_with_content(reader)
             assert reader.diff_id == stream_reader.diff_id == (
                 "sha256:" + hashlib.sha256(tar).hexdigest()
             )
