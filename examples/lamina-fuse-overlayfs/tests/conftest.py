@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,22 @@ def driver(tmp_path: Path) -> Iterator[FuseOverlayDriver]:
     for layer in LAYERS:
         if drv.exists(layer):
             drv.remove(layer)
+
+
+@pytest.fixture
+def writing(
+    driver: FuseOverlayDriver,
+) -> Callable[..., contextlib.AbstractContextManager[Path]]:
+    """``with writing("child", "base") as root:`` makes a writable layer on a parent
+    (or none) and has it mounted for the block, unmounted after it."""
+
+    @contextlib.contextmanager
+    def make(layer_id: str, parent: str | None = None) -> Iterator[Path]:
+        driver.create(layer_id, parent, writable=True)
+        root = driver.mount(layer_id, readonly=False)
+        try:
+            yield root
+        finally:
+            driver.unmount(layer_id)
+
+    return make

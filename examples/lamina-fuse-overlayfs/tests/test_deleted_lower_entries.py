@@ -14,33 +14,25 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from lamina_fuse_overlayfs import FuseOverlayDriver
 
 BUG = "fuse-overlayfs 1.10 brings the deleted lower entry back (see the README)"
 
 
 @pytest.fixture
-def child(driver: FuseOverlayDriver) -> Iterator[Path]:
+def child(writing: Callable[..., AbstractContextManager[Path]]) -> Iterator[Path]:
     """A writable layer over a base holding ``x/f`` (a directory), ``z`` (a file) and ``k``."""
-    driver.create("base", None, writable=True)
-    root = driver.mount("base", readonly=False)
-    try:
+    with writing("base") as root:
         (root / "x").mkdir()
         (root / "x" / "f").write_bytes(b"lower")
         (root / "z").write_bytes(b"lower")
         (root / "k").write_bytes(b"keep")
-    finally:
-        driver.unmount("base")
-    driver.create("child", "base", writable=True)
-    root = driver.mount("child", readonly=False)
-    try:
+    with writing("child", "base") as root:
         yield root
-    finally:
-        driver.unmount("child")
 
 
 def _gone(path: Path) -> bool:

@@ -9,26 +9,27 @@ writable. These tests write, unmount and look again, as case 44 does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from lamina_fuse_overlayfs import FuseOverlayDriver
 
+#: the conftest's ``writing`` fixture
+Writing = Callable[..., AbstractContextManager[Path]]
+
 T_OLD = 1_609_459_202_123_456_789
 T_NEW = 1_609_459_206_987_654_321
 
 
-def _base_with_pair(driver: FuseOverlayDriver, names: tuple[str, str]) -> None:
+def _base_with_pair(writing: Writing, names: tuple[str, str]) -> None:
     """Layer ``base``: one file under both ``names``, made through a writable mount."""
-    driver.create("base", None, writable=True)
-    root = driver.mount("base", readonly=False)
-    try:
+    with writing("base") as root:
         (root / "d").mkdir()
         (root / names[0]).write_bytes(b"old content")
         os.link(root / names[0], root / names[1])
         os.utime(root / names[0], ns=(T_OLD, T_OLD))
-    finally:
-        driver.unmount("base")
 
 
 def _seen(root: Path, names: tuple[str, str]) -> list[tuple[bytes, int, int, int]]:
@@ -43,11 +44,9 @@ def _seen(root: Path, names: tuple[str, str]) -> list[tuple[bytes, int, int, int
                          ids=["two-dirs", "two-dirs-reversed", "one-dir"])
 @pytest.mark.parametrize("write", ["truncate", "overwrite"])
 def test_write_through_one_name_reaches_both_after_remount(
-        driver: FuseOverlayDriver, names: tuple[str, str], write: str) -> None:
-    _base_with_pair(driver, names)
-    driver.create("child", "base", writable=True)
-    root = driver.mount("child", readonly=False)
-    try:
+        driver: FuseOverlayDriver, writing: Writing, names: tuple[str, str], write: str) -> None:
+    _base_with_pair(writing, names)
+    with writing("child", "base") as root:
         if write == "truncate":
             os.truncate(root / names[0], 3)
             want = b"old"
@@ -57,8 +56,6 @@ def test_write_through_one_name_reaches_both_after_remount(
                 f.write(b"NEW")
             want = b"NEW"
         os.utime(root / names[0], ns=(T_NEW, T_NEW))
-    finally:
-        driver.unmount("child")
     diff = driver.layers / "child" / "diff"
     stored = [os.lstat(diff / n) for n in names]  # both names, one inode, in the upper
     assert stored[0].st_ino == stored[1].st_ino and stored[0].st_nlink == 2
@@ -83,44 +80,31 @@ def test_write_through_one_name_reaches_both_after_remount(
         driver.unmount("base")
 
 
-def test_a_lone_lower_file_is_not_copied_up(driver: FuseOverlayDriver) -> None:
+def test_a_lone_lower_file_is_not_copied_up(driver: FuseOverlayDriver, writing: Writing) -> None:
     """Only hardlinked files are copied up by the mount: a plain file stays below."""
-    driver.create("base", None, writable=True)
-    root = driver.mount("base", readonly=False)
-    try:
+    with writing("base") as root:
         (root / "alone").write_bytes(b"x")
         (root / "one").write_bytes(b"y")
         os.link(root / "one", root / "two")
         os.unlink(root / "one")  # "two" is left alone: st_nlink 1 again
-    finally:
-        driver.unmount("base")
-    driver.create("child", "base", writable=True)
-    driver.mount("child", readonly=False)
-    driver.unmount("child")
+    with writing("child", "base"):
+        pass
     assert os.listdir(driver.layers / "child" / "diff") == []
 
 
 def test_a_link_to_a_lower_file_from_a_new_directory_stays_one_inode(
-        driver: FuseOverlayDriver) -> None:
+        driver: FuseOverlayDriver, writing: Writing) -> None:
     """``ln b c/a`` with ``b`` below and ``c`` new: after remounting, still one inode.
 
     fuse-overlayfs copies ``b`` up with an origin mark; unless the driver
     clears it, the next mount numbers ``b`` by the lower file and ``c/a``
     by the upper one, two files with ``st_nlink`` 1 each.
     """
-    driver.create("base", None, writable=True)
-    root = driver.mount("base", readonly=False)
-    try:
+    with writing("base") as root:
         (root / "b").write_bytes(b"lower")
-    finally:
-        driver.unmount("base")
-    driver.create("child", "base", writable=True)
-    root = driver.mount("child", readonly=False)
-    try:
+    with writing("child", "base") as root:
         (root / "c").mkdir()
         os.link(root / "b", root / "c" / "a")
-    finally:
-        driver.unmount("child")
     for readonly in (False, True):
         root = driver.mount("child", readonly=readonly)
         try:
