@@ -37,10 +37,10 @@ from _common import (
 )
 
 from lamina.conformance.trees import compare, snapshot
-from lamina.core.apply import apply_tar
-from lamina.core.compression import open_layer_stream
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.treecopy import remove_tree
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import remove_tree
+from lamina.core.layertar.apply import apply_tar
+from lamina.core.layertar.compression import open_layer_stream
 
 TARGET = 1.3
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from _common import FIXTURES, Contender, ensure_minbase, race, report, tree_stats
 
 from lamina.conformance.backing import backing_filesystem
-from lamina.core.changes import compare_trees
-from lamina.core.store import Store
+from lamina.core.layers.changes import compare_trees
+from lamina.core.layers.store import Store
 from lamina.drivers.btrfs import BtrfsDriver
 from lamina.drivers.vfs import VfsDriver
 
@@ -141,7 +141,7 @@ class _populate:
 
 
 def _untar(stream, path: Path) -> None:
-    from lamina.core.apply import apply_tar
+    from lamina.core.layertar.apply import apply_tar
 
     apply_tar(stream, path)
 

@@ -32,8 +32,8 @@ from _common import (
 )
 
 from lamina.conformance.trees import compare, snapshot
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.treecopy import remove_tree
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import remove_tree
 
 TARGET = 1.3
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from _common import FIXTURES, Contender, ensure_minbase, race, report
 
-from lamina.core.export import generic_diff
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.store import Store, _Views
-from lamina.core.treecopy import remove_tree
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import remove_tree
+from lamina.core.layers.store import Store, _Views
+from lamina.core.layertar.export import generic_diff
 from lamina.drivers.overlay import OverlayDriver
 
 TARGET = 1 / 20

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from _common import FIXTURES, Contender, race
 
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.store import Store
-from lamina.core.treecopy import remove_tree
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import remove_tree
+from lamina.core.layers.store import Store
 from lamina.drivers.overlay import OverlayDriver
 
 #: read-only stacks: N image layers

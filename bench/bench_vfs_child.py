@@ -18,8 +18,8 @@ from pathlib import Path
 from _common import FIXTURES, Contender, ensure_minbase, race, report, tree_stats
 
 from lamina.conformance.trees import assert_same_tree
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.treecopy import remove_tree
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import remove_tree
 from lamina.drivers.vfs import VfsDriver
 
 TARGET = 1.2

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.core import mounts
 from lamina.core.errors import LaminaError
+from lamina.core.host import mounts
 
 #: name -> (mkfs command, tools it needs); tmpfs needs none
 FILESYSTEMS: dict[str, tuple[list[str], tuple[str, ...]]] = {

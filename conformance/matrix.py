@@ -37,8 +37,8 @@ from typing import Any
 
 from lamina.core.driver import Driver
 from lamina.core.errors import ConfigError, LaminaError
-from lamina.core.plugins import DriverRegistry
-from lamina.core.selection import support_reason
+from lamina.core.plugins.registry import DriverRegistry
+from lamina.core.plugins.selection import support_reason
 
 from . import backing
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from lamina.core import mounts
 from lamina.core.driver import Capabilities, Driver
 from lamina.core.errors import LaminaError, NotMounted, StoreClosed
-from lamina.core.store import Store
+from lamina.core.host import mounts
+from lamina.core.layers.store import Store
 
 from . import trees
 
@@ -81,7 +81,7 @@ def load_driver_class(name: str) -> type[Driver]:
         if not (isinstance(obj, type) and issubclass(obj, Driver)):
             raise pytest.UsageError(f"--lamina-driver {name} is not a Driver subclass")
         return obj
-    from lamina.core.plugins import collect_drivers, plugin_manager
+    from lamina.core.plugins.registry import collect_drivers, plugin_manager
 
     try:
         return collect_drivers(plugin_manager()).get(name)
@@ -136,7 +136,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     where = str(suite.root) if suite.root else "a temporary directory"
     lines = [f"lamina conformance: driver {cls.name!r} ({cls.__module__}), stores under {where}"]
     if suite.root is not None and suite.root.exists():
-        from lamina.core.fsinfo import filesystem_type
+        from lamina.core.host.fsinfo import filesystem_type
 
         lines.append(f"lamina conformance: backing filesystem {filesystem_type(suite.root)}")
     lines.append(f"lamina conformance: {cls.capabilities}")

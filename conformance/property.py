@@ -48,10 +48,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from lamina.core import mounts
 from lamina.core.driver import Capabilities, Driver
-from lamina.core.store import Store
-from lamina.core.treecopy import copy_tree
+from lamina.core.host import mounts
+from lamina.core.host.treecopy import copy_tree
+from lamina.core.layers.store import Store
 
 from . import trees
 from .scenarios import (

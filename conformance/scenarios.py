@@ -42,10 +42,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lamina.core.changes import read_xattrs
+from lamina.core.layers.changes import read_xattrs
 
 if TYPE_CHECKING:
-    from lamina.core.store import Store
+    from lamina.core.layers.store import Store
 
 NS = 1_000_000_000
 #: a fixed time (2020-09-13) whose fraction is exact in a float and rounds up
@@ -729,7 +729,7 @@ def init_reference(path: Path, root_mode: int) -> Path:
 
 def can_make_devices() -> bool:
     """Whether device nodes can be made here (root in the initial user namespace)."""
-    from lamina.core.apply import can_make_devices as probe
+    from lamina.core.layertar.apply import can_make_devices as probe
 
     return probe()
 

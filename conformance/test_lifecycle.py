@@ -27,7 +27,6 @@ from lamina.conformance.scenarios import (
     run_scenario,
     step,
 )
-from lamina.core import mounts
 from lamina.core.errors import (
     LayerExists,
     LayerHasChildren,
@@ -35,7 +34,8 @@ from lamina.core.errors import (
     NotMounted,
     StoreClosed,
 )
-from lamina.core.fsinfo import filesystem_type
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_type
 
 
 def _base(store, reference: Path, capabilities) -> str:

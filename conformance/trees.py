@@ -23,7 +23,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from lamina.core.changes import read_xattrs
+from lamina.core.layers.changes import read_xattrs
 
 #: xattr prefixes that are not layer content
 IGNORED_XATTRS: tuple[str, ...] = ("trusted.overlay.", "security.selinux")

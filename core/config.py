@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import ConfigError
-from .store import default_root
+from .layers.store import default_root
 
 DEFAULT_PRIORITY = ("overlay", "btrfs", "vfs")
 TOP_LEVEL_KEYS = {

@@ -2,11 +2,11 @@
 
 A driver keeps layers: directories of files, each possibly built on one
 parent, combined into one tree when mounted. The core (the store in
-:mod:`lamina.core.store`) decides ids, keeps the metadata, counts mounts,
+:mod:`lamina.core.layers.store`) decides ids, keeps the metadata, counts mounts,
 recovers after crashes and calls the driver only for what is specific to a
 storage technique. A driver subclasses :class:`Driver` and registers the
 class through the ``lamina_register_drivers`` hook
-(:mod:`lamina.core.hookspec`).
+(:mod:`lamina.core.plugins.hookspec`).
 
 The least a driver writes: :meth:`Driver.check_support`, :meth:`Driver.create`,
 :meth:`Driver.remove`, :meth:`Driver.exists`, :meth:`Driver.mount` and
@@ -331,9 +331,9 @@ class Driver:
         layer hides the parent's entry, MODIFIED when type, content, mode,
         owner, xattrs, mtime or link target differ; a directory whose
         entries changed is reported MODIFIED too. Default: compare the two
-        mounted trees (:func:`lamina.core.changes.compare_trees`).
+        mounted trees (:func:`lamina.core.layers.changes.compare_trees`).
         """
-        from .changes import generic_changes
+        from .layers.changes import generic_changes
 
         return generic_changes(self, layer_id, parent, views)
 
@@ -348,7 +348,7 @@ class Driver:
         xattrs. The same layer gives the same bytes every time
         (deterministic). Returns the number of bytes written.
         """
-        from .export import generic_diff
+        from .layertar.export import generic_diff
 
         return generic_diff(self, layer_id, parent, out, views)
 
@@ -358,7 +358,7 @@ class Driver:
         Zero for an empty layer; at least N after N bytes were written; the
         parents' content is not counted.
         """
-        from .changes import generic_diff_size
+        from .layers.changes import generic_diff_size
 
         return generic_diff_size(self, layer_id, parent, views)
 
@@ -370,10 +370,10 @@ class Driver:
         ``stream`` is already decompressed. The layer was just created on
         ``parent`` and holds nothing of its own yet. Whiteouts delete from
         the parents' view; every entry is resolved safely inside the layer
-        (:mod:`lamina.core.apply`). On failure the core removes the layer.
+        (:mod:`lamina.core.layertar.apply`). On failure the core removes the layer.
         Default: apply into a writable ``populate`` view of the layer.
         """
-        from .apply import apply_tar
+        from .layertar.apply import apply_tar
 
         with views.populate(layer_id) as path:
             return apply_tar(stream, path)

@@ -14,9 +14,9 @@ import pluggy
 
 from .config import Config
 from .driver import Driver
-from .plugins import DriverRegistry, collect_drivers, plugin_manager
-from .selection import Choice, choose_driver
-from .store import Store, ensure_root
+from .layers.store import Store, ensure_root
+from .plugins.registry import DriverRegistry, collect_drivers, plugin_manager
+from .plugins.selection import Choice, choose_driver
 
 
 class Engine:

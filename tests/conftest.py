@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.core import mounts
+from lamina.core.host import mounts
 
 REPO = Path(__file__).resolve().parent.parent
 LAMINA = [sys.executable, "-m", "lamina.core.cli"]

@@ -24,7 +24,7 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from lamina.core.tarstream import FILE, TarEntry, TarReader
+from lamina.core.layertar.reader import FILE, TarEntry, TarReader
 
 BLOCK = 512
 #: default mtime of entries: a fixed second, so archives are reproducible

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from tarmaker import TarBuilder
 
-from lamina.core import apply as apply_module
-from lamina.core.apply import MergedWhiteouts, apply_tar, can_make_devices
-from lamina.core.compression import open_layer_stream
 from lamina.core.errors import CorruptArchive, DriverError, UnsafeArchive
-from lamina.core.treecopy import remove_at
+from lamina.core.host.treecopy import remove_at
+from lamina.core.layertar import apply as apply_module
+from lamina.core.layertar.apply import MergedWhiteouts, apply_tar, can_make_devices
+from lamina.core.layertar.compression import open_layer_stream
 
 MINBASE = Path("/var/tmp/lamina-fixtures/minbase.tar")
 

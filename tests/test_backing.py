@@ -13,8 +13,8 @@ from lamina.conformance.backing import (
     backing_filesystem,
     cleanup_leftovers,
 )
-from lamina.core import mounts
-from lamina.core.fsinfo import filesystem_type
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_type
 
 pytestmark = needs_root
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.core.blobs import BlobStore, check_digest
+from lamina.core.blobs.store import BlobStore, check_digest
 from lamina.core.errors import ContentError, DigestMismatch
 
 

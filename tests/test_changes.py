@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.core.changes import compare_trees, generic_changes, generic_diff_size
 from lamina.core.driver import Capabilities, ChangeKind, Driver
+from lamina.core.layers.changes import compare_trees, generic_changes, generic_diff_size
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, xattrs)")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root, run_lamina
 
-from lamina.core.fsinfo import filesystem_type
+from lamina.core.host.fsinfo import filesystem_type
 
 VFS = {"LAMINA_DRIVER": "vfs"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.core.fsinfo import filesystem_type
+from lamina.core.host.fsinfo import filesystem_type
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

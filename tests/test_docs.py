@@ -11,8 +11,8 @@ from pathlib import Path
 
 from conftest import REPO
 
-from lamina.core import hookspec
 from lamina.core.driver import Driver
+from lamina.core.plugins import hookspec
 
 GUIDE = (REPO / "docs" / "writing-a-driver.md").read_text()
 EXAMPLE = REPO / "examples" / "lamina-fuse-overlayfs"

@@ -1,6 +1,6 @@
 """Entry points read from the metadata files: the same answer as importlib.metadata.
 
-lamina reads the ``lamina.drivers`` group itself (core/entrypoints.py) because
+lamina reads the ``lamina.drivers`` group itself (core/plugins/entrypoints.py) because
 importlib.metadata costs ~20 ms of every start. These tests hold the two answers
 equal on real installed packages: this environment, a package pip installed into
 a directory, an egg-info source tree, a shadowed older copy, a zip file on the
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import LAMINA, REPO, needs_root, pip_install_target
 
-from lamina.core import entrypoints
-from lamina.core.entrypoints import EntryPoint, entry_points, parse_entry_points
+from lamina.core.plugins import entrypoints
+from lamina.core.plugins.entrypoints import EntryPoint, entry_points, parse_entry_points
 
 PLUGIN_SRC = REPO / "tests" / "plugins" / "lamina-dircopy"
 

@@ -23,10 +23,10 @@ import pytest
 from test_changes import CAP, T0, DirViews, PlainDriver, build_rich_tree, copy
 
 from lamina.conformance.trees import assert_same_tree
-from lamina.core.changes import compare_trees
 from lamina.core.driver import Change, ChangeKind
 from lamina.core.errors import DriverError
-from lamina.core.export import generic_diff, write_layer_tar
+from lamina.core.layers.changes import compare_trees
+from lamina.core.layertar.export import generic_diff, write_layer_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, xattrs)")
 
@@ -125,7 +125,7 @@ def _appliers() -> list[Callable[[bytes, Path], None]]:
     """Our small applier, and the core's ``apply_tar`` once it exists."""
     found: list[Callable[[bytes, Path], None]] = [extract]
     with contextlib.suppress(ImportError):
-        apply_tar = importlib.import_module("lamina.core.apply").apply_tar
+        apply_tar = importlib.import_module("lamina.core.layertar.apply").apply_tar
 
         def core_apply(data: bytes, root: Path) -> None:
             apply_tar(io.BytesIO(data), root)

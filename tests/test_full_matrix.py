@@ -23,7 +23,7 @@ import pytest
 from conftest import needs_root, run_lamina
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
-from lamina.core.fsinfo import filesystem_type
+from lamina.core.host.fsinfo import filesystem_type
 
 pytestmark = [needs_root, pytest.mark.slow]
 

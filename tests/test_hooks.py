@@ -1,4 +1,4 @@
-"""Every hook of lamina.core.hookspec, implemented by a plugin object and seen to fire.
+"""Every hook of lamina.core.plugins.hookspec, implemented by a plugin object and seen to fire.
 
 The observer hooks fire after each store operation succeeded, with the
 driver's name and a duration; ``lamina_register_drivers`` hands driver
@@ -17,9 +17,9 @@ import pytest
 from conftest import needs_root
 
 from lamina.core.errors import PluginError
-from lamina.core.hookspec import hookimpl
-from lamina.core.plugins import collect_drivers, plugin_manager
-from lamina.core.store import Store
+from lamina.core.layers.store import Store
+from lamina.core.plugins.hookspec import hookimpl
+from lamina.core.plugins.registry import collect_drivers, plugin_manager
 from lamina.drivers.vfs.driver import VfsDriver
 
 

@@ -7,7 +7,7 @@ names point at unique paths of the host (``/etc/<unique>``) that must never
 appear.
 
 Case 31 (a blob whose digest or size differs from its descriptor) is the blob
-store's check while streaming (``core/blobs.py``), not the applier's: the
+store's check while streaming (``core/blobs/store.py``), not the applier's: the
 applier only computes the diff id. Cases 34-36 concern images and the
 launcher.
 """
@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 from tarmaker import TarBuilder, header
 
-from lamina.core.apply import apply_tar, can_make_devices
-from lamina.core.compression import open_layer_stream
 from lamina.core.driver import ApplyResult
 from lamina.core.errors import ArchiveLimit, CorruptArchive, UnsafeArchive
+from lamina.core.layertar.apply import apply_tar, can_make_devices
+from lamina.core.layertar.compression import open_layer_stream
 
 UNIQUE = f"lamina-hostile-{uuid.uuid4().hex[:12]}"
 
@@ -420,7 +420,7 @@ def test_25_device_nodes_are_skipped_in_a_user_namespace(
     layer = tmp_path_factory.mktemp("layer") / "layer.tar"
     layer.write_bytes(TarBuilder().chardev("dev/null", 1, 3).file("dev/regular", b"r").bytes())
     code = (
-        "import sys; from pathlib import Path; from lamina.core.apply import apply_tar;"
+        "import sys; from pathlib import Path; from lamina.core.layertar.apply import apply_tar;"
         f"apply_tar(open({str(layer)!r}, 'rb'), Path({str(site.root)!r}))"
     )
     proc = subprocess.run(

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from lamina.core import mounts
+from lamina.core.host import mounts
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -32,7 +32,7 @@ QUICK = "test_01 or test_11"
 DRIVERS = '''
 from pathlib import Path
 
-from lamina.core.fsinfo import filesystem_type
+from lamina.core.host.fsinfo import filesystem_type
 from lamina.drivers.vfs import VfsDriver
 
 

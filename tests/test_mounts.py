@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.core import mounts
+from lamina.core.host import mounts
 
 pytestmark = pytest.mark.root
 

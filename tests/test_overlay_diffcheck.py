@@ -24,12 +24,12 @@ from typing import IO
 import pytest
 
 from lamina.conformance import trees
-from lamina.core.apply import apply_tar
-from lamina.core.changes import generic_changes
 from lamina.core.driver import LayerViews
 from lamina.core.errors import DriverError
-from lamina.core.export import generic_diff
-from lamina.core.treecopy import copy_tree
+from lamina.core.host.treecopy import copy_tree
+from lamina.core.layers.changes import generic_changes
+from lamina.core.layertar.apply import apply_tar
+from lamina.core.layertar.export import generic_diff
 from lamina.drivers.overlay import OverlayDriver
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import run_lamina
 
-from lamina.core import mounts
 from lamina.core.errors import ConfigError, DriverError
-from lamina.core.store import Store
+from lamina.core.host import mounts
+from lamina.core.layers.store import Store
 from lamina.drivers.overlay import OverlayDriver, support
 from lamina.drivers.overlay.stack import OPAQUE_XATTR
 
@@ -268,7 +268,7 @@ def test_redirect_dir_turns_the_native_diff_off(store_root: Path) -> None:
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from lamina.core.store import Store
+from lamina.core.layers.store import Store
 from lamina.drivers.overlay import OverlayDriver
 root = Path(sys.argv[1])
 store = Store(root, OverlayDriver(root / "overlay"))

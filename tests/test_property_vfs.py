@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from lamina.core import mounts
+from lamina.core.host import mounts
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

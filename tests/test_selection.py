@@ -9,8 +9,8 @@ import pytest
 from lamina.core.config import Config
 from lamina.core.driver import Driver
 from lamina.core.errors import AmbiguousDriver, DriverError, DriverNotFound, DriverNotSupported
-from lamina.core.plugins import DriverRegistry
-from lamina.core.selection import choose_driver
+from lamina.core.plugins.registry import DriverRegistry
+from lamina.core.plugins.selection import choose_driver
 
 
 def make_driver(driver_name: str, reason: str | None = None, crash: bool = False) -> type[Driver]:

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import LAMINA, needs_root, run_lamina
 
-from lamina.core import mounts
 from lamina.core.config import Config
 from lamina.core.engine import Engine
 from lamina.core.errors import (
@@ -33,7 +32,8 @@ from lamina.core.errors import (
     StoreClosed,
     StoreError,
 )
-from lamina.core.store import Store
+from lamina.core.host import mounts
+from lamina.core.layers.store import Store
 
 pytestmark = needs_root
 

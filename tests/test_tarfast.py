@@ -1,4 +1,4 @@
-"""The compiled header parser (core/_tarfast.c) against the Python one.
+"""The compiled header parser (core/layertar/_tarfast.c) against the Python one.
 
 The compiled parser takes only entries it is sure about and hands anything else
 to the Python parser, so a layer must read exactly the same either way: the
@@ -23,12 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tarmaker import BLOCK, TarBuilder, entries_with_content, header, pax_record
 
-from lamina.core import tarstream
 from lamina.core.errors import LaminaError
-from lamina.core.tarstream import FILE, TarReader
+from lamina.core.layertar import reader as tarstream
+from lamina.core.layertar.reader import FILE, TarReader
 
 _tarfast = pytest.importorskip(
-    "lamina.core._tarfast", reason="the compiled parser is not built (no C compiler at install)"
+    "lamina.core.layertar._tarfast",
+    reason="the compiled parser is not built (no C compiler at install)",
 )
 
 Outcome = tuple[list[tuple[tarstream.TarEntry, bytes]], str] | tuple[str, str]

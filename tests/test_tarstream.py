@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from tarmaker import BLOCK, TarBuilder, entries_with_content, header
 
-from lamina.core.compression import open_layer_stream
 from lamina.core.errors import ArchiveLimit, ContentError, CorruptArchive
-from lamina.core.tarstream import (
+from lamina.core.layertar.compression import open_layer_stream
+from lamina.core.layertar.reader import (
     CHAR,
     DIR,
     FIFO,
@@ -414,7 +414,7 @@ def inflate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv("LAMINA_INFLATE", raising=False)
     else:
         monkeypatch.setenv("LAMINA_INFLATE", "zlib")
-    from lamina.core.compression import inflater
+    from lamina.core.layertar.compression import inflater
 
     assert inflater()[0].__module__.split(".")[0] == request.param
     return str(request.param)
@@ -531,7 +531,7 @@ def test_hashing_works_in_a_forked_child() -> None:
 def test_pooled_read_buffers_are_reused_without_mixing_content() -> None:
     """Far more chunks than the pool holds, headers straddling reads: every file
     and the diff id must come out as written (a buffer reused too early would not)."""
-    from lamina.core import tarstream
+    from lamina.core.layertar import reader as tarstream
 
     builder = TarBuilder()
     files = {}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from lamina.conformance.trees import assert_same_tree, snapshot
-from lamina.core import mounts
 from lamina.core.errors import DriverError
-from lamina.core.treecopy import copy_tree, probe_copy_method, remove_tree
+from lamina.core.host import mounts
+from lamina.core.host.treecopy import copy_tree, probe_copy_method, remove_tree
 
 pytestmark = [
     pytest.mark.root,

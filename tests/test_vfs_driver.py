@@ -13,15 +13,15 @@ import pytest
 from test_treecopy import SPARSE_SIZE, make_rich_tree
 
 from lamina.conformance.trees import assert_same_tree, snapshot
-from lamina.core import mounts
 from lamina.core.errors import (
     DriverError,
     LayerExists,
     LayerNotFound,
     StoreClosed,
 )
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.plugins import collect_drivers, plugin_manager
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.plugins.registry import collect_drivers, plugin_manager
 from lamina.drivers.vfs import VfsDriver
 
 pytestmark = [

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lamina.core.hookspec import hookimpl
+from lamina.core.plugins.hookspec import hookimpl
 
 from .driver import BtrfsDriver
 
 if TYPE_CHECKING:
-    from lamina.core.plugins import DriverRegistry
+    from lamina.core.plugins.registry import DriverRegistry
 
 __all__ = ["BtrfsDriver", "lamina_register_drivers"]
 

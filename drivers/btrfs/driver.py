@@ -30,20 +30,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
-from lamina.core import mounts
 from lamina.core.driver import Capabilities, Change, Driver, LayerViews, Option
 from lamina.core.errors import (
     DriverError,
     DriverNotSupported,
 )
-from lamina.core.fsinfo import filesystem_magic, filesystem_type
-from lamina.core.treecopy import remove_tree
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_magic, filesystem_type
+from lamina.core.host.treecopy import remove_tree
 
 from . import ioctl
 from .size import parse_size
 
 if TYPE_CHECKING:  # the diff paths load only when used: start-up of every command pays
-    from lamina.core.changes import TreeDiff
+    from lamina.core.layers.changes import TreeDiff
 
 BTRFS_MAGIC = 0x9123683E
 INSTALL_HINT = "pip install 'lamina[btrfs]' (needs libbtrfsutil-dev: apt-get install -y " \
@@ -403,7 +403,7 @@ class BtrfsDriver(Driver):
         views: LayerViews,
     ) -> TreeDiff:
         """The layer's changes: natively where that is exact, else by walking both trees."""
-        from lamina.core.changes import diff_trees
+        from lamina.core.layers.changes import diff_trees
 
         from .native import NativeUnavailable, native_tree_diff
 
@@ -442,7 +442,7 @@ class BtrfsDriver(Driver):
         return found
 
     def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
-        from lamina.core.changes import viewed_layers
+        from lamina.core.layers.changes import viewed_layers
 
         with viewed_layers(views, layer_id, parent) as (lower, upper):
             return self._tree_diff(layer_id, parent, lower, upper, views).changes()
@@ -450,15 +450,15 @@ class BtrfsDriver(Driver):
     def diff(
         self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
     ) -> int:
-        from lamina.core.changes import viewed_layers
-        from lamina.core.export import write_layer_tar
+        from lamina.core.layers.changes import viewed_layers
+        from lamina.core.layertar.export import write_layer_tar
 
         with viewed_layers(views, layer_id, parent) as (lower, upper):
             found = self._tree_diff(layer_id, parent, lower, upper, views)
             return write_layer_tar(out, upper, found.changes(), stats=found.stats)
 
     def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
-        from lamina.core.changes import viewed_layers
+        from lamina.core.layers.changes import viewed_layers
 
         with viewed_layers(views, layer_id, parent) as (lower, upper):
             return self._tree_diff(layer_id, parent, lower, upper, views).content_size()

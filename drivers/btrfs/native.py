@@ -12,7 +12,7 @@ parent's (but for atime: they were only read) are dropped, and the rest
 (``INO_PATHS``) with all their ancestors (``V``) are the only places where
 the child can differ from the parent.
 
-The walk is :func:`lamina.core.changes.diff_trees`'s, pruned: in a directory
+The walk is :func:`lamina.core.layers.changes.diff_trees`'s, pruned: in a directory
 pair holding the same inode on both sides (inode numbers survive a
 snapshot), an entry with the same inode on both sides that is neither in
 ``S`` nor on a path in ``V`` is the very same untouched inode, and its whole
@@ -39,7 +39,8 @@ import stat
 from pathlib import Path
 from types import ModuleType
 
-from lamina.core.changes import (
+from lamina.core.driver import ChangeKind
+from lamina.core.layers.changes import (
     CTIME_SLACK_NS,
     MODIFIED,
     TreeDiff,
@@ -47,7 +48,6 @@ from lamina.core.changes import (
     same_content,
     scan,
 )
-from lamina.core.driver import ChangeKind
 
 from . import ioctl
 
@@ -123,7 +123,8 @@ def native_tree_diff(
     root_mode: int = 0o755,
     since_ns: int | None = None,
 ) -> TreeDiff:
-    """What :func:`lamina.core.changes.diff_trees` (``lower``, ``upper``) returns, found natively.
+    """What :func:`lamina.core.layers.changes.diff_trees` (``lower``, ``upper``) returns,
+    found natively.
 
     ``layer_subvol``/``parent_subvol`` are the subvolumes; ``upper``/``lower``
     the views of them that are walked (the same trees, maybe through a

@@ -36,7 +36,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
-from lamina.core import mounts
 from lamina.core.driver import (
     ApplyResult,
     Capabilities,
@@ -49,9 +48,10 @@ from lamina.core.errors import (
     ConfigError,
     DriverError,
 )
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.locks import UNKNOWN_BOOT, boot_id
-from lamina.core.treecopy import remove_tree
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.locks import UNKNOWN_BOOT, boot_id
+from lamina.core.host.treecopy import remove_tree
 
 from . import mountapi, support
 

@@ -1,6 +1,6 @@
 """Applying a layer tar straight into an overlay layer's ``diff/`` directory, unmounted.
 
-The core's applier (:mod:`lamina.core.apply`) does the safe path resolution
+The core's applier (:mod:`lamina.core.layertar.apply`) does the safe path resolution
 and the entries; this module gives it overlay's deletion records and makes
 the upper directory look, before each entry, as the kernel's copy-up would
 have made it in a mounted layer:
@@ -31,14 +31,14 @@ import stat
 from pathlib import Path
 from typing import IO, ClassVar
 
-from lamina.core import apply as core_apply
-from lamina.core import tarstream
-from lamina.core.apply import MergedWhiteouts, apply_tar
-from lamina.core.changes import read_xattrs
 from lamina.core.driver import ApplyResult
 from lamina.core.errors import DriverError, LaminaError
-from lamina.core.tarstream import TarEntry
-from lamina.core.treecopy import remove_at
+from lamina.core.host.treecopy import remove_at
+from lamina.core.layers.changes import read_xattrs
+from lamina.core.layertar import apply as core_apply
+from lamina.core.layertar import reader as tarstream
+from lamina.core.layertar.apply import MergedWhiteouts, apply_tar
+from lamina.core.layertar.reader import TarEntry
 
 from .stack import OPAQUE_XATTR, LayerStack, is_whiteout
 

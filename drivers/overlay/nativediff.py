@@ -4,7 +4,7 @@ An overlay layer's ``diff/`` holds exactly what the layer wrote, so walking
 it costs the size of the change, not of the image. Lower layers are looked
 up only for the paths found there (:class:`~.stack.LayerStack`), to tell
 ADDED from MODIFIED and to compare metadata the way the core's generic
-comparison does (:mod:`lamina.core.changes`).
+comparison does (:mod:`lamina.core.layers.changes`).
 
 Translation of overlay's on-disk records:
 
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from lamina.core.changes import TreeDiff, diff_trees, metadata_differs, same_content
 from lamina.core.driver import ChangeKind
 from lamina.core.errors import DriverError
-from lamina.core.export import write_layer_tar
+from lamina.core.layers.changes import TreeDiff, diff_trees, metadata_differs, same_content
+from lamina.core.layertar.export import write_layer_tar
 
 from .stack import LayerStack, is_opaque, is_whiteout
 

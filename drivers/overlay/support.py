@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from lamina.core import mounts
 from lamina.core.errors import DriverError
-from lamina.core.fsinfo import filesystem_magic, filesystem_type
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_magic, filesystem_type
 
 from . import mountapi
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lamina.core.hookspec import hookimpl
+from lamina.core.plugins.hookspec import hookimpl
 
 from .driver import VfsDriver
 
 if TYPE_CHECKING:
-    from lamina.core.plugins import DriverRegistry
+    from lamina.core.plugins.registry import DriverRegistry
 
 __all__ = ["VfsDriver", "lamina_register_drivers"]
 

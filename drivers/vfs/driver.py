@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lamina.core import mounts
 from lamina.core.driver import Capabilities, Driver
 from lamina.core.errors import DriverError
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.treecopy import copy_tree, probe_copy_method, remove_tree
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import copy_tree, probe_copy_method, remove_tree
 
 
 class VfsDriver(Driver):

@@ -16,9 +16,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from lamina.core.apply import apply_tar
 from lamina.core.driver import ApplyResult, Capabilities, LayerViews, Option
 from lamina.core.errors import StoreClosed
+from lamina.core.layertar.apply import apply_tar
 from lamina.drivers.vfs import VfsDriver
 
 NS = 1_000_000_000

@@ -6,8 +6,8 @@ The ``lamina.drivers`` entry point names this module; lamina calls its
 
 from __future__ import annotations
 
-from lamina.core.hookspec import hookimpl
-from lamina.core.plugins import DriverRegistry
+from lamina.core.plugins.hookspec import hookimpl
+from lamina.core.plugins.registry import DriverRegistry
 
 from .driver import FuseOverlayDriver
 

@@ -46,12 +46,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from lamina.core import mounts
-from lamina.core.apply import apply_tar
 from lamina.core.driver import ApplyResult, Capabilities, Driver, LayerViews
 from lamina.core.errors import DriverError, LayerExists, LayerNotFound, StoreClosed
-from lamina.core.fsinfo import filesystem_type
-from lamina.core.treecopy import remove_tree
+from lamina.core.host import mounts
+from lamina.core.host.fsinfo import filesystem_type
+from lamina.core.host.treecopy import remove_tree
+from lamina.core.layertar.apply import apply_tar
 
 from . import fuse
 

@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from lamina.core import mounts
 from lamina.core.errors import DriverError
+from lamina.core.host import mounts
 
 PROGRAM = "fuse-overlayfs"
 #: how long an unmount waits for the daemon to exit (a 500-layer daemon needs ~1.5 s)

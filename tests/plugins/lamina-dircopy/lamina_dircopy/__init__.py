@@ -11,9 +11,9 @@ from pathlib import Path
 
 from lamina.core.driver import Capabilities, Driver
 from lamina.core.errors import LayerExists, LayerNotFound
-from lamina.core.hookspec import hookimpl
-from lamina.core.mounts import bind_readonly, detach, is_mountpoint
-from lamina.core.treecopy import copy_tree, remove_tree
+from lamina.core.host.mounts import bind_readonly, detach, is_mountpoint
+from lamina.core.host.treecopy import copy_tree, remove_tree
+from lamina.core.plugins.hookspec import hookimpl
 
 
 class DirCopyDriver(Driver):

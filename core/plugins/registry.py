@@ -5,7 +5,7 @@ in the group names a module (or object) that implements
 ``lamina_register_drivers``. A plugin that fails to import does not take
 lamina down: it is recorded and shown by ``lamina drivers``.
 
-The entry points are read by :mod:`lamina.core.entrypoints` (the same answer as
+The entry points are read by :mod:`lamina.core.plugins.entrypoints` (the same answer as
 ``importlib.metadata``, without its start-up cost).
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pluggy
 
+from ..driver import Driver
+from ..errors import DriverNotFound, PluginError
 from . import hookspec
-from .driver import Driver
 from .entrypoints import entry_points
-from .errors import DriverNotFound, PluginError
 
 ENTRY_POINT_GROUP = "lamina.drivers"
 

@@ -23,7 +23,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import DriverError
+from ..errors import DriverError
 from .mounts import mounts_under
 
 #: ioctl number of FICLONE (_IOW(0x94, 9, int)): share the source's extents

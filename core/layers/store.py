@@ -26,10 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from . import metadata, mounts
-from .blobs import BlobStore
-from .driver import ApplyResult, Change, Driver
-from .errors import (
+from ..blobs.store import BlobStore
+from ..driver import ApplyResult, Change, Driver
+from ..errors import (
     InvalidLayerId,
     LaminaError,
     LayerExists,
@@ -41,7 +40,9 @@ from .errors import (
     StoreClosed,
     StoreError,
 )
-from .locks import FileLock, boot_id, is_alive, process_identity
+from ..host import mounts
+from ..host.locks import FileLock, boot_id, is_alive, process_identity
+from . import metadata
 
 LAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 USER_HOLDER_PREFIX = "user:"
@@ -260,7 +261,7 @@ class Store:
         On any failure, KeyboardInterrupt included, the layer is removed again;
         a SIGKILL leaves an incomplete layer that the next open removes.
         """
-        from .compression import open_layer_stream  # the tar path: not for every command
+        from ..layertar.compression import open_layer_stream  # the tar path: not for every command
 
         layer_id = self._begin(parent, writable, layer_id)
         try:

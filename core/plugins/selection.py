@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import Config
-from .driver import Driver
-from .errors import AmbiguousDriver, DriverError, DriverNotSupported
-from .plugins import DriverRegistry
+from ..config import Config
+from ..driver import Driver
+from ..errors import AmbiguousDriver, DriverError, DriverNotSupported
+from .registry import DriverRegistry
 
 
 class Choice(NamedTuple):

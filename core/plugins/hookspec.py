@@ -9,7 +9,7 @@ use exactly that path. Two kinds of hook:
 * observer hooks, called after each layer operation succeeded. They may not
   change anything and their return values are ignored; an exception in one
   is a bug in that plugin and propagates. ``lamina --trace`` is built on them
-  (:mod:`lamina.core.trace`).
+  (:mod:`lamina.core.plugins.trace`).
 
 Every hook is documented in ``docs/writing-a-driver.md``; a test fails when
 one is not.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .plugins import DriverRegistry
+    from .registry import DriverRegistry
 
 PROJECT = "lamina"
 

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
-from .errors import ContentError, CorruptArchive
+from ..errors import ContentError, CorruptArchive
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

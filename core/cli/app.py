@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .engine import Engine
-from .errors import LaminaError
+from ..config import load_config
+from ..engine import Engine
+from ..errors import LaminaError
 
 Handler = Callable[[argparse.Namespace, Engine], int]
 
@@ -29,7 +29,7 @@ def _engine(args: argparse.Namespace) -> Engine:
     config = load_config(args.config, driver=args.driver, root=args.root)
     plugins: tuple[object, ...] = ()
     if args.trace or os.environ.get("LAMINA_TRACE", "") not in ("", "0"):
-        from .trace import Tracer
+        from ..plugins.trace import Tracer
 
         plugins = (Tracer(),)
     return Engine(config, plugins=plugins)
@@ -60,7 +60,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
-    from .fsinfo import filesystem_type
+    from ..host.fsinfo import filesystem_type
 
     choice = engine.choice
     with engine.open_store() as store:
@@ -93,7 +93,7 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def cmd_drivers(args: argparse.Namespace, engine: Engine) -> int:
-    from .selection import support_reason
+    from ..plugins.selection import support_reason
 
     registry = engine.registry
     root = engine.root

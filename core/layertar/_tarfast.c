@@ -1,5 +1,5 @@
 /*
- * The well-formed common case of lamina.core.tarstream's header parser, in C.
+ * The well-formed common case of lamina.core.layertar.reader's header parser, in C.
  *
  * Why: parsing headers is most of the Python time of a layer apply (a pax
  * header and a ustar header per entry, ~12 us in Python, ~1 us here). This
@@ -403,7 +403,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_tarfast",
-    "The common case of lamina.core.tarstream's header parser, compiled.", -1, methods,
+    "The common case of lamina.core.layertar.reader's header parser, compiled.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

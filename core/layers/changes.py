@@ -55,11 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .driver import Change, ChangeKind
-from .errors import DriverError
+from ..driver import Change, ChangeKind
+from ..errors import DriverError
 
 if TYPE_CHECKING:
-    from .driver import Driver, LayerViews
+    from ..driver import Driver, LayerViews
 
 #: xattrs that describe overlay internals, never layer content
 OVERLAY_XATTR_PREFIXES: tuple[str, ...] = ("trusted.overlay.",)

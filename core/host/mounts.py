@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import DriverError
+from ..errors import DriverError
 
 MNT_DETACH = 2
 MS_RDONLY = 1

@@ -36,12 +36,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .changes import layer_diff, read_xattrs
-from .driver import Change, ChangeKind
-from .errors import DriverError
+from ..driver import Change, ChangeKind
+from ..errors import DriverError
+from ..layers.changes import layer_diff, read_xattrs
 
 if TYPE_CHECKING:
-    from .driver import Driver, LayerViews
+    from ..driver import Driver, LayerViews
 
 BLOCK = 512
 WHITEOUT_PREFIX = ".wh."
@@ -282,7 +282,7 @@ def write_layer_tar(
     change paths) get an opaque marker right after their directory entry;
     only a driver that knows a directory hides its lower contents passes
     them. ``stats`` may hold an ``lstat`` per path already taken (as from
-    :func:`lamina.core.changes.diff_trees`); anything missing is stat-ed here.
+    :func:`lamina.core.layers.changes.diff_trees`); anything missing is stat-ed here.
 
     Paths are joined onto ``root`` as they are, so a parent directory that
     is a symlink would be followed: pass only changes found by walking this

@@ -59,11 +59,11 @@ from collections.abc import Callable, Container
 from pathlib import Path
 from typing import IO, ClassVar, Protocol
 
-from . import tarstream
-from .driver import ApplyResult
-from .errors import ArchiveLimit, CorruptArchive, DriverError, LaminaError, UnsafeArchive
-from .tarstream import DIR, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
-from .treecopy import remove_at
+from ..driver import ApplyResult
+from ..errors import ArchiveLimit, CorruptArchive, DriverError, LaminaError, UnsafeArchive
+from ..host.treecopy import remove_at
+from . import reader as tarstream
+from .reader import DIR, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

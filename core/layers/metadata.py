@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import StoreError
+from ..errors import StoreError
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: layers, their mount references, and room for images and containers

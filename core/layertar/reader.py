@@ -40,9 +40,9 @@ from queue import SimpleQueue
 from typing import IO, NamedTuple
 from zlib import adler32
 
-from .errors import ArchiveLimit, CorruptArchive
+from ..errors import ArchiveLimit, CorruptArchive
 
-try:  # the compiled common case (core/_tarfast.c); without it this module does all
+try:  # the compiled common case (core/layertar/_tarfast.c); without it this module does all
     from ._tarfast import next_entry as _fast_next_entry
 except ImportError:  # pragma: no cover - built without a C compiler
     _fast_next_entry = None

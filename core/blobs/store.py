@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from .errors import ContentError, DigestMismatch
-from .locks import FileLock
+from ..errors import ContentError, DigestMismatch
+from ..host.locks import FileLock
 
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 CHUNK = 1 << 20

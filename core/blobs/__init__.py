@@ -1,0 +1,1 @@
+"""Blobs: content-addressed files (``sha256:<hex>``), written atomically and verified."""

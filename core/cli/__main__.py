@@ -1,0 +1,7 @@
+"""``python -m lamina.core.cli``: the ``lamina`` command."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())
