@@ -531,28 +531,28 @@ def test_hashing_works_in_a_forked_child() -> None:
 def test_pooled_read_buffers_are_reused_without_mixing_content() -> None:
     """Far more chunks than the pool holds, headers straddling reads: every file
     and the diff id must come out as written (a buffer reused too early would not)."""
-    from lamina.core.layertar import reader as tarstream
+    from lamina.core.layertar import source
 
     builder = TarBuilder()
     files = {}
     # enough files to go round both pools (hashing and read-ahead) more than once
-    pooled = max((tarstream._HASH_IN_FLIGHT + 4) * tarstream.CHUNK,
-                 (tarstream._AHEAD + 2) * tarstream._AHEAD_CHUNK)
-    count = max(60, pooled // (tarstream.CHUNK // 3) + 10)
+    pooled = max((source._HASH_IN_FLIGHT + 4) * source.CHUNK,
+                 (source._AHEAD + 2) * source._AHEAD_CHUNK)
+    count = max(60, pooled // (source.CHUNK // 3) + 10)
     for i in range(count):
         # sizes that move the next header across the 1 MiB read boundaries
-        data = os.urandom(tarstream.CHUNK // 3 + 7 * i + (i % 5) * 300)
+        data = os.urandom(source.CHUNK // 3 + 7 * i + (i % 5) * 300)
         files[f"f{i}"] = data
         builder.pax({"mtime": f"{i}.5"}).file(f"f{i}", data)
     tar = builder.bytes()
-    assert len(tar) > (tarstream._HASH_IN_FLIGHT + 4) * tarstream.CHUNK
-    assert len(tar) > (tarstream._AHEAD + 2) * tarstream._AHEAD_CHUNK
-    for stream in (io.BytesIO(tar), Trickle(tar, tarstream.CHUNK // 2 + 3)):
+    assert len(tar) > (source._HASH_IN_FLIGHT + 4) * source.CHUNK
+    assert len(tar) > (source._AHEAD + 2) * source._AHEAD_CHUNK
+    for stream in (io.BytesIO(tar), Trickle(tar, source.CHUNK // 2 + 3)):
         got, reader = read_all(stream)  # type: ignore[arg-type]
         assert {e.path: c for e, c in got} == files
         assert [e.mtime_ns for e, _ in got] == [i * 10**9 + 5 * 10**8 for i in range(count)]
         assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
-    for stream in (io.BytesIO(tar), Trickle(tar, tarstream.CHUNK // 2 + 3)):
+    for stream in (io.BytesIO(tar), Trickle(tar, source.CHUNK // 2 + 3)):
         reader = TarReader(stream, read_ahead=True)  # type: ignore[arg-type]
         try:
             seen = {}
