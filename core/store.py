@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from . import metadata, mounts
+from . import layerrecords, metadata, mounts
 from .blobs import BlobStore
 from .driver import ApplyResult, Change, Driver
 from .errors import (
@@ -37,12 +37,17 @@ from .errors import (
     LayerIncomplete,
     LayerInUse,
     LayerNotFound,
+    MetadataMissing,
     NotMounted,
     StoreClosed,
     StoreError,
 )
 from .locks import FileLock, boot_id, is_alive, process_identity
 
+#: the metadata database under the root
+DB_NAME = "lamina.db"
+#: entries of the root that hold no layer or blob: a new database forgets nothing in them
+_NOT_DATA = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", "lock", "tmp"})
 LAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 USER_HOLDER_PREFIX = "user:"
 
@@ -112,24 +117,109 @@ def ensure_root(root: Path) -> Path:
     return root.resolve()
 
 
+def stored_data(root: Path) -> list[str]:
+    """The entries of ``root`` holding layers, layer records or blobs (not empty directories).
+
+    What a new, empty database would orphan. A driver's home counts when anything
+    but directories lies below it: a home a driver merely opened holds empty
+    directories alone, while every layer leaves a file, link or device somewhere
+    (and a layer record besides).
+    """
+    found = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.name in _NOT_DATA or entry.name.startswith("."):
+            continue  # dot names: a driver's short-lived probes, never a home
+        if not entry.is_dir(follow_symlinks=False) or _holds_non_directory(entry.path):
+            found.append(entry.name)
+    return found
+
+
+def _holds_non_directory(path: str) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(path):
+        if filenames:
+            return True
+        # os.walk lists symlinks to directories among dirnames: a symlink is data
+        if any(os.path.islink(os.path.join(_dirpath, d)) for d in dirnames):
+            return True
+    return False
+
+
+def check_metadata(root: Path) -> bool:
+    """Whether ``root`` has a metadata database; raise if it was lost while data remains.
+
+    A missing or zero-byte ``lamina.db`` is a new store only when the root holds
+    nothing a new database would forget (:func:`stored_data`); otherwise the
+    database was deleted or emptied, and making a new one would orphan every
+    layer, so this raises :class:`MetadataMissing` instead.
+    """
+    path = root / DB_NAME
+    if metadata.is_present(path):
+        return True
+    found = stored_data(root)
+    if found:
+        what = "is empty" if path.exists() else "is missing"
+        raise MetadataMissing(
+            f"the metadata database {path} {what}, but the store holds data: "
+            f"{', '.join(f'{name}/' for name in found)}"
+        )
+    return False
+
+
+def recorded_drivers(root: Path) -> list[str]:
+    """The drivers the store at ``root`` has layer rows of (none for a new root).
+
+    Opens nothing for writing and creates nothing; raises like :func:`check_metadata`
+    and :func:`metadata.connect` for lost or damaged metadata.
+    """
+    if not check_metadata(root):
+        return []
+    db = metadata.connect(root / DB_NAME, create=False)
+    try:
+        return [r[0] for r in db.execute("SELECT DISTINCT driver FROM layers ORDER BY driver")]
+    finally:
+        db.close()
+
+
 class Store:
     """Layers of one driver under one root.
 
     Use as a context manager or call :meth:`close`. Closing twice is fine;
     any operation after close raises :class:`StoreClosed`.
+
+    With ``readonly`` (``info``, ``layer ls``) the store creates nothing: not the
+    root, not the database, not the lock file; a root without a database reads as
+    a store without layers. Crash recovery runs only where it creates nothing: on
+    an existing database, with a driver whose home exists. Creating or removing
+    layers through a read-only store is a bug.
     """
 
-    def __init__(self, root: Path, driver: Driver, *, hooks: Any = None) -> None:
-        self.root = ensure_root(root)
+    def __init__(
+        self, root: Path, driver: Driver, *, hooks: Any = None, readonly: bool = False
+    ) -> None:
+        self.root = Path(root).resolve() if readonly else ensure_root(root)
         self.driver = driver
         self.hooks = hooks
+        self.readonly = readonly
         self.blobs = BlobStore(self.root)
         self._lock = FileLock(self.root / "lock")
-        self._db = metadata.connect(self.root / "lamina.db")
+        existing = check_metadata(self.root)
+        if existing:
+            self._db = metadata.connect(self.root / DB_NAME, create=not readonly)
+        elif readonly:
+            self._db = metadata.connect(Path(":memory:"))  # no layers, and nothing made
+        else:
+            self._db = metadata.connect(self.root / DB_NAME)
         self._me = process_identity()
         self._user_holder = USER_HOLDER_PREFIX + boot_id()
         self._closed = False
-        self.recover()
+        if not readonly or (existing and driver.home.is_dir()):
+            self.recover()
+        if not readonly and not layerrecords.record_dir(self.root).is_dir():
+            self._write_missing_records()
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -142,6 +232,11 @@ class Store:
     def close(self) -> None:
         """Release this process's own mount references and close. Idempotent."""
         if self._closed:
+            return
+        if self.readonly:
+            self._closed = True
+            self._db.close()
+            self.driver.close()
             return
         try:
             with self._lock:
@@ -192,6 +287,12 @@ class Store:
                     mounts.detach(Path(point))
                     actions.append(f"detached stray mount {point}")
         return actions
+
+    def _write_missing_records(self) -> None:
+        """Give every ready layer its record (a store made before records existed)."""
+        for row in self._db.execute("SELECT * FROM layers WHERE state = 'ready'").fetchall():
+            layerrecords.write(self.root, row)
+        layerrecords.record_dir(self.root).mkdir(mode=0o700, exist_ok=True)
 
     # -- queries ----------------------------------------------------------------------
 
@@ -420,6 +521,7 @@ class Store:
                 with contextlib.suppress(LaminaError):
                     if self.driver.exists(layer_id):  # created, but not recorded
                         self.driver.remove(layer_id)
+                layerrecords.remove(self.root, layer_id)
                 with metadata.transaction(self._db):
                     self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
                 raise
@@ -433,10 +535,14 @@ class Store:
         return layer_id
 
     def _finish(self, layer_id: str, *, diff_id: str | None, size: int) -> None:
-        """Mark the layer ready (inside the caller's transaction if there is one)."""
+        """Write the layer's record and mark it ready (in the caller's transaction if any)."""
         with contextlib.ExitStack() as stack:
             if not self._db.in_transaction:
                 stack.enter_context(metadata.transaction(self._db))
+            row = dict(
+                self._db.execute("SELECT * FROM layers WHERE id = ?", (layer_id,)).fetchone()
+            )
+            layerrecords.write(self.root, {**row, "diff_id": diff_id, "size": size})
             self._db.execute(
                 "UPDATE layers SET state = 'ready', owner = NULL, diff_id = ?, size = ?"
                 " WHERE id = ?",
@@ -456,6 +562,7 @@ class Store:
             self._release(layer_id, row["holder"])
         if self.driver.exists(layer_id):
             self.driver.remove(layer_id)
+        layerrecords.remove(self.root, layer_id)
         with metadata.transaction(self._db):
             self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
 
