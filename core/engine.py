@@ -10,6 +10,7 @@ leave a root (or its absence) as they found it.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
 
 import pluggy
@@ -18,7 +19,7 @@ from .config import Config
 from .driver import Driver
 from .plugins import DriverRegistry, collect_drivers, plugin_manager
 from .selection import Choice, choose_driver
-from .store import Store, ensure_root, recorded_drivers
+from .store import Store, ensure_root, open_metadata, recorded_drivers
 
 
 class Engine:
@@ -27,6 +28,7 @@ class Engine:
     def __init__(self, config: Config, *, plugins: tuple[object, ...] = ()) -> None:
         self.config = config
         self._extra_plugins = plugins
+        self._db: sqlite3.Connection | None = None
 
     @functools.cached_property
     def plugins(self) -> pluggy.PluginManager:
@@ -49,10 +51,17 @@ class Engine:
         sees, whatever the command, and the drivers it records layers of are the
         prior drivers of the choice.
         """
-        recorded = recorded_drivers(self.root)
-        for name, driver_class in self.registry.drivers.items():
-            driver_class.validate_options(self.config.options_for(name))
-        return choose_driver(self._config_at_root(), self.registry, recorded)
+        db = open_metadata(self.root)
+        try:
+            for name, driver_class in self.registry.drivers.items():
+                driver_class.validate_options(self.config.options_for(name))
+            choice = choose_driver(self._config_at_root(), self.registry, recorded_drivers(db))
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        self._db = db  # handed to the first store opened: the database is opened once
+        return choice
 
     def _config_at_root(self) -> Config:
         return self.config._replace(root=self.root)
@@ -79,10 +88,14 @@ class Engine:
         Crash recovery runs here, unless ``readonly``: then nothing is created or
         changed (:class:`Store`), for commands that only read.
         """
-        return Store(
-            self.root, self.make_driver(readonly=readonly), hooks=self.plugins.hook,
-            readonly=readonly,
-        )
+        driver = self.make_driver(readonly=readonly)
+        db, self._db = self._db, None
+        try:
+            return Store(self.root, driver, hooks=self.plugins.hook, readonly=readonly, db=db)
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
 
 
 class UnopenedDriver(Driver):

@@ -118,7 +118,7 @@ def ensure_root(root: Path) -> Path:
 
 
 def stored_data(root: Path) -> list[str]:
-    """The entries of ``root`` holding layers, layer records or blobs (not empty directories).
+    """The directories of ``root`` holding layers, layer records or blobs (not empty ones).
 
     What a new, empty database would orphan. A driver's home counts when anything
     but directories lies below it: a home a driver merely opened holds empty
@@ -133,7 +133,8 @@ def stored_data(root: Path) -> list[str]:
     for entry in entries:
         if entry.name in _NOT_DATA or entry.name.startswith("."):
             continue  # dot names: a driver's short-lived probes, never a home
-        if not entry.is_dir(follow_symlinks=False) or _holds_non_directory(entry.path):
+        # files beside the database (lamina.db.corrupt-<time>, the lock) hold no layer
+        if entry.is_dir(follow_symlinks=False) and _holds_non_directory(entry.path):
             found.append(entry.name)
     return found
 
@@ -169,19 +170,22 @@ def check_metadata(root: Path) -> bool:
     return False
 
 
-def recorded_drivers(root: Path) -> list[str]:
-    """The drivers the store at ``root`` has layer rows of (none for a new root).
+def open_metadata(root: Path) -> sqlite3.Connection | None:
+    """The store's metadata database, checked; None for a new root. Creates nothing.
 
-    Opens nothing for writing and creates nothing; raises like :func:`check_metadata`
-    and :func:`metadata.connect` for lost or damaged metadata.
+    Raises like :func:`check_metadata` and :func:`metadata.connect` for lost or
+    damaged metadata.
     """
     if not check_metadata(root):
+        return None
+    return metadata.connect(root / DB_NAME, create=False)
+
+
+def recorded_drivers(db: sqlite3.Connection | None) -> list[str]:
+    """The drivers the metadata has layer rows of (none for a new root)."""
+    if db is None:
         return []
-    db = metadata.connect(root / DB_NAME, create=False)
-    try:
-        return [r[0] for r in db.execute("SELECT DISTINCT driver FROM layers ORDER BY driver")]
-    finally:
-        db.close()
+    return [r[0] for r in db.execute("SELECT DISTINCT driver FROM layers ORDER BY driver")]
 
 
 class Store:
@@ -198,16 +202,25 @@ class Store:
     """
 
     def __init__(
-        self, root: Path, driver: Driver, *, hooks: Any = None, readonly: bool = False
+        self,
+        root: Path,
+        driver: Driver,
+        *,
+        hooks: Any = None,
+        readonly: bool = False,
+        db: sqlite3.Connection | None = None,
     ) -> None:
+        """``db``: the root's database as :func:`open_metadata` opened it, to open it once."""
         self.root = Path(root).resolve() if readonly else ensure_root(root)
         self.driver = driver
         self.hooks = hooks
         self.readonly = readonly
         self.blobs = BlobStore(self.root)
         self._lock = FileLock(self.root / "lock")
-        existing = check_metadata(self.root)
-        if existing:
+        existing = db is not None or check_metadata(self.root)
+        if db is not None:
+            self._db = db
+        elif existing:
             self._db = metadata.connect(self.root / DB_NAME, create=not readonly)
         elif readonly:
             self._db = metadata.connect(Path(":memory:"))  # no layers, and nothing made
