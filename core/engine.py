@@ -2,19 +2,22 @@
 
 The CLI and the conformance suite build an :class:`Engine` and ask it for
 what they need; each piece is made only when first needed, so ``lamina
-drivers`` never opens a store.
+drivers`` never opens a store. Nothing here creates anything under the root
+until a store is opened for writing: ``info``, ``drivers`` and ``layer ls``
+leave a root (or its absence) as they found it.
 """
 
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
 
 import pluggy
 
 from .config import Config
 from .driver import Driver
-from .layers.store import Store, ensure_root
+from .layers.store import Store, ensure_root, open_metadata, recorded_drivers
 from .plugins.registry import DriverRegistry, collect_drivers, plugin_manager
 from .plugins.selection import Choice, choose_driver
 
@@ -25,6 +28,7 @@ class Engine:
     def __init__(self, config: Config, *, plugins: tuple[object, ...] = ()) -> None:
         self.config = config
         self._extra_plugins = plugins
+        self._db: sqlite3.Connection | None = None
 
     @functools.cached_property
     def plugins(self) -> pluggy.PluginManager:
@@ -36,25 +40,79 @@ class Engine:
 
     @functools.cached_property
     def root(self) -> Path:
-        return ensure_root(self.config.root)
+        """The store root, absolute and resolved; it need not exist (see :meth:`open_store`)."""
+        return Path(self.config.root).resolve()
 
     @functools.cached_property
     def choice(self) -> Choice:
-        """The driver to use; every installed driver's config table is checked first."""
-        for name, driver_class in self.registry.drivers.items():
-            driver_class.validate_options(self.config.options_for(name))
-        return choose_driver(self._config_at_root(), self.registry)
+        """The driver to use; every installed driver's config table is checked first.
+
+        The metadata is read first: lost or damaged metadata is the error a user
+        sees, whatever the command, and the drivers it records layers of are the
+        prior drivers of the choice.
+        """
+        db = open_metadata(self.root)
+        try:
+            for name, driver_class in self.registry.drivers.items():
+                driver_class.validate_options(self.config.options_for(name))
+            choice = choose_driver(self._config_at_root(), self.registry, recorded_drivers(db))
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        self._db = db  # handed to the first store opened: the database is opened once
+        return choice
 
     def _config_at_root(self) -> Config:
         return self.config._replace(root=self.root)
 
-    def make_driver(self, driver_class: type[Driver] | None = None) -> Driver:
-        """Instantiate the chosen (or given) driver on its home under the root."""
+    def make_driver(
+        self, driver_class: type[Driver] | None = None, *, readonly: bool = False
+    ) -> Driver:
+        """Instantiate the chosen (or given) driver on its home under the root.
+
+        With ``readonly`` a home that does not exist is not made (nor the root):
+        the driver holds no layers there, and an :class:`UnopenedDriver` stands in.
+        """
         driver_class = driver_class or self.choice.driver
         home = self.root / driver_class.name
+        if readonly and not home.is_dir():
+            return UnopenedDriver(driver_class, home)
+        ensure_root(self.root)
         home.mkdir(mode=0o700, exist_ok=True)
         return driver_class(home, self.config.options_for(driver_class.name))
 
-    def open_store(self) -> Store:
-        """Open the store with the chosen driver (crash recovery runs here)."""
-        return Store(self.root, self.make_driver(), hooks=self.plugins.hook)
+    def open_store(self, *, readonly: bool = False) -> Store:
+        """Open the store with the chosen driver.
+
+        Crash recovery runs here, unless ``readonly``: then nothing is created or
+        changed (:class:`Store`), for commands that only read.
+        """
+        driver = self.make_driver(readonly=readonly)
+        db, self._db = self._db, None
+        try:
+            return Store(self.root, driver, hooks=self.plugins.hook, readonly=readonly, db=db)
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+
+
+class UnopenedDriver(Driver):
+    """Stands in, on a read, for a driver whose home under the root does not exist.
+
+    Such a driver holds no layers, and opening it would create its home (the
+    wedge of a root holding two drivers' homes). It answers ``exists`` and
+    ``status`` and is never asked to store anything.
+    """
+
+    def __init__(self, driver_class: type[Driver], home: Path) -> None:
+        super().__init__(home)
+        self.name = driver_class.name  # type: ignore[misc]  # the class's name, per instance
+        self.driver_class = driver_class
+
+    def exists(self, layer_id: str) -> bool:
+        return False
+
+    def status(self) -> list[tuple[str, str]]:
+        return [("Home", f"{self.home} (not made yet: the driver holds no layers)")]

@@ -71,6 +71,28 @@ class StoreClosed(StoreError):
     """An operation was attempted on a closed store or driver."""
 
 
+#: what to do about lost or damaged metadata (docs/configuration.md, "Repairing a store")
+METADATA_WAY_OUT = (
+    "`lamina system repair` rebuilds the database from the layer records and what the "
+    "drivers hold; `lamina system reset` removes everything under the root"
+)
+
+
+class MetadataCorrupt(StoreError):
+    """The metadata database exists but SQLite cannot read it (damaged or not a database)."""
+
+    hint = METADATA_WAY_OUT
+
+
+class MetadataMissing(StoreError):
+    """The metadata database is gone or empty while the root still holds layers or blobs.
+
+    Never answered by making a new, empty database: that would forget every layer.
+    """
+
+    hint = METADATA_WAY_OUT
+
+
 class DriverError(LaminaError):
     """A driver operation failed (the driver's message says why)."""
 

@@ -77,32 +77,52 @@ def test_failing_support_check_is_an_error(tmp_path: Path) -> None:
 
 def test_prior_driver_wins_over_priority(tmp_path: Path) -> None:
     reg = registry(make_driver("overlay"), make_driver("vfs"))
-    (tmp_path / "vfs" / "dir").mkdir(parents=True)
-    choice = choose_driver(Config(root=tmp_path), reg)
+    choice = choose_driver(Config(root=tmp_path), reg, recorded=["vfs"])
     assert choice.name == "vfs"
     assert "already has layers" in choice.reason
 
 
-def test_empty_home_is_not_prior_state(tmp_path: Path) -> None:
+def test_a_home_without_recorded_layers_is_not_prior_state(tmp_path: Path) -> None:
+    """The metadata says which driver has layers: a home some command left is no layer."""
     reg = registry(make_driver("overlay"), make_driver("vfs"))
-    (tmp_path / "vfs").mkdir()
+    (tmp_path / "vfs" / "dir").mkdir(parents=True)
+    (tmp_path / "vfs" / "meta" / "x.json").parent.mkdir()
+    (tmp_path / "vfs" / "meta" / "x.json").write_text("{}")
     assert choose_driver(Config(root=tmp_path), reg).name == "overlay"
 
 
 def test_two_prior_drivers_ask_the_user(tmp_path: Path) -> None:
     reg = registry(make_driver("overlay"), make_driver("vfs"))
-    (tmp_path / "vfs" / "x").mkdir(parents=True)
-    (tmp_path / "overlay" / "x").mkdir(parents=True)
     with pytest.raises(AmbiguousDriver) as info:
-        choose_driver(Config(root=tmp_path), reg)
+        choose_driver(Config(root=tmp_path), reg, recorded=["vfs", "overlay"])
     assert "--driver" in info.value.hint
 
 
 def test_prior_driver_unsupported_is_an_error(tmp_path: Path) -> None:
     reg = registry(make_driver("overlay", "kernel lost overlay"), make_driver("vfs"))
-    (tmp_path / "overlay" / "x").mkdir(parents=True)
     with pytest.raises(DriverNotSupported, match="kernel lost overlay"):
-        choose_driver(Config(root=tmp_path), reg)
+        choose_driver(Config(root=tmp_path), reg, recorded=["overlay"])
+
+
+def test_prior_driver_not_installed_is_an_error(tmp_path: Path) -> None:
+    reg = registry(make_driver("overlay"), make_driver("vfs"))
+    with pytest.raises(DriverNotSupported, match="no installed plugin provides it") as info:
+        choose_driver(Config(root=tmp_path), reg, recorded=["zfs"])
+    assert "install the plugin" in info.value.hint
+
+
+def test_a_root_not_made_yet_is_checked_where_it_would_be_made(tmp_path: Path) -> None:
+    seen: list[Path] = []
+
+    class Probe(make_driver("vfs")):  # type: ignore[misc, valid-type]
+        @classmethod
+        def check_support(cls, root: Path) -> str | None:
+            seen.append(root)
+            return None
+
+    choose_driver(Config(root=tmp_path / "a" / "b"), registry(Probe))
+    assert seen == [tmp_path]
+    assert not (tmp_path / "a").exists()
 
 
 def test_nothing_works(tmp_path: Path) -> None:

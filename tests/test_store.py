@@ -54,10 +54,11 @@ def small_tar(files: dict[str, bytes]) -> bytes:
 
 
 def test_root_is_private(store_root: Path) -> None:
-    with open_store(store_root):
-        pass
-    assert store_root.stat().st_mode & 0o777 == 0o700
-    assert (store_root / "lamina.db").exists()
+    with open_store(store_root) as store:
+        assert store_root.stat().st_mode & 0o777 == 0o700
+        assert (store_root / "lamina.db").exists()
+        assert not (store_root / "blobs").exists()  # made by the first blob, not by an open
+        store.blobs.ingest(io.BytesIO(b"x"))
     assert (store_root / "blobs" / "sha256").is_dir()
 
 

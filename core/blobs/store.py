@@ -46,10 +46,10 @@ class BlobStore:
     """Blobs under ``<root>/blobs/sha256``; temp files under ``<root>/tmp``."""
 
     def __init__(self, root: Path) -> None:
+        # the directories are made by the first ingest: opening a store to read
+        # must create nothing under its root
         self.dir = root / "blobs" / "sha256"
         self.tmp = root / "tmp"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
         return self.dir / check_digest(digest).removeprefix("sha256:")
@@ -81,6 +81,8 @@ class BlobStore:
 
         if digest is not None:
             check_digest(digest)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self._sweep()
         hasher = hashlib.sha256()
         written = 0
@@ -127,6 +129,7 @@ class BlobStore:
             self.path(digest).unlink(missing_ok=True)
 
     def _lock(self, digest: str) -> FileLock:
+        self.tmp.mkdir(parents=True, exist_ok=True)
         return FileLock(self.tmp / f"lock-{digest.removeprefix('sha256:')}")
 
     def _sweep(self) -> None:

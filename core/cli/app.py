@@ -61,14 +61,15 @@ def _print_json(data: Any) -> None:
 
 def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
     from ..host.fsinfo import filesystem_type
+    from ..plugins.selection import existing_dir
 
     choice = engine.choice
-    with engine.open_store() as store:
+    with engine.open_store(readonly=True) as store:
         facts: dict[str, Any] = {
             "driver": choice.name,
             "why": choice.reason,
             "root": str(store.root),
-            "backing_filesystem": filesystem_type(store.root),
+            "backing_filesystem": filesystem_type(existing_dir(store.root)),
             "config_file": str(engine.config.source) if engine.config.source else None,
             "layers": len(store.layers()),
             "driver_status": dict(store.driver.status()),
@@ -235,7 +236,7 @@ def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def cmd_layer_ls(args: argparse.Namespace, engine: Engine) -> int:
-    with engine.open_store() as store:
+    with engine.open_store(readonly=True) as store:
         rows = [_layer_dict(store, layer) for layer in store.layers()]
     if args.format == "json":
         _print_json(rows)
@@ -315,6 +316,51 @@ def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
         for change in changes:
             print(f"{change.kind.value} /{change.path}")
     return 0
+
+
+# --- system: the ways out of lost or damaged metadata --------------------------------
+
+
+def _drivers_on_home(engine: Engine) -> Callable[[str], Any]:
+    """A driver of a name on its home, for repair and reset; None if not installed."""
+
+    def make(name: str) -> Any:
+        driver_class = engine.registry.drivers.get(name)
+        return None if driver_class is None else engine.make_driver(driver_class, readonly=True)
+
+    return make
+
+
+def cmd_system_repair(args: argparse.Namespace, engine: Engine) -> int:
+    from ..layers.repair import repair
+
+    for line in repair(engine.root, _drivers_on_home(engine)):
+        print(line)
+    return 0
+
+
+def cmd_system_reset(args: argparse.Namespace, engine: Engine) -> int:
+    from ..layers.repair import reset
+
+    root = engine.root
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise LaminaError(
+                f"refusing to remove every layer, blob and the metadata under {root} "
+                "without a confirmation",
+                hint="run `lamina system reset --force` to remove them",
+            )
+        answer = input(f"Remove every layer, blob and the metadata under {root}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing was removed")
+            return 1
+    for line in reset(root, _drivers_on_home(engine)):
+        print(line)
+    return 0
+
+
+def _system_reset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for a confirmation")
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -479,6 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
             arguments=_layer_diff_arguments)
     command(lsub, "changes", cmd_layer_changes, "list changed paths (A/C/D)", formats=True,
             arguments=_layer_id_argument)
+    system = sub.add_parser("system", help="repair or reset the store")
+    ssub = system.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
+    command(ssub, "repair", cmd_system_repair,
+            "rebuild the metadata database from the layer records and what the drivers hold")
+    command(ssub, "reset", cmd_system_reset,
+            "remove every layer, blob and the metadata under the root",
+            arguments=_system_reset_arguments)
     return parser
 
 

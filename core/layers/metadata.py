@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import MetadataCorrupt, StoreError
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: layers, their mount references, and room for images and containers
@@ -58,10 +58,41 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating and migrating) the metadata database at ``path``."""
+#: SQLite's answers for a file that is damaged or not a database at all
+_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_present(path: Path) -> bool:
+    """Whether a database file with content is at ``path``.
+
+    SQLite takes a missing or zero-byte file for a new, empty database; the
+    store must tell those apart from a real one before opening it.
+    """
     try:
-        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open the metadata database at ``path``, check it, and migrate it.
+
+    With ``create`` a missing file is made (the caller decided the root is new);
+    without it a missing file is an error and nothing is created. A damaged file
+    is a :class:`MetadataCorrupt` error, found at open by ``PRAGMA quick_check``
+    (about 0.5 ms for a small store) rather than by whichever query first reads
+    the damaged page.
+    """
+    mode = "rwc" if create else "rw"
+    db = None
+    try:
+        db = sqlite3.connect(
+            f"file:{_uri_path(path)}?mode={mode}",
+            uri=True,
+            timeout=60,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         db.row_factory = sqlite3.Row
         # synchronous first: a new database's switch to WAL is a rollback-journal
         # transaction, which syncs once less (of four) in NORMAL than in the default FULL
@@ -72,13 +103,32 @@ def connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA wal_autocheckpoint=32")
         db.execute("PRAGMA journal_size_limit=65536")
         db.execute("PRAGMA foreign_keys=ON")
-    except sqlite3.Error as exc:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            detail = problems[0].replace("*** in database main ***", "").strip()
+            raise _corrupt(path, detail.replace("\n", "; "))
+        migrate(db, path)
+    except BaseException as exc:
+        if db is not None:
+            db.close()
+        if not isinstance(exc, sqlite3.DatabaseError):
+            raise
+        if getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES:
+            raise _corrupt(path, str(exc)) from None
         raise StoreError(
             f"cannot open the metadata database {path}: {exc}",
             hint="check that the store root is writable and not on a network filesystem",
         ) from exc
-    migrate(db, path)
     return db
+
+
+def _uri_path(path: Path) -> str:
+    """``path`` for a ``file:`` URI (what urllib.parse.quote would do, without its import)."""
+    return str(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def _corrupt(path: Path, detail: str) -> MetadataCorrupt:
+    return MetadataCorrupt(f"the metadata database {path} is corrupt ({detail})")
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:

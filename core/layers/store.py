@@ -36,6 +36,7 @@ from ..errors import (
     LayerIncomplete,
     LayerInUse,
     LayerNotFound,
+    MetadataMissing,
     NotMounted,
     StoreClosed,
     StoreError,
@@ -43,7 +44,12 @@ from ..errors import (
 from ..host import mounts
 from ..host.locks import FileLock, boot_id, is_alive, process_identity
 from . import metadata
+from . import records as layer_records
 
+#: the metadata database under the root
+DB_NAME = "lamina.db"
+#: entries of the root that hold no layer or blob: a new database forgets nothing in them
+_NOT_DATA = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", "lock", "tmp"})
 LAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 USER_HOLDER_PREFIX = "user:"
 
@@ -113,24 +119,122 @@ def ensure_root(root: Path) -> Path:
     return root.resolve()
 
 
+def stored_data(root: Path) -> list[str]:
+    """The directories of ``root`` holding layers, layer records or blobs (not empty ones).
+
+    What a new, empty database would orphan. A driver's home counts when anything
+    but directories lies below it: a home a driver merely opened holds empty
+    directories alone, while every layer leaves a file, link or device somewhere
+    (and a layer record besides).
+    """
+    found = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.name in _NOT_DATA or entry.name.startswith("."):
+            continue  # dot names: a driver's short-lived probes, never a home
+        # files beside the database (lamina.db.corrupt-<time>, the lock) hold no layer
+        if entry.is_dir(follow_symlinks=False) and _holds_non_directory(entry.path):
+            found.append(entry.name)
+    return found
+
+
+def _holds_non_directory(path: str) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(path):
+        if filenames:
+            return True
+        # os.walk lists symlinks to directories among dirnames: a symlink is data
+        if any(os.path.islink(os.path.join(_dirpath, d)) for d in dirnames):
+            return True
+    return False
+
+
+def check_metadata(root: Path) -> bool:
+    """Whether ``root`` has a metadata database; raise if it was lost while data remains.
+
+    A missing or zero-byte ``lamina.db`` is a new store only when the root holds
+    nothing a new database would forget (:func:`stored_data`); otherwise the
+    database was deleted or emptied, and making a new one would orphan every
+    layer, so this raises :class:`MetadataMissing` instead.
+    """
+    path = root / DB_NAME
+    if metadata.is_present(path):
+        return True
+    found = stored_data(root)
+    if found:
+        what = "is empty" if path.exists() else "is missing"
+        raise MetadataMissing(
+            f"the metadata database {path} {what}, but the store holds data: "
+            f"{', '.join(f'{name}/' for name in found)}"
+        )
+    return False
+
+
+def open_metadata(root: Path) -> sqlite3.Connection | None:
+    """The store's metadata database, checked; None for a new root. Creates nothing.
+
+    Raises like :func:`check_metadata` and :func:`metadata.connect` for lost or
+    damaged metadata.
+    """
+    if not check_metadata(root):
+        return None
+    return metadata.connect(root / DB_NAME, create=False)
+
+
+def recorded_drivers(db: sqlite3.Connection | None) -> list[str]:
+    """The drivers the metadata has layer rows of (none for a new root)."""
+    if db is None:
+        return []
+    return [r[0] for r in db.execute("SELECT DISTINCT driver FROM layers ORDER BY driver")]
+
+
 class Store:
     """Layers of one driver under one root.
 
     Use as a context manager or call :meth:`close`. Closing twice is fine;
     any operation after close raises :class:`StoreClosed`.
+
+    With ``readonly`` (``info``, ``layer ls``) the store creates nothing: not the
+    root, not the database, not the lock file; a root without a database reads as
+    a store without layers. Crash recovery runs only where it creates nothing: on
+    an existing database, with a driver whose home exists. Creating or removing
+    layers through a read-only store is a bug.
     """
 
-    def __init__(self, root: Path, driver: Driver, *, hooks: Any = None) -> None:
-        self.root = ensure_root(root)
+    def __init__(
+        self,
+        root: Path,
+        driver: Driver,
+        *,
+        hooks: Any = None,
+        readonly: bool = False,
+        db: sqlite3.Connection | None = None,
+    ) -> None:
+        """``db``: the root's database as :func:`open_metadata` opened it, to open it once."""
+        self.root = Path(root).resolve() if readonly else ensure_root(root)
         self.driver = driver
         self.hooks = hooks
+        self.readonly = readonly
         self.blobs = BlobStore(self.root)
         self._lock = FileLock(self.root / "lock")
-        self._db = metadata.connect(self.root / "lamina.db")
+        existing = db is not None or check_metadata(self.root)
+        if db is not None:
+            self._db = db
+        elif existing:
+            self._db = metadata.connect(self.root / DB_NAME, create=not readonly)
+        elif readonly:
+            self._db = metadata.connect(Path(":memory:"))  # no layers, and nothing made
+        else:
+            self._db = metadata.connect(self.root / DB_NAME)
         self._me = process_identity()
         self._user_holder = USER_HOLDER_PREFIX + boot_id()
         self._closed = False
-        self.recover()
+        if not readonly or (existing and driver.home.is_dir()):
+            self.recover()
+        if not readonly and not layer_records.record_dir(self.root).is_dir():
+            self._write_missing_records()
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -143,6 +247,11 @@ class Store:
     def close(self) -> None:
         """Release this process's own mount references and close. Idempotent."""
         if self._closed:
+            return
+        if self.readonly:
+            self._closed = True
+            self._db.close()
+            self.driver.close()
             return
         try:
             with self._lock:
@@ -193,6 +302,12 @@ class Store:
                     mounts.detach(Path(point))
                     actions.append(f"detached stray mount {point}")
         return actions
+
+    def _write_missing_records(self) -> None:
+        """Give every ready layer its record (a store made before records existed)."""
+        for row in self._db.execute("SELECT * FROM layers WHERE state = 'ready'").fetchall():
+            layer_records.write(self.root, row)
+        layer_records.record_dir(self.root).mkdir(mode=0o700, exist_ok=True)
 
     # -- queries ----------------------------------------------------------------------
 
@@ -421,6 +536,7 @@ class Store:
                 with contextlib.suppress(LaminaError):
                     if self.driver.exists(layer_id):  # created, but not recorded
                         self.driver.remove(layer_id)
+                layer_records.remove(self.root, layer_id)
                 with metadata.transaction(self._db):
                     self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
                 raise
@@ -434,10 +550,14 @@ class Store:
         return layer_id
 
     def _finish(self, layer_id: str, *, diff_id: str | None, size: int) -> None:
-        """Mark the layer ready (inside the caller's transaction if there is one)."""
+        """Write the layer's record and mark it ready (in the caller's transaction if any)."""
         with contextlib.ExitStack() as stack:
             if not self._db.in_transaction:
                 stack.enter_context(metadata.transaction(self._db))
+            row = dict(
+                self._db.execute("SELECT * FROM layers WHERE id = ?", (layer_id,)).fetchone()
+            )
+            layer_records.write(self.root, {**row, "diff_id": diff_id, "size": size})
             self._db.execute(
                 "UPDATE layers SET state = 'ready', owner = NULL, diff_id = ?, size = ?"
                 " WHERE id = ?",
@@ -457,6 +577,7 @@ class Store:
             self._release(layer_id, row["holder"])
         if self.driver.exists(layer_id):
             self.driver.remove(layer_id)
+        layer_records.remove(self.root, layer_id)
         with metadata.transaction(self._db):
             self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
 

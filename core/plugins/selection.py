@@ -3,9 +3,10 @@
 1. A driver named explicitly (``--driver``, ``$LAMINA_DRIVER``, the config
    file) is used, or its failure to work here is an error: an explicit choice
    is never silently replaced.
-2. Else a driver that already has state under the root ("prior driver"), so
-   that layers never vanish because a better driver became available. Two
-   prior drivers: an error asking the user to choose.
+2. Else a driver that already has layers under the root ("prior driver", as
+   the store's metadata records them), so that layers never vanish because a
+   better driver became available. Two prior drivers: an error asking the user
+   to choose.
 3. Else the first driver of the priority list that works here, then any
    other installed driver by name. Only "not supported here" moves the choice
    on; any other failure of a support check is an error.
@@ -13,8 +14,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,10 +37,22 @@ class Choice(NamedTuple):
         return self.driver.name
 
 
+def existing_dir(path: Path) -> Path:
+    """``path``, or its nearest existing parent: where a root not made yet would be made."""
+    where = Path(path)
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    return where
+
+
 def support_reason(driver: type[Driver], root: Path) -> str | None:
-    """Run a driver's support check; a crash in it is an error, not "unsupported"."""
+    """Run a driver's support check; a crash in it is an error, not "unsupported".
+
+    A root that does not exist yet is checked at its nearest existing parent
+    directory, where it would be made: choosing a driver creates nothing.
+    """
     try:
-        return driver.check_support(root)
+        return driver.check_support(existing_dir(root))
     except Exception as exc:
         raise DriverError(
             f"the support check of driver {driver.name!r} failed: {type(exc).__name__}: {exc}",
@@ -48,21 +60,15 @@ def support_reason(driver: type[Driver], root: Path) -> str | None:
         ) from exc
 
 
-def prior_drivers(root: Path, registry: DriverRegistry) -> list[str]:
-    """Installed drivers whose home under ``root`` holds anything."""
-    found = []
-    for name in sorted(registry.drivers):
-        home = root / name
-        try:
-            if home.is_dir() and any(os.scandir(home)):
-                found.append(name)
-        except OSError:
-            continue
-    return found
+def choose_driver(
+    config: Config, registry: DriverRegistry, recorded: Collection[str] = ()
+) -> Choice:
+    """Pick the driver for ``config.root``.
 
-
-def choose_driver(config: Config, registry: DriverRegistry) -> Choice:
-    """Pick the driver for ``config.root`` (which must exist)."""
+    ``recorded`` names the drivers the store's metadata has layers of (the prior
+    drivers): the database, not the drivers' homes, says which driver holds
+    layers, so an empty home some command left behind never counts.
+    """
     root = config.root
     if config.driver:
         driver = registry.get(config.driver)
@@ -75,13 +81,19 @@ def choose_driver(config: Config, registry: DriverRegistry) -> Choice:
             )
         return Choice(driver, f"set by {config.driver_source or 'configuration'}")
 
-    prior = prior_drivers(root, registry)
+    prior = sorted(recorded)
     if len(prior) > 1:
         raise AmbiguousDriver(
             f"layers of several drivers exist under {root}: {', '.join(prior)}",
             hint="choose one with --driver, LAMINA_DRIVER or `driver = ...` in the config file",
         )
     if prior:
+        if prior[0] not in registry.drivers:
+            raise DriverNotSupported(
+                prior[0],
+                f"its layers are recorded under {root}, but no installed plugin provides it",
+                hint=f"install the plugin of driver {prior[0]!r}, or choose a driver explicitly",
+            )
         driver = registry.get(prior[0])
         reason = support_reason(driver, root)
         if reason:
