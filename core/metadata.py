@@ -11,11 +11,13 @@ n + 1. A database newer than this lamina is refused instead of being guessed at.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import NoSpace, StoreError, host_error
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: layers, their mount references, and room for images and containers
@@ -58,8 +60,28 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+#: sqlite's answers when it cannot grow a file: the database, its log or its -shm index
+_DISK_FULL = {"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"}
+
+
+class FullDiskSnapshot(sqlite3.Connection):
+    """The database opened read-only without its -wal and -shm files: the disk is full.
+
+    On a full disk sqlite cannot size the shared-memory index that WAL mode needs,
+    even to read. A store nobody writes has everything in the main file (the last
+    connection to close checkpoints the log), so reading that file alone answers
+    ``ls`` and ``info``; every write (:func:`transaction`) is refused with
+    :class:`NoSpace`. The next open after space is freed is a normal one.
+    """
+
+    path: Path
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating and migrating) the metadata database at ``path``."""
+    """Open (creating and migrating) the metadata database at ``path``.
+
+    On a full disk an existing database is opened as a :class:`FullDiskSnapshot`.
+    """
     try:
         db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
@@ -73,11 +95,24 @@ def connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_size_limit=65536")
         db.execute("PRAGMA foreign_keys=ON")
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", None) in _DISK_FULL:
+            if path.exists():
+                return _snapshot(path)
+            raise _no_space(path) from exc
         raise StoreError(
             f"cannot open the metadata database {path}: {exc}",
             hint="check that the store root is writable and not on a network filesystem",
         ) from exc
     migrate(db, path)
+    return db
+
+
+def _snapshot(path: Path) -> FullDiskSnapshot:
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True, timeout=60,
+                         isolation_level=None, check_same_thread=False,
+                         factory=FullDiskSnapshot)
+    db.row_factory = sqlite3.Row
+    db.path = path
     return db
 
 
@@ -103,13 +138,35 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction that takes the database write lock at once.
 
     ``BEGIN IMMEDIATE`` makes read-check-write sequences (create a layer
-    unless it exists) atomic across processes.
+    unless it exists) atomic across processes. A write the full disk refuses is
+    rolled back and raised as :class:`NoSpace`.
     """
-    db.execute("BEGIN IMMEDIATE")
+    if isinstance(db, FullDiskSnapshot):
+        raise _no_space(db.path)
     try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    else:
-        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", None) not in _DISK_FULL:
+            raise
+        file = db.execute("PRAGMA database_list").fetchone()["file"]
+        raise _no_space(Path(file)) from exc
+
+
+def _no_space(path: Path) -> NoSpace:
+    return host_error(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "record the change in", path,
+        hint="free space on the store's filesystem (or use a --root on a larger one), then "
+        "run the command again",
+    )
