@@ -97,7 +97,7 @@ def connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         if getattr(exc, "sqlite_errorname", None) in _DISK_FULL:
             if path.exists():
-                return _snapshot(path)
+                return _snapshot(path, exc)
             raise _no_space(path) from exc
         raise StoreError(
             f"cannot open the metadata database {path}: {exc}",
@@ -107,10 +107,24 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _snapshot(path: Path) -> FullDiskSnapshot:
+def _snapshot(path: Path, cause: sqlite3.Error) -> FullDiskSnapshot:
+    """The main file alone, when it is the whole truth; else :class:`NoSpace`."""
+    wal = path.with_name(path.name + "-wal")
     db = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True, timeout=60,
                          isolation_level=None, check_same_thread=False,
                          factory=FullDiskSnapshot)
+    try:
+        # a log with content holds changes the main file lacks (a writer died, or
+        # could not checkpoint on the full disk): reading without it would lie
+        current = (
+            not (wal.exists() and wal.stat().st_size > 0)
+            and db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        )
+    except sqlite3.Error:
+        current = False
+    if not current:
+        db.close()
+        raise _no_space(path) from cause
     db.row_factory = sqlite3.Row
     db.path = path
     return db
