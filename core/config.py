@@ -96,7 +96,7 @@ def load_config(
     """Read the configuration and apply the environment and flag overrides."""
     config = Config()
     for path, required in config_candidates(explicit):
-        if path.is_file():
+        if _is_file(path):
             config = parse_config(path)
             break
         if required:
@@ -114,6 +114,27 @@ def load_config(
     return config
 
 
+def _is_file(path: Path) -> bool:
+    """Whether a config file is there; one this user cannot even look for is an error.
+
+    Skipping it would run with other settings than the file may hold (HOME=/root
+    for a user who cannot enter /root, say).
+    """
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot tell whether the config file {path} exists: {exc.strerror}",
+            hint=_UNREADABLE_HINT,
+        ) from None
+
+
+_UNREADABLE_HINT = (
+    "make it readable for this user, or point --config, LAMINA_CONFIG or XDG_CONFIG_HOME "
+    "to a readable file"
+)
+
+
 def parse_config(path: Path) -> Config:
     """Parse one TOML file strictly: unknown keys and wrong types are errors."""
     import tomllib  # only when a file exists: it is a fifth of a command's start-up
@@ -124,7 +145,7 @@ def parse_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=_UNREADABLE_HINT) from None
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ConfigError(

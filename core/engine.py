@@ -17,6 +17,7 @@ import pluggy
 
 from .config import Config
 from .driver import Driver
+from .errors import StoreError
 from .layers.store import Store, ensure_root, open_metadata, recorded_drivers
 from .plugins.registry import DriverRegistry, collect_drivers, plugin_manager
 from .plugins.selection import Choice, choose_driver
@@ -29,6 +30,8 @@ class Engine:
         self.config = config
         self._extra_plugins = plugins
         self._db: sqlite3.Connection | None = None
+        #: drivers the metadata records layers of (read with the driver choice)
+        self._recorded: list[str] = []
 
     @functools.cached_property
     def plugins(self) -> pluggy.PluginManager:
@@ -55,7 +58,8 @@ class Engine:
         try:
             for name, driver_class in self.registry.drivers.items():
                 driver_class.validate_options(self.config.options_for(name))
-            choice = choose_driver(self._config_at_root(), self.registry, recorded_drivers(db))
+            self._recorded = recorded_drivers(db)
+            choice = choose_driver(self._config_at_root(), self.registry, self._recorded)
         except BaseException:
             if db is not None:
                 db.close()
@@ -76,8 +80,18 @@ class Engine:
         """
         driver_class = driver_class or self.choice.driver
         home = self.root / driver_class.name
-        if readonly and not home.is_dir():
-            return UnopenedDriver(driver_class, home)
+        if not home.is_dir():
+            if readonly:
+                return UnopenedDriver(driver_class, home)
+            self.choice  # noqa: B018 - reads which drivers the metadata records layers of
+            if driver_class.name in self._recorded:
+                # a new, empty home would hide the loss until a layer is used
+                raise StoreError(
+                    f"the {driver_class.name} driver's home {home} is gone, but the metadata "
+                    f"records layers of it",
+                    hint="restore the directory, or run `lamina system repair` to forget "
+                    "the layers whose data is gone",
+                )
         ensure_root(self.root)
         home.mkdir(mode=0o700, exist_ok=True)
         return driver_class(home, self.config.options_for(driver_class.name))

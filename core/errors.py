@@ -2,11 +2,17 @@
 
 Every error a user can cause is a :class:`LaminaError`. Its message says what
 was wrong; its ``hint`` says what to do about it. The CLI prints both on one or
-two lines, without a traceback, and exits non-zero. Anything that is not a
-``LaminaError`` is a bug in lamina and is shown with its traceback.
+two lines, without a traceback, and exits non-zero. What the host refuses (a
+full disk, a missing permission, a read-only filesystem) becomes a
+:class:`HostError` through :func:`host_error` where the operation and its path
+are known. Anything else is a bug in lamina: the CLI still prints it as one
+line and asks for ``--debug``, which shows the traceback.
 """
 
 from __future__ import annotations
+
+import errno as _errno
+import os
 
 
 class LaminaError(Exception):
@@ -173,3 +179,60 @@ class ArchiveLimit(ContentError):
     """A layer tar exceeds a safety limit (header size, sparse map, path length)."""
 
     hint = "the layer tarball is malformed or hostile; nothing was stored"
+
+
+# --- the host -------------------------------------------------------------------
+
+
+class HostError(LaminaError):
+    """The host refused a file operation: no permission, a read-only filesystem, ...
+
+    Made by :func:`host_error`; ``errno`` is the refusing OSError's.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, errno: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+
+class NoSpace(HostError):
+    """The filesystem is full (ENOSPC) or the user's disk quota is used up (EDQUOT)."""
+
+
+#: what to do about an errno; errnos not listed get no hint of their own
+_HINTS = {
+    _errno.ENOSPC: "free space on that filesystem, then run the command again",
+    _errno.EDQUOT: "free space within your disk quota or have it raised, then run the "
+    "command again",
+    _errno.EACCES: "check the permissions of that path, or run lamina as a user who may use it",
+    _errno.EPERM: "check the permissions of that path, or run lamina as a user who may use it",
+    _errno.EROFS: "that filesystem is mounted read-only: remount it read-write or choose a "
+    "path on another one",
+    _errno.ENOENT: "check that the path and its parent directories exist",
+    _errno.ENOTDIR: "a component of that path is not a directory",
+    _errno.EISDIR: "that path is a directory; give a file",
+    _errno.EIO: "the device reported an I/O error: check the kernel log (dmesg) and the disk",
+}
+
+
+def host_error(
+    exc: OSError,
+    action: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    hint: str | None = None,
+) -> HostError:
+    """The LaminaError for an OSError: ``cannot <action> <path>: <reason>`` and a hint.
+
+    ``path`` defaults to the OSError's own file name, ``hint`` to one for the errno.
+    Raise the result where the OSError happened: only there are the operation and
+    the path known.
+    """
+    reason = exc.strerror or str(exc)
+    where = os.fspath(path) if path is not None else exc.filename
+    if action:
+        message = f"cannot {action} {where}: {reason}" if where else f"cannot {action}: {reason}"
+    else:
+        message = f"{where}: {reason}" if where else reason
+    kind = NoSpace if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else HostError
+    return kind(message, hint=hint or _HINTS.get(exc.errno or 0), errno=exc.errno)

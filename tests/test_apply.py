@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tarmaker import TarBuilder
 
-from lamina.core.errors import CorruptArchive, DriverError, UnsafeArchive
+from lamina.core.errors import CorruptArchive, DriverError, NoSpace, UnsafeArchive
 from lamina.core.host.treecopy import remove_at
 from lamina.core.layertar import apply as apply_module
 from lamina.core.layertar.apply import MergedWhiteouts, apply_tar, can_make_devices
@@ -425,12 +425,12 @@ def test_remove_at_never_follows_symlinks(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
-def test_a_full_filesystem_is_a_driver_error(tmp_path: Path) -> None:
+def test_a_full_filesystem_is_no_space(tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
     try:
-        with pytest.raises(DriverError, match="No space left"):
+        with pytest.raises(NoSpace, match="cannot apply entry 'big': No space left"):
             apply(small, TarBuilder().file("big", os.urandom(4 << 20)))
     finally:
         subprocess.run(["umount", str(small)], check=True)

@@ -122,3 +122,38 @@ def test_info_and_drivers(tmp_path: Path) -> None:
     assert "chosen because" in text
     drivers = run_lamina("drivers", root=tmp_path / "r").stdout.decode()
     assert "vfs" in drivers
+
+
+# a bug planted in the real command: what a user sees of an exception lamina did not expect
+_PLANTED_BUG = (
+    "import sys; from lamina.core.cli import app as cli\n"
+    "def cmd_info(args, engine):\n    raise RuntimeError('planted\\nbug')\n"
+    "cli.cmd_info = cmd_info\nsys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_bug_is_one_line_and_debug_shows_its_traceback(tmp_path: Path, debug: bool) -> None:
+    import subprocess
+    import sys
+
+    args = ["--debug"] if debug else []
+    proc = subprocess.run(
+        [sys.executable, "-c", _PLANTED_BUG, *args, "--root", str(tmp_path / "r"), "info"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert ("Traceback (most recent call last):" in lines) is debug
+    assert lines[-2] == "lamina: error: unexpected RuntimeError: planted bug"
+    assert lines[-1].startswith("hint: this is a bug in lamina: rerun with --debug")
+    if not debug:
+        assert len(lines) == 2
+
+
+def test_debug_shows_the_traceback_of_a_user_error_too(tmp_path: Path) -> None:
+    proc = run_lamina("--debug", "layer", "mount", "nope", root=tmp_path / "root", env=VFS,
+                      check=False)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last):" in stderr(proc)
+    assert "lamina: error: no layer 'nope'" in stderr(proc)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lamina.conformance.trees import assert_same_tree, snapshot
-from lamina.core.errors import DriverError
+from lamina.core.errors import DriverError, NoSpace
 from lamina.core.host import mounts
 from lamina.core.host.treecopy import copy_tree, probe_copy_method, remove_tree
 
@@ -273,7 +273,7 @@ def test_failed_copy_leaves_nothing_behind(tmp_path: Path) -> None:
         src = tmp_path / "src"
         (src / "sub").mkdir(parents=True)
         (src / "sub" / "big").write_bytes(os.urandom(4 << 20))
-        with pytest.raises(DriverError, match=r"cannot copy .*src/sub/big"):
+        with pytest.raises(NoSpace, match=r"cannot copy .*src/sub/big: No space left"):
             copy_tree(src, small / "dst")
         assert os.listdir(small) == []
     finally:

@@ -1,8 +1,10 @@
 """The ``lamina`` command line.
 
 Every :class:`~lamina.core.errors.LaminaError` becomes one ``lamina: error:``
-line (plus a ``hint:`` line when there is one) and a non-zero exit; only a
-bug shows a traceback. Heavy imports (rich, pytest, json) stay inside the
+line (plus a ``hint:`` line when there is one) and a non-zero exit. No traceback
+reaches a user: an OSError nobody translated and any other exception (a bug)
+are printed the same way, with a hint to rerun with ``--debug``, which shows the
+traceback of any error. Heavy imports (rich, pytest, json) stay inside the
 commands that need them, and only the sub-command that runs gets its arguments
 built: every command pays for its start-up (docs/architecture.md, "Start-up").
 """
@@ -10,6 +12,8 @@ built: every command pays for its start-up (docs/architecture.md, "Start-up").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import gc
 import os
 import sys
@@ -20,7 +24,7 @@ from typing import Any
 
 from ..config import load_config
 from ..engine import Engine
-from ..errors import LaminaError
+from ..errors import LaminaError, host_error
 
 Handler = Callable[[argparse.Namespace, Engine], int]
 
@@ -287,23 +291,50 @@ def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         store.layer(args.id)
         if args.output and args.output != "-":
-            target = Path(args.output)
-            tmp = target.with_name(f".{target.name}.part")
-            try:
-                with open(tmp, "wb") as out:
-                    store.diff(args.id, out)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            _diff_to_file(store, args.id, Path(args.output))
         else:
             if sys.stdout.isatty():
                 raise LaminaError(
                     "refusing to write a tar to a terminal",
                     hint="redirect the output or use -o FILE",
                 )
-            store.diff(args.id, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            try:
+                store.diff(args.id, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                if exc.filename is not None:  # not the output's: reading the layer failed
+                    raise
+                raise host_error(exc, "write the layer tar to", "standard output") from None
     return 0
+
+
+def _diff_to_file(store: Any, layer_id: str, target: Path) -> None:
+    """Write the diff to ``.NAME.part`` beside ``target``, rename it into place at the end.
+
+    A reader never sees half a tar; a failure (no such directory, no space) is one
+    error naming ``target`` and leaves no part file.
+    """
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        out = open(tmp, "wb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and target.parent.is_dir():  # /proc, /sys
+            raise host_error(exc, "create a file in", target.parent,
+                             hint="choose an output path on a writable filesystem") from None
+        raise host_error(exc, "write", target) from None
+    try:
+        with out:
+            store.diff(layer_id, out)
+        os.replace(tmp, target)
+    except OSError as exc:
+        if exc.filename not in (None, str(tmp), str(target)):
+            raise  # reading the layer failed, not writing the tar
+        raise host_error(exc, "write", target) from None
+    finally:
+        with contextlib.suppress(OSError):  # never made, or the directory refuses even that
+            tmp.unlink(missing_ok=True)
 
 
 def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
@@ -480,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (default: see docs/configuration.md)")
     parser.add_argument("--trace", action="store_true",
                         help="print each driver operation and its duration to stderr")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also LAMINA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_CommandParser)
 
@@ -563,16 +596,39 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.command != "conformance":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.pytest_args = extra
+    debug = args.debug or os.environ.get("LAMINA_DEBUG", "") not in ("", "0")
     try:
         return args.handler(args, _engine(args))
-    except LaminaError as exc:
-        _report(exc)
-        return exc.exit_status
     except KeyboardInterrupt:
         print("lamina: interrupted; nothing was left half done", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # no traceback reaches a user
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        error = _as_lamina_error(exc)
+        _report(error)
+        return error.exit_status
+
+
+def _as_lamina_error(exc: Exception) -> LaminaError:
+    """What to tell the user about ``exc``: itself, a translated OSError, or a bug."""
+    if isinstance(exc, LaminaError):
+        return exc
+    debug_hint = "rerun with --debug to see where it happened"
+    if isinstance(exc, OSError):
+        error = host_error(exc)
+        if error.hint is None:
+            error.hint = debug_hint
+        return error
+    text = " ".join(str(exc).split())  # one line, whatever the exception holds
+    return LaminaError(
+        f"unexpected {type(exc).__name__}: {text}",
+        hint=f"this is a bug in lamina: {debug_hint}, and report it with that output",
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import DriverError
+from ..errors import DriverError, host_error
 from .mounts import mounts_under
 
 #: ioctl number of FICLONE (_IOW(0x94, 9, int)): share the source's extents
@@ -278,6 +278,8 @@ class _Copier:
                 utime(dfd, ns=(dst_st.st_atime_ns, dst_st.st_mtime_ns))
             except OSError as exc:
                 where = self.src / rel / name if name else self.src / rel
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise host_error(exc, "copy", where) from exc
                 raise DriverError(
                     f"cannot copy {where}: {exc.strerror or exc}",
                     hint="check that the destination filesystem supports this entry "

@@ -11,11 +11,13 @@ n + 1. A database newer than this lamina is refused instead of being guessed at.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import MetadataCorrupt, StoreError
+from ..errors import MetadataCorrupt, NoSpace, StoreError, host_error
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: layers, their mount references, and room for images and containers
@@ -61,6 +63,22 @@ SCHEMA_VERSION = len(MIGRATIONS)
 #: SQLite's answers for a file that is damaged or not a database at all
 _CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
+#: SQLite's answers when it cannot grow a file: the database, its log or its -shm index
+_DISK_FULL = {"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"}
+
+
+class FullDiskSnapshot(sqlite3.Connection):
+    """The database opened read-only without its -wal and -shm files: the disk is full.
+
+    On a full disk sqlite cannot size the shared-memory index that WAL mode needs,
+    even to read. A store nobody writes has everything in the main file (the last
+    connection to close checkpoints the log), so reading that file alone answers
+    ``ls`` and ``info``; every write (:func:`transaction`) is refused with
+    :class:`NoSpace`. The next open after space is freed is a normal one.
+    """
+
+    path: Path
+
 
 def is_present(path: Path) -> bool:
     """Whether a database file with content is at ``path``.
@@ -81,7 +99,8 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     without it a missing file is an error and nothing is created. A damaged file
     is a :class:`MetadataCorrupt` error, found at open by ``PRAGMA quick_check``
     (about 0.5 ms for a small store) rather than by whichever query first reads
-    the damaged page.
+    the damaged page. On a full disk an existing database is opened as a
+    :class:`FullDiskSnapshot`.
     """
     mode = "rwc" if create else "rw"
     db = None
@@ -115,6 +134,10 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
             raise
         if getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES:
             raise _corrupt(path, str(exc)) from None
+        if getattr(exc, "sqlite_errorname", None) in _DISK_FULL:
+            if is_present(path):
+                return _snapshot(path, exc)
+            raise _no_space(path) from exc
         raise StoreError(
             f"cannot open the metadata database {path}: {exc}",
             hint="check that the store root is writable and not on a network filesystem",
@@ -129,6 +152,29 @@ def _uri_path(path: Path) -> str:
 
 def _corrupt(path: Path, detail: str) -> MetadataCorrupt:
     return MetadataCorrupt(f"the metadata database {path} is corrupt ({detail})")
+
+
+def _snapshot(path: Path, cause: sqlite3.Error) -> FullDiskSnapshot:
+    """The main file alone, when it is the whole truth; else :class:`NoSpace`."""
+    wal = path.with_name(path.name + "-wal")
+    db = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro&immutable=1", uri=True, timeout=60,
+                         isolation_level=None, check_same_thread=False,
+                         factory=FullDiskSnapshot)
+    try:
+        # a log with content holds changes the main file lacks (a writer died, or
+        # could not checkpoint on the full disk): reading without it would lie
+        current = (
+            not (wal.exists() and wal.stat().st_size > 0)
+            and db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        )
+    except sqlite3.Error:
+        current = False
+    if not current:
+        db.close()
+        raise _no_space(path) from cause
+    db.row_factory = sqlite3.Row
+    db.path = path
+    return db
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -153,13 +199,35 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction that takes the database write lock at once.
 
     ``BEGIN IMMEDIATE`` makes read-check-write sequences (create a layer
-    unless it exists) atomic across processes.
+    unless it exists) atomic across processes. A write the full disk refuses is
+    rolled back and raised as :class:`NoSpace`.
     """
-    db.execute("BEGIN IMMEDIATE")
+    if isinstance(db, FullDiskSnapshot):
+        raise _no_space(db.path)
     try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    else:
-        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", None) not in _DISK_FULL:
+            raise
+        file = db.execute("PRAGMA database_list").fetchone()["file"]
+        raise _no_space(Path(file)) from exc
+
+
+def _no_space(path: Path) -> NoSpace:
+    return host_error(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "record the change in", path,
+        hint="free space on the store's filesystem (or use a --root on a larger one), then "
+        "run the command again",
+    )

@@ -60,6 +60,7 @@ def repair(root: Path, driver_for: DriverFactory) -> list[str]:
             db_path.unlink()  # zero bytes: nothing to keep
         db = metadata.connect(db_path)
         try:
+            lines += _forget_lost_rows(root, db, driver_for)
             lines += _restore_rows(root, db, driver_for)
         finally:
             db.close()
@@ -74,6 +75,56 @@ def _set_aside(db_path: Path) -> Path:
         if src.exists():
             os.rename(src, f"{aside}{suffix}")
     return aside
+
+
+def _forget_lost_rows(root: Path, db: sqlite3.Connection, driver_for: DriverFactory) -> list[str]:
+    """Drop the rows of layers their (installed) driver no longer holds, and their children.
+
+    A driver's home deleted behind the store's back leaves rows nothing can use; until
+    they go, every write refuses to run (:meth:`lamina.core.engine.Engine.make_driver`).
+    A child goes with its parent: the graph must stay whole, and the child's layer
+    needs its parents' data to mount.
+    """
+    rows = db.execute("SELECT id, parent, driver FROM layers").fetchall()
+    children: dict[str, list[str]] = {}
+    for row in rows:
+        if row["parent"] is not None:
+            children.setdefault(row["parent"], []).append(row["id"])
+    drivers: dict[str, Driver | None] = {}
+    lost: dict[str, str] = {}
+    try:
+        for row in rows:
+            name = row["driver"]
+            if name not in drivers:
+                drivers[name] = driver_for(name)
+            driver = drivers[name]
+            if driver is not None and not driver.exists(row["id"]):
+                lost[row["id"]] = f"driver {name!r} does not hold it"
+    finally:
+        for driver in drivers.values():
+            if driver is not None:
+                driver.close()
+    order: list[str] = []  # children before their parents
+
+    def forget(layer_id: str, why: str) -> None:
+        for child in children.get(layer_id, []):
+            if child not in order:
+                forget(child, f"its parent {layer_id} is gone")
+        if layer_id not in order:
+            order.append(layer_id)
+            lines.append(f"forgot layer {layer_id}: {why}")
+
+    lines: list[str] = []
+    for layer_id, why in sorted(lost.items()):
+        forget(layer_id, why)
+    if order:
+        with metadata.transaction(db):
+            for layer_id in order:
+                db.execute("DELETE FROM mounts WHERE layer_id = ?", (layer_id,))
+                db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
+        for layer_id in order:
+            layer_records.remove(root, layer_id)
+    return lines
 
 
 def _restore_rows(root: Path, db: sqlite3.Connection, driver_for: DriverFactory) -> list[str]:

@@ -37,6 +37,7 @@ from ..errors import (
     LayerInUse,
     LayerNotFound,
     MetadataMissing,
+    NoSpace,
     NotMounted,
     StoreClosed,
     StoreError,
@@ -232,7 +233,8 @@ class Store:
         self._user_holder = USER_HOLDER_PREFIX + boot_id()
         self._closed = False
         if not readonly or (existing and driver.home.is_dir()):
-            self.recover()
+            with contextlib.suppress(NoSpace):  # what a full disk cannot record, the next open does
+                self.recover()
         if not readonly and not layer_records.record_dir(self.root).is_dir():
             self._write_missing_records()
 
@@ -245,7 +247,11 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release this process's own mount references and close. Idempotent."""
+        """Release this process's own mount references and close. Idempotent.
+
+        References a full disk does not let go are a dead holder's once this
+        process exits: the next open drops them.
+        """
         if self._closed:
             return
         if self.readonly:
@@ -260,6 +266,8 @@ class Store:
                 ).fetchall():
                     while self._release(row["layer_id"], self._me):
                         pass
+        except NoSpace:
+            pass
         finally:
             self._closed = True
             self._db.close()
@@ -273,6 +281,16 @@ class Store:
         """Undo what dead processes left behind; return a line per action taken."""
         actions: list[str] = []
         with self._lock:
+            # unfinished layers first: on a full disk their data is what frees the
+            # space that recording anything else needs
+            for row in self._db.execute(
+                "SELECT id, owner, state FROM layers WHERE state != 'ready' AND driver = ?",
+                (self.driver.name,),
+            ).fetchall():
+                if row["owner"] and is_alive(row["owner"]):
+                    continue
+                self._discard(row["id"])
+                actions.append(f"removed {row['state']} layer {row['id']}")
             for row in self._db.execute(
                 "SELECT holder, layer_id FROM mounts WHERE holder != ?", (self._user_holder,)
             ).fetchall():
@@ -285,14 +303,6 @@ class Store:
                 if stale:
                     self._release(row["layer_id"], holder)
                     actions.append(f"released a mount of {row['layer_id']} held by {holder}")
-            for row in self._db.execute(
-                "SELECT id, owner, state FROM layers WHERE state != 'ready' AND driver = ?",
-                (self.driver.name,),
-            ).fetchall():
-                if row["owner"] and is_alive(row["owner"]):
-                    continue
-                self._discard(row["id"])
-                actions.append(f"removed {row['state']} layer {row['id']}")
             known = {
                 os.path.realpath(r["path"])
                 for r in self._db.execute("SELECT path FROM mounts").fetchall()
@@ -388,7 +398,10 @@ class Store:
             self.driver.finalize(layer_id)
             self._finish(layer_id, diff_id=result.diff_id, size=result.size)
         except BaseException:
-            self._abort(layer_id)
+            # what went wrong is the first error; a full disk that will not record
+            # the removal leaves the row incomplete for the next open to finish
+            with contextlib.suppress(NoSpace):
+                self._abort(layer_id)
             raise
         self._notify(
             "lamina_layer_applied",
@@ -537,7 +550,7 @@ class Store:
                     if self.driver.exists(layer_id):  # created, but not recorded
                         self.driver.remove(layer_id)
                 layer_records.remove(self.root, layer_id)
-                with metadata.transaction(self._db):
+                with contextlib.suppress(NoSpace), metadata.transaction(self._db):
                     self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
                 raise
         self._notify(
@@ -569,16 +582,23 @@ class Store:
             self._discard(layer_id)
 
     def _discard(self, layer_id: str) -> None:
-        """Drop every reference, unmount, delete the driver's data and the row."""
-        refs = self._db.execute(
-            "SELECT holder FROM mounts WHERE layer_id = ?", (layer_id,)
-        ).fetchall()
-        for row in refs:
-            self._release(layer_id, row["holder"])
+        """Unmount and delete the driver's data, then drop every reference and the row.
+
+        Data before metadata: on a full disk the metadata write may need the
+        space the layer held. Interrupted, the row stays and the next open
+        discards again (unmount and remove finish half-done work).
+        """
+        if self.mount_count(layer_id):
+            started = time.monotonic()
+            self.driver.unmount(layer_id)
+            self._notify(
+                "lamina_layer_unmounted", layer_id=layer_id, seconds=time.monotonic() - started
+            )
         if self.driver.exists(layer_id):
             self.driver.remove(layer_id)
         layer_records.remove(self.root, layer_id)
         with metadata.transaction(self._db):
+            self._db.execute("DELETE FROM mounts WHERE layer_id = ?", (layer_id,))
             self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
 
     def _take(self, layer_id: str, holder: str, *, readonly: bool) -> Path:
@@ -597,11 +617,16 @@ class Store:
                 path=str(path),
                 seconds=time.monotonic() - started,
             )
-        with metadata.transaction(self._db):
-            self._db.execute(
-                "INSERT INTO mounts (layer_id, holder, path, readonly) VALUES (?, ?, ?, ?)",
-                (layer_id, holder, str(path), int(readonly)),
-            )
+        try:
+            with metadata.transaction(self._db):
+                self._db.execute(
+                    "INSERT INTO mounts (layer_id, holder, path, readonly) VALUES (?, ?, ?, ?)",
+                    (layer_id, holder, str(path), int(readonly)),
+                )
+        except NoSpace:
+            if row is None:  # a mount no reference records would be a stray one
+                self.driver.unmount(layer_id)
+            raise
         return path
 
     def _release(self, layer_id: str, holder: str) -> bool:
@@ -649,11 +674,8 @@ class _Views:
         with store._lock:
             layer = store._ready(layer_id)
             path = store._take(layer_id, store._me, readonly=not layer.writable)
-        try:
+        with _releasing(store, layer_id):
             yield path
-        finally:
-            with store._lock:
-                store._release(layer_id, store._me)
 
     def created_ns(self, layer_id: str) -> int | None:
         row = self.store._db.execute(
@@ -669,8 +691,22 @@ class _Views:
             if layer.state != "incomplete":
                 raise LayerInUse(layer_id, f"layer {layer_id} is {layer.state}, not being filled")
             path = store._take(layer_id, store._me, readonly=False)
-        try:
+        with _releasing(store, layer_id):
             yield path
-        finally:
-            with store._lock:
-                store._release(layer_id, store._me)
+
+
+@contextlib.contextmanager
+def _releasing(store: Store, layer_id: str) -> Iterator[None]:
+    """Drop this process's reference after the block.
+
+    When the block failed, its error is what the user must see: a release that a
+    full disk refuses too is left to :meth:`Store.close` and the next open.
+    """
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(NoSpace), store._lock:
+            store._release(layer_id, store._me)
+        raise
+    with store._lock:
+        store._release(layer_id, store._me)

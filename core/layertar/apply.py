@@ -44,8 +44,9 @@ Choices:
   only if the strategy asks (:attr:`Whiteouts.create_parents`).
 * AUFS bookkeeping entries (``.wh..wh.plnk/...`` at the top) are skipped.
 * Errors: the archive's faults are :class:`UnsafeArchive`,
-  :class:`CorruptArchive` or :class:`ArchiveLimit` (EFBIG too); any other
-  OSError (ENOSPC, EIO ...) is a :class:`DriverError` naming the entry.
+  :class:`CorruptArchive` or :class:`ArchiveLimit` (EFBIG too); a full disk
+  or quota is :class:`NoSpace`, any other OSError (EIO ...) a :class:`DriverError`,
+  each naming the entry.
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ from pathlib import Path
 from typing import IO, ClassVar, Protocol
 
 from ..driver import ApplyResult
-from ..errors import ArchiveLimit, CorruptArchive, DriverError, LaminaError, UnsafeArchive
+from ..errors import (
+    ArchiveLimit,
+    CorruptArchive,
+    DriverError,
+    LaminaError,
+    UnsafeArchive,
+    host_error,
+)
 from ..host.treecopy import remove_at
 from . import reader as tarstream
 from .reader import DIR, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
@@ -828,6 +836,12 @@ def _apply_entries(
         where = f"entry {entry.path!r}" if entry is not None else "the layer"
         if exc.errno == errno.EFBIG:
             raise ArchiveLimit(f"{where} is larger than the filesystem allows: {exc}") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise host_error(
+                exc, f"apply {where}", "",  # the entry names the place, not exc's relative name
+                hint="nothing was stored; free space on the store's "
+                "filesystem (or use a --root on a larger one), then apply again",
+            ) from exc
         raise DriverError(
             f"applying {where} failed: {exc}",
             hint="check free space and that the filesystem supports the entry's features",

@@ -192,11 +192,15 @@ class VfsDriver(Driver):
         return [self.mounts]
 
     def status(self) -> list[tuple[str, str]]:
-        if self._copy_method is None:
-            self._copy_method = probe_copy_method(self.layers)
+        method = self._copy_method
+        if method is None:
+            try:
+                method = self._copy_method = probe_copy_method(self.layers)
+            except OSError as exc:  # a full disk has no room for the probe's files
+                method = f"unknown (cannot probe: {exc.strerror})"
         count = sum(1 for p in self.meta.glob("*.json"))
         return [
             ("Backing Filesystem", filesystem_type(self.home)),
-            ("Copy Method", self._copy_method),
+            ("Copy Method", method),
             ("Layers", str(count)),
         ]
