@@ -11,4 +11,12 @@ runs for any installed driver::
 plain reference directory and through a store; :mod:`~lamina.conformance.trees`
 compares trees; :mod:`~lamina.conformance.requirements` turns capabilities
 into skips with reasons. See docs/conformance.md.
+
+A driver's own tests call it: ``lamina.conformance.run(driver, root, ...)``
+returns a :class:`SuiteResult` with every case's outcome
+(:mod:`lamina.conformance.suite`).
 """
+
+from .suite import CaseResult, SuiteResult, run
+
+__all__ = ["CaseResult", "SuiteResult", "run"]

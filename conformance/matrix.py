@@ -3,10 +3,10 @@
 A driver is only as correct as the filesystem under it allows, so the suite
 is run once per pair. Each filesystem is made once on a loop device
 (:mod:`lamina.conformance.backing`) and every driver gets its own directory
-on it. Each cell runs ``python -m pytest --pyargs lamina.conformance`` in a
-child process with its own JUnit report, so a cell that crashes or hangs
-costs that cell only, and the counts come from the report, not from
-scraping output.
+on it. Each cell is :func:`lamina.conformance.run` in a child process
+(``python -m lamina.conformance.suite``), so a cell that crashes or hangs
+costs that cell only; the child writes its :class:`~lamina.conformance.SuiteResult`
+as JSON, and the counts and the JUnit report are made from that.
 
 Nothing may outlive the run: backing filesystems are context managers,
 SIGINT/SIGTERM/SIGHUP unwind them (the child pytest is asked to clean up
@@ -41,6 +41,7 @@ from lamina.core.plugins.registry import DriverRegistry
 from lamina.core.plugins.selection import support_reason
 
 from . import backing
+from .suite import CaseResult, SuiteResult
 
 DEFAULT_WORKDIR = Path("/var/tmp/lamina-conformance")
 #: a cell that runs longer than this is stopped and reported as an error
@@ -88,8 +89,8 @@ class Cell:
     #: why the cell is n/a or an error
     reason: str | None = None
     seconds: float = 0.0
-    #: the cell's own <testsuite> (not in the JSON)
-    suite: ET.Element | None = field(default=None, repr=False)
+    #: every case the cell's run reported (not in the JSON: the JUnit report has them)
+    cases: list[CaseResult] = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:
@@ -332,31 +333,20 @@ def _first_line(text: str | None) -> str:
     return head[:300]
 
 
-def read_junit(path: Path, cell: Cell) -> None:
-    """Fill ``cell``'s counts, failures and suite element from a pytest JUnit file."""
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    merged = ET.Element("testsuite")
-    skip_reasons: Counter[str] = Counter()
-    for suite in suites:
-        for case in suite.iter("testcase"):
-            merged.append(case)
-            kinds = {child.tag: child for child in case}
-            bad = kinds.get("failure", kinds.get("error"))
-            if bad is not None:
-                cell.failed += 1
-                test = f"{case.get('classname', '')}::{case.get('name', '')}".lstrip(":")
-                message = _first_line(bad.get("message")) or _first_line(bad.text)
-                cell.failures.append({"test": test, "message": message})
-            elif "skipped" in kinds:
-                cell.skipped += 1
-                skip_reasons[kinds["skipped"].get("message") or ""] += 1
-            else:
-                cell.passed += 1
-    cell.suite = merged
-    if cell.ran == 0 and skip_reasons:
+def fill_cell(result: SuiteResult, cell: Cell) -> None:
+    """Fill ``cell``'s counts, failures and cases from the run's result."""
+    cell.cases = list(result.cases)
+    for case in result.cases:
+        if case.outcome == "failed":
+            cell.failed += 1
+            cell.failures.append({"test": case.test, "message": _first_line(case.message)})
+        elif case.outcome in ("skipped", "xfailed"):
+            cell.skipped += 1
+        else:
+            cell.passed += 1
+    if cell.ran == 0:
         # the plugin skips the whole session when the driver refuses the root
-        cell.reason = skip_reasons.most_common(1)[0][0]
+        cell.reason = result.skip_reason
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -374,17 +364,15 @@ def run_cell(
 ) -> Cell:
     """Run the suite for one driver on ``root`` in a child pytest; never raises for its failures."""
     cell = Cell(spec.label, fs)
-    report = reports / f"{cell.name}.xml"
+    report = reports / f"{cell.name}.json"
     log = reports / f"{cell.name}.log"
     report.unlink(missing_ok=True)
     cmd = [
-        sys.executable, "-m", "pytest", "--pyargs", "lamina.conformance",
-        "-p", "no:cacheprovider", "-rfE", f"--lamina-driver={spec.spec}",
-        f"--lamina-root={root}", f"--junitxml={report}", "-o", f"junit_suite_name={cell.name}",
-        "--basetemp", str(basetemp),
+        sys.executable, "-m", "lamina.conformance.suite", f"--driver={spec.spec}",
+        f"--root={root}", f"--result={report}", "-rfE", "--basetemp", str(basetemp),
     ]
     if config is not None:
-        cmd.append(f"--lamina-config={config}")
+        cmd.append(f"--config={config}")
     cmd += list(pytest_args)
     start = time.monotonic()
     with open(log, "wb") as out:
@@ -404,9 +392,9 @@ def run_cell(
     cell.seconds = time.monotonic() - start
     if report.exists():
         try:
-            read_junit(report, cell)
-        except ET.ParseError as exc:
-            cell.reason = f"unreadable JUnit report {report}: {exc}"
+            fill_cell(SuiteResult.from_dict(json.loads(report.read_text())), cell)
+        except (ValueError, TypeError) as exc:
+            cell.reason = f"unreadable result {report}: {exc}"
     if returncode is None:
         cell.status = "error"
         cell.reason = f"stopped after {timeout:.0f} s (cell timeout); log: {log}"
@@ -610,11 +598,7 @@ def junit_tree(result: MatrixResult) -> ET.ElementTree:
             for key, value in (("driver", driver), ("filesystem", fs),
                                ("status", cell.status)):
                 ET.SubElement(props, "property", name=key, value=value)
-            cases = list(cell.suite) if cell.suite is not None else []
-            for case in cases:
-                case = _copy(case)
-                case.set("classname", f"{cell.name}.{case.get('classname', '')}".rstrip("."))
-                suite.append(case)
+            cases = [_junit_case(suite, cell, case) for case in cell.cases]
             failures = errors = skipped = 0
             if cell.status == "n/a" and not cases:
                 case = ET.SubElement(suite, "testcase", classname=cell.name,
@@ -645,8 +629,17 @@ def junit_tree(result: MatrixResult) -> ET.ElementTree:
     return ET.ElementTree(top)
 
 
-def _copy(element: ET.Element) -> ET.Element:
-    return ET.fromstring(ET.tostring(element))
+def _junit_case(suite: ET.Element, cell: Cell, case: CaseResult) -> ET.Element:
+    """A <testcase> as pytest's JUnit report writes it, the class name prefixed with the cell."""
+    element = ET.SubElement(suite, "testcase", classname=f"{cell.name}.{case.module}",
+                            name=case.name, time=f"{case.duration:.3f}")
+    if case.outcome == "failed":
+        failure = ET.SubElement(element, "failure", message=case.message)
+        failure.text = case.details
+    elif case.outcome in ("skipped", "xfailed"):
+        kind = "pytest.xfail" if case.outcome == "xfailed" else "pytest.skip"
+        ET.SubElement(element, "skipped", type=kind, message=case.message)
+    return element
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

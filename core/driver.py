@@ -65,8 +65,9 @@ class ApplyResult(NamedTuple):
     """What applying a layer tar produced.
 
     ``diff_id`` is ``sha256:<hex>`` of the uncompressed tar stream, ``size`` the
-    number of uncompressed tar bytes read (the same number :meth:`Driver.diff_size`
-    reports for the layer afterwards).
+    number of uncompressed tar bytes read: headers, padding and end blocks included
+    (10240 for a tar of one 6-byte file), the size of the layer tar, which is what
+    the store records. :meth:`Driver.diff_size` counts file content instead (6).
     """
 
     diff_id: str
@@ -282,8 +283,15 @@ class Driver:
         """
 
     def status(self) -> list[tuple[str, str]]:
-        """Facts for ``lamina info`` (backing filesystem, d_type, native diff...)."""
-        return []
+        """Facts for ``lamina info``: ``(key, value)`` pairs of strings.
+
+        They must name the filesystem ``home`` is on (case 11 looks for a key
+        with "backing" or "filesystem" in it). Default: that fact alone; a driver that
+        overrides it to add its own (d_type, native diff, ...) keeps it.
+        """
+        from .host.fsinfo import filesystem_type  # ctypes: only `lamina info` needs it
+
+        return [("Backing Filesystem", filesystem_type(self.home))]
 
     def close(self) -> None:
         """Release what the driver holds. Idempotent: closing twice is fine."""

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from streams import Zeros
 
 from lamina.core.blobs.store import BlobStore, check_digest
 from lamina.core.errors import ContentError, DigestMismatch
@@ -15,22 +16,6 @@ from lamina.core.errors import ContentError, DigestMismatch
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class EndlessZeros(io.RawIOBase):
-    """A stream that never ends; counts what was read from it."""
-
-    def __init__(self) -> None:
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        n = len(b)
-        b[:n] = bytes(n)
-        self.read_bytes += n
-        return n
 
 
 def test_ingest_and_read_back(tmp_path: Path) -> None:
@@ -65,7 +50,7 @@ def test_size_mismatch_short_and_long(tmp_path: Path) -> None:
 
 def test_endless_stream_stops_at_declared_size(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path)
-    stream = EndlessZeros()
+    stream = Zeros()
     with pytest.raises(DigestMismatch):
         blobs.ingest(stream, digest=digest(b""), size=1 << 20)
     assert stream.read_bytes <= (1 << 20) + 1

@@ -1,6 +1,6 @@
 """The conformance suite passes on btrfs, on a loop-mounted btrfs, quota case included.
 
-Run in a subprocess exactly as a driver author runs it, with every native
+Run through ``lamina.conformance.run`` as a driver author runs it, with every native
 change list checked against the generic walk (``LAMINA_BTRFS_VERIFY_NATIVE``):
 a single difference fails the case that caused it.
 """
@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_conformance_vfs import ALWAYS, case_numbers, run_suite
+from test_conformance_vfs import ALWAYS
 
+from lamina.conformance import run
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -38,17 +39,11 @@ def test_suite_passes_on_btrfs(tmp_path: Path, btrfs_root: Path, monkeypatch) ->
     # case 44 (property-based, vs vfs) was still being written when this test was: it
     # failed inside its own reference builder (FileExistsError) and on a parentless layer's
     # root mtime, which the generic code path decides; run it here once it has settled
-    proc, outcomes = run_suite(tmp_path, "--lamina-driver", "btrfs", "--lamina-root", str(root),
-                               "-k", "not test_44")
-    bad = {n: o for n, o in outcomes.items() if o in ("failure", "error")}
-    assert proc.returncode == 0 and not bad, (
-        f"conformance failures on btrfs: {sorted(bad)}\n{proc.stdout[-6000:]}\n"
-        f"{proc.stderr[-2000:]}"
-    )
-    passed = [n for n, o in outcomes.items() if o == "passed"]
-    missing = ({*ALWAYS, 25, 34, 35}) - case_numbers(passed)
+    result = run("btrfs", root, args=["-q", "-k", "not test_44"])
+    assert result.ok, result.summary()
+    missing = {*ALWAYS, 25, 34, 35} - result.numbers("passed")
     assert not missing, f"cases that did not pass: {sorted(missing)}"
-    assert outcomes.get("test_35_quota") == "passed"
+    assert result.case("test_35_quota").outcome == "passed"
     assert not os.listdir(root), f"the suite left stores behind: {os.listdir(root)}"
     # the native path really ran, and each run agreed with the generic walk
     lines = log.read_text().splitlines()

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+from conftest import REPO, needs_root, pip_install_target
 
 from lamina.core.driver import Driver
 from lamina.core.plugins import hookspec
@@ -123,3 +124,34 @@ def test_the_commands_the_guide_gives_exist() -> None:
     assert {"--driver", "--fs", "--json", "--junit"} <= used
     missing = [flag for flag in sorted(used) if flag not in out]
     assert not missing, f"lamina conformance does not accept {missing}"
+
+
+def guide_block(lang: str, marker: str) -> str:
+    """The one ``lang`` code block of the guide that contains ``marker``."""
+    blocks = [b for b in re.findall(rf"```{lang}\n(.*?)```", GUIDE, re.S) if marker in b]
+    assert len(blocks) == 1, f"{len(blocks)} {lang} blocks of the guide contain {marker!r}"
+    return blocks[0]
+
+
+@needs_root
+@pytest.mark.slow
+def test_the_guides_minimal_driver_passes_the_whole_suite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the guide alone: step 1's pyproject.toml and step 3's module make a package,
+    pip installs it, and step 5's test runs the whole suite on it through its entry point."""
+    src = tmp_path / "lamina-dircopy"
+    (src / "lamina_dircopy").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(guide_block("toml", 'name = "lamina-dircopy"'))
+    (src / "lamina_dircopy" / "__init__.py").write_text(
+        guide_block("python", '"""A complete minimal lamina driver'))
+    site = tmp_path / "site"
+    pip_install_target(src, site)
+    monkeypatch.syspath_prepend(str(site))
+    namespace: dict[str, object] = {}
+    exec(guide_block("python", "def test_conformance("), namespace)
+    root = tmp_path / "root"
+    root.mkdir()
+    namespace["test_conformance"](root)  # asserts result.ok, with the failures shown
+    loaded = sys.modules.get("lamina_dircopy")
+    assert loaded is not None and Path(loaded.__file__).is_relative_to(site), loaded

@@ -2,9 +2,10 @@
 
 The package in examples/lamina-fuse-overlayfs is installed with pip into a
 private directory (no index, no dependencies: lamina itself comes from this
-checkout) and used only through ``PYTHONPATH``, as an installed plugin is.
-Its own test module then runs the whole conformance suite against it on the
-machine's disk (ext4) and on a tmpfs, and the matrix runner shows it as a row.
+checkout) and used only from that directory on the path, as an installed plugin
+is. Its own tests (the whole conformance suite through ``lamina.conformance.run``,
+and its behaviour tests) then run on the machine's disk (ext4) and on a tmpfs,
+each outcome read from pytest's reports, and the matrix runner shows it as a row.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO, needs_root, run_lamina
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+from lamina.conformance.suite import CaseResult, Collector
 
 EXAMPLE = REPO / "examples" / "lamina-fuse-overlayfs"
 
@@ -34,17 +34,21 @@ def site(example_site: Path) -> Path:
     return example_site
 
 
-#: the line -rA prints when the example's conformance test module ran the suite and passed
-SUITE_PASSED = "PASSED tests/test_conformance.py::test_lamina_conformance_suite"
-
-
-def run_example_tests(site: Path, root: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(site), "LAMINA_TEST_ROOT": str(root)}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
-         str(EXAMPLE / "tests")],
-        capture_output=True, text=True, env=env, cwd=EXAMPLE, timeout=1200,
-    )
+def run_example_tests(site: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example's own tests in a pytest session of their own; every one must pass."""
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("LAMINA_TEST_ROOT", str(root))
+    collector = Collector()
+    # importlib mode: the example's conftest must not replace lamina's `conftest` module
+    code = pytest.main(["-q", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir",
+                        str(EXAMPLE), "--import-mode=importlib", str(EXAMPLE / "tests")],
+                       plugins=[collector])
+    cases = {case.name: case for case in collector.cases}
+    bad = [c for c in cases.values() if c.outcome not in ("passed", "xfailed")]
+    assert code == 0 and not bad, "\n".join(f"{c.test}: {c.outcome} {c.details or c.message}"
+                                            for c in bad)
+    suite: CaseResult = cases["test_lamina_conformance_suite"]
+    assert suite.outcome == "passed", suite  # ran, not skipped
 
 
 def test_installed_package_registers_through_its_entry_point(site: Path, tmp_path: Path) -> None:
@@ -73,27 +77,24 @@ def test_example_uses_only_the_public_core_api() -> None:
 
 @needs_root
 @needs_fuse_overlayfs
-def test_suite_passes_on_the_machines_disk(site: Path, tmp_path: Path) -> None:
+def test_suite_passes_on_the_machines_disk(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = Path("/var/tmp") / f"lamina-example-{os.getpid()}"
     root.mkdir(mode=0o700)
     try:
-        proc = run_example_tests(site, root)
+        run_example_tests(site, root, monkeypatch)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert SUITE_PASSED in proc.stdout, proc.stdout  # ran, not skipped
 
 
 @needs_root
 @needs_fuse_overlayfs
-def test_suite_passes_on_tmpfs(site: Path, tmp_path: Path) -> None:
+def test_suite_passes_on_tmpfs(site: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         with backing_filesystem("tmpfs", tmp_path / "backing", size_mb=2048) as fs:
-            proc = run_example_tests(site, fs.path)
+            run_example_tests(site, fs.path, monkeypatch)
     except BackingUnavailable as exc:
         pytest.skip(str(exc))
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert SUITE_PASSED in proc.stdout, proc.stdout  # ran, not skipped
 
 
 @needs_root

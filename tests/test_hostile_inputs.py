@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from streams import Zeros
 from tarmaker import TarBuilder, header
 
 from lamina.core.driver import ApplyResult
@@ -490,30 +491,8 @@ def test_28_xattrs_kept_dropped_and_refused(site: Site, caplog: pytest.LogCaptur
 # --- exhaustion and corruption ---------------------------------------------------------------
 
 
-class LazyStream(io.RawIOBase):
-    """``prefix`` then ``zeros`` zero bytes, made on demand; counts what was read."""
-
-    def __init__(self, prefix: bytes, zeros: int) -> None:
-        self.prefix = prefix
-        self.zeros = zeros
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        if self.prefix:
-            out, self.prefix = self.prefix[:size], self.prefix[size:]
-        else:
-            n = min(size, self.zeros, 1 << 20)
-            self.zeros -= n
-            out = bytes(n)
-        self.read_bytes += len(out)
-        return out
-
-
 def test_29_gigabytes_of_zeros_after_the_archive(site: Site) -> None:
-    stream = LazyStream(TarBuilder().file("a", b"1").bytes(), 16 << 30)
+    stream = Zeros(16 << 30, prefix=TarBuilder().file("a", b"1").bytes())
     with within(10), pytest.raises(ArchiveLimit, match="follow the end"):
         apply_tar(stream, site.root)  # type: ignore[arg-type]
     # the 1 MiB limit after the end, plus what the read-ahead thread had in flight
@@ -543,7 +522,7 @@ def test_29_a_1tib_sparse_file_is_written_sparsely(site: Site) -> None:
 
 
 def test_29_a_huge_pax_header(site: Site) -> None:
-    stream = LazyStream(header("././@PaxHeader", typeflag=b"x", size=8 << 30), 8 << 30)
+    stream = Zeros(8 << 30, prefix=header("././@PaxHeader", typeflag=b"x", size=8 << 30))
     with within(10), pytest.raises(ArchiveLimit, match="pax header"):
         apply_tar(stream, site.root)  # type: ignore[arg-type]
     # the parser stops at the header; a read-ahead thread may have filled its buffers

@@ -1,4 +1,4 @@
-"""Third-party drivers: an installable package with an entry point, no core change."""
+"""Third-party plugins, drivers and observers: packages with an entry point, no core change."""
 
 from __future__ import annotations
 
@@ -88,3 +88,28 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     assert "missing libfoo" in rows["broken"]["reason"]
     assert "vfs" in rows
 
+
+
+def test_observer_plugin_from_the_guide_fires_in_the_cli(tmp_path: Path) -> None:
+    """The guide's ``Audit`` observer, packaged with the guide's entry point, sees a removal."""
+    from test_docs import guide_block
+
+    src = tmp_path / "src"
+    (src / "lamina_audit").mkdir(parents=True)
+    (src / "lamina_audit" / "__init__.py").write_text(guide_block("python", "class Audit:"))
+    entry = guide_block("toml", 'audit = "lamina_audit:Audit"')
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "lamina-audit"\nversion = "0.1"\n'
+        f'{entry}[tool.setuptools]\npackages = ["lamina_audit"]\n'
+    )
+    site = tmp_path / "site"
+    pip_install_target(src, site)
+    root, env = tmp_path / "root", env_with(site)
+    layer_id = run_lamina("--driver", "vfs", "layer", "create", root=root,
+                          env=env).stdout.decode().strip()
+    removed = run_lamina("--driver", "vfs", "layer", "rm", layer_id, root=root, env=env)
+    assert f"vfs removed {layer_id}" in removed.stdout.decode().splitlines(), removed
+    # an observer is no driver: `lamina drivers` lists neither it nor a failure of it
+    rows = json.loads(run_lamina("drivers", "--format", "json", root=root, env=env).stdout)
+    assert "audit" not in {row["name"] for row in rows}

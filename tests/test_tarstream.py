@@ -13,10 +13,10 @@ import sys
 import tarfile
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from streams import Trickle, Zeros
 from tarmaker import BLOCK, TarBuilder, entries_with_content, header
 
 from lamina.core.errors import ArchiveLimit, ContentError, CorruptArchive
@@ -41,28 +41,6 @@ def read_all(data: bytes | io.RawIOBase, limits: Limits | None = None) -> tuple[
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     reader = TarReader(stream, limits)  # type: ignore[arg-type]
     return entries_with_content(reader), reader
-
-
-class Zeros(io.RawIOBase):
-    """A stream of ``total`` zero bytes made lazily, counting what was read."""
-
-    def __init__(self, total: int, prefix: bytes = b"") -> None:
-        self.left = total
-        self.prefix = prefix
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        if self.prefix:
-            out, self.prefix = self.prefix[:size], self.prefix[size:]
-            self.read_bytes += len(out)
-            return out
-        n = min(size, self.left, 1 << 20)
-        self.left -= n
-        self.read_bytes += n
-        return bytes(n)
 
 
 # --- formats ---------------------------------------------------------------------------
@@ -485,24 +463,6 @@ def test_gzip_bomb_is_streamed_in_bounded_pieces(inflate: str) -> None:
     bomb = blob.compress(bytes(200 << 20)) + blob.flush()
     stream = open_layer_stream(io.BytesIO(bomb))
     assert len(stream.read(1 << 20)) <= 1 << 20
-
-
-def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-
-
-class Trickle(io.RawIOBase):
-    """A stream that returns at most a few bytes per read, like a slow socket."""
-
-    def __init__(self, data: bytes, step: int) -> None:
-        self.parts = chunks_of(data, step)
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        return next(self.parts, b"")
 
 
 def test_short_reads_are_handled() -> None:

@@ -1,8 +1,9 @@
 """The plugin hooks of lamina (pluggy).
 
-A plugin is any module or object with functions marked ``@hookimpl``. It is
-found through the ``lamina.drivers`` entry-point group; the built-in drivers
-use exactly that path. Two kinds of hook:
+A plugin is any module or object with functions marked ``@hookimpl`` (or a
+class of such methods, instantiated when loaded). It is found through the
+``lamina.drivers`` entry-point group, drivers and observers alike; the
+built-in drivers use exactly that path. Two kinds of hook:
 
 * the registration hook, :func:`lamina_register_drivers`, through which a
   plugin hands driver classes to the core;

@@ -2,8 +2,11 @@
 
 Built-in drivers and third-party ones are found the same way: an entry point
 in the group names a module (or object) that implements
-``lamina_register_drivers``. A plugin that fails to import does not take
-lamina down: it is recorded and shown by ``lamina drivers``.
+``lamina_register_drivers``. Observer-only plugins use the same group; an
+entry point may name a class, which is instantiated once without arguments
+(pluggy would otherwise call its methods without ``self``). A plugin that
+fails to import does not take lamina down: it is recorded and shown by
+``lamina drivers``.
 
 The entry points are read by :mod:`lamina.core.plugins.entrypoints` (the same answer as
 ``importlib.metadata``, without its start-up cost).
@@ -78,6 +81,8 @@ def plugin_manager(extra_plugins: tuple[object, ...] = ()) -> pluggy.PluginManag
             continue
         try:
             plugin = ep.load()
+            if isinstance(plugin, type):
+                plugin = plugin()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party package must not break lamina
             broken[ep.name] = f"{type(exc).__name__}: {exc}"
