@@ -9,6 +9,7 @@ table.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -21,6 +22,9 @@ import pytest
 from conftest import needs_root, run_lamina
 
 from lamina.core import mounts
+from lamina.core.hookspec import hookimpl
+from lamina.core.plugins import plugin_manager
+from lamina.core.store import Store
 from lamina.drivers.overlay import OverlayDriver, mountapi, support
 
 pytestmark = [needs_root, pytest.mark.slow]
@@ -153,3 +157,46 @@ def test_probes_survive_recovery_in_another_process(
     assert wrong == [], f"{len(wrong)} of {len(results)} probes went wrong: {wrong[:3]}"
     assert [a for a in actions if a] == []
     assert mounts.mounts_under(store_root) == []
+
+
+# --- a new mount and another process's recovery ------------------------------------------------
+
+
+class LockWitness:
+    """Looks, the moment a layer is mounted and not yet recorded, whether the store lock is held."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.held: list[bool] = []
+
+    @hookimpl
+    def lamina_layer_mounted(self, driver, layer_id, path, seconds) -> None:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held.append(False)
+        except BlockingIOError:
+            self.held.append(True)
+        finally:
+            os.close(fd)
+
+
+def test_a_mount_not_yet_recorded_is_out_of_recoverys_reach(store_root: Path) -> None:
+    """Mounting and recording happen under the lock that recovery takes: never a stray."""
+    if reason := OverlayDriver.check_support(store_root.parent):
+        pytest.skip(reason)
+    witness = LockWitness(store_root)
+    home = store_root / "overlay"
+    home.mkdir(parents=True)
+    hooks = plugin_manager(extra_plugins=(witness,)).hook
+    with Store(store_root, OverlayDriver(home), hooks=hooks) as store:
+        store.create_layer(layer_id="base")
+        store.create_layer("base", layer_id="child")
+        path = store.mount("child", holder=store.process_holder)
+        assert witness.held == [True]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+        other = subprocess.run([sys.executable, "-c", _RECOVERING, str(store_root), "0.2"],
+                               capture_output=True, text=True, env=env, check=True)
+        assert other.stdout.strip() == ""
+        assert mounts.is_mountpoint(path)
+        store.unmount("child", holder=store.process_holder)
