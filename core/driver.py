@@ -190,7 +190,9 @@ class Driver:
         (``"overlay needs d_type: reformat xfs with -n ftype=1"``). Must not
         leave anything behind under ``root``. Must not raise for "cannot
         work here": only a real fault (a bug, I/O error) raises. ``root``
-        exists when this is called.
+        exists when this is called. Every command calls it while others run:
+        a test mount goes in ``root``, never in the driver's home, where a
+        store's recovery detaches every mount it has no record of.
         """
         raise NotImplementedError
 

@@ -18,7 +18,7 @@ from conftest import run_lamina
 from lamina.core.errors import ConfigError, DriverError
 from lamina.core.host import mounts
 from lamina.core.layers.store import Store
-from lamina.drivers.overlay import OverlayDriver, support
+from lamina.drivers.overlay import OverlayDriver, mountapi, support
 from lamina.drivers.overlay.stack import OPAQUE_XATTR
 
 pytestmark = pytest.mark.root
@@ -367,6 +367,31 @@ def test_d_type_probe_sees_types_on_this_disk(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["d", "f"]  # the check leaves nothing behind
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["new-api", "legacy"])
+def test_probe_mounts_are_in_no_mount_table(tmp_path: Path, legacy: bool) -> None:
+    """A detached test mount works through its fd, and nobody else can see or detach it."""
+    for name in ("l1", "l2", "upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "l1" / "one").write_bytes(b"1")
+    (tmp_path / "l2" / "two").write_bytes(b"2")
+    spec = mountapi.OverlaySpec([tmp_path / "l1", tmp_path / "l2"], tmp_path / "upper",
+                                tmp_path / "work")
+    shorts = ["l1", "l2"] if legacy else None
+    fd = mountapi.mount_detached(spec, tmp_path / "merged", short_lowers=shorts, cwd=tmp_path)
+    try:
+        assert sorted(os.listdir(fd)) == ["one", "two"]
+        os.close(os.open("three", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        assert mounts.mounts_under(tmp_path, include_self=True) == []
+        assert os.listdir(tmp_path / "merged") == []
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path / "upper") == ["three"]
+    spec.lowers = [tmp_path / "missing", tmp_path / "l2"]
+    with pytest.raises(DriverError, match=r"missing|No such file"):
+        mountapi.mount_detached(spec, tmp_path / "merged",
+                                short_lowers=["missing", "l2"] if legacy else None, cwd=tmp_path)
+
+
 def test_overlay_on_overlay_is_refused(store_root: Path, tmp_path: Path) -> None:
     with make_store(store_root) as store:
         base = apply(store, None, ("a", "file", b"a"))
@@ -380,6 +405,7 @@ def test_overlay_on_overlay_is_refused(store_root: Path, tmp_path: Path) -> None
 
 
 def test_automatic_selection_picks_overlay(backing: Path) -> None:
+    run_lamina("layer", "create", root=backing / "root")  # a fresh root's info creates nothing
     out = run_lamina("info", root=backing / "root").stdout.decode()
     assert "Storage driver:      overlay" in out, out
     assert "Native Overlay Diff: true" in out

@@ -271,6 +271,23 @@ def test_stray_mount_under_the_root_is_detached(store_root: Path) -> None:
         assert store.layers() == []
 
 
+def test_recovery_leaves_a_store_nested_in_the_root_alone(store_root: Path) -> None:
+    """Recovery sweeps its own driver's home, not every mount below the root."""
+    inner = store_root / "projects" / "inner"
+    with open_store(store_root):
+        pass  # the outer store first: a root holding data without a database is refused
+    with open_store(inner) as store:
+        store.create_layer(layer_id="base")
+        path = store.mount("base")
+    with open_store(store_root):
+        pass
+    assert mounts.is_mountpoint(path), "the outer store detached the inner store's mount"
+    with open_store(inner) as store:
+        assert store.mount_count("base") == 1
+        store.unmount("base")
+    assert mounts.mounts_under(store_root) == []
+
+
 def test_concurrent_applies_in_two_processes(store_root: Path) -> None:
     with open_store(store_root):
         pass

@@ -12,7 +12,9 @@ name their holder: ``user`` for ``lamina layer mount`` (kept until ``layer
 unmount``), or the process that mounted for its own work. Opening a store
 finishes or undoes whatever a dead process left: incomplete and removing
 layers are removed, dead holders' references dropped, and any mount under the
-root that no live reference explains is detached.
+driver's home that no live reference explains is detached. Mounting and
+recording a reference happen under the store lock, which recovery holds too,
+so a live process's new mount is never taken for a stray.
 """
 
 from __future__ import annotations
@@ -307,7 +309,10 @@ class Store:
                 os.path.realpath(r["path"])
                 for r in self._db.execute("SELECT path FROM mounts").fetchall()
             }
-            for point in mounts.mounts_under(self.root):
+            # only the driver's home: elsewhere under the root other code mounts for a
+            # moment without a record (drivers' support checks, a store nested in a
+            # directory below the root), and a live process's mount is not a stray
+            for point in mounts.mounts_under(self.driver.home):
                 if point not in known:
                     mounts.detach(Path(point))
                     actions.append(f"detached stray mount {point}")

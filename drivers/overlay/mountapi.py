@@ -44,6 +44,9 @@ MS_NOEXEC = 8
 MS_NOATIME = 1024
 MS_NODIRATIME = 2048
 MS_STRICTATIME = 1 << 24
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+CLONE_NEWNS = 0x00020000
 
 #: generic mount options a user may put in ``mountopt``: (new API attr, mount(2) flag)
 MOUNT_FLAGS: dict[str, tuple[int, int]] = {
@@ -80,6 +83,7 @@ if _HAVE_NEW_API:
     _fsconfig_fast = _libc["fsconfig"]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p]
+_libc.unshare.argtypes = [ctypes.c_int]
 
 
 class MountOptions(NamedTuple):
@@ -191,6 +195,17 @@ def _fail(what: str, fd: int, err: int, target: Path) -> DriverError:
 
 def mount_new_api(spec: OverlaySpec, target: Path) -> None:
     """Mount with fsopen/fsconfig/fsmount/move_mount, one ``lowerdir+`` per lower."""
+    mfd = _fsmount(spec, target)
+    try:
+        rc = _libc.move_mount(mfd, b"", -100, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH)
+        if rc != 0:
+            raise _fail("move_mount", -1, ctypes.get_errno(), target)
+    finally:
+        os.close(mfd)
+
+
+def _fsmount(spec: OverlaySpec, target: Path) -> int:
+    """The overlay as a detached mount: its fd, not yet attached anywhere."""
     fsfd = _libc.fsopen(b"overlay", FSOPEN_CLOEXEC)
     if fsfd < 0:
         err = ctypes.get_errno()
@@ -224,12 +239,7 @@ def mount_new_api(spec: OverlaySpec, target: Path) -> None:
         mfd = _libc.fsmount(fsfd, FSMOUNT_CLOEXEC, attrs)
         if mfd < 0:
             raise _fail("fsmount", fsfd, ctypes.get_errno(), target)
-        try:
-            rc = _libc.move_mount(mfd, b"", -100, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH)
-            if rc != 0:
-                raise _fail("move_mount", -1, ctypes.get_errno(), target)
-        finally:
-            os.close(mfd)
+        return mfd
     finally:
         os.close(fsfd)
 
@@ -253,8 +263,8 @@ def legacy_max_lowers(home: Path, options: MountOptions) -> int:
     return max(0, min(KERNEL_MAX_LOWERS, (PAGE - fixed) // per_lower))
 
 
-def mount_legacy(spec: OverlaySpec, short_lowers: list[str], cwd: Path, target: Path) -> None:
-    """mount(2) with relative lowers, from a child that chdirs to ``cwd`` (cwd is per process)."""
+def _legacy_request(spec: OverlaySpec, short_lowers: list[str], target: Path) -> tuple[bytes, int]:
+    """The data and flags of a legacy ``mount(2)``; DriverError when the data is too long."""
     data = legacy_data(spec, short_lowers).encode()
     if len(data) >= PAGE:
         raise DriverError(
@@ -262,7 +272,20 @@ def mount_legacy(spec: OverlaySpec, short_lowers: list[str], cwd: Path, target: 
             f"{PAGE}-byte option page of mount(2) on this kernel",
             hint="a kernel with the new mount API's lowerdir+ (Linux 6.8+) mounts up to 500",
         )
-    flags = spec.options.flags | (MS_RDONLY if spec.readonly else 0)
+    return data, spec.options.flags | (MS_RDONLY if spec.readonly else 0)
+
+
+def _legacy_failed(err: int, target: Path) -> DriverError:
+    reason = os.strerror(err) if err > 0 else "the helper process died"
+    return DriverError(
+        f"overlay mount (mount(2)) on {target} failed: {reason}",
+        hint="the kernel log (dmesg) has overlayfs's reason",
+    )
+
+
+def mount_legacy(spec: OverlaySpec, short_lowers: list[str], cwd: Path, target: Path) -> None:
+    """mount(2) with relative lowers, from a child that chdirs to ``cwd`` (cwd is per process)."""
+    data, flags = _legacy_request(spec, short_lowers, target)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only syscalls, then _exit
@@ -282,8 +305,60 @@ def mount_legacy(spec: OverlaySpec, short_lowers: list[str], cwd: Path, target: 
         os.waitpid(pid, 0)
     err = int(answer or b"-1")
     if err:
-        reason = os.strerror(err) if err > 0 else "the helper process died"
-        raise DriverError(
-            f"overlay mount (mount(2)) on {target} failed: {reason}",
-            hint="the kernel log (dmesg) has overlayfs's reason",
-        )
+        raise _legacy_failed(err, target)
+
+
+def mount_detached(
+    spec: OverlaySpec, target: Path, *, short_lowers: list[str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Mount an overlay that no mount table shows; return a directory fd of its root.
+
+    For test mounts: no other process can see, detach or cover such a mount (a
+    store's recovery detaches every unrecorded mount it finds), and it vanishes
+    when the fd is closed or its process dies, leaving nothing to clean up.
+    With the new mount API it is ``fsmount`` without ``move_mount``. With
+    ``short_lowers`` (the legacy mount(2), paths relative to ``cwd``) a child
+    process mounts on ``target`` in a mount namespace of its own, private so
+    that nothing propagates out, and passes the mount's root back; the mount
+    outlives the namespace as long as the fd is open. The caller closes the fd.
+    """
+    if short_lowers is None:
+        mfd = _fsmount(spec, target)
+        try:
+            return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mfd)
+        finally:
+            os.close(mfd)
+    import socket  # passing an fd needs SCM_RIGHTS: only this path pays for the import
+
+    data, flags = _legacy_request(spec, short_lowers, target)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the child: syscalls, one message, then _exit
+        try:
+            ours.close()
+            err, fds = 0, []
+            if (_libc.unshare(CLONE_NEWNS) != 0
+                    or _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0):
+                err = ctypes.get_errno()
+            else:
+                os.chdir(cwd or "/")
+                if _libc.mount(b"overlay", os.fsencode(target), b"overlay", flags, data) != 0:
+                    err = ctypes.get_errno()
+                else:
+                    fds = [os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+            socket.send_fds(theirs, [str(err).encode()], fds)
+        finally:
+            os._exit(0)
+    theirs.close()
+    try:
+        answer, fds, _, _ = socket.recv_fds(ours, 64, 1)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    err = int(answer or b"-1")
+    if err or not fds:
+        for fd in fds:
+            os.close(fd)
+        raise _legacy_failed(err or -1, target)
+    return fds[0]

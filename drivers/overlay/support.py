@@ -7,6 +7,9 @@ feature report DT_UNKNOWN), and a test mount with two lowers and an upper
 on the root's own filesystem. The feature probe renames a lower directory
 and chmods a lower file in a test mount to see whether the kernel writes
 ``redirect`` or ``metacopy`` xattrs, which a native diff cannot read.
+
+Test mounts are detached mounts, in no mount table (``_mount_probe``): every
+command probes, and no other command's recovery or cleanup may see them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lamina.core.errors import DriverError
-from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_magic, filesystem_type
 
 from . import mountapi
@@ -85,12 +87,19 @@ def _kernel_has_overlay() -> bool:
     return mountapi.new_api_available()  # fsopen autoloads the module
 
 
-def _mount_probe(spec: mountapi.OverlaySpec, target: Path, legacy: bool, home: Path) -> None:
+def _mount_probe(spec: mountapi.OverlaySpec, legacy: bool, probe: Path) -> int:
+    """A test mount that no mount table shows (see :func:`mountapi.mount_detached`).
+
+    Never a mount point under the root: another process's store recovery detaches
+    every mount there that its metadata does not explain, and would pull a probe's
+    mount away halfway (commands run at once failed at random). Returns the
+    directory fd of the mount's root; closing it unmounts.
+    """
     if legacy:
-        shorts = [os.path.relpath(p, home) for p in spec.lowers]
-        mountapi.mount_legacy(spec, shorts, home, target)
-    else:
-        mountapi.mount_new_api(spec, target)
+        (probe / "merged").mkdir()
+        shorts = [os.path.relpath(p, probe) for p in spec.lowers]
+        return mountapi.mount_detached(spec, probe / "merged", short_lowers=shorts, cwd=probe)
+    return mountapi.mount_detached(spec, probe / "merged")
 
 
 def unsupported_reason(root: Path) -> str | None:
@@ -119,27 +128,27 @@ def unsupported_reason(root: Path) -> str | None:
         )
     probe = Path(tempfile.mkdtemp(prefix=".overlay-probe-", dir=root))
     try:
-        for name in ("l1", "l2", "upper", "work", "merged"):
+        for name in ("l1", "l2", "upper", "work"):
             (probe / name).mkdir()
         (probe / "l1" / "one").write_bytes(b"1")
         (probe / "l2" / "two").write_bytes(b"2")
         spec = mountapi.OverlaySpec([probe / "l1", probe / "l2"], probe / "upper", probe / "work")
         try:
-            _mount_probe(spec, probe / "merged", not mountapi.lowerdir_plus_supported(), probe)
+            merged = _mount_probe(spec, not mountapi.lowerdir_plus_supported(), probe)
         except DriverError as exc:
             return f"a test overlay mount on {fstype} failed: {exc}"
         try:
-            seen = sorted(os.listdir(probe / "merged"))
-            (probe / "merged" / "three").write_bytes(b"3")
+            seen = sorted(os.listdir(merged))
+            os.close(os.open("three", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644,
+                             dir_fd=merged))
         finally:
-            mounts.detach(probe / "merged")
+            os.close(merged)  # the only reference: this unmounts
         if seen != ["one", "two"] or not (probe / "upper" / "three").exists():
             return f"a test overlay mount on {fstype} showed {seen}, not the two lowers"
         return None
     finally:
         with contextlib.suppress(OSError):
-            if not mounts.mounts_under(probe, include_self=True):
-                shutil.rmtree(probe)
+            shutil.rmtree(probe)
 
 
 class Features(NamedTuple):
@@ -168,20 +177,20 @@ def probe_features(work: Path, options: mountapi.MountOptions, legacy: bool) -> 
 
     probe = Path(tempfile.mkdtemp(prefix=".overlay-features-", dir=work))
     try:
-        for name in ("l1", "l2", "upper", "work", "merged"):
+        for name in ("l1", "l2", "upper", "work"):
             (probe / name).mkdir()
         (probe / "l2" / "dir").mkdir()
         (probe / "l2" / "dir" / "inner").write_bytes(b"x")
         (probe / "l2" / "file").write_bytes(b"data" * 1024)
         spec = mountapi.OverlaySpec([probe / "l1", probe / "l2"], probe / "upper",
                                     probe / "work", options)
-        _mount_probe(spec, probe / "merged", legacy, probe)
+        merged = _mount_probe(spec, legacy, probe)
         try:
             with contextlib.suppress(OSError):  # EXDEV without redirect_dir
-                os.rename(probe / "merged" / "dir", probe / "merged" / "moved")
-            os.chmod(probe / "merged" / "file", 0o600)
+                os.rename("dir", "moved", src_dir_fd=merged, dst_dir_fd=merged)
+            os.chmod("file", 0o600, dir_fd=merged)
         finally:
-            mounts.detach(probe / "merged")
+            os.close(merged)
 
         def has(path: Path, name: str) -> bool:
             try:
@@ -198,5 +207,4 @@ def probe_features(work: Path, options: mountapi.MountOptions, legacy: bool) -> 
         )
     finally:
         with contextlib.suppress(OSError):
-            if not mounts.mounts_under(probe, include_self=True):
-                shutil.rmtree(probe)
+            shutil.rmtree(probe)
