@@ -207,18 +207,25 @@ def _layer_dict(store: Any, layer: Any) -> dict[str, Any]:
     }
 
 
+def _parent(store: Any, args: argparse.Namespace) -> str | None:
+    """The full id of ``--parent`` (any unique prefix of it names it), or None."""
+    return None if args.parent is None else store.resolve(args.parent)
+
+
 def cmd_layer_create(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        layer = store.create_layer(args.parent, writable=args.rw, layer_id=args.id)
+        parent = _parent(store, args)
+        layer = store.create_layer(parent, writable=args.rw, layer_id=args.id)
     print(layer.id)
     return 0
 
 
 def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
+        parent = _parent(store, args)
         if args.file == "-":
             layer = store.apply_layer(
-                sys.stdin.buffer, args.parent, writable=args.rw, layer_id=args.id
+                sys.stdin.buffer, parent, writable=args.rw, layer_id=args.id
             )
         else:
             try:
@@ -229,7 +236,7 @@ def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
                     hint="give the path of a layer tar (plain, gzip or zstd), or - for stdin",
                 ) from None
             with f:
-                layer = store.apply_layer(f, args.parent, writable=args.rw, layer_id=args.id)
+                layer = store.apply_layer(f, parent, writable=args.rw, layer_id=args.id)
     print(layer.id)
     return 0
 
@@ -262,7 +269,7 @@ def cmd_layer_rm(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         for layer_id in args.ids:
             try:
-                store.remove_layer(layer_id)
+                store.remove_layer(store.resolve(layer_id))
                 print(layer_id)
             except LaminaError as exc:
                 _report(exc)
@@ -272,25 +279,25 @@ def cmd_layer_rm(args: argparse.Namespace, engine: Engine) -> int:
 
 def cmd_layer_mount(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        print(store.mount(args.id))
+        print(store.mount(store.resolve(args.id)))
     return 0
 
 
 def cmd_layer_unmount(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        store.unmount(args.id)
+        store.unmount(store.resolve(args.id))
     return 0
 
 
 def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        store.layer(args.id)
+        layer_id = store.resolve(args.id)
         if args.output and args.output != "-":
             target = Path(args.output)
             tmp = target.with_name(f".{target.name}.part")
             try:
                 with open(tmp, "wb") as out:
-                    store.diff(args.id, out)
+                    store.diff(layer_id, out)
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -300,7 +307,7 @@ def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
                     "refusing to write a tar to a terminal",
                     hint="redirect the output or use -o FILE",
                 )
-            store.diff(args.id, sys.stdout.buffer)
+            store.diff(layer_id, sys.stdout.buffer)
             sys.stdout.buffer.flush()
     return 0
 
@@ -308,7 +315,7 @@ def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
 def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         # the root is the parent of every change; like `docker diff`, do not list it
-        changes = [c for c in store.changes(args.id) if c.path]
+        changes = [c for c in store.changes(store.resolve(args.id)) if c.path]
     if args.format == "json":
         _print_json([{"path": "/" + c.path, "kind": c.kind.value} for c in changes])
     else:

@@ -122,3 +122,59 @@ def test_info_and_drivers(tmp_path: Path) -> None:
     assert "chosen because" in text
     drivers = run_lamina("drivers", root=tmp_path / "r").stdout.decode()
     assert "vfs" in drivers
+
+
+def one_file_tar(size: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("file")
+        info.size = size
+        tar.addfile(info, io.BytesIO(b"x" * size))
+    return buf.getvalue()
+
+
+@needs_root
+def test_short_ids_name_layers_in_every_command(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+
+    def lamina(*args: str, check: bool = True, input: bytes | None = None):
+        return run_lamina(*args, root=root, env=VFS, check=check, input=input)
+
+    base = lamina("layer", "apply", "-", input=one_file_tar(10)).stdout.decode().strip()
+    listed = lamina("layer", "ls").stdout.decode().splitlines()[1].split()[0]
+    assert len(listed) == 12 and base.startswith(listed)
+    top = lamina("layer", "create", "--rw", "--parent", listed).stdout.decode().strip()
+    on_top = lamina("layer", "apply", "--parent", listed, "-",
+                    input=one_file_tar(3)).stdout.decode().strip()
+    short = top[:12]
+    path = Path(lamina("layer", "mount", short).stdout.decode().strip())
+    (path / "new").write_text("hi\n")
+    lamina("layer", "unmount", short)
+    assert "A /new" in lamina("layer", "changes", short).stdout.decode().splitlines()
+    lamina("layer", "diff", short, "-o", str(tmp_path / "top.tar"))
+    with tarfile.open(tmp_path / "top.tar") as tar:
+        assert "new" in tar.getnames()
+    lamina("layer", "rm", short, on_top[:5])
+    lamina("layer", "rm", base[:1])
+    assert json.loads(lamina("layer", "ls", "--format", "json").stdout) == []
+
+
+@needs_root
+def test_ambiguous_and_unknown_short_ids_are_clear_errors(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for layer_id in ["cafe", "cafe01", "cafe02"]:
+        run_lamina("layer", "create", "--id", layer_id, root=root, env=VFS)
+    proc = run_lamina("layer", "mount", "caf", root=root, env=VFS, check=False)
+    assert proc.returncode == 1
+    assert stderr(proc).splitlines() == [
+        "lamina: error: layer id 'caf' is ambiguous: 3 layers start with it "
+        "(cafe, cafe01, cafe02)",
+        "hint: give more characters of the id",
+    ]
+    proc = run_lamina("layer", "create", "--parent", "dead", root=root, env=VFS, check=False)
+    assert proc.returncode == 1 and "no layer 'dead'" in stderr(proc)
+    assert "Traceback" not in stderr(proc)
+    # a full id wins over the ids it is a prefix of (Docker's rule)
+    run_lamina("layer", "rm", "cafe", root=root, env=VFS)
+    ids = run_lamina("layer", "ls", "-q", root=root, env=VFS).stdout.decode().split()
+    assert sorted(ids) == ["cafe01", "cafe02"]
