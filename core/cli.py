@@ -36,17 +36,11 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def _print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from .tables import print_table
 
-    table = Table(title=title, box=None, header_style="bold", pad_edge=False)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
+    tty = sys.stdout.isatty()
     # a pipe has no width: do not fold cells at 80 columns there
-    width = None if sys.stdout.isatty() else 1000
-    Console(soft_wrap=True, width=width).print(table)
+    print_table(title, columns, rows, width=_terminal_columns() if tty else 1000, styled=tty)
 
 
 def _print_json(data: Any) -> None:
@@ -195,7 +189,7 @@ def _conformance_matrix(args: argparse.Namespace, engine: Engine, drivers_text: 
 # --- layers ---------------------------------------------------------------------------
 
 
-def _layer_dict(store: Any, layer: Any) -> dict[str, Any]:
+def _layer_dict(layer: Any, mounts: dict[str, int]) -> dict[str, Any]:
     return {
         "id": layer.id,
         "parent": layer.parent,
@@ -203,7 +197,7 @@ def _layer_dict(store: Any, layer: Any) -> dict[str, Any]:
         "diff_id": layer.diff_id,
         "size": layer.size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(layer.created)),
-        "mounts": store.mount_count(layer.id),
+        "mounts": mounts.get(layer.id, 0),
     }
 
 
@@ -242,8 +236,11 @@ def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def cmd_layer_ls(args: argparse.Namespace, engine: Engine) -> int:
+    from .sizes import human_size
+
     with engine.open_store() as store:
-        rows = [_layer_dict(store, layer) for layer in store.layers()]
+        mounts = store.mount_counts()
+        rows = [_layer_dict(layer, mounts) for layer in store.layers()]
     if args.format == "json":
         _print_json(rows)
         return 0
@@ -256,7 +253,7 @@ def cmd_layer_ls(args: argparse.Namespace, engine: Engine) -> int:
         ["ID", "PARENT", "MODE", "SIZE", "DIFF ID", "MOUNTS", "CREATED"],
         [
             [r["id"][:12], (r["parent"] or "")[:12], "rw" if r["writable"] else "ro",
-             r["size"] if r["size"] is not None else "", (r["diff_id"] or "")[:19],
+             human_size(r["size"]) if r["size"] is not None else "", (r["diff_id"] or "")[:19],
              r["mounts"], r["created"]]
             for r in rows
         ],
