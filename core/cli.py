@@ -140,6 +140,7 @@ def cmd_conformance(args: argparse.Namespace, engine: Engine) -> int:
     matrix = any(
         v is not None for v in (args.fs, args.junit, args.json, args.workdir, args.size_mb)
     ) or (driver is not None and (driver.strip() == "all" or "," in driver))
+    _check_conformance_extra()
     if matrix:
         return _conformance_matrix(args, engine, driver or "all", extra)
     import pytest
@@ -153,6 +154,20 @@ def cmd_conformance(args: argparse.Namespace, engine: Engine) -> int:
     if args.config:
         pytest_args.append(f"--lamina-config={args.config}")
     return int(pytest.main(pytest_args))
+
+
+def _check_conformance_extra() -> None:
+    """The suite's own dependencies are an extra (``lamina[conformance]``): say so."""
+    import importlib
+
+    for name in ("pytest", "hypothesis"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise LaminaError(
+                f"the conformance suite needs {name}, which is not installed",
+                hint="install lamina's conformance extra: pip install 'lamina[conformance]'",
+            ) from None
 
 
 def _conformance_matrix(args: argparse.Namespace, engine: Engine, drivers_text: str,
@@ -427,6 +442,25 @@ def _layer_diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read only when asked for.
+
+    argparse's own version action takes the text when the parser is built, and
+    every command would pay for reading the metadata.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print lamina's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .entrypoints import distribution_version
+
+        print(f"lamina {distribution_version('lamina') or '(version unknown: not installed)'}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each sub-command's arguments are added when it is used."""
     parser = argparse.ArgumentParser(
@@ -438,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (default: see docs/configuration.md)")
     parser.add_argument("--trace", action="store_true",
                         help="print each driver operation and its duration to stderr")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_CommandParser)
 

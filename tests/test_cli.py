@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -180,6 +181,57 @@ def test_ambiguous_and_unknown_short_ids_are_clear_errors(tmp_path: Path) -> Non
     run_lamina("layer", "rm", "cafe", root=root, env=VFS)
     ids = run_lamina("layer", "ls", "-q", root=root, env=VFS).stdout.decode().split()
     assert sorted(ids) == ["cafe01", "cafe02"]
+
+
+BLOCK_IMPORTS = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # `import name` now fails as if it were not installed
+del sys.argv[1]
+from lamina.core.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("blocked", ["pytest", "hypothesis"])
+@pytest.mark.parametrize("matrix", [False, True])
+def test_conformance_without_its_extra_says_what_to_install(
+    tmp_path: Path, blocked: str, matrix: bool
+) -> None:
+    workdir = tmp_path / "w"
+    args = ["--driver", "all", "--fs", "tmpfs", "--workdir", str(workdir)] if matrix else []
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_IMPORTS, blocked, "--root", str(tmp_path / "r"),
+         "--driver", "vfs", "conformance", *args],
+        capture_output=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert stderr(proc).splitlines() == [
+        f"lamina: error: the conformance suite needs {blocked}, which is not installed",
+        "hint: install lamina's conformance extra: pip install 'lamina[conformance]'",
+    ]
+    assert not workdir.exists()
+
+
+def test_conformance_extra_holds_what_the_suite_imports() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extra = project["project"]["optional-dependencies"]["conformance"]
+    assert {re.split(r"[<>=!~ ;\[]", req)[0] for req in extra} == {"pytest", "hypothesis"}
+
+
+def test_version_comes_from_the_installed_metadata() -> None:
+    import importlib.metadata
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom lamina.core.cli import main\n"
+         "try:\n    main()\nexcept SystemExit:\n    pass\n"
+         "print('importlib.metadata' in sys.modules, file=sys.stderr)", "--version"],
+        capture_output=True, timeout=60,
+    )
+    assert proc.stdout.decode() == f"lamina {importlib.metadata.version('lamina')}\n"
+    assert stderr(proc) == "False\n"  # read from the METADATA header, as `lamina drivers` does
 
 
 @needs_root
