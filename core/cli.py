@@ -64,10 +64,11 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
             "root": str(store.root),
             "backing_filesystem": filesystem_type(store.root),
             "config_file": str(engine.config.source) if engine.config.source else None,
-            "layers": len(store.layers()),
+            "layers": store.layer_count(),
             "driver_status": dict(store.driver.status()),
             "skipped": dict(choice.skipped),
         }
+        layers_line = _layers_line(store, facts["layers"], facts["driver_status"])
     if args.format == "json":
         _print_json(facts)
         return 0
@@ -78,12 +79,31 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
     print(f"Root:                {facts['root']}")
     print(f"Backing filesystem:  {facts['backing_filesystem']}")
     print(f"Config file:         {facts['config_file'] or '(none found, defaults)'}")
-    print(f"Layers:              {facts['layers']}")
-    status = facts["driver_status"]
+    print(f"Layers:              {layers_line}")
+    status = {k: v for k, v in facts["driver_status"].items() if k != "Layers"}
     pad = max((len(k) for k in status), default=0) + 1
     for key, value in status.items():
         print(f"  {key + ':':<{pad}} {value}")
     return 0
+
+
+def _layers_line(store: Any, ready: int, status: dict[str, str]) -> str:
+    """The store's count of layers, and the driver's own count where it differs.
+
+    One line, so that ``info`` lists layers once; a driver home holding more or
+    fewer layers than the metadata knows is said, never hidden.
+    """
+    try:
+        on_disk = int(status["Layers"])
+    except (KeyError, ValueError):
+        return str(ready)
+    if on_disk == ready:
+        return str(ready)
+    every = store.layer_count(ready_only=False)
+    if on_disk == every:
+        return f"{ready} (and {every - ready} being written or removed)"
+    return (f"{ready} (but the {store.driver.name} driver's home holds {on_disk}: "
+            "the metadata and the disk disagree)")
 
 
 def cmd_drivers(args: argparse.Namespace, engine: Engine) -> int:

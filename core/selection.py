@@ -3,9 +3,10 @@
 1. A driver named explicitly (``--driver``, ``$LAMINA_DRIVER``, the config
    file) is used, or its failure to work here is an error: an explicit choice
    is never silently replaced.
-2. Else a driver that already has state under the root ("prior driver"), so
-   that layers never vanish because a better driver became available. Two
-   prior drivers: an error asking the user to choose.
+2. Else a driver that already has state under the root ("prior driver", its
+   home is not empty), so that layers never vanish because a better driver
+   became available. Two prior drivers: an error asking the user to choose.
+   The home may hold no layer now (all removed): the reason says what was seen.
 3. Else the first driver of the priority list that works here, then any
    other installed driver by name. Only "not supported here" moves the choice
    on; any other failure of a support check is an error.
@@ -87,10 +88,10 @@ def choose_driver(config: Config, registry: DriverRegistry) -> Choice:
         if reason:
             raise DriverNotSupported(
                 driver.name,
-                f"{reason} (its layers are under {root / driver.name})",
+                f"{reason} (its state is under {root / driver.name})",
                 hint="fix the cause, or choose a driver explicitly to use another one",
             )
-        return Choice(driver, f"it already has layers under {root}")
+        return Choice(driver, f"it was used before here: {root / driver.name} is not empty")
 
     skipped: list[tuple[str, str]] = []
     order = list(config.driver_priority) + sorted(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -255,6 +256,39 @@ def test_human_size(size: int, text: str) -> None:
     from lamina.core.sizes import human_size
 
     assert human_size(size) == text
+
+
+@needs_root
+def test_info_lists_layers_once_and_says_why_truthfully(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    layer = run_lamina("layer", "create", root=root, env=VFS).stdout.decode().strip()
+    text = run_lamina("info", root=root).stdout.decode()
+    assert [line.split() for line in text.splitlines() if "Layers:" in line] == [
+        ["Layers:", "1"]
+    ]
+    run_lamina("layer", "rm", layer, root=root, env=VFS)
+    info = json.loads(run_lamina("info", "--format", "json", root=root).stdout)
+    assert info["driver"] == "vfs" and info["layers"] == 0
+    # vfs is chosen as the driver used here before, but it has no layers now
+    assert "already has layers" not in info["why"]
+    assert "used before" in info["why"]
+
+
+@needs_root
+def test_info_never_hides_a_disagreeing_layer_count(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    layer = run_lamina("layer", "create", root=root, env=VFS).stdout.decode().strip()
+    with sqlite3.connect(root / "lamina.db") as db:
+        db.execute("DELETE FROM layers WHERE id = ?", (layer,))
+    db.close()
+    proc = run_lamina("info", root=root, env=VFS, check=False)
+    if proc.returncode == 0:
+        lines = [line for line in proc.stdout.decode().splitlines() if "Layers:" in line]
+        assert len(lines) == 1
+        assert lines[0].split()[:2] == ["Layers:", "0"]
+        assert "the vfs driver's home holds 1" in lines[0]
+    else:  # a store that refuses to open over a disagreement says so clearly
+        assert stderr(proc).startswith("lamina: error: ") and "Traceback" not in stderr(proc)
 
 
 def test_plain_tables_look_as_rich_draws_them() -> None:

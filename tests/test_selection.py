@@ -80,7 +80,7 @@ def test_prior_driver_wins_over_priority(tmp_path: Path) -> None:
     (tmp_path / "vfs" / "dir").mkdir(parents=True)
     choice = choose_driver(Config(root=tmp_path), reg)
     assert choice.name == "vfs"
-    assert "already has layers" in choice.reason
+    assert choice.reason == f"it was used before here: {tmp_path / 'vfs'} is not empty"
 
 
 def test_empty_home_is_not_prior_state(tmp_path: Path) -> None:
