@@ -119,6 +119,10 @@ class LayerNotFound(LayerError):
     """No layer has that id (or it was removed)."""
 
 
+class AmbiguousLayerId(LayerError):
+    """A short id (a prefix) matches more than one layer."""
+
+
 class LayerExists(LayerError):
     """A layer with that id exists already."""
 

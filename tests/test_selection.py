@@ -79,7 +79,7 @@ def test_prior_driver_wins_over_priority(tmp_path: Path) -> None:
     reg = registry(make_driver("overlay"), make_driver("vfs"))
     choice = choose_driver(Config(root=tmp_path), reg, recorded=["vfs"])
     assert choice.name == "vfs"
-    assert "already has layers" in choice.reason
+    assert choice.reason == f"the store's metadata records layers of it under {tmp_path}"
 
 
 def test_a_home_without_recorded_layers_is_not_prior_state(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from conftest import LAMINA, needs_root, run_lamina
 from lamina.core.config import Config
 from lamina.core.engine import Engine
 from lamina.core.errors import (
+    AmbiguousLayerId,
     InvalidLayerId,
     LayerExists,
     LayerHasChildren,
@@ -84,6 +85,37 @@ def test_layer_ids_are_validated(store_root: Path) -> None:
         with pytest.raises(LayerExists):
             store.create_layer(layer_id="base-1.0")
         store.remove_layer("base-1.0")
+
+
+def test_short_ids_resolve_like_docker(store_root: Path) -> None:
+    with open_store(store_root) as store:
+        for layer_id in ["cafe", "cafe01", "cafe02", "beef", "b_x"]:
+            store.create_layer(layer_id=layer_id)
+        assert store.resolve("be") == "beef"
+        assert store.resolve("cafe01") == "cafe01"
+        assert store.resolve("cafe") == "cafe"  # a full id wins over a prefix of others
+        with pytest.raises(AmbiguousLayerId) as info:
+            store.resolve("caf")
+        assert "3 layers start with it" in str(info.value)
+        assert "cafe01" in str(info.value) and "more characters" in info.value.hint
+        with pytest.raises(LayerNotFound, match="no layer 'dead'"):
+            store.resolve("dead")
+        # "_" and "%" are no wildcards: "b_" names b_x alone, not beef
+        assert store.resolve("b_") == "b_x"
+        with pytest.raises(InvalidLayerId):
+            store.resolve("b%")
+        with pytest.raises(InvalidLayerId):
+            store.resolve("")
+        # the Python API keeps taking full ids only
+        with pytest.raises(LayerNotFound):
+            store.layer("bee")
+        plan = " ".join(
+            str(row[-1]) for row in store._db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM layers WHERE id >= ? AND id < ?"
+                " AND driver = ? ORDER BY id LIMIT 6", ("ca", "cb", "vfs"),
+            )
+        )
+        assert "SEARCH" in plan and "SCAN" not in plan, plan
 
 
 def test_parent_rules(store_root: Path) -> None:

@@ -40,17 +40,11 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def _print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from .tables import print_table
 
-    table = Table(title=title, box=None, header_style="bold", pad_edge=False)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
+    tty = sys.stdout.isatty()
     # a pipe has no width: do not fold cells at 80 columns there
-    width = None if sys.stdout.isatty() else 1000
-    Console(soft_wrap=True, width=width).print(table)
+    print_table(title, columns, rows, width=_terminal_columns() if tty else 1000, styled=tty)
 
 
 def _print_json(data: Any) -> None:
@@ -75,10 +69,11 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
             "root": str(store.root),
             "backing_filesystem": filesystem_type(existing_dir(store.root)),
             "config_file": str(engine.config.source) if engine.config.source else None,
-            "layers": len(store.layers()),
+            "layers": store.layer_count(),
             "driver_status": dict(store.driver.status()),
             "skipped": dict(choice.skipped),
         }
+        layers_line = _layers_line(store, facts["layers"], facts["driver_status"])
     if args.format == "json":
         _print_json(facts)
         return 0
@@ -89,12 +84,31 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
     print(f"Root:                {facts['root']}")
     print(f"Backing filesystem:  {facts['backing_filesystem']}")
     print(f"Config file:         {facts['config_file'] or '(none found, defaults)'}")
-    print(f"Layers:              {facts['layers']}")
-    status = facts["driver_status"]
+    print(f"Layers:              {layers_line}")
+    status = {k: v for k, v in facts["driver_status"].items() if k != "Layers"}
     pad = max((len(k) for k in status), default=0) + 1
     for key, value in status.items():
         print(f"  {key + ':':<{pad}} {value}")
     return 0
+
+
+def _layers_line(store: Any, ready: int, status: dict[str, str]) -> str:
+    """The store's count of layers, and the driver's own count where it differs.
+
+    One line, so that ``info`` lists layers once; a driver home holding more or
+    fewer layers than the metadata knows is said, never hidden.
+    """
+    try:
+        on_disk = int(status["Layers"])
+    except (KeyError, ValueError):
+        return str(ready)
+    if on_disk == ready:
+        return str(ready)
+    every = store.layer_count(ready_only=False)
+    if on_disk == every:
+        return f"{ready} (and {every - ready} being written or removed)"
+    return (f"{ready} (but the {store.driver.name} driver's home holds {on_disk}: "
+            "the metadata and the disk disagree)")
 
 
 def cmd_drivers(args: argparse.Namespace, engine: Engine) -> int:
@@ -151,6 +165,7 @@ def cmd_conformance(args: argparse.Namespace, engine: Engine) -> int:
     matrix = any(
         v is not None for v in (args.fs, args.junit, args.json, args.workdir, args.size_mb)
     ) or (driver is not None and (driver.strip() == "all" or "," in driver))
+    _check_conformance_extra()
     if matrix:
         return _conformance_matrix(args, engine, driver or "all", extra)
     import pytest
@@ -164,6 +179,20 @@ def cmd_conformance(args: argparse.Namespace, engine: Engine) -> int:
     if args.config:
         pytest_args.append(f"--lamina-config={args.config}")
     return int(pytest.main(pytest_args))
+
+
+def _check_conformance_extra() -> None:
+    """The suite's own dependencies are an extra (``lamina[conformance]``): say so."""
+    import importlib
+
+    for name in ("pytest", "hypothesis"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise LaminaError(
+                f"the conformance suite needs {name}, which is not installed",
+                hint="install lamina's conformance extra: pip install 'lamina[conformance]'",
+            ) from None
 
 
 def _conformance_matrix(args: argparse.Namespace, engine: Engine, drivers_text: str,
@@ -200,7 +229,7 @@ def _conformance_matrix(args: argparse.Namespace, engine: Engine, drivers_text: 
 # --- layers ---------------------------------------------------------------------------
 
 
-def _layer_dict(store: Any, layer: Any) -> dict[str, Any]:
+def _layer_dict(layer: Any, mounts: dict[str, int]) -> dict[str, Any]:
     return {
         "id": layer.id,
         "parent": layer.parent,
@@ -208,22 +237,29 @@ def _layer_dict(store: Any, layer: Any) -> dict[str, Any]:
         "diff_id": layer.diff_id,
         "size": layer.size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(layer.created)),
-        "mounts": store.mount_count(layer.id),
+        "mounts": mounts.get(layer.id, 0),
     }
+
+
+def _parent(store: Any, args: argparse.Namespace) -> str | None:
+    """The full id of ``--parent`` (any unique prefix of it names it), or None."""
+    return None if args.parent is None else store.resolve(args.parent)
 
 
 def cmd_layer_create(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        layer = store.create_layer(args.parent, writable=args.rw, layer_id=args.id)
+        parent = _parent(store, args)
+        layer = store.create_layer(parent, writable=args.rw, layer_id=args.id)
     print(layer.id)
     return 0
 
 
 def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
+        parent = _parent(store, args)
         if args.file == "-":
             layer = store.apply_layer(
-                sys.stdin.buffer, args.parent, writable=args.rw, layer_id=args.id
+                sys.stdin.buffer, parent, writable=args.rw, layer_id=args.id
             )
         else:
             try:
@@ -234,14 +270,17 @@ def cmd_layer_apply(args: argparse.Namespace, engine: Engine) -> int:
                     hint="give the path of a layer tar (plain, gzip or zstd), or - for stdin",
                 ) from None
             with f:
-                layer = store.apply_layer(f, args.parent, writable=args.rw, layer_id=args.id)
+                layer = store.apply_layer(f, parent, writable=args.rw, layer_id=args.id)
     print(layer.id)
     return 0
 
 
 def cmd_layer_ls(args: argparse.Namespace, engine: Engine) -> int:
+    from .sizes import human_size
+
     with engine.open_store(readonly=True) as store:
-        rows = [_layer_dict(store, layer) for layer in store.layers()]
+        mounts = store.mount_counts()
+        rows = [_layer_dict(layer, mounts) for layer in store.layers()]
     if args.format == "json":
         _print_json(rows)
         return 0
@@ -254,7 +293,7 @@ def cmd_layer_ls(args: argparse.Namespace, engine: Engine) -> int:
         ["ID", "PARENT", "MODE", "SIZE", "DIFF ID", "MOUNTS", "CREATED"],
         [
             [r["id"][:12], (r["parent"] or "")[:12], "rw" if r["writable"] else "ro",
-             r["size"] if r["size"] is not None else "", (r["diff_id"] or "")[:19],
+             human_size(r["size"]) if r["size"] is not None else "", (r["diff_id"] or "")[:19],
              r["mounts"], r["created"]]
             for r in rows
         ],
@@ -267,7 +306,7 @@ def cmd_layer_rm(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         for layer_id in args.ids:
             try:
-                store.remove_layer(layer_id)
+                store.remove_layer(store.resolve(layer_id))
                 print(layer_id)
             except LaminaError as exc:
                 _report(exc)
@@ -277,21 +316,21 @@ def cmd_layer_rm(args: argparse.Namespace, engine: Engine) -> int:
 
 def cmd_layer_mount(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        print(store.mount(args.id))
+        print(store.mount(store.resolve(args.id)))
     return 0
 
 
 def cmd_layer_unmount(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        store.unmount(args.id)
+        store.unmount(store.resolve(args.id))
     return 0
 
 
 def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        store.layer(args.id)
+        layer_id = store.resolve(args.id)
         if args.output and args.output != "-":
-            _diff_to_file(store, args.id, Path(args.output))
+            _diff_to_file(store, layer_id, Path(args.output))
         else:
             if sys.stdout.isatty():
                 raise LaminaError(
@@ -299,7 +338,7 @@ def cmd_layer_diff(args: argparse.Namespace, engine: Engine) -> int:
                     hint="redirect the output or use -o FILE",
                 )
             try:
-                store.diff(args.id, sys.stdout.buffer)
+                store.diff(layer_id, sys.stdout.buffer)
                 sys.stdout.buffer.flush()
             except BrokenPipeError:
                 raise
@@ -340,7 +379,7 @@ def _diff_to_file(store: Any, layer_id: str, target: Path) -> None:
 def cmd_layer_changes(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         # the root is the parent of every change; like `docker diff`, do not list it
-        changes = [c for c in store.changes(args.id) if c.path]
+        changes = [c for c in store.changes(store.resolve(args.id)) if c.path]
     if args.format == "json":
         _print_json([{"path": "/" + c.path, "kind": c.kind.value} for c in changes])
     else:
@@ -500,6 +539,25 @@ def _layer_diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read only when asked for.
+
+    argparse's own version action takes the text when the parser is built, and
+    every command would pay for reading the metadata.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print lamina's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from ..plugins.entrypoints import distribution_version
+
+        print(f"lamina {distribution_version('lamina') or '(version unknown: not installed)'}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each sub-command's arguments are added when it is used."""
     parser = argparse.ArgumentParser(
@@ -513,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print each driver operation and its duration to stderr")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (also LAMINA_DEBUG=1)")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_CommandParser)
 

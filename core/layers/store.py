@@ -31,6 +31,7 @@ from typing import IO, Any, NamedTuple
 from ..blobs.store import BlobStore
 from ..driver import ApplyResult, Change, Driver
 from ..errors import (
+    AmbiguousLayerId,
     InvalidLayerId,
     LaminaError,
     LayerExists,
@@ -54,6 +55,8 @@ DB_NAME = "lamina.db"
 #: entries of the root that hold no layer or blob: a new database forgets nothing in them
 _NOT_DATA = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", "lock", "tmp"})
 LAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: how many matching ids an ambiguous short id's error lists
+AMBIGUOUS_SHOWN = 5
 USER_HOLDER_PREFIX = "user:"
 
 
@@ -341,6 +344,46 @@ class Store:
             )
         return Layer.from_row(row)
 
+    def resolve(self, id_or_prefix: str) -> str:
+        """The full id of the layer that ``id_or_prefix`` names, as Docker resolves ids.
+
+        A layer whose id is exactly ``id_or_prefix`` wins; else the one layer (of
+        this store's driver, in any state) whose id starts with it. No match is
+        :class:`LayerNotFound`, several are :class:`AmbiguousLayerId`. Only the
+        command line needs this: the other methods take full ids.
+
+        Ids are ASCII without ``%`` or ``_`` wildcards of their own, so the prefix is a
+        range of the primary key: ``prefix <= id < prefix with its last character
+        incremented`` (``LIKE`` is case-insensitive and would not use the index).
+        """
+        self._check_open()
+        prefix = check_layer_id(id_or_prefix)
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._db.execute(
+            "SELECT id FROM layers WHERE id >= ? AND id < ? AND driver = ? ORDER BY id LIMIT ?",
+            (prefix, upper, self.driver.name, AMBIGUOUS_SHOWN + 1),
+        ).fetchall()
+        ids = [r["id"] for r in rows]
+        if len(ids) == 1 or ids[:1] == [prefix]:  # the full id sorts first of its range
+            return ids[0]
+        if not ids:
+            raise LayerNotFound(
+                prefix,
+                f"no layer {prefix!r} in driver {self.driver.name!r}",
+                hint="`lamina layer ls` lists the layers",
+            )
+        count = self._db.execute(
+            "SELECT count(*) FROM layers WHERE id >= ? AND id < ? AND driver = ?",
+            (prefix, upper, self.driver.name),
+        ).fetchone()[0]
+        shown = ", ".join(i[:16] for i in ids[:AMBIGUOUS_SHOWN])
+        more = ", ..." if count > AMBIGUOUS_SHOWN else ""
+        raise AmbiguousLayerId(
+            prefix,
+            f"layer id {prefix!r} is ambiguous: {count} layers start with it ({shown}{more})",
+            hint="give more characters of the id",
+        )
+
     def layers(self) -> list[Layer]:
         """Every ready layer of this store's driver, oldest first."""
         self._check_open()
@@ -349,6 +392,16 @@ class Store:
             (self.driver.name,),
         ).fetchall()
         return [Layer.from_row(r) for r in rows]
+
+    def layer_count(self, *, ready_only: bool = True) -> int:
+        """How many layers this store's driver has (with ``ready_only=False``, also those
+        being written or removed)."""
+        self._check_open()
+        return self._db.execute(
+            "SELECT count(*) FROM layers WHERE driver = ?"
+            + (" AND state = 'ready'" if ready_only else ""),
+            (self.driver.name,),
+        ).fetchone()[0]
 
     def children(self, layer_id: str) -> list[str]:
         rows = self._db.execute("SELECT id FROM layers WHERE parent = ?", (layer_id,))
@@ -359,6 +412,12 @@ class Store:
         return self._db.execute(
             "SELECT count(*) FROM mounts WHERE layer_id = ?", (layer_id,)
         ).fetchone()[0]
+
+    def mount_counts(self) -> dict[str, int]:
+        """How many references hold each mounted layer's mount (one query for a listing)."""
+        self._check_open()
+        rows = self._db.execute("SELECT layer_id, count(*) FROM mounts GROUP BY layer_id")
+        return {layer_id: count for layer_id, count in rows.fetchall()}
 
     def chain(self, layer_id: str) -> list[str]:
         """The layer and its ancestors, the layer first."""

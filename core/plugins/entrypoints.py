@@ -98,6 +98,29 @@ def entry_points(group: str) -> list[EntryPoint]:
     return found
 
 
+def distribution_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed.
+
+    Read from the header of its METADATA, the distribution ``importlib.metadata``
+    would find (``lamina --version``).
+    """
+    key = _normalize(name)
+    try:
+        if _plain_path_finder_only():
+            for found, meta_dir in _metadata_dirs():
+                if found == key:
+                    return _name_and_version(meta_dir)[1]
+            return None
+    except _NeedsImportlib:
+        pass
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def parse_entry_points(text: str, group: str) -> Iterator[tuple[str, str]]:
     """``(name, value)`` of each entry of ``[group]`` in an ``entry_points.txt``.
 

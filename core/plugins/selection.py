@@ -99,10 +99,10 @@ def choose_driver(
         if reason:
             raise DriverNotSupported(
                 driver.name,
-                f"{reason} (its layers are under {root / driver.name})",
+                f"{reason} (its state is under {root / driver.name})",
                 hint="fix the cause, or choose a driver explicitly to use another one",
             )
-        return Choice(driver, f"it already has layers under {root}")
+        return Choice(driver, f"the store's metadata records layers of it under {root}")
 
     skipped: list[tuple[str, str]] = []
     order = list(config.driver_priority) + sorted(
