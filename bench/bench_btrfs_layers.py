@@ -49,16 +49,16 @@ def bench_child(fs: Path, tar: Path, runs: int) -> bool:
         home.mkdir(parents=True, mode=0o700)
     btrfs, vfs = BtrfsDriver(btrfs_home), VfsDriver(vfs_home)
     with open(tar, "rb") as f:
-        btrfs.create("base", None, writable=False)
+        btrfs.create("base", [], writable=False)
         with _populate(btrfs, "base") as path:
             _untar(f, path)
-        btrfs.finalize("base")
-    vfs.create("base", None, writable=False)
-    _untar_file(tar, vfs.mount("base", readonly=False))
+        btrfs.finalize("base", writable=False)
+    vfs.create("base", [], writable=False)
+    _untar_file(tar, vfs.mount("base", [], readonly=False))
     snap = Contender("btrfs create(child, parent=base)",
-                     lambda i: btrfs.create(f"child{i}", "base", writable=True))
+                     lambda i: btrfs.create(f"child{i}", ["base"], writable=True))
     copy = Contender("vfs create(child, parent=base)",
-                     lambda i: vfs.create(f"child{i}", "base", writable=True))
+                     lambda i: vfs.create(f"child{i}", ["base"], writable=True))
     race([snap, copy], runs)
     entries, size = tree_stats(btrfs.mount("base", readonly=True))
     return report(
@@ -134,7 +134,7 @@ class _populate:
         self.driver, self.layer_id = driver, layer_id
 
     def __enter__(self) -> Path:
-        return self.driver.mount(self.layer_id, readonly=False)
+        return self.driver.mount(self.layer_id, [], readonly=False)
 
     def __exit__(self, *exc: object) -> None:
         self.driver.unmount(self.layer_id)

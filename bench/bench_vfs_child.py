@@ -37,22 +37,22 @@ def main() -> int:
     home = args.workdir / "vfs"
     home.mkdir(parents=True, mode=0o700)
     driver = VfsDriver(home)
-    driver.create("base", None, writable=False)
-    base = driver.mount("base", readonly=False)
+    driver.create("base", [], writable=False)
+    base = driver.mount("base", [], readonly=False)
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
                     str(tar), "-C", str(base)], check=True)
     cp_out = args.workdir / "cp"
     cp_out.mkdir()
 
     vfs = Contender("lamina vfs create(child, parent=base)",
-                    lambda i: driver.create(f"child{i}", "base", writable=True))
+                    lambda i: driver.create(f"child{i}", ["base"], writable=True))
     cp = Contender("cp -a --reflink=auto",
                    lambda i: subprocess.run(["cp", "-a", "--reflink=auto", str(base),
                                              str(cp_out / str(i))], check=True))
     try:
         race([vfs, cp], args.runs)
         # the timed copy must also be a right one: same tree as cp's, metadata included
-        assert_same_tree(cp_out / "0", driver.mount("child0", readonly=False))
+        assert_same_tree(cp_out / "0", driver.mount("child0", ["base"], readonly=False))
         entries, size = tree_stats(base)
         ok = report(
             "vfs child of a Debian minbase layer vs cp -a",

@@ -124,8 +124,8 @@ def test_04_create_existing_id_fails(store, reference_dir, capabilities, assert_
 
 def test_04_create_over_crash_debris(store) -> None:
     """Debris of a crash (a driver layer the store never recorded) does not block a create."""
-    store.driver.create("debris", None, writable=True)
-    path = store.driver.mount("debris", readonly=False)
+    store.driver.create("debris", [], writable=True)
+    path = store.driver.mount("debris", [], readonly=False)
     (path / "left-over").write_bytes(b"from the crashed process")
     store.driver.unmount("debris")
     layer = store.create_layer(layer_id="debris")
@@ -144,7 +144,7 @@ def test_04_failed_create_leaves_nothing(store) -> None:
     assert store.driver.exists("orphan")
     # the store checks the parent first; the driver must hold the same rule on its own
     with pytest.raises(LayerNotFound):
-        store.driver.create("orphan-2", "no-such-parent", writable=False)
+        store.driver.create("orphan-2", ["no-such-parent"], writable=False)
     assert not store.driver.exists("orphan-2"), "a failed driver create left a layer behind"
 
 

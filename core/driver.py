@@ -4,7 +4,14 @@ A driver keeps layers: directories of files, each possibly built on one
 parent, combined into one tree when mounted. The core (the store in
 :mod:`lamina.core.layers.store`) decides ids, keeps the metadata, counts mounts,
 recovers after crashes and calls the driver only for what is specific to a
-storage technique. A driver subclasses :class:`Driver` and registers the
+storage technique.
+
+The core owns the parent graph. Every method that needs a layer's lineage
+is handed it as ``parents``: the ids of the layer's ancestors, nearest
+first (``parents[0]`` is the parent, ``parents[-1]`` the base layer), empty
+for a layer without parent. A driver never stores parent ids or chains of
+its own: it keeps only what its storage needs per layer, and what makes a
+layer exist must not depend on parent data. A driver subclasses :class:`Driver` and registers the
 class through the ``lamina_register_drivers`` hook
 (:mod:`lamina.core.plugins.hookspec`).
 
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, NamedTuple, Protocol
 
@@ -223,19 +230,20 @@ class Driver:
 
     # -- what every driver writes ---------------------------------------------
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        """Create an empty layer on ``parent`` (or on nothing).
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        """Create an empty layer on ``parents`` (or on nothing, when empty).
 
-        A new layer shows exactly its parent's tree, or an empty root of mode
-        ``capabilities.root_mode``. ``writable`` says whether mounts of the
-        finished layer accept writes; a read-only layer is still filled once
-        by the core (:meth:`apply`, or a ``populate`` view) before it is
-        finished (see :meth:`finalize`).
+        ``parents`` are the new layer's ancestors, nearest first (see the
+        module docstring). A new layer shows exactly its parent's tree, or an
+        empty root of mode ``capabilities.root_mode``. ``writable`` says
+        whether mounts of the finished layer accept writes; a read-only layer
+        is still filled once by the core (:meth:`apply`, or a ``populate``
+        view) before it is finished (see :meth:`finalize`).
 
-        Must fail if ``layer_id`` exists (:class:`LayerExists`) or ``parent``
-        does not (:class:`LayerNotFound`). If it fails it leaves nothing
-        behind, so the same id can be created again; debris from a crash
-        under this id must not make a later create fail.
+        Must fail if ``layer_id`` exists (:class:`LayerExists`) or
+        ``parents[0]`` does not (:class:`LayerNotFound`). If it fails it
+        leaves nothing behind, so the same id can be created again; debris
+        from a crash under this id must not make a later create fail.
         """
         raise NotImplementedError
 
@@ -254,10 +262,12 @@ class Driver:
         """Whether the layer exists in this driver's home (no side effects)."""
         raise NotImplementedError
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
         """Make the layer's combined tree available and return its path.
 
-        The core counts mounts: it calls this for the first user only and
+        ``parents`` are the layer's ancestors, nearest first, as at
+        :meth:`create` (the core passes the same chain every time). The core
+        counts mounts: it calls this for the first user only and
         :meth:`unmount` after the last one, so the driver need not count.
         With ``readonly`` every write below the path must fail (EROFS), which
         the suite checks by writing; without it writes land in this layer
@@ -277,11 +287,13 @@ class Driver:
 
     # -- optional -------------------------------------------------------------------
 
-    def finalize(self, layer_id: str) -> None:
+    def finalize(self, layer_id: str, *, writable: bool) -> None:
         """Called once when a layer's content is complete.
 
-        A driver that makes finished read-only layers immutable (a btrfs
-        read-only snapshot flag, say) does it here. Default: nothing.
+        ``writable`` is the flag the layer was created with (the core keeps
+        it; the driver need not). A driver that makes finished read-only
+        layers immutable (a btrfs read-only snapshot flag, say) does it here.
+        Default: nothing.
         """
 
     def status(self) -> list[tuple[str, str]]:
@@ -316,7 +328,7 @@ class Driver:
             hint="`lamina layer ls` lists the layers",
         )
 
-    def _check_create(self, layer_id: str, parent: str | None) -> None:
+    def _check_create(self, layer_id: str, parents: Sequence[str]) -> None:
         """The preconditions of :meth:`create`: open, a new id, an existing parent."""
         self._check_open()
         if self.exists(layer_id):
@@ -325,30 +337,33 @@ class Driver:
                 f"{self.name} layer {layer_id!r} exists already",
                 hint="remove it first or choose another id",
             )
-        if parent is not None and not self.exists(parent):
+        if parents and not self.exists(parents[0]):
             raise LayerNotFound(
-                parent,
-                f"parent layer {parent!r} of {layer_id!r} does not exist",
+                parents[0],
+                f"parent layer {parents[0]!r} of {layer_id!r} does not exist",
                 hint="create the parent first; `lamina layer ls` lists the layers",
             )
 
     # -- generic, overridable ------------------------------------------------------
 
-    def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
-        """What changed in ``layer_id`` against ``parent`` (sorted by path).
+    def changes(
+        self, layer_id: str, parents: Sequence[str], views: LayerViews
+    ) -> list[Change]:
+        """What changed in ``layer_id`` against its parent ``parents[0]`` (sorted by path).
 
-        A path is ADDED when the parent has no entry there, DELETED when the
-        layer hides the parent's entry, MODIFIED when type, content, mode,
+        ``parents`` are the layer's ancestors, nearest first. A path is
+        ADDED when the parent has no entry there, DELETED when the layer
+        hides the parent's entry, MODIFIED when type, content, mode,
         owner, xattrs, mtime or link target differ; a directory whose
         entries changed is reported MODIFIED too. Default: compare the two
         mounted trees (:func:`lamina.core.layers.changes.compare_trees`).
         """
         from .layers.changes import generic_changes
 
-        return generic_changes(self, layer_id, parent, views)
+        return generic_changes(self, layer_id, parents, views)
 
     def diff(
-        self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
     ) -> int:
         """Write the layer's changes to ``out`` as an uncompressed OCI layer tar.
 
@@ -360,28 +375,29 @@ class Driver:
         """
         from .layertar.export import generic_diff
 
-        return generic_diff(self, layer_id, parent, out, views)
+        return generic_diff(self, layer_id, parents, out, views)
 
-    def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
-        """Bytes of file content the layer adds against ``parent``.
+    def diff_size(self, layer_id: str, parents: Sequence[str], views: LayerViews) -> int:
+        """Bytes of file content the layer adds against its parent ``parents[0]``.
 
         Zero for an empty layer; at least N after N bytes were written; the
         parents' content is not counted.
         """
         from .layers.changes import generic_diff_size
 
-        return generic_diff_size(self, layer_id, parent, views)
+        return generic_diff_size(self, layer_id, parents, views)
 
     def apply(
-        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], stream: IO[bytes], views: LayerViews
     ) -> ApplyResult:
         """Fill the new, incomplete layer from an OCI layer tar stream.
 
         ``stream`` is already decompressed. The layer was just created on
-        ``parent`` and holds nothing of its own yet. Whiteouts delete from
-        the parents' view; every entry is resolved safely inside the layer
-        (:mod:`lamina.core.layertar.apply`). On failure the core removes the layer.
-        Default: apply into a writable ``populate`` view of the layer.
+        ``parents`` (as passed to :meth:`create`) and holds nothing of its
+        own yet. Whiteouts delete from the parents' view; every entry is
+        resolved safely inside the layer (:mod:`lamina.core.layertar.apply`). On
+        failure the core removes the layer. Default: apply into a writable
+        ``populate`` view of the layer.
         """
         from .layertar.apply import apply_tar
 

@@ -154,7 +154,7 @@ def test_writable_layer_asked_read_only_gets_a_read_only_bind(root: Path) -> Non
     with new_store(root) as store:
         rw = store.create_layer(writable=True).id
         driver = store.driver
-        view = driver.mount(rw, readonly=True)
+        view = driver.mount(rw, [], readonly=True)
         assert view != driver._subvol(rw)
         with pytest.raises(OSError) as info:
             (view / "x").write_bytes(b"x")
@@ -181,9 +181,9 @@ def test_remove_of_read_only_layer_with_nested_subvolume(root: Path) -> None:
     store = new_store(root)
     with store:
         driver = store.driver
-        driver.create("img", None, writable=False)
+        driver.create("img", [], writable=False)
         btrfsutil.create_subvolume(driver._subvol("img") / "inner")
-        driver.finalize("img")
+        driver.finalize("img", writable=False)
         driver.remove("img")
         assert not os.path.lexists(driver._subvol("img"))
 
@@ -191,27 +191,38 @@ def test_remove_of_read_only_layer_with_nested_subvolume(root: Path) -> None:
 def test_create_errors_and_crash_debris(root: Path) -> None:
     with new_store(root) as store:
         driver = store.driver
-        driver.create("a", None, writable=True)
+        driver.create("a", [], writable=True)
         with pytest.raises(LayerExists):
-            driver.create("a", None, writable=True)
+            driver.create("a", [], writable=True)
         with pytest.raises(LayerNotFound):
-            driver.create("b", "missing", writable=True)
+            driver.create("b", ["missing"], writable=True)
         assert not os.path.lexists(driver._subvol("b"))
-        # a crash after the snapshot, before the meta file: debris only
-        btrfsutil.create_snapshot(driver._subvol("a"), driver._subvol("c"))
+        # a crash after the snapshot, before its rename into place: debris only
+        half_made = driver.subvolumes / ".tmp-c-0123abcd"
+        btrfsutil.create_snapshot(driver._subvol("a"), half_made)
+        other = driver.subvolumes / ".tmp-c-d-0123abcd"  # debris of the id "c-d": not ours
+        btrfsutil.create_subvolume(other)
         assert not driver.exists("c")
-        driver.create("c", "a", writable=False)
-        assert driver.exists("c")
+        driver.create("c", ["a"], writable=False)
+        assert driver.exists("c") and not os.path.lexists(half_made)
+        assert os.path.lexists(other)
+        # a remove killed right after renaming the finished, read-only layer away
+        driver.finalize("c", writable=False)
+        os.rename(driver._subvol("c"), driver.subvolumes / ".tmp-c-89abcdef")
+        assert not driver.exists("c")
         driver.remove("c")
+        assert not os.path.lexists(driver.subvolumes / ".tmp-c-89abcdef")
         driver.remove("a")
         with pytest.raises(LayerNotFound):
             driver.remove("a")
+        driver.remove("c-d")
+        assert os.listdir(driver.subvolumes) == []
 
 
 def test_remove_refuses_to_delete_through_a_mount(root: Path, tmp_path: Path) -> None:
     with new_store(root) as store:
         driver = store.driver
-        driver.create("a", None, writable=True)
+        driver.create("a", [], writable=True)
         (driver._subvol("a") / "mnt").mkdir()
         (tmp_path / "src").mkdir()
         subprocess.run(["mount", "--bind", str(tmp_path / "src"), str(driver._subvol("a") / "mnt")],
@@ -291,7 +302,6 @@ def test_per_layer_quota(quota_fs: Path) -> None:
         driver = store.driver
         rw = store.create_layer(writable=True).id
         driver.set_quota(rw, "8M")
-        assert driver.layer_info(rw)["size"] == 8 << 20
         path = store.mount(rw)
         assert fill(path / "fill", 8 << 20) <= 9 << 20
         os.unlink(path / "fill")

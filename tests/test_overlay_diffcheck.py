@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -40,20 +41,22 @@ LOG_ENV = "LAMINA_OVERLAY_DIFFCHECK_LOG"
 class DiffCheckingOverlayDriver(OverlayDriver):
     """Overlay whose every diff is checked against the generic diff, applied."""
 
-    def diff(self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews) -> int:
+    def diff(
+        self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
+    ) -> int:
         assert self.features().native_diff, "native diff is off on this kernel"
         native, generic = io.BytesIO(), io.BytesIO()
-        super().diff(layer_id, parent, native, views)
-        generic_diff(self, layer_id, parent, generic, views)
+        super().diff(layer_id, parents, native, views)
+        generic_diff(self, layer_id, parents, generic, views)
         scratch = Path(tempfile.mkdtemp(prefix="diffcheck-"))
         try:
             results = {}
             for name, data in (("native", native), ("generic", generic)):
                 target = scratch / name
-                if parent is None:
+                if not parents:
                     target.mkdir(mode=self.capabilities.root_mode)
                 else:
-                    with views.view(parent) as below:
+                    with views.view(parents[0]) as below:
                         copy_tree(below, target)
                 apply_tar(io.BytesIO(data.getvalue()), target)
                 results[name] = trees.snapshot(target)
@@ -63,7 +66,7 @@ class DiffCheckingOverlayDriver(OverlayDriver):
             sockets = [p for p, e in results["layer"].entries.items() if e.kind == "socket"]
             for path in sockets:
                 del results["layer"].entries[path]
-            if parent is None:
+            if not parents:
                 # a tar without a root entry cannot carry the root's mtime: the root
                 # is as new as the apply, so that one field is not compared
                 for name in ("native", "generic"):
@@ -77,10 +80,10 @@ class DiffCheckingOverlayDriver(OverlayDriver):
                     f"native diff of {layer_id} rebuilds another tree than the generic diff: "
                     + "; ".join(bad[:10])
                 )
-            want = generic_changes(self, layer_id, parent, views)
+            want = generic_changes(self, layer_id, parents, views)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        got = self.changes(layer_id, parent, views)
+        got = self.changes(layer_id, parents, views)
         log = os.environ.get(LOG_ENV)
         if log:
             with open(log, "a") as f:

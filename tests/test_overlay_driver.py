@@ -181,10 +181,10 @@ def test_native_diff_reads_only_the_diff_dir(store_root: Path) -> None:
         child = apply(store, base, ("f3", "file", b"changed"))
         driver = store.driver
         views = _NoViews()
-        assert [c.path for c in driver.changes(child, base, views)] == ["", "f3"]
-        assert driver.diff_size(child, base, views) == len(b"changed")
+        assert [c.path for c in driver.changes(child, [base], views)] == ["", "f3"]
+        assert driver.diff_size(child, [base], views) == len(b"changed")
         out = io.BytesIO()
-        driver.diff(child, base, out, views)
+        driver.diff(child, [base], out, views)
         assert tar_names(out.getvalue()) == [".", "f3"]
 
 
@@ -276,7 +276,7 @@ layer = sys.argv[2]
 if sys.argv[3] == "store":
     path = store.mount(layer, holder=store.process_holder)
 else:  # the driver mounted, the process died before the store recorded it
-    path = store.driver.mount(layer, readonly=True)
+    path = store.driver.mount(layer, store.parents(layer), readonly=True)
 print(path, flush=True)
 time.sleep(600)
 """

@@ -125,6 +125,9 @@ def test_parent_rules(store_root: Path) -> None:
         a = store.create_layer(layer_id="a")
         b = store.create_layer(a.id, layer_id="b")
         assert store.chain(b.id) == ["b", "a"]
+        assert store.parents("b") == ["a"] and store.parents("a") == []
+        with pytest.raises(LayerNotFound):
+            store.parents("missing")
         with pytest.raises(LayerHasChildren):
             store.remove_layer("a")
         store.remove_layer("b")
@@ -338,3 +341,13 @@ def test_concurrent_applies_in_two_processes(store_root: Path) -> None:
     with open_store(store_root) as store:
         assert {x.id for x in store.layers()} == ids
         assert len({x.diff_id for x in store.layers()}) == 1
+
+
+def test_parents_of_a_deep_chain_nearest_first(store_root: Path) -> None:
+    """What the driver is handed: every ancestor, nearest first, from one query."""
+    with open_store(store_root) as store:
+        ids = [store.create_layer(layer_id="l0").id]
+        for i in range(1, 300):
+            ids.append(store.create_layer(ids[-1], layer_id=f"l{i}").id)
+        assert store.parents("l299") == ids[-2::-1]
+        assert store.chain("l299") == ids[::-1]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -193,8 +194,7 @@ def test_repair_leaves_out_what_the_driver_lacks_and_keeps_data(tmp_path: Path) 
     run_lamina("layer", "create", "--id", "lone", root=root, env=env)
     (root / "lamina.db").unlink()
     # the vfs layer "base" vanishes behind the store's back
-    for path in (root / "vfs" / "meta" / "base.json",):
-        path.unlink()
+    shutil.rmtree(root / "vfs" / "dir" / "base")
     out = run_lamina("system", "repair", root=root, env=env).stdout.decode()
     assert "recovered layer lone (vfs)" in out
     assert "left out layer base: driver 'vfs' does not hold it; its record was removed" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -50,11 +49,11 @@ def driver(home: Path) -> VfsDriver:
 @pytest.fixture
 def base(driver: VfsDriver) -> Path:
     """A finished read-only layer ``base`` holding the rich tree; returns a snapshot path."""
-    driver.create("base", None, writable=False)
-    path = driver.mount("base", readonly=False)  # how the core populates a layer
+    driver.create("base", [], writable=False)
+    path = driver.mount("base", [], readonly=False)  # how the core populates a layer
     make_rich_tree(path)
     driver.unmount("base")
-    driver.finalize("base")
+    driver.finalize("base", writable=False)
     return path
 
 
@@ -84,9 +83,9 @@ def test_check_support(tmp_path: Path) -> None:
 
 def test_new_layer_without_parent_is_an_empty_root(driver: VfsDriver) -> None:
     assert not driver.exists("a")
-    driver.create("a", None, writable=True)
+    driver.create("a", [], writable=True)
     assert driver.exists("a")
-    path = driver.mount("a", readonly=False)
+    path = driver.mount("a", [], readonly=False)
     assert os.listdir(path) == []
     st = os.stat(path)
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0)
@@ -94,20 +93,20 @@ def test_new_layer_without_parent_is_an_empty_root(driver: VfsDriver) -> None:
 
 def test_child_shows_the_parent_tree_exactly(driver: VfsDriver, base: Path) -> None:
     expected = snapshot(base)
-    driver.create("child", "base", writable=True)
-    view = driver.mount("child", readonly=True)
+    driver.create("child", ["base"], writable=True)
+    view = driver.mount("child", ["base"], readonly=True)
     try:
         assert_same_tree(expected, view)
         assert os.stat(view / "sparse").st_size == SPARSE_SIZE
         assert os.stat(view / "sparse").st_blocks * 512 <= 64 * 1024, "holes were filled"
     finally:
         driver.unmount("child")
-    driver.create("grandchild", "child", writable=True)
-    assert_same_tree(expected, driver.mount("grandchild", readonly=False))
+    driver.create("grandchild", ["child", "base"], writable=True)
+    assert_same_tree(expected, driver.mount("grandchild", ["child", "base"], readonly=False))
 
 
 def test_readonly_view_refuses_writes(driver: VfsDriver, base: Path) -> None:
-    view = driver.mount("base", readonly=True)
+    view = driver.mount("base", [], readonly=True)
     assert view != base
     try:
         _write_fails_with_erofs(view)
@@ -118,7 +117,7 @@ def test_readonly_view_refuses_writes(driver: VfsDriver, base: Path) -> None:
             (view / "etc" / "hosts").write_bytes(b"changed")
         assert info.value.errno == errno.EROFS
         # mounting again while mounted gives the same, still read-only, view
-        assert driver.mount("base", readonly=True) == view
+        assert driver.mount("base", [], readonly=True) == view
         _write_fails_with_erofs(view)
     finally:
         driver.unmount("base")
@@ -129,15 +128,15 @@ def test_readonly_view_refuses_writes(driver: VfsDriver, base: Path) -> None:
 
 def test_writable_mount_writes_into_the_layer_only(driver: VfsDriver, base: Path) -> None:
     before = snapshot(base)
-    driver.create("rw", "base", writable=True)
-    path = driver.mount("rw", readonly=False)
+    driver.create("rw", ["base"], writable=True)
+    path = driver.mount("rw", ["base"], readonly=False)
     (path / "added").write_bytes(b"new")
     with open(path / "usr" / "b", "ab") as f:  # one name of a hardlinked trio
         f.write(b" appended")
     (path / "etc" / "hosts").unlink()
     driver.unmount("rw")
     assert_same_tree(before, base)
-    again = driver.mount("rw", readonly=True)
+    again = driver.mount("rw", ["base"], readonly=True)
     try:
         assert (again / "added").read_bytes() == b"new"
         assert (again / "usr" / "a").read_bytes() == b"linked content appended"
@@ -150,39 +149,38 @@ def test_writable_mount_writes_into_the_layer_only(driver: VfsDriver, base: Path
 
 def test_create_fails_on_an_existing_id(driver: VfsDriver, base: Path) -> None:
     with pytest.raises(LayerExists) as info:
-        driver.create("base", None, writable=True)
+        driver.create("base", [], writable=True)
     assert info.value.layer_id == "base" and info.value.hint
     assert (base / "etc" / "hosts").exists()
 
 
 def test_create_fails_on_a_missing_parent_and_leaves_nothing(driver: VfsDriver) -> None:
     with pytest.raises(LayerNotFound) as info:
-        driver.create("orphan", "nope", writable=True)
+        driver.create("orphan", ["nope"], writable=True)
     assert info.value.layer_id == "nope"
     assert not driver.exists("orphan")
-    assert os.listdir(driver.layers) == [] and os.listdir(driver.meta) == []
-    driver.create("orphan", None, writable=True)  # the id is still free
+    assert os.listdir(driver.layers) == []
+    driver.create("orphan", [], writable=True)  # the id is still free
     assert driver.exists("orphan")
 
 
 def test_remove(driver: VfsDriver, base: Path) -> None:
-    driver.create("gone", "base", writable=True)
+    driver.create("gone", ["base"], writable=True)
     driver.remove("gone")
     assert not driver.exists("gone")
-    assert not (driver.layers / "gone").exists()
-    assert not (driver.meta / "gone.json").exists()
+    assert os.listdir(driver.layers) == ["base"]
     with pytest.raises(LayerNotFound):
         driver.remove("gone")
     with pytest.raises(LayerNotFound):
         driver.remove("never-was")
     with pytest.raises(LayerNotFound):
-        driver.mount("gone", readonly=True)
-    driver.create("gone", None, writable=True)  # the id can be reused
-    assert os.listdir(driver.mount("gone", readonly=False)) == []
+        driver.mount("gone", ["base"], readonly=True)
+    driver.create("gone", [], writable=True)  # the id can be reused
+    assert os.listdir(driver.mount("gone", [], readonly=False)) == []
 
 
 def test_remove_detaches_a_leftover_view(driver: VfsDriver, base: Path) -> None:
-    view = driver.mount("base", readonly=True)
+    view = driver.mount("base", [], readonly=True)
     driver.remove("base")
     assert not mounts.is_mountpoint(view)
     assert not driver.exists("base") and not view.exists()
@@ -194,8 +192,8 @@ def test_remove_refuses_to_delete_through_a_mount(
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_bytes(b"keep")
-    driver.create("busy", "base", writable=True)
-    path = driver.mount("busy", readonly=False)
+    driver.create("busy", ["base"], writable=True)
+    path = driver.mount("busy", ["base"], readonly=False)
     mounts.mount(str(outside), path / "tmp", None, mounts.MS_BIND)
     try:
         with pytest.raises(DriverError, match="refusing to delete through a mount"):
@@ -210,13 +208,11 @@ def test_remove_refuses_to_delete_through_a_mount(
 
 
 def test_a_new_instance_sees_the_layers(driver: VfsDriver, base: Path, home: Path) -> None:
-    driver.create("child", "base", writable=True)
+    driver.create("child", ["base"], writable=True)
     driver.close()
     again = VfsDriver(home)
     assert again.exists("base") and again.exists("child")
-    assert again.layer_info("child") == {"parent": "base", "writable": True}
-    assert again.layer_info("base") == {"parent": None, "writable": False}
-    view = again.mount("child", readonly=True)
+    view = again.mount("child", ["base"], readonly=True)
     try:
         assert (view / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
     finally:
@@ -230,9 +226,8 @@ def test_crash_debris_does_not_block_a_later_create(
     half_copy = driver.layers / ".tmp-x-0123abcd"
     (half_copy / "etc").mkdir(parents=True)
     (half_copy / "etc" / "partial").write_bytes(b"half")
-    (driver.layers / "x").mkdir()  # renamed but meta never written
-    (driver.layers / "x" / "stale").write_bytes(b"old")
-    (driver.meta / ".tmp-x-89abcdef").write_text("{")
+    half_removed = driver.layers / ".tmp-x-89abcdef"  # renamed away, not yet deleted
+    (half_removed / "stale").mkdir(parents=True)
     stale_view = driver.mounts / "x"
     stale_view.mkdir()
     mounts.mount(str(base), stale_view, None, mounts.MS_BIND)  # a writable leftover
@@ -241,12 +236,12 @@ def test_crash_debris_does_not_block_a_later_create(
 
     fresh = VfsDriver(home)  # as after a restart
     assert not fresh.exists("x")
-    fresh.create("x", "base", writable=False)
+    fresh.create("x", ["base"], writable=False)
     assert fresh.exists("x")
-    assert not half_copy.exists() and not (driver.meta / ".tmp-x-89abcdef").exists()
+    assert not half_copy.exists() and not half_removed.exists()
     assert not (driver.layers / "x" / "stale").exists()
     assert other.exists()
-    view = fresh.mount("x", readonly=True)
+    view = fresh.mount("x", ["base"], readonly=True)
     try:
         _write_fails_with_erofs(view)
         assert_same_tree(base, view)
@@ -255,11 +250,12 @@ def test_crash_debris_does_not_block_a_later_create(
 
 
 def test_remove_finishes_a_half_done_remove(driver: VfsDriver, base: Path) -> None:
-    driver.create("half", "base", writable=True)
-    (driver.meta / "half.json").unlink()  # crash right after the commit point
+    driver.create("half", ["base"], writable=True)
+    # a crash right after the commit point: renamed away, not deleted
+    os.rename(driver.layers / "half", driver.layers / ".tmp-half-0123abcd")
     assert not driver.exists("half")
     driver.remove("half")
-    assert not (driver.layers / "half").exists()
+    assert sorted(os.listdir(driver.layers)) == ["base"]
     with pytest.raises(LayerNotFound):
         driver.remove("half")
 
@@ -267,7 +263,7 @@ def test_remove_finishes_a_half_done_remove(driver: VfsDriver, base: Path) -> No
 def test_unmount_of_an_unmounted_layer_is_fine(driver: VfsDriver, base: Path) -> None:
     driver.unmount("base")
     driver.unmount("never-was")
-    driver.mount("base", readonly=True)
+    driver.mount("base", [], readonly=True)
     driver.unmount("base")
     driver.unmount("base")
     assert os.listdir(driver.mounts) == []
@@ -288,15 +284,13 @@ def test_closed_driver_refuses_work(driver: VfsDriver, base: Path) -> None:
     driver.close()
     driver.close()
     with pytest.raises(StoreClosed):
-        driver.create("late", None, writable=True)
+        driver.create("late", [], writable=True)
     with pytest.raises(StoreClosed):
-        driver.mount("base", readonly=True)
+        driver.mount("base", [], readonly=True)
 
 
-def test_meta_file_is_json_written_atomically(driver: VfsDriver) -> None:
-    driver.create("m", None, writable=True)
-    assert json.loads((driver.meta / "m.json").read_text()) == {
-        "parent": None,
-        "writable": True,
-    }
-    assert os.listdir(driver.meta) == ["m.json"]
+def test_a_layer_exists_by_its_directory_alone(driver: VfsDriver) -> None:
+    """No file besides the tree: the rename into ``dir/<id>`` is the commit point."""
+    driver.create("m", [], writable=True)
+    assert sorted(os.listdir(driver.home)) == ["dir", "mnt"]
+    assert os.listdir(driver.layers) == ["m"]

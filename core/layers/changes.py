@@ -50,7 +50,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +112,25 @@ class TreeDiff:
         """The changes sorted by path (a parent always sorts before its children)."""
         return [Change(path, kind) for path, kind in sorted(self.kinds.items())]
 
+    def add_parent_dirs(self, upper_root: str, root_st: os.stat_result) -> None:
+        """Report every parent directory of a change MODIFIED, up to the root.
+
+        A layer tar must carry the directories its entries live in (Docker
+        does the same). Their stats are read from ``upper_root`` (the root's
+        is ``root_st``). Every way of finding changes (the generic walk,
+        overlay's and btrfs' native ones) ends with this step.
+        """
+        kinds, stats = self.kinds, self.stats
+        for path in list(kinds):
+            while path:
+                path = path.rpartition("/")[0]
+                if path in kinds:
+                    break
+                kinds[path] = _MODIFIED
+        for path, kind in kinds.items():
+            if kind is _MODIFIED and path not in stats:
+                stats[path] = os.lstat(os.path.join(upper_root, path)) if path else root_st
+
     def content_size(self) -> int:
         """Bytes of regular files ADDED or MODIFIED, each inode once (a layer's diff size)."""
         seen: set[tuple[int, int]] = set()
@@ -162,6 +181,32 @@ def metadata_differs(lst: os.stat_result, ust: os.stat_result, lpath: str, upath
     if fmt == stat.S_IFLNK and os.readlink(lpath) != os.readlink(upath):
         return True
     return read_xattrs(lpath) != read_xattrs(upath)
+
+
+def entry_modified(
+    lst: os.stat_result,
+    ust: os.stat_result,
+    lpath: str,
+    upath: str,
+    *,
+    recheck_after: int | None,
+) -> bool:
+    """Whether the upper entry at a path differs from the lower one: the per-entry rule.
+
+    Metadata first (:func:`metadata_differs`); then, for a regular file whose
+    metadata is equal and whose ctime is at or after ``recheck_after``
+    (nanoseconds), its content. ``None`` never reads content; ``0`` reads it
+    for every such file (a driver whose upper side holds only files the
+    layer wrote, such as overlay's ``diff/``).
+    """
+    if metadata_differs(lst, ust, lpath, upath):
+        return True
+    return (
+        recheck_after is not None
+        and ust.st_ctime_ns >= recheck_after
+        and stat.S_ISREG(ust.st_mode)
+        and not same_content(lpath, upath)
+    )
 
 
 def diff_trees(
@@ -241,12 +286,7 @@ def _diff_trees(
                 key = (lst.st_dev, lst.st_ino)
                 lower_links.setdefault(key, []).append(path)
                 lower_key[path] = key
-            if metadata_differs(lst, ust, lent.path, uent.path) or (
-                recheck is not None
-                and ust.st_ctime_ns >= recheck
-                and stat.S_ISREG(ust.st_mode)
-                and not same_content(lent.path, uent.path)
-            ):
+            if entry_modified(lst, ust, lent.path, uent.path, recheck_after=recheck):
                 kinds[path] = _MODIFIED
                 stats[path] = ust
             if udir_entry:
@@ -267,16 +307,7 @@ def _diff_trees(
                     kinds[name] = _MODIFIED
                     stats[name] = upper_linked_stat[name]
 
-    # parent directories of every change are MODIFIED, up to the root
-    for path in list(kinds):
-        while path:
-            path = path.rpartition("/")[0]
-            if path in kinds:
-                break
-            kinds[path] = _MODIFIED
-    for path, kind in kinds.items():
-        if kind is _MODIFIED and path not in stats:
-            stats[path] = os.lstat(os.path.join(upper_root, path)) if path else root_st
+    result.add_parent_dirs(upper_root, root_st)
 
     if lower_root is None and "" not in kinds:
         fresh = (
@@ -304,26 +335,26 @@ def compare_trees(
 
 @contextlib.contextmanager
 def viewed_layers(
-    views: LayerViews, layer_id: str, parent: str | None
+    views: LayerViews, layer_id: str, parents: Sequence[str]
 ) -> Iterator[tuple[Path | None, Path]]:
-    """Hold read-only views of ``parent`` (``None`` without one) and ``layer_id``."""
+    """Hold read-only views of the parent ``parents[0]`` (``None`` without one) and the layer."""
     with views.view(layer_id) as upper:
-        if parent is None:
+        if not parents:
             yield None, upper
         else:
-            with views.view(parent) as lower:
+            with views.view(parents[0]) as lower:
                 yield lower, upper
 
 
 @contextlib.contextmanager
 def layer_diff(
-    driver: Driver, layer_id: str, parent: str | None, views: LayerViews
+    driver: Driver, layer_id: str, parents: Sequence[str], views: LayerViews
 ) -> Iterator[tuple[TreeDiff, Path]]:
     """Compare a layer's view with its parent's; yield the result and the layer's view.
 
     The views stay mounted for the block, so an export can read the files.
     """
-    with viewed_layers(views, layer_id, parent) as (lower, upper):
+    with viewed_layers(views, layer_id, parents) as (lower, upper):
         found = diff_trees(
             lower,
             upper,
@@ -334,18 +365,20 @@ def layer_diff(
 
 
 def generic_changes(
-    driver: Driver, layer_id: str, parent: str | None, views: LayerViews
+    driver: Driver, layer_id: str, parents: Sequence[str], views: LayerViews
 ) -> list[Change]:
     """The core's :meth:`Driver.changes`: compare the layer's view with its parent's."""
-    with layer_diff(driver, layer_id, parent, views) as (found, _):
+    with layer_diff(driver, layer_id, parents, views) as (found, _):
         return found.changes()
 
 
-def generic_diff_size(driver: Driver, layer_id: str, parent: str | None, views: LayerViews) -> int:
+def generic_diff_size(
+    driver: Driver, layer_id: str, parents: Sequence[str], views: LayerViews
+) -> int:
     """The core's :meth:`Driver.diff_size`: bytes of regular files ADDED or MODIFIED.
 
     Each inode counts once, however many names it has; the parents' files
     and directories, symlinks and devices count nothing.
     """
-    with layer_diff(driver, layer_id, parent, views) as (found, _):
+    with layer_diff(driver, layer_id, parents, views) as (found, _):
         return found.content_size()

@@ -3,7 +3,9 @@
 The store owns everything that is the same for every driver: layer ids and
 the parent graph, the ``incomplete`` -> ``ready`` -> ``removing`` life cycle,
 counted mounts, crash recovery, and the observer hooks. The driver is asked
-only for storage work (:mod:`lamina.core.driver`).
+only for storage work (:mod:`lamina.core.driver`), and is handed a layer's
+ancestors (:meth:`Store.parents`) wherever it needs them, so it keeps no
+parent graph of its own.
 
 Crash safety, in short: a layer is recorded ``incomplete`` (with the owning
 process) before the driver touches the disk and marked ``ready`` only after
@@ -421,12 +423,26 @@ class Store:
 
     def chain(self, layer_id: str) -> list[str]:
         """The layer and its ancestors, the layer first."""
-        out = []
-        current: str | None = layer_id
-        while current is not None:
-            out.append(current)
-            current = self.layer(current).parent
-        return out
+        return [layer_id, *self.parents(layer_id)]
+
+    def parents(self, layer_id: str) -> list[str]:
+        """The ancestors of ``layer_id``, nearest first: what the driver is handed.
+
+        One recursive query however deep the chain (a 500-layer image is one
+        round trip, not 500).
+        """
+        self._check_open()
+        rows = self._db.execute(
+            "WITH RECURSIVE up(id, parent, depth) AS ("
+            " SELECT id, parent, 0 FROM layers WHERE id = ? AND driver = ?"
+            " UNION ALL"
+            " SELECT l.id, l.parent, up.depth + 1 FROM layers l JOIN up ON l.id = up.parent"
+            ") SELECT id FROM up ORDER BY depth",
+            (check_layer_id(layer_id), self.driver.name),
+        ).fetchall()
+        if not rows:
+            self.layer(layer_id)  # raises LayerNotFound
+        return [r[0] for r in rows[1:]]
 
     # -- creating and removing -------------------------------------------------------
 
@@ -434,7 +450,7 @@ class Store:
         self, parent: str | None = None, *, writable: bool = False, layer_id: str | None = None
     ) -> Layer:
         """Create an empty layer on ``parent``; it is ready at once."""
-        layer_id = self._begin(parent, writable, layer_id, empty=True)
+        layer_id, _ = self._begin(parent, writable, layer_id, empty=True)
         return self.layer(layer_id)
 
     def apply_layer(
@@ -452,14 +468,14 @@ class Store:
         """
         from ..layertar.compression import open_layer_stream  # the tar path: not for every command
 
-        layer_id = self._begin(parent, writable, layer_id)
+        layer_id, parents = self._begin(parent, writable, layer_id)
         try:
             started = time.monotonic()
             result: ApplyResult = self.driver.apply(
-                layer_id, parent, open_layer_stream(stream), _Views(self)
+                layer_id, parents, open_layer_stream(stream), _Views(self)
             )
             self._release_all_mine(layer_id)
-            self.driver.finalize(layer_id)
+            self.driver.finalize(layer_id, writable=writable)
             self._finish(layer_id, diff_id=result.diff_id, size=result.size)
         except BaseException:
             # what went wrong is the first error; a full disk that will not record
@@ -548,16 +564,16 @@ class Store:
     # -- content ------------------------------------------------------------------------------
 
     def changes(self, layer_id: str) -> list[Change]:
-        layer = self._ready(layer_id)
-        return self.driver.changes(layer_id, layer.parent, _Views(self))
+        self._ready(layer_id)
+        return self.driver.changes(layer_id, self.parents(layer_id), _Views(self))
 
     def diff(self, layer_id: str, out: IO[bytes]) -> int:
-        layer = self._ready(layer_id)
-        return self.driver.diff(layer_id, layer.parent, out, _Views(self))
+        self._ready(layer_id)
+        return self.driver.diff(layer_id, self.parents(layer_id), out, _Views(self))
 
     def diff_size(self, layer_id: str) -> int:
-        layer = self._ready(layer_id)
-        return self.driver.diff_size(layer_id, layer.parent, _Views(self))
+        self._ready(layer_id)
+        return self.driver.diff_size(layer_id, self.parents(layer_id), _Views(self))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -570,8 +586,8 @@ class Store:
 
     def _begin(
         self, parent: str | None, writable: bool, layer_id: str | None, *, empty: bool = False
-    ) -> str:
-        """Record an incomplete layer and have the driver create it.
+    ) -> tuple[str, list[str]]:
+        """Record an incomplete layer and have the driver create it; return its id and parents.
 
         With ``empty`` the layer is finalized and marked ready in the same step
         (one metadata write instead of two: a layer costs little on disk).
@@ -580,8 +596,10 @@ class Store:
         layer_id = os.urandom(32).hex() if layer_id is None else check_layer_id(layer_id)
         started = time.monotonic()
         with self._lock:
+            parents: list[str] = []
             if parent is not None:
                 self._ready(parent)
+                parents = [parent, *self.parents(parent)]
             try:
                 with metadata.transaction(self._db):
                     self._db.execute(
@@ -599,10 +617,10 @@ class Store:
                 if self.driver.exists(layer_id):
                     # debris of an earlier crash the metadata no longer knows about
                     self.driver.remove(layer_id)
-                self.driver.create(layer_id, parent, writable=writable)
+                self.driver.create(layer_id, parents, writable=writable)
                 created = time.time_ns()
                 if empty:
-                    self.driver.finalize(layer_id)
+                    self.driver.finalize(layer_id, writable=writable)
                 with metadata.transaction(self._db):
                     self._db.execute(
                         "UPDATE layers SET created_ns = ? WHERE id = ?", (created, layer_id)
@@ -624,7 +642,7 @@ class Store:
             writable=writable,
             seconds=time.monotonic() - started,
         )
-        return layer_id
+        return layer_id, parents
 
     def _finish(self, layer_id: str, *, diff_id: str | None, size: int) -> None:
         """Write the layer's record and mark it ready (in the caller's transaction if any)."""
@@ -674,7 +692,7 @@ class Store:
             path = Path(row["path"])
         else:
             started = time.monotonic()
-            path = self.driver.mount(layer_id, readonly=readonly)
+            path = self.driver.mount(layer_id, self.parents(layer_id), readonly=readonly)
             self._notify(
                 "lamina_layer_mounted",
                 layer_id=layer_id,

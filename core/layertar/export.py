@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -367,8 +367,8 @@ def _write_entry(
 
 
 def generic_diff(
-    driver: Driver, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+    driver: Driver, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
 ) -> int:
     """The core's :meth:`Driver.diff`: compare the mounted trees and tar the changes."""
-    with layer_diff(driver, layer_id, parent, views) as (found, upper):
+    with layer_diff(driver, layer_id, parents, views) as (found, upper):
         return write_layer_tar(out, upper, found.changes(), stats=found.stats)

@@ -4,28 +4,30 @@ Creating a child costs one metadata operation instead of a copy, and a
 finished image layer becomes a read-only snapshot, so the kernel itself
 refuses writes to it. Layout under ``home``::
 
-    subvolumes/<id>    the layer's subvolume (a snapshot of the parent's)
-    meta/<id>.json     {"parent", "writable", "size"}; written last on create
-                       and deleted first on remove: its presence is what makes
-                       the layer exist, so a crash leaves only debris that the
+    subvolumes/<id>    the layer's subvolume (a snapshot of the parent's); its
+                       presence is what makes the layer exist
+    subvolumes/.tmp-<id>-<8 hex>   a create or a remove in progress: made under
+                       this name and renamed into place last; renamed back to
+                       it first on remove. A crash leaves only debris that the
                        next create or remove of that id deletes
     mnt/<id>           a read-only bind of a *writable* subvolume, only when
                        such a layer is asked for read-only
     qgroups-pending    qgroups of deleted subvolumes the kernel would not drop
                        yet (the subvolume is still being cleaned); retried later
 
-``btrfsutil`` is imported only when a btrfs driver is used: lamina must
-start without it.
+The parent graph and each layer's ``writable`` flag are the core's: they
+arrive as arguments. ``btrfsutil`` is imported only when a btrfs driver is
+used: lamina must start without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any, ClassVar
@@ -105,8 +107,7 @@ class BtrfsDriver(Driver):
         self.util = load_btrfsutil()
         self.subvolumes = self.home / "subvolumes"
         self.mounts = self.home / "mnt"
-        self.meta = self.home / "meta"
-        for path in (self.subvolumes, self.mounts, self.meta):
+        for path in (self.subvolumes, self.mounts):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.size: int | None = (
             None if self.config["size"] is None else parse_size(self.config["size"])
@@ -146,20 +147,11 @@ class BtrfsDriver(Driver):
     def _subvol(self, layer_id: str) -> Path:
         return self.subvolumes / layer_id
 
-    def _meta(self, layer_id: str) -> Path:
-        return self.meta / f"{layer_id}.json"
-
-    def layer_info(self, layer_id: str) -> dict[str, Any]:
-        """The stored ``parent``, ``writable`` and ``size`` of a layer."""
-        try:
-            return json.loads(self._meta(layer_id).read_text())
-        except FileNotFoundError:
-            raise self._not_found(layer_id) from None
-
-    def _write_meta(self, layer_id: str, info: dict[str, Any]) -> None:
-        tmp = self.meta / f".tmp-{layer_id}-{os.urandom(4).hex()}"
-        tmp.write_text(json.dumps(info) + "\n")
-        os.rename(tmp, self._meta(layer_id))
+    def _debris(self, layer_id: str) -> list[Path]:
+        """Half-made or half-removed subvolumes of ``layer_id`` (exactly ``.tmp-<id>-<8 hex>``)."""
+        pattern = re.compile(re.escape(f".tmp-{layer_id}-") + "[0-9a-f]{8}")
+        with os.scandir(self.subvolumes) as it:
+            return [self.subvolumes / e.name for e in it if pattern.fullmatch(e.name)]
 
     @contextlib.contextmanager
     def _fd(self, path: Path) -> Iterator[int]:
@@ -172,34 +164,35 @@ class BtrfsDriver(Driver):
     # -- the contract ----------------------------------------------------------------
 
     def exists(self, layer_id: str) -> bool:
-        return self._meta(layer_id).is_file() and self._subvol(layer_id).is_dir()
+        return self._subvol(layer_id).is_dir()
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        self._check_create(layer_id, parent)
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        self._check_create(layer_id, parents)
         self._clear_debris(layer_id)
-        path = self._subvol(layer_id)
-        size = self.size if writable else None
+        tmp = self.subvolumes / f".tmp-{layer_id}-{os.urandom(4).hex()}"
         try:
-            if parent is None:
-                self.util.create_subvolume(path)
-                os.chmod(path, self.capabilities.root_mode)
+            if not parents:
+                self.util.create_subvolume(tmp)
+                os.chmod(tmp, self.capabilities.root_mode)
             else:
-                self.util.create_snapshot(self._subvol(parent), path)
-            if size is not None:
-                self._limit(path, size)
-            self._write_meta(layer_id, {"parent": parent, "writable": writable, "size": size})
+                self.util.create_snapshot(self._subvol(parents[0]), tmp)
+            if writable and self.size is not None:
+                self._limit(tmp, self.size)
+            os.rename(tmp, self._subvol(layer_id))  # the layer exists from here on
         except BaseException as exc:
             # leave nothing behind, so the same id can be created again
             with contextlib.suppress(DriverError, OSError, self.util.BtrfsUtilError):
-                self._delete_subvolume(path)
+                self._delete_subvolume(tmp)
             if isinstance(exc, self.util.BtrfsUtilError):
                 raise _util_error(f"cannot create layer {layer_id!r}", exc) from exc
             raise
 
-    def finalize(self, layer_id: str) -> None:
+    def finalize(self, layer_id: str, *, writable: bool) -> None:
         """Make a finished read-only layer a read-only subvolume: the kernel refuses writes."""
         self._check_open()
-        if not self.layer_info(layer_id)["writable"]:
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
+        if not writable:
             try:
                 self.util.set_subvolume_read_only(self._subvol(layer_id), True)
             except self.util.BtrfsUtilError as exc:
@@ -207,28 +200,32 @@ class BtrfsDriver(Driver):
 
     def remove(self, layer_id: str) -> None:
         self._check_open()
-        meta, path = self._meta(layer_id), self._subvol(layer_id)
-        if not (meta.exists() or os.path.lexists(path) or os.path.lexists(self.mounts / layer_id)):
+        path = self._subvol(layer_id)
+        if not (
+            os.path.lexists(path)
+            or os.path.lexists(self.mounts / layer_id)
+            or self._debris(layer_id)
+        ):
             raise self._not_found(layer_id)
         self.unmount(layer_id)
-        inside = mounts.mounts_under(path, include_self=True) if path.exists() else []
-        if inside:
-            raise DriverError(
-                f"refusing to delete through a mount at {inside[0]}",
-                hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
-            )
-        meta.unlink(missing_ok=True)
+        if os.path.lexists(path):
+            inside = mounts.mounts_under(path, include_self=True)
+            if inside:
+                raise DriverError(
+                    f"refusing to delete through a mount at {inside[0]}",
+                    hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
+                )
+            # the layer stops existing here, atomically; the rest is debris
+            os.rename(path, self.subvolumes / f".tmp-{layer_id}-{os.urandom(4).hex()}")
         self._clear_debris(layer_id)
 
     def _clear_debris(self, layer_id: str) -> None:
-        """Delete everything of ``layer_id`` but its meta file (which must be gone)."""
+        """Delete half-made or half-removed subvolumes of ``layer_id`` (not the layer)."""
         self.unmount(layer_id)
-        self._delete_subvolume(self._subvol(layer_id))
-        for leftover in self.meta.glob(f".tmp-{layer_id}-*"):
-            if len(leftover.name) == len(f".tmp-{layer_id}-") + 8:
-                leftover.unlink(missing_ok=True)
+        for path in self._debris(layer_id):
+            self._delete_subvolume(path)
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
         self._check_open()
         if not self.exists(layer_id):
             raise self._not_found(layer_id)
@@ -353,10 +350,10 @@ class BtrfsDriver(Driver):
         the layer's subvolume does not share with its parent.
         """
         self._check_open()
-        info = self.layer_info(layer_id)
+        if not self.exists(layer_id):
+            raise self._not_found(layer_id)
         limit = None if size is None else parse_size(size, what="quota size")
         self._limit(self._subvol(layer_id), limit)
-        self._write_meta(layer_id, {**info, "size": limit})
 
     # -- status ---------------------------------------------------------------------------
 
@@ -393,13 +390,14 @@ class BtrfsDriver(Driver):
             ("Quotas", quota_text),
             ("Writable Layer Size", limit),
             ("Native Changes", "on" if self.config["native_changes"] else "off"),
-            ("Layers", str(sum(1 for _ in self.meta.glob("*.json")))),
+            ("Layers", str(sum(1 for p in self.subvolumes.iterdir()
+                               if not p.name.startswith(".")))),
         ]
 
     # -- changes from generation numbers ------------------------------------------------
 
     def _tree_diff(
-        self, layer_id: str, parent: str | None, lower: Path | None, upper: Path,
+        self, layer_id: str, parents: Sequence[str], lower: Path | None, upper: Path,
         views: LayerViews,
     ) -> TreeDiff:
         """The layer's changes: natively where that is exact, else by walking both trees."""
@@ -410,14 +408,14 @@ class BtrfsDriver(Driver):
         since = views.created_ns(layer_id)
         root_mode = self.capabilities.root_mode
         found = None
-        if parent is None or lower is None:
+        if not parents or lower is None:
             why = "no parent"
         elif not self.config["native_changes"]:
             why = "native_changes = false"
         else:
             try:
                 found = native_tree_diff(
-                    self.util, self._subvol(layer_id), self._subvol(parent), lower, upper,
+                    self.util, self._subvol(layer_id), self._subvol(parents[0]), lower, upper,
                     root_mode=root_mode, since_ns=since,
                 )
                 why = ""
@@ -441,27 +439,27 @@ class BtrfsDriver(Driver):
             found = diff_trees(lower, upper, root_mode=root_mode, since_ns=since)
         return found
 
-    def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
+    def changes(self, layer_id: str, parents: Sequence[str], views: LayerViews) -> list[Change]:
         from lamina.core.layers.changes import viewed_layers
 
-        with viewed_layers(views, layer_id, parent) as (lower, upper):
-            return self._tree_diff(layer_id, parent, lower, upper, views).changes()
+        with viewed_layers(views, layer_id, parents) as (lower, upper):
+            return self._tree_diff(layer_id, parents, lower, upper, views).changes()
 
     def diff(
-        self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
     ) -> int:
         from lamina.core.layers.changes import viewed_layers
         from lamina.core.layertar.export import write_layer_tar
 
-        with viewed_layers(views, layer_id, parent) as (lower, upper):
-            found = self._tree_diff(layer_id, parent, lower, upper, views)
+        with viewed_layers(views, layer_id, parents) as (lower, upper):
+            found = self._tree_diff(layer_id, parents, lower, upper, views)
             return write_layer_tar(out, upper, found.changes(), stats=found.stats)
 
-    def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
+    def diff_size(self, layer_id: str, parents: Sequence[str], views: LayerViews) -> int:
         from lamina.core.layers.changes import viewed_layers
 
-        with viewed_layers(views, layer_id, parent) as (lower, upper):
-            return self._tree_diff(layer_id, parent, lower, upper, views).content_size()
+        with viewed_layers(views, layer_id, parents) as (lower, upper):
+            return self._tree_diff(layer_id, parents, lower, upper, views).content_size()
 
 
 def _is_readonly_view_of(source: Path, point: Path) -> bool:

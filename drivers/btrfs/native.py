@@ -44,8 +44,8 @@ from lamina.core.layers.changes import (
     CTIME_SLACK_NS,
     MODIFIED,
     TreeDiff,
+    entry_modified,
     metadata_differs,
-    same_content,
     scan,
 )
 
@@ -216,12 +216,7 @@ def _pruned_walk(
                 continue
             lst = lent.stat(follow_symlinks=False)
             linked(lst, path)
-            if metadata_differs(lst, ust, lent.path, uent.path) or (
-                recheck is not None
-                and ust.st_ctime_ns >= recheck
-                and stat.S_ISREG(ust.st_mode)
-                and not same_content(lent.path, uent.path)
-            ):
+            if entry_modified(lst, ust, lent.path, uent.path, recheck_after=recheck):
                 kinds[path] = MODIFIED
                 stats[path] = ust
             if udir_entry:
@@ -230,14 +225,5 @@ def _pruned_walk(
                 else:
                     stack.append((None, uent.path, path, False))
 
-    # parent directories of every change are MODIFIED, up to the root (as diff_trees)
-    for path in list(kinds):
-        while path:
-            path = path.rpartition("/")[0]
-            if path in kinds:
-                break
-            kinds[path] = MODIFIED
-    for path, kind in kinds.items():
-        if kind is MODIFIED and path not in stats:
-            stats[path] = os.lstat(os.path.join(upper_root, path)) if path else root_st
+    result.add_parent_dirs(upper_root, root_st)
     return result

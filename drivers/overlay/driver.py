@@ -6,10 +6,8 @@ Layout under ``home``::
                      mount, a lower dir of every mount of its children
     <id>/work/       overlay's work dir (same filesystem as diff/)
     <id>/merged/     mount point of the layer's combined tree
-    <id>/link        the layer's short name (26 characters)
-    <id>/lower       the parents' short names, top-most first (``l/A:l/B``)
-    <id>/parent      the parent's id (empty without one)
-    l/<short>        symlink to ``../<id>/diff``: short paths for legacy mount(2)
+    <id>/link        the layer's short name (:func:`short_name`)
+    l/<short>        symlink to ``../<id>/diff``: short lower paths for mounts
     .tmp-<id>-<hex>/ a create in progress, or a remove in progress (debris)
     features.json    what the kernel writes with the mount options in use
 
@@ -17,6 +15,10 @@ A layer exists when ``<id>/link`` does: a create builds everything in a
 temporary directory and renames it into place last; a remove renames the
 layer away first, then deletes. Whatever a crash leaves is found by the
 layer id and cleared by the next create or remove of that id.
+
+The parent chain is the core's: ``mount`` and the native paths are handed
+the layer's ancestors, and a lower's short name is computed from its id, so
+a mount of 500 layers reads no file per lower.
 
 Mounts use the new mount API with one ``lowerdir+`` per lower, so a chain of
 500 layers mounts (Docker stops at 128); without ``lowerdir+`` the legacy
@@ -29,10 +31,11 @@ parent is its ``diff/`` itself, as nothing lies below it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
@@ -58,9 +61,18 @@ from . import mountapi, support
 if TYPE_CHECKING:  # the tar paths load only when used: start-up of every command pays
     from . import nativediff
 
-_SHORT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"  # string.ascii_uppercase + digits
 SHORT_LEN = 26
 FEATURES_FILE = "features.json"
+
+
+def short_name(layer_id: str) -> str:
+    """The layer's name under ``l/``: the first 26 hex digits of the id's sha256.
+
+    Derived, not stored, so a mount computes its lowers' names from the
+    chain the core hands it. 104 bits: :meth:`OverlayDriver.create` refuses
+    the (never yet seen) case of two ids sharing one.
+    """
+    return hashlib.sha256(layer_id.encode()).hexdigest()[:SHORT_LEN]
 
 
 class OverlayDriver(Driver):
@@ -148,76 +160,56 @@ class OverlayDriver(Driver):
         with os.scandir(self.home) as it:
             return [self.home / e.name for e in it if pattern.fullmatch(e.name)]
 
-    def parent_of(self, layer_id: str) -> str | None:
-        """The stored parent id (survives restarts)."""
-        try:
-            text = (self._dir(layer_id) / "parent").read_text().strip()
-        except FileNotFoundError:
-            raise self._not_found(layer_id) from None
-        return text or None
-
-    def chain(self, layer_id: str) -> list[str]:
-        """The ids of the parents, top-most first (not the layer itself)."""
-        out = []
-        current = self.parent_of(layer_id)
-        while current is not None:
-            out.append(current)
-            current = self.parent_of(current)
-        return out
-
-    def _short_lowers(self, layer_id: str) -> list[str]:
-        text = (self._dir(layer_id) / "lower").read_text().strip()
-        return text.split(":") if text else []
-
-    def lower_dirs(self, layer_id: str) -> list[Path]:
-        """The diff dirs of the parents, top-most first (the ``l/`` links resolved)."""
+    def lower_dirs(self, parents: Sequence[str]) -> list[Path]:
+        """The diff dirs of ``parents`` (a layer's ancestors, top-most first)."""
         home = os.fspath(self.home)
-        # each link reads "../<id>/diff": one readlink, no realpath walk (500 layers deep)
-        return [
-            Path(f"{home}/{os.readlink(f'{home}/{short}')[3:]}")
-            for short in self._short_lowers(layer_id)
-        ]
+        return [Path(f"{home}/{parent}/diff") for parent in parents]
 
     # -- create and remove -------------------------------------------------------------------
 
     def exists(self, layer_id: str) -> bool:
         return (self._dir(layer_id) / "link").is_file()
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        import secrets  # ~2 ms of imports (random, hmac): not at every command's start-up
-
-        self._check_create(layer_id, parent)
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        self._check_create(layer_id, parents)
         self._clear_debris(layer_id)
-        lowers: list[str] = []
-        if parent is not None:
-            lowers = [f"l/{self._short(parent)}", *self._short_lowers(parent)]
-            if len(lowers) + 1 > mountapi.KERNEL_MAX_LOWERS:
-                raise DriverError(
-                    f"layer {layer_id!r} would be {len(lowers) + 1} layers deep; overlay "
-                    f"mounts at most {mountapi.KERNEL_MAX_LOWERS}",
-                    hint="squash the image into fewer layers",
-                )
+        if len(parents) + 1 > mountapi.KERNEL_MAX_LOWERS:
+            raise DriverError(
+                f"layer {layer_id!r} would be {len(parents) + 1} layers deep; overlay "
+                f"mounts at most {mountapi.KERNEL_MAX_LOWERS}",
+                hint="squash the image into fewer layers",
+            )
         tmp = self.home / f".tmp-{layer_id}-{os.urandom(4).hex()}"
-        short = "".join(secrets.choice(_SHORT_ALPHABET) for _ in range(SHORT_LEN))
+        short = short_name(layer_id)
         link = self.links / short
+        target = f"../{layer_id}/diff"
+        made_link = False
         try:
             tmp.mkdir(mode=0o700)
             for name in ("diff", "work", "merged"):
                 (tmp / name).mkdir(mode=0o700)
             diff = tmp / "diff"
-            if parent is None:
+            if not parents:
                 os.chmod(diff, self.capabilities.root_mode)
             else:
                 # the merged root is the top layer's root: start as the parent's
-                self._copy_root(self.diff_dir(parent), diff)
-            (tmp / "lower").write_text(":".join(lowers) + "\n")
-            (tmp / "parent").write_text((parent or "") + "\n")
-            os.symlink(f"../{layer_id}/diff", link)
+                self._copy_root(self.diff_dir(parents[0]), diff)
+            try:
+                os.symlink(target, link)
+                made_link = True
+            except FileExistsError:
+                if os.readlink(link) != target:
+                    raise DriverError(
+                        f"layer {layer_id!r} has the short name {short} of another layer "
+                        f"({os.readlink(link)})",
+                        hint="create the layer under another id",
+                    ) from None
             (tmp / "link").write_text(short + "\n")
             os.rename(tmp, self._dir(layer_id))
         except BaseException:
             with contextlib.suppress(OSError, DriverError):
-                link.unlink(missing_ok=True)
+                if made_link:
+                    link.unlink(missing_ok=True)
                 remove_tree(tmp)
             raise
 
@@ -232,19 +224,17 @@ class OverlayDriver(Driver):
         finally:
             os.close(fd)
 
-    def _short(self, layer_id: str) -> str:
-        return (self._dir(layer_id) / "link").read_text().strip()
-
     def _clear_debris(self, layer_id: str) -> None:
-        """Delete half-made or half-removed copies of ``layer_id`` and their short links."""
+        """Delete half-made or half-removed copies of ``layer_id`` and its short link."""
         for path in self._temporaries(layer_id):
             for point in mounts.mounts_under(path, include_self=True):
                 mounts.detach(Path(point))
-            with contextlib.suppress(FileNotFoundError):
-                short = (path / "link").read_text().strip()
-                if short and "/" not in short:
-                    (self.links / short).unlink(missing_ok=True)
             remove_tree(path)
+        if not os.path.lexists(self._dir(layer_id)):
+            link = self.links / short_name(layer_id)
+            with contextlib.suppress(FileNotFoundError):
+                if os.readlink(link) == f"../{layer_id}/diff":  # never another id's
+                    link.unlink()
 
     def remove(self, layer_id: str) -> None:
         self._check_open()
@@ -264,13 +254,13 @@ class OverlayDriver(Driver):
 
     # -- mounting ----------------------------------------------------------------------------
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
         self._check_open()
         if not self.exists(layer_id):
             raise self._not_found(layer_id)
         layer = self._dir(layer_id)
         diff = layer / "diff"
-        shorts = self._short_lowers(layer_id)
+        shorts = [f"l/{short_name(parent)}" for parent in parents]
         if not shorts and not readonly:
             return diff  # nothing below: the layer's own directory is its tree
         point = layer / "merged"
@@ -400,43 +390,45 @@ class OverlayDriver(Driver):
 
     # -- content ---------------------------------------------------------------------------------
 
-    def _native(self, layer_id: str) -> nativediff.NativeDiff:
+    def _native(self, layer_id: str, parents: Sequence[str]) -> nativediff.NativeDiff:
         from . import nativediff
 
         return nativediff.layer_changes(
-            self.diff_dir(layer_id), self.lower_dirs(layer_id),
+            self.diff_dir(layer_id), self.lower_dirs(parents),
             root_mode=self.capabilities.root_mode,
         )
 
-    def changes(self, layer_id: str, parent: str | None, views: LayerViews) -> list[Change]:
+    def changes(self, layer_id: str, parents: Sequence[str], views: LayerViews) -> list[Change]:
         if not self.features().native_diff:
-            return super().changes(layer_id, parent, views)
+            return super().changes(layer_id, parents, views)
         self._check_layer(layer_id)
-        return self._native(layer_id).found.changes()
+        return self._native(layer_id, parents).found.changes()
 
-    def diff(self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews) -> int:
+    def diff(
+        self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
+    ) -> int:
         if not self.features().native_diff:
-            return super().diff(layer_id, parent, out, views)
-        self._check_layer(layer_id)
-        from . import nativediff
-
-        return nativediff.write_native_diff(out, self.diff_dir(layer_id), self._native(layer_id))
-
-    def diff_size(self, layer_id: str, parent: str | None, views: LayerViews) -> int:
-        if not self.features().native_diff:
-            return super().diff_size(layer_id, parent, views)
+            return super().diff(layer_id, parents, out, views)
         self._check_layer(layer_id)
         from . import nativediff
 
-        return nativediff.diff_size(self._native(layer_id))
+        return nativediff.write_native_diff(
+            out, self.diff_dir(layer_id), self._native(layer_id, parents)
+        )
+
+    def diff_size(self, layer_id: str, parents: Sequence[str], views: LayerViews) -> int:
+        if not self.features().native_diff:
+            return super().diff_size(layer_id, parents, views)
+        self._check_layer(layer_id)
+        return self._native(layer_id, parents).found.content_size()
 
     def apply(
-        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], stream: IO[bytes], views: LayerViews
     ) -> ApplyResult:
         self._check_layer(layer_id)
         from . import nativeapply
 
-        return nativeapply.apply_layer(stream, self.diff_dir(layer_id), self.lower_dirs(layer_id))
+        return nativeapply.apply_layer(stream, self.diff_dir(layer_id), self.lower_dirs(parents))
 
     def _check_layer(self, layer_id: str) -> None:
         self._check_open()

@@ -31,7 +31,11 @@ from typing import IO
 
 from lamina.core.driver import ChangeKind
 from lamina.core.errors import DriverError
-from lamina.core.layers.changes import TreeDiff, diff_trees, metadata_differs, same_content
+from lamina.core.layers.changes import (
+    TreeDiff,
+    diff_trees,
+    entry_modified,
+)
 from lamina.core.layertar.export import write_layer_tar
 
 from .stack import LayerStack, is_opaque, is_whiteout
@@ -56,14 +60,12 @@ class NativeDiff:
 
 
 def _differs(lst: os.stat_result, lpath: str, ust: os.stat_result, upath: str) -> bool:
-    """Metadata differences as the generic comparison sees them, then content.
+    """The core's per-entry rule, with the content of every regular file compared.
 
     The layer holds a copy of a file it changed, so a rewrite may have kept
     size and mtime: a regular file with equal metadata has its bytes compared.
     """
-    if metadata_differs(lst, ust, lpath, upath):
-        return True
-    return stat.S_ISREG(ust.st_mode) and not same_content(lpath, upath)
+    return entry_modified(lst, ust, lpath, upath, recheck_after=0)
 
 
 def layer_changes(upper: Path, lowers: list[Path], *, root_mode: int) -> NativeDiff:
@@ -144,15 +146,7 @@ def _walk(upper: str, lower: LayerStack) -> NativeDiff:
                     todo.append((path, _FORCED))
                 else:
                     todo.append((path, _MERGE))
-    for path in list(kinds):
-        while path:
-            path = path.rpartition("/")[0]
-            if path in kinds:
-                break
-            kinds[path] = _MODIFIED
-    for path, kind in kinds.items():
-        if kind is _MODIFIED and path not in stats:
-            stats[path] = os.lstat(f"{upper}/{path}") if path else root_st
+    result.found.add_parent_dirs(upper, root_st)
     return result
 
 
@@ -162,13 +156,3 @@ def write_native_diff(out: IO[bytes], upper: Path, native: NativeDiff) -> int:
     return write_layer_tar(out, upper, changes, opaque_dirs=native.opaque_dirs,
                            stats=native.found.stats)
 
-
-def diff_size(native: NativeDiff) -> int:
-    """Bytes of regular files the layer adds or changes, each inode once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for st in native.found.stats.values():
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return total

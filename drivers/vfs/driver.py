@@ -4,24 +4,24 @@ The slowest and largest driver, and the one that works everywhere: it needs
 no kernel feature beyond bind mounts, so it is the reference the other
 drivers are compared with. Layout under ``home``::
 
-    dir/<id>/          the layer's whole tree (a copy of the parent's at create)
-    dir/.tmp-<id>-<8 hex>/   a create in progress (debris if the process died)
+    dir/<id>/          the layer's whole tree (a copy of the parent's at create);
+                       its presence is what makes the layer exist
+    dir/.tmp-<id>-<8 hex>/   a create or a remove in progress (debris if the
+                       process died)
     mnt/<id>/          mount point of the layer's read-only view
-    meta/<id>.json     {"parent": ..., "writable": ...}; its presence is what
-                       makes the layer exist
 
-The meta file is written last on create and deleted first on remove, so a
-crash at any point leaves either a whole layer or debris that the next
-create or remove of that id clears.
+A create copies into a temporary directory and renames it into place last; a
+remove renames the layer away first, then deletes. So a crash at any point
+leaves either a whole layer or debris that the next create or remove of that
+id clears. The parent graph is the core's: ``create`` is told the parent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,8 +55,7 @@ class VfsDriver(Driver):
         super().__init__(home, options)
         self.layers = self.home / "dir"
         self.mounts = self.home / "mnt"
-        self.meta = self.home / "meta"
-        for path in (self.layers, self.mounts, self.meta):
+        for path in (self.layers, self.mounts):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._copy_method: str | None = None
 
@@ -75,9 +74,6 @@ class VfsDriver(Driver):
     def _dir(self, layer_id: str) -> Path:
         return self.layers / layer_id
 
-    def _meta(self, layer_id: str) -> Path:
-        return self.meta / f"{layer_id}.json"
-
     @staticmethod
     def _temporaries(directory: Path, layer_id: str) -> list[Path]:
         # exactly ".tmp-<id>-<8 hex>": the id "a" must not match debris of "a-b"
@@ -90,77 +86,59 @@ class VfsDriver(Driver):
         return self._temporaries(self.layers, layer_id)
 
     def _clear_debris(self, layer_id: str) -> None:
-        """Remove everything of ``layer_id`` but its meta file (which must be gone)."""
-        self.unmount(layer_id)
+        """Remove the half-made or half-removed copies of ``layer_id`` (not the layer)."""
         for path in self._debris(layer_id):
             remove_tree(path)
-        remove_tree(self._dir(layer_id))
-        for leftover in self._temporaries(self.meta, layer_id):
-            leftover.unlink(missing_ok=True)
-
-    def _write_meta(self, layer_id: str, parent: str | None, writable: bool) -> None:
-        tmp = self.meta / f".tmp-{layer_id}-{os.urandom(4).hex()}"
-        tmp.write_text(json.dumps({"parent": parent, "writable": writable}) + "\n")
-        os.rename(tmp, self._meta(layer_id))
-
-    def layer_info(self, layer_id: str) -> dict[str, Any]:
-        """The stored ``parent`` and ``writable`` of a layer (survives restarts)."""
-        try:
-            return json.loads(self._meta(layer_id).read_text())
-        except FileNotFoundError:
-            raise self._not_found(layer_id) from None
 
     # -- the contract ----------------------------------------------------------------
 
     def exists(self, layer_id: str) -> bool:
-        return self._meta(layer_id).is_file() and self._dir(layer_id).is_dir()
+        return self._dir(layer_id).is_dir()
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        self._check_create(layer_id, parent)
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        self._check_create(layer_id, parents)
+        self.unmount(layer_id)  # a read-only view a crash left behind
         self._clear_debris(layer_id)
         tmp = self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}"
-        final = self._dir(layer_id)
         try:
-            if parent is None:
+            if not parents:
                 os.mkdir(tmp, 0o700)
                 os.chmod(tmp, self.capabilities.root_mode)
             else:
-                stats = copy_tree(self._dir(parent), tmp)
+                stats = copy_tree(self._dir(parents[0]), tmp)
                 if stats.method != "none":
                     self._copy_method = stats.method
-            os.rename(tmp, final)
-            self._write_meta(layer_id, parent, writable)
+            os.rename(tmp, self._dir(layer_id))  # the layer exists from here on
         except BaseException:
             # leave nothing behind, so the same id can be created again
-            for path in (tmp, final):
-                with contextlib.suppress(DriverError, OSError):
-                    remove_tree(path)
+            with contextlib.suppress(DriverError, OSError):
+                remove_tree(tmp)
             raise
 
     def remove(self, layer_id: str) -> None:
         self._check_open()
-        meta, final = self._meta(layer_id), self._dir(layer_id)
-        anything = (
-            meta.exists()
-            or os.path.lexists(final)
+        final = self._dir(layer_id)
+        if not (
+            os.path.lexists(final)
             or os.path.lexists(self.mounts / layer_id)
-            or bool(self._debris(layer_id))
-        )
-        if not anything:
+            or self._debris(layer_id)
+        ):
             raise self._not_found(layer_id)
         # never delete through a mount: make sure none is left before the
-        # meta file (the layer's existence) goes
+        # layer stops existing
         self.unmount(layer_id)
-        inside = mounts.mounts_under(final, include_self=True) if final.exists() else []
-        if inside:
-            raise DriverError(
-                f"refusing to delete through a mount at {inside[0]}",
-                hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
-            )
-        meta.unlink(missing_ok=True)
+        if os.path.lexists(final):
+            inside = mounts.mounts_under(final, include_self=True)
+            if inside:
+                raise DriverError(
+                    f"refusing to delete through a mount at {inside[0]}",
+                    hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
+                )
+            # the layer stops existing here, atomically; the rest is debris
+            os.rename(final, self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}")
         self._clear_debris(layer_id)
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
         self._check_open()
         if not self.exists(layer_id):
             raise self._not_found(layer_id)
@@ -198,7 +176,8 @@ class VfsDriver(Driver):
                 method = self._copy_method = probe_copy_method(self.layers)
             except OSError as exc:  # a full disk has no room for the probe's files
                 method = f"unknown (cannot probe: {exc.strerror})"
-        count = sum(1 for p in self.meta.glob("*.json"))
+        with os.scandir(self.layers) as it:
+            count = sum(1 for e in it if not e.name.startswith("."))
         return [
             ("Backing Filesystem", filesystem_type(self.home)),
             ("Copy Method", method),

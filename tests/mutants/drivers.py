@@ -12,7 +12,7 @@ import io
 import os
 import shutil
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -53,15 +53,15 @@ class _ApplyThenMangle(VfsDriver):
     def mangle(self, root: Path) -> None:
         raise NotImplementedError
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        super().create(layer_id, parent, writable=writable)
-        if self.mangle_on_create and parent is not None:
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        super().create(layer_id, parents, writable=writable)
+        if self.mangle_on_create and parents:
             self.mangle(self._dir(layer_id))
 
     def apply(
-        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], stream: IO[bytes], views: LayerViews
     ) -> ApplyResult:
-        result = super().apply(layer_id, parent, stream, views)
+        result = super().apply(layer_id, parents, stream, views)
         self.mangle(self._dir(layer_id))
         return result
 
@@ -98,7 +98,7 @@ class IgnoresWhiteouts(VfsDriver):
     name: ClassVar[str] = "mutant-whiteouts"
 
     def apply(
-        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], stream: IO[bytes], views: LayerViews
     ) -> ApplyResult:
         with views.populate(layer_id) as path:
             return apply_tar(stream, path, whiteouts=_NoDeletions())
@@ -110,7 +110,7 @@ class IgnoresOpaque(VfsDriver):
     name: ClassVar[str] = "mutant-opaque"
 
     def apply(
-        self, layer_id: str, parent: str | None, stream: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], stream: IO[bytes], views: LayerViews
     ) -> ApplyResult:
         with views.populate(layer_id) as path:
             return apply_tar(stream, path, whiteouts=_NoOpaque())
@@ -205,8 +205,8 @@ class ReadOnlyAcceptsWrites(VfsDriver):
 
     name: ClassVar[str] = "mutant-readonly"
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
-        return super().mount(layer_id, readonly=False)
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
+        return super().mount(layer_id, parents, readonly=False)
 
 
 class LeaksMounts(VfsDriver):
@@ -223,11 +223,10 @@ class WritesReachParent(VfsDriver):
 
     name: ClassVar[str] = "mutant-shared-parent"
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
-        parent = self.layer_info(layer_id)["parent"] if self.exists(layer_id) else None
-        if readonly or parent is None:
-            return super().mount(layer_id, readonly=readonly)
-        return self._dir(parent)
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
+        if readonly or not parents or not self.exists(layer_id):
+            return super().mount(layer_id, parents, readonly=readonly)
+        return self._dir(parents[0])
 
 
 class WrongRootMode(VfsDriver):
@@ -235,9 +234,9 @@ class WrongRootMode(VfsDriver):
 
     name: ClassVar[str] = "mutant-root-mode"
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        super().create(layer_id, parent, writable=writable)
-        if parent is None:
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        super().create(layer_id, parents, writable=writable)
+        if not parents:
             os.chmod(self._dir(layer_id), 0o700)
 
 
@@ -250,8 +249,8 @@ class ForgetsLayersOnRestart(VfsDriver):
         super().__init__(home, options)
         self._known: set[str] = set()
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        super().create(layer_id, parent, writable=writable)
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        super().create(layer_id, parents, writable=writable)
         self._known.add(layer_id)
 
     def remove(self, layer_id: str) -> None:
@@ -289,10 +288,10 @@ class CreatesOrphans(VfsDriver):
 
     name: ClassVar[str] = "mutant-orphans"
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
-        if parent is not None and not self.exists(parent):
-            parent = None
-        super().create(layer_id, parent, writable=writable)
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+        if parents and not self.exists(parents[0]):
+            parents = []
+        super().create(layer_id, parents, writable=writable)
 
 
 class CloseTwiceFails(VfsDriver):
@@ -328,9 +327,9 @@ class NondeterministicDiff(VfsDriver):
         self._calls = 0
 
     def diff(
-        self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
     ) -> int:
-        written = super().diff(layer_id, parent, out, views)
+        written = super().diff(layer_id, parents, out, views)
         padding = bytes(512 * self._calls)
         self._calls += 1
         out.write(padding)
@@ -343,10 +342,10 @@ class ExportsCharDeviceWhiteouts(VfsDriver):
     name: ClassVar[str] = "mutant-chardev-whiteouts"
 
     def diff(
-        self, layer_id: str, parent: str | None, out: IO[bytes], views: LayerViews
+        self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
     ) -> int:
         buf = io.BytesIO()
-        super().diff(layer_id, parent, buf, views)
+        super().diff(layer_id, parents, buf, views)
         data = _whiteouts_as_devices(bytearray(buf.getvalue()))
         out.write(data)
         return len(data)

@@ -8,7 +8,6 @@ an overlay), and in nested setups. Layout under ``home``::
     layers/<id>/diff/     the layer's own content (the upper directory)
     layers/<id>/work/     fuse-overlayfs' work directory
     layers/<id>/merged/   mount point of the combined tree
-    layers/<id>/layer.json  {"parent", "lower": [parent, grandparent, ...], "writable"}
     layers/<id>/wrote     a writable mount ran since diff/ was cleaned (see _forget_origins)
     layers/.tmp-<id>-<hex>/ a create in progress (debris if the process died)
     layers/.rm-<id>-<hex>/  a remove in progress (finished by the next remove)
@@ -17,7 +16,8 @@ an overlay), and in nested setups. Layout under ``home``::
 A layer exists once ``layers/<id>`` does: create builds the whole directory
 under a temporary name and renames it, remove renames it away before
 deleting, so a crash leaves either a whole layer or debris that the next
-create or remove of that id clears.
+create or remove of that id clears. The parent chain is not stored: the
+core hands ``mount`` the layer's ancestors.
 
 Mounts: a read-only mount is ``lowerdir=`` the layer's ``diff`` and its
 parents' (no upper: fuse-overlayfs answers EROFS, and the mount is ``ro``);
@@ -36,13 +36,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -55,7 +54,6 @@ from lamina.core.layertar.apply import apply_tar
 
 from . import fuse
 
-META = "layer.json"
 #: made before a writable mount, removed once fuse-overlayfs' origin marks are gone from diff/
 WROTE = "wrote"
 #: where fuse-overlayfs' copy-up records the lower path a file came from
@@ -170,15 +168,10 @@ class FuseOverlayDriver(Driver):
         with os.scandir(self.layers) as it:
             return [self.layers / e.name for e in it if pattern.fullmatch(e.name)]
 
-    def _meta(self, layer_id: str) -> dict[str, Any]:
-        try:
-            return json.loads((self._dir(layer_id) / META).read_text())
-        except FileNotFoundError:
-            raise self._not_found(layer_id) from None
-
-    def _lowers(self, layer_id: str) -> list[str]:
+    @staticmethod
+    def _lowers(parents: Sequence[str]) -> list[str]:
         """The parents' diff directories, nearest first, relative to ``layers/``."""
-        return [f"{p}/diff" for p in self._meta(layer_id)["lower"]]
+        return [f"{p}/diff" for p in parents]
 
     def _delete(self, path: Path) -> None:
         """Unmount what a crash left in ``path``, then delete it; never through a mount."""
@@ -194,41 +187,34 @@ class FuseOverlayDriver(Driver):
     # -- the contract ---------------------------------------------------------------------
 
     def exists(self, layer_id: str) -> bool:
-        return (self._dir(layer_id) / META).is_file()
+        return self._dir(layer_id).is_dir()
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
         self._check_open()
         if self.exists(layer_id):
             raise LayerExists(layer_id, f"fuse-overlayfs layer {layer_id!r} exists already",
                               hint="remove it first or choose another id")
-        lower: list[str] = []
-        if parent is not None:
-            if not self.exists(parent):
-                raise LayerNotFound(
-                    parent, f"parent layer {parent!r} of {layer_id!r} does not exist",
-                    hint="create the parent first; `lamina layer ls` lists the layers")
-            lower = [parent, *self._meta(parent)["lower"]]
-            if len(lower) + 1 > self.capabilities.max_depth:
-                raise DriverError(
-                    f"layer {layer_id!r} would be {len(lower) + 1} layers deep; "
-                    f"fuse-overlayfs mounts at most {self.capabilities.max_depth}",
-                    hint="flatten the image (export the merged tree as one layer)")
+        if parents and not self.exists(parents[0]):
+            raise LayerNotFound(
+                parents[0], f"parent layer {parents[0]!r} of {layer_id!r} does not exist",
+                hint="create the parent first; `lamina layer ls` lists the layers")
+        if len(parents) + 1 > self.capabilities.max_depth:
+            raise DriverError(
+                f"layer {layer_id!r} would be {len(parents) + 1} layers deep; "
+                f"fuse-overlayfs mounts at most {self.capabilities.max_depth}",
+                hint="flatten the image (export the merged tree as one layer)")
         for path in self._debris(layer_id):
             self._delete(path)
-        if os.path.lexists(self._dir(layer_id)):
-            self._delete(self._dir(layer_id))  # a layer directory without its meta file
         tmp = self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}"
         try:
             tmp.mkdir(mode=0o700)
             (tmp / "diff").mkdir()
-            if parent is None:
+            if not parents:
                 os.chmod(tmp / "diff", self.capabilities.root_mode)
             else:
-                self._inherit_root(self._dir(parent) / "diff", tmp / "diff")
+                self._inherit_root(self._dir(parents[0]) / "diff", tmp / "diff")
             (tmp / "work").mkdir(mode=0o700)
             (tmp / "merged").mkdir(mode=0o700)
-            (tmp / META).write_text(
-                json.dumps({"parent": parent, "lower": lower, "writable": writable}) + "\n")
             os.rename(tmp, self._dir(layer_id))
         except BaseException:
             with contextlib.suppress(DriverError, OSError):
@@ -271,7 +257,7 @@ class FuseOverlayDriver(Driver):
         for path in debris:
             self._delete(path)
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
         self._check_open()
         if not self.exists(layer_id):
             raise self._not_found(layer_id)
@@ -279,7 +265,7 @@ class FuseOverlayDriver(Driver):
         merged = layer / "merged"
         if mounts.is_mountpoint(merged):
             self.unmount(layer_id)  # left by a crash; we do not know how it was mounted
-        lower = self._lowers(layer_id)
+        lower = self._lowers(parents)
         if readonly:
             fuse.mount(merged, [f"{layer_id}/diff", *lower], cwd=self.layers)
         else:
@@ -321,7 +307,7 @@ class FuseOverlayDriver(Driver):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, layer_id: str, parent: str | None, stream: IO[bytes],
+    def apply(self, layer_id: str, parents: Sequence[str], stream: IO[bytes],
               views: LayerViews) -> ApplyResult:
         """A base layer: extract straight into ``diff/``; a child: the core's generic apply.
 
@@ -336,14 +322,15 @@ class FuseOverlayDriver(Driver):
         self._check_open()
         if not self.exists(layer_id):
             raise self._not_found(layer_id)
-        if parent is not None:
-            return super().apply(layer_id, parent, stream, views)
+        if parents:
+            return super().apply(layer_id, parents, stream, views)
         return apply_tar(stream, self._dir(layer_id) / "diff")
 
     # -- facts -------------------------------------------------------------------------------
 
     def status(self) -> list[tuple[str, str]]:
-        count = sum(1 for _ in self.layers.glob(f"*/{META}"))
+        with os.scandir(self.layers) as it:
+            count = sum(1 for e in it if not e.name.startswith("."))
         return [
             ("Backing Filesystem", filesystem_type(self.home)),
             ("fuse-overlayfs", fuse.version()),

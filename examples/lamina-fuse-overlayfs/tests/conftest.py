@@ -33,13 +33,14 @@ def driver(tmp_path: Path) -> Iterator[FuseOverlayDriver]:
 def writing(
     driver: FuseOverlayDriver,
 ) -> Callable[..., contextlib.AbstractContextManager[Path]]:
-    """``with writing("child", "base") as root:`` makes a writable layer on a parent
-    (or none) and has it mounted for the block, unmounted after it."""
+    """``with writing("child", "base") as root:`` makes a writable layer on its
+    ancestors, nearest first (or none), and has it mounted for the block,
+    unmounted after it."""
 
     @contextlib.contextmanager
-    def make(layer_id: str, parent: str | None = None) -> Iterator[Path]:
-        driver.create(layer_id, parent, writable=True)
-        root = driver.mount(layer_id, readonly=False)
+    def make(layer_id: str, *parents: str) -> Iterator[Path]:
+        driver.create(layer_id, parents, writable=True)
+        root = driver.mount(layer_id, parents, readonly=False)
         try:
             yield root
         finally:

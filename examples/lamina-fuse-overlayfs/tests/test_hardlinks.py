@@ -60,20 +60,20 @@ def test_write_through_one_name_reaches_both_after_remount(
     stored = [os.lstat(diff / n) for n in names]  # both names, one inode, in the upper
     assert stored[0].st_ino == stored[1].st_ino and stored[0].st_nlink == 2
     for readonly in (False, True):
-        root = driver.mount("child", readonly=readonly)
+        root = driver.mount("child", ["base"], readonly=readonly)
         try:
             seen = _seen(root, names)
         finally:
             driver.unmount("child")
         assert [s[:3] for s in seen] == [(want, T_NEW, 2)] * 2, (readonly, seen)
         assert seen[0][3] == seen[1][3]
-    driver.create("grandchild", "child", writable=False)
-    root = driver.mount("grandchild", readonly=True)
+    driver.create("grandchild", ["child", "base"], writable=False)
+    root = driver.mount("grandchild", ["child", "base"], readonly=True)
     try:
         assert [s[:3] for s in _seen(root, names)] == [(want, T_NEW, 2)] * 2
     finally:
         driver.unmount("grandchild")
-    root = driver.mount("base", readonly=True)
+    root = driver.mount("base", [], readonly=True)
     try:  # the parent is untouched
         assert [s[:3] for s in _seen(root, names)] == [(b"old content", T_OLD, 2)] * 2
     finally:
@@ -106,7 +106,7 @@ def test_a_link_to_a_lower_file_from_a_new_directory_stays_one_inode(
         (root / "c").mkdir()
         os.link(root / "b", root / "c" / "a")
     for readonly in (False, True):
-        root = driver.mount("child", readonly=readonly)
+        root = driver.mount("child", ["base"], readonly=readonly)
         try:
             b, a = os.lstat(root / "b"), os.lstat(root / "c" / "a")
         finally:

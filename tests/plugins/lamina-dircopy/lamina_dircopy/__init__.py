@@ -7,6 +7,7 @@ exists, mount, unmount) and leaves changes, diff and apply to the core.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from lamina.core.driver import Capabilities, Driver
@@ -33,17 +34,17 @@ class DirCopyDriver(Driver):
             return "needs root for read-only bind mounts"
         return None
 
-    def create(self, layer_id: str, parent: str | None, *, writable: bool) -> None:
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
         if self.exists(layer_id):
             raise LayerExists(layer_id, f"layer {layer_id} exists")
         (self.home / "layers").mkdir(exist_ok=True)
-        if parent is None:
+        if not parents:
             self._dir(layer_id).mkdir(mode=0o755)
             os.chmod(self._dir(layer_id), 0o755)
-        elif not self.exists(parent):
-            raise LayerNotFound(parent, f"parent layer {parent} does not exist")
+        elif not self.exists(parents[0]):
+            raise LayerNotFound(parents[0], f"parent layer {parents[0]} does not exist")
         else:
-            copy_tree(self._dir(parent), self._dir(layer_id))
+            copy_tree(self._dir(parents[0]), self._dir(layer_id))
 
     def remove(self, layer_id: str) -> None:
         if not self.exists(layer_id):
@@ -54,7 +55,7 @@ class DirCopyDriver(Driver):
     def exists(self, layer_id: str) -> bool:
         return self._dir(layer_id).is_dir()
 
-    def mount(self, layer_id: str, *, readonly: bool) -> Path:
+    def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
         if not self.exists(layer_id):
             raise LayerNotFound(layer_id, f"layer {layer_id} does not exist")
         if not readonly:
