@@ -54,8 +54,9 @@ def main() -> int:
             outputs[name] = out.getvalue()
 
         native = Contender("native diff (diff/ dir)", lambda i: run("native", driver.diff))
+        mode = driver.capabilities.root_mode
         generic = Contender("generic diff (two mounted trees)",
-                            lambda i: run("generic", lambda *a: generic_diff(driver, *a)))
+                            lambda i: run("generic", lambda *a: generic_diff(*a, root_mode=mode)))
         race([native, generic], args.runs)
         same = outputs["native"] == outputs["generic"]
         ok = report(

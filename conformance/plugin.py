@@ -81,7 +81,7 @@ def load_driver_class(name: str) -> type[Driver]:
         if not (isinstance(obj, type) and issubclass(obj, Driver)):
             raise pytest.UsageError(f"--lamina-driver {name} is not a Driver subclass")
         return obj
-    from lamina.core.plugins.registry import collect_drivers, plugin_manager
+    from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 
     try:
         return collect_drivers(plugin_manager()).get(name)

@@ -27,58 +27,28 @@ in the docstrings below.
 
 from __future__ import annotations
 
-import contextlib
-import enum
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, ClassVar, NamedTuple, Protocol
+from typing import IO, Any, ClassVar, NamedTuple
 
 from .errors import ConfigError, LayerExists, LayerNotFound, StoreClosed
+from .layers.changes import Change, ChangeKind
+from .layers.views import LayerViews
+from .layertar import ApplyResult
+
+#: what a driver author imports from here (the values below are defined where they are
+#: produced and re-exported, so that this contract needs nothing that needs it)
+__all__ = [
+    "ApplyResult",
+    "Capabilities",
+    "Change",
+    "ChangeKind",
+    "Driver",
+    "LayerViews",
+    "Option",
+]
 
 # --- values exchanged with drivers ---------------------------------------------
-
-
-class ChangeKind(enum.Enum):
-    """How a path differs between a layer and its parent (as `docker diff`)."""
-
-    ADDED = "A"
-    MODIFIED = "C"
-    DELETED = "D"
-
-
-class Change(NamedTuple):
-    """One changed path, relative to the layer root, without a leading slash.
-
-    Changes compare and sort by path alone: a path changes one way per layer.
-    """
-
-    path: str
-    kind: ChangeKind
-
-    def __eq__(self, other: object) -> bool:
-        return self.path == other.path if isinstance(other, Change) else NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        return self.path != other.path if isinstance(other, Change) else NotImplemented
-
-    def __lt__(self, other: object) -> bool:
-        return self.path < other.path if isinstance(other, Change) else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.path)
-
-
-class ApplyResult(NamedTuple):
-    """What applying a layer tar produced.
-
-    ``diff_id`` is ``sha256:<hex>`` of the uncompressed tar stream, ``size`` the
-    number of uncompressed tar bytes read: headers, padding and end blocks included
-    (10240 for a tar of one 6-byte file), the size of the layer tar, which is what
-    the store records. :meth:`Driver.diff_size` counts file content instead (6).
-    """
-
-    diff_id: str
-    size: int
 
 
 class Capabilities(NamedTuple):
@@ -120,31 +90,6 @@ class Option(NamedTuple):
     type: type
     help: str
     default: Any = None
-
-
-class LayerViews(Protocol):
-    """Counted access to layer trees, handed to a driver's generic operations.
-
-    The core implements it on top of the store's mount references, so a
-    driver method that needs a mounted tree never mounts twice what a user
-    already mounted.
-    """
-
-    def view(self, layer_id: str) -> contextlib.AbstractContextManager[Path]:
-        """Mount ``layer_id`` read-only for the duration of the block."""
-        ...
-
-    def populate(self, layer_id: str) -> contextlib.AbstractContextManager[Path]:
-        """Mount the incomplete layer ``layer_id`` writable, to fill it."""
-        ...
-
-    def created_ns(self, layer_id: str) -> int | None:
-        """When the driver finished creating the layer (``time.time_ns()``).
-
-        Anything in the layer whose ctime is later was written after that:
-        the generic diff compares such files' content, not only metadata.
-        """
-        ...
 
 
 # --- the base class -----------------------------------------------------------
@@ -360,7 +305,7 @@ class Driver:
         """
         from .layers.changes import generic_changes
 
-        return generic_changes(self, layer_id, parents, views)
+        return generic_changes(layer_id, parents, views, root_mode=self.capabilities.root_mode)
 
     def diff(
         self, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
@@ -375,7 +320,9 @@ class Driver:
         """
         from .layertar.export import generic_diff
 
-        return generic_diff(self, layer_id, parents, out, views)
+        return generic_diff(
+            layer_id, parents, out, views, root_mode=self.capabilities.root_mode
+        )
 
     def diff_size(self, layer_id: str, parents: Sequence[str], views: LayerViews) -> int:
         """Bytes of file content the layer adds against its parent ``parents[0]``.
@@ -385,7 +332,7 @@ class Driver:
         """
         from .layers.changes import generic_diff_size
 
-        return generic_diff_size(self, layer_id, parents, views)
+        return generic_diff_size(layer_id, parents, views, root_mode=self.capabilities.root_mode)
 
     def apply(
         self, layer_id: str, parents: Sequence[str], stream: IO[bytes], views: LayerViews

@@ -19,7 +19,8 @@ from .config import Config
 from .driver import Driver
 from .errors import StoreError
 from .layers.store import Store, ensure_root, open_metadata, recorded_drivers
-from .plugins.registry import DriverRegistry, collect_drivers, plugin_manager
+from .plugins.discovery import collect_drivers, plugin_manager
+from .plugins.registry import DriverRegistry
 from .plugins.selection import Choice, choose_driver
 
 

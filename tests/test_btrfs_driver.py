@@ -19,7 +19,7 @@ from lamina.core.driver import ChangeKind
 from lamina.core.errors import ConfigError, DriverError, LayerExists, LayerNotFound
 from lamina.core.layers.changes import compare_trees
 from lamina.core.layers.store import Store
-from lamina.core.plugins.registry import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 
 pytestmark = [
     pytest.mark.root,
@@ -105,7 +105,7 @@ def test_check_support_on_btrfs_and_elsewhere(btrfs_fs: Path, tmp_path: Path) ->
 
 def test_importing_lamina_does_not_import_btrfsutil() -> None:
     code = (
-        "import sys; import lamina.drivers.btrfs; from lamina.core.plugins.registry import "
+        "import sys; import lamina.drivers.btrfs; from lamina.core.plugins.discovery import "
         "collect_drivers, plugin_manager; collect_drivers(plugin_manager()); "
         "print('btrfsutil' in sys.modules)"
     )

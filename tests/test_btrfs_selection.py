@@ -11,7 +11,7 @@ from conftest import run_lamina
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 from lamina.core.config import DEFAULT_PRIORITY, Config
-from lamina.core.plugins.registry import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 from lamina.core.plugins.selection import choose_driver
 
 pytestmark = [

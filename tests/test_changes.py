@@ -390,7 +390,7 @@ def test_generic_changes_views_both_layers(tmp_path: Path, trees: tuple[Path, Pa
     (upper / "etc" / "hostname").write_bytes(b"box\n")
     views = DirViews({"base": lower, "child": upper})
     driver = PlainDriver(tmp_path / "home")
-    result = generic_changes(driver, "child", ["base"], views)
+    result = generic_changes("child", ["base"], views, root_mode=driver.capabilities.root_mode)
     assert [(c.path, c.kind) for c in result] == [
         ("", ChangeKind.MODIFIED),
         ("etc", ChangeKind.MODIFIED),
@@ -402,17 +402,17 @@ def test_generic_changes_views_both_layers(tmp_path: Path, trees: tuple[Path, Pa
 def test_diff_size(tmp_path: Path, trees: tuple[Path, Path]) -> None:
     lower, upper = trees
     views = DirViews({"base": lower, "child": upper})
-    driver = PlainDriver(tmp_path / "home")
-    assert generic_diff_size(driver, "child", ["base"], views) == 0
+    mode = PlainDriver.capabilities.root_mode
+    assert generic_diff_size("child", ["base"], views, root_mode=mode) == 0
     (upper / "data").write_bytes(b"z" * 12345)
     os.link(upper / "data", upper / "data-link")  # one inode counts once
     os.chmod(upper / "etc" / "passwd", 0o600)  # a modified file counts whole
     passwd = os.lstat(upper / "etc" / "passwd").st_size
-    assert generic_diff_size(driver, "child", ["base"], views) == 12345 + passwd
+    assert generic_diff_size("child", ["base"], views, root_mode=mode) == 12345 + passwd
     inodes = {
         st.st_ino: st.st_size
         for st in (os.lstat(p) for p in lower.rglob("*"))
         if stat.S_ISREG(st.st_mode)
     }
-    assert generic_diff_size(driver, "base", [], views) == sum(inodes.values())
+    assert generic_diff_size("base", [], views, root_mode=mode) == sum(inodes.values())
     assert views.open == []

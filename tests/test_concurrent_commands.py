@@ -23,8 +23,8 @@ from conftest import needs_root, run_lamina
 
 from lamina.core.host import mounts
 from lamina.core.layers.store import Store
+from lamina.core.plugins.discovery import plugin_manager
 from lamina.core.plugins.hookspec import hookimpl
-from lamina.core.plugins.registry import plugin_manager
 from lamina.drivers.overlay import OverlayDriver, mountapi, support
 
 pytestmark = [needs_root, pytest.mark.slow]

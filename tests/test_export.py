@@ -454,7 +454,9 @@ def test_generic_diff(tmp_path: Path, trees: tuple[Path, Path]) -> None:
     change_metadata(upper)
     views = DirViews({"base": lower, "child": upper})
     out = io.BytesIO()
-    written = generic_diff(PlainDriver(tmp_path / "home"), "child", ["base"], out, views)
+    written = generic_diff(
+        "child", ["base"], out, views, root_mode=PlainDriver.capabilities.root_mode
+    )
     assert written == len(out.getvalue())
     assert out.getvalue() == export(lower, upper)
     assert views.open == []

@@ -18,8 +18,8 @@ from conftest import needs_root
 
 from lamina.core.errors import PluginError
 from lamina.core.layers.store import Store
+from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 from lamina.core.plugins.hookspec import hookimpl
-from lamina.core.plugins.registry import collect_drivers, plugin_manager
 from lamina.drivers.vfs.driver import VfsDriver
 
 

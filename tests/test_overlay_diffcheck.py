@@ -47,7 +47,7 @@ class DiffCheckingOverlayDriver(OverlayDriver):
         assert self.features().native_diff, "native diff is off on this kernel"
         native, generic = io.BytesIO(), io.BytesIO()
         super().diff(layer_id, parents, native, views)
-        generic_diff(self, layer_id, parents, generic, views)
+        generic_diff(layer_id, parents, generic, views, root_mode=self.capabilities.root_mode)
         scratch = Path(tempfile.mkdtemp(prefix="diffcheck-"))
         try:
             results = {}
@@ -80,7 +80,9 @@ class DiffCheckingOverlayDriver(OverlayDriver):
                     f"native diff of {layer_id} rebuilds another tree than the generic diff: "
                     + "; ".join(bad[:10])
                 )
-            want = generic_changes(self, layer_id, parents, views)
+            want = generic_changes(
+                layer_id, parents, views, root_mode=self.capabilities.root_mode
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         got = self.changes(layer_id, parents, views)

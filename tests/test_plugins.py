@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, needs_root, pip_install_target, run_lamina
 
-from lamina.core.plugins.registry import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 
 PLUGIN_SRC = REPO / "tests" / "plugins" / "lamina-dircopy"
 

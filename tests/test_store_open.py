@@ -21,7 +21,7 @@ from conftest import needs_root, run_lamina
 from tarmaker import TarBuilder
 
 from lamina.core.host import mounts
-from lamina.core.plugins.registry import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 
 pytestmark = needs_root
 

@@ -20,7 +20,7 @@ from lamina.core.errors import (
 )
 from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_type
-from lamina.core.plugins.registry import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, plugin_manager
 from lamina.drivers.vfs import VfsDriver
 
 pytestmark = [

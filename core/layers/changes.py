@@ -47,19 +47,48 @@ unchanged file may show different inodes (a copying driver).
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from ..driver import Change, ChangeKind
 from ..errors import DriverError
 
 if TYPE_CHECKING:
-    from ..driver import Driver, LayerViews
+    from .views import LayerViews
+
+class ChangeKind(enum.Enum):
+    """How a path differs between a layer and its parent (as `docker diff`)."""
+
+    ADDED = "A"
+    MODIFIED = "C"
+    DELETED = "D"
+
+
+class Change(NamedTuple):
+    """One changed path, relative to the layer root, without a leading slash.
+
+    Changes compare and sort by path alone: a path changes one way per layer.
+    """
+
+    path: str
+    kind: ChangeKind
+
+    def __eq__(self, other: object) -> bool:
+        return self.path == other.path if isinstance(other, Change) else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return self.path != other.path if isinstance(other, Change) else NotImplemented
+
+    def __lt__(self, other: object) -> bool:
+        return self.path < other.path if isinstance(other, Change) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
 
 #: xattrs that describe overlay internals, never layer content
 OVERLAY_XATTR_PREFIXES: tuple[str, ...] = ("trusted.overlay.",)
@@ -97,16 +126,19 @@ def read_xattrs(
     return result
 
 
-@dataclass
 class TreeDiff:
     """What :func:`compare_trees` found, with the upper tree's stat of each change.
 
     ``stats`` holds the ``lstat`` of every ADDED or MODIFIED path, so callers
-    (diff size, export) need not stat again.
+    (diff size, export) need not stat again. A plain slotted class: the driver
+    contract imports this module, and a dataclass costs every command its definition.
     """
 
-    kinds: dict[str, ChangeKind] = field(default_factory=dict)
-    stats: dict[str, os.stat_result] = field(default_factory=dict)
+    __slots__ = ("kinds", "stats")
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, ChangeKind] = {}
+        self.stats: dict[str, os.stat_result] = {}
 
     def changes(self) -> list[Change]:
         """The changes sorted by path (a parent always sorts before its children)."""
@@ -348,7 +380,7 @@ def viewed_layers(
 
 @contextlib.contextmanager
 def layer_diff(
-    driver: Driver, layer_id: str, parents: Sequence[str], views: LayerViews
+    layer_id: str, parents: Sequence[str], views: LayerViews, *, root_mode: int
 ) -> Iterator[tuple[TreeDiff, Path]]:
     """Compare a layer's view with its parent's; yield the result and the layer's view.
 
@@ -358,27 +390,27 @@ def layer_diff(
         found = diff_trees(
             lower,
             upper,
-            root_mode=driver.capabilities.root_mode,
+            root_mode=root_mode,
             since_ns=views.created_ns(layer_id),
         )
         yield found, upper
 
 
 def generic_changes(
-    driver: Driver, layer_id: str, parents: Sequence[str], views: LayerViews
+    layer_id: str, parents: Sequence[str], views: LayerViews, *, root_mode: int
 ) -> list[Change]:
     """The core's :meth:`Driver.changes`: compare the layer's view with its parent's."""
-    with layer_diff(driver, layer_id, parents, views) as (found, _):
+    with layer_diff(layer_id, parents, views, root_mode=root_mode) as (found, _):
         return found.changes()
 
 
 def generic_diff_size(
-    driver: Driver, layer_id: str, parents: Sequence[str], views: LayerViews
+    layer_id: str, parents: Sequence[str], views: LayerViews, *, root_mode: int
 ) -> int:
     """The core's :meth:`Driver.diff_size`: bytes of regular files ADDED or MODIFIED.
 
     Each inode counts once, however many names it has; the parents' files
     and directories, symlinks and devices count nothing.
     """
-    with layer_diff(driver, layer_id, parents, views) as (found, _):
+    with layer_diff(layer_id, parents, views, root_mode=root_mode) as (found, _):
         return found.content_size()

@@ -60,7 +60,6 @@ from collections.abc import Callable, Container
 from pathlib import Path
 from typing import IO, ClassVar, Protocol
 
-from ..driver import ApplyResult
 from ..errors import (
     ArchiveLimit,
     CorruptArchive,
@@ -70,8 +69,8 @@ from ..errors import (
     host_error,
 )
 from ..host.treecopy import remove_at
-from . import reader as tarstream
-from .reader import DIR, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
+from . import ApplyResult
+from .reader import CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry, TarReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -433,7 +432,7 @@ class _Applier:
             real = real.rpartition("/")[0]
 
     def _root_entry(self, entry: TarEntry) -> None:
-        if entry.kind != tarstream.DIR:
+        if entry.kind != DIR:
             raise UnsafeArchive(entry.path, "refusing to change the type of the root")
         fd = os.open(".", _READ_DIR_FLAGS, dir_fd=self.root_fd)
         try:
@@ -660,7 +659,7 @@ class _Applier:
                 raise
 
     def _node(self, entry: TarEntry, dir_fd: int, name: str, real: str) -> None:
-        if entry.kind == tarstream.FIFO:
+        if entry.kind == FIFO:
 
             def make() -> None:
                 os.mkfifo(name, 0o600, dir_fd=dir_fd)
@@ -673,7 +672,7 @@ class _Applier:
             if not self.devices:
                 self.skipped_devices += 1
                 return
-            kind = stat.S_IFCHR if entry.kind == tarstream.CHAR else stat.S_IFBLK
+            kind = stat.S_IFCHR if entry.kind == CHAR else stat.S_IFBLK
             device = os.makedev(entry.devmajor, entry.devminor)
 
             def make() -> None:

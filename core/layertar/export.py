@@ -36,12 +36,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ..driver import Change, ChangeKind
 from ..errors import DriverError
-from ..layers.changes import layer_diff, read_xattrs
+from ..layers.changes import Change, ChangeKind, layer_diff, read_xattrs
 
 if TYPE_CHECKING:
-    from ..driver import Driver, LayerViews
+    from ..layers.views import LayerViews
 
 BLOCK = 512
 WHITEOUT_PREFIX = ".wh."
@@ -367,8 +366,8 @@ def _write_entry(
 
 
 def generic_diff(
-    driver: Driver, layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews
+    layer_id: str, parents: Sequence[str], out: IO[bytes], views: LayerViews, *, root_mode: int
 ) -> int:
     """The core's :meth:`Driver.diff`: compare the mounted trees and tar the changes."""
-    with layer_diff(driver, layer_id, parents, views) as (found, upper):
+    with layer_diff(layer_id, parents, views, root_mode=root_mode) as (found, upper):
         return write_layer_tar(out, upper, found.changes(), stats=found.stats)

@@ -36,9 +36,8 @@ from lamina.core.errors import DriverError, LaminaError
 from lamina.core.host.treecopy import remove_at
 from lamina.core.layers.changes import read_xattrs
 from lamina.core.layertar import apply as core_apply
-from lamina.core.layertar import reader as tarstream
 from lamina.core.layertar.apply import MergedWhiteouts, apply_tar
-from lamina.core.layertar.reader import TarEntry
+from lamina.core.layertar.reader import DIR, HARDLINK, TarEntry
 
 from .stack import OPAQUE_XATTR, LayerStack, is_whiteout
 
@@ -317,14 +316,14 @@ def _prepare(entry: TarEntry, copy_up: _CopyUp, stack: LayerStack) -> None:
     if parts[0].startswith(core_apply.AUFS_META_PREFIX) and parts != [core_apply.OPAQUE_MARKER]:
         return
     is_whiteout_entry = name.startswith(core_apply.WHITEOUT_PREFIX)
-    if is_whiteout_entry or (entry.kind != tarstream.DIR and "/".join(parts) in copy_up.ready):
+    if is_whiteout_entry or (entry.kind != DIR and "/".join(parts) in copy_up.ready):
         # a whiteout or a non-directory may remove directories: cached state goes
         copy_up.ready = {""}
         stack.forget()
     if not is_whiteout_entry:
         copy_up.replaced_whiteout_parent(parts)
     copy_up.dirs(parts[:-1])
-    if entry.kind == tarstream.HARDLINK:
+    if entry.kind == HARDLINK:
         with contextlib.suppress(LaminaError):
             target = core_apply.clean_path(entry.linkname)
             if target:
