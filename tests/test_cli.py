@@ -130,9 +130,9 @@ def test_info_and_drivers(tmp_path: Path) -> None:
 
 # a bug planted in the real command: what a user sees of an exception lamina did not expect
 _PLANTED_BUG = (
-    "import sys; from lamina.core.cli import app as cli\n"
+    "import sys; from lamina.core.cli import main, system\n"
     "def cmd_info(args, engine):\n    raise RuntimeError('planted\\nbug')\n"
-    "cli.cmd_info = cmd_info\nsys.exit(cli.main(sys.argv[1:]))\n"
+    "system.cmd_info = cmd_info\nsys.exit(main(sys.argv[1:]))\n"
 )
 
 

@@ -8,6 +8,7 @@ handlers still run; an in-process caller of ``main(argv)`` is left alone).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import subprocess
 import sys
@@ -67,9 +68,32 @@ def test_values_of_the_used_sub_command_are_parsed() -> None:
     assert (args.driver, args.root, args.command, args.layer_command) == (
         "vfs", "/r", "layer", "apply")
     assert (args.file, args.rw, args.id, args.parent) == ("t.tar", True, "x", None)
-    assert args.handler.__name__ == "cmd_layer_apply"
+    assert args.handler == "layer:cmd_apply"  # imported when the command runs
     args = build_parser().parse_args(["layer", "ls", "--format", "json", "-q"])
     assert (args.format, args.quiet) == ("json", True)
+
+
+def test_every_command_names_a_handler_and_arguments_that_exist(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The table of commands names functions as strings: each must resolve."""
+    import argparse
+
+    from lamina.core.cli.app import _resolve
+
+    def leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return [parser]
+        return [leaf for action in subs for p in action.choices.values() for leaf in leaves(p)]
+
+    found = leaves(build_parser())
+    assert len(found) >= 12
+    for leaf in found:
+        assert callable(_resolve(leaf.get_default("handler")))
+        with contextlib.suppress(SystemExit):  # required arguments missing: a usage error
+            leaf.parse_known_args([])  # adds the arguments: their function must exist
+    capsys.readouterr()
 
 
 def test_usage_errors_name_the_sub_command(capsys: pytest.CaptureFixture[str]) -> None:

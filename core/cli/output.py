@@ -1,0 +1,53 @@
+"""What commands print: listings as tables or JSON (``--format``), and errors.
+
+Tables are drawn by :mod:`.tables`; an error is one ``lamina: error:`` line and a
+``hint:`` line (the command line's contract, docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import LaminaError
+
+
+def terminal_columns() -> int:
+    """The width argparse wraps help to: ``$COLUMNS``, else the terminal's, else 80.
+
+    What ``shutil.get_terminal_size`` answers. argparse's own formatter imports shutil
+    for it, and shutil imports bz2 and lzma: ~2 ms of every start.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from .tables import print_table
+
+    tty = sys.stdout.isatty()
+    # a pipe has no width: do not fold cells at 80 columns there
+    print_table(title, columns, rows, width=terminal_columns() if tty else 1000, styled=tty)
+
+
+def print_json(data: Any) -> None:
+    import json
+
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def report(exc: LaminaError) -> None:
+    print(f"lamina: error: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)

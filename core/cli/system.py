@@ -1,0 +1,153 @@
+"""``lamina info``, ``lamina drivers`` and ``lamina system``: the store as a whole.
+
+``info`` and ``drivers`` only read (they create nothing, not even the root);
+``system repair`` and ``system reset`` are the ways out of lost or damaged metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..engine import Engine
+from ..errors import LaminaError
+from .output import print_json, print_table
+
+
+def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
+    from ..host.fsinfo import filesystem_type
+    from ..plugins.selection import existing_dir
+
+    choice = engine.choice
+    with engine.open_store(readonly=True) as store:
+        facts: dict[str, Any] = {
+            "driver": choice.name,
+            "why": choice.reason,
+            "root": str(store.root),
+            "backing_filesystem": filesystem_type(existing_dir(store.root)),
+            "config_file": str(engine.config.source) if engine.config.source else None,
+            "layers": store.layer_count(),
+            "driver_status": dict(store.driver.status()),
+            "skipped": dict(choice.skipped),
+        }
+        layers_line = _layers_line(store, facts["layers"], facts["driver_status"])
+    if args.format == "json":
+        print_json(facts)
+        return 0
+    print(f"Storage driver:      {facts['driver']}")
+    print(f"  chosen because:    {facts['why']}")
+    for name, reason in choice.skipped:
+        print(f"  passed over:       {name}: {reason}")
+    print(f"Root:                {facts['root']}")
+    print(f"Backing filesystem:  {facts['backing_filesystem']}")
+    print(f"Config file:         {facts['config_file'] or '(none found, defaults)'}")
+    print(f"Layers:              {layers_line}")
+    status = {k: v for k, v in facts["driver_status"].items() if k != "Layers"}
+    pad = max((len(k) for k in status), default=0) + 1
+    for key, value in status.items():
+        print(f"  {key + ':':<{pad}} {value}")
+    return 0
+
+
+def _layers_line(store: Any, ready: int, status: dict[str, str]) -> str:
+    """The store's count of layers, and the driver's own count where it differs.
+
+    One line, so that ``info`` lists layers once; a driver home holding more or
+    fewer layers than the metadata knows is said, never hidden.
+    """
+    try:
+        on_disk = int(status["Layers"])
+    except (KeyError, ValueError):
+        return str(ready)
+    if on_disk == ready:
+        return str(ready)
+    every = store.layer_count(ready_only=False)
+    if on_disk == every:
+        return f"{ready} (and {every - ready} being written or removed)"
+    return (f"{ready} (but the {store.driver.name} driver's home holds {on_disk}: "
+            "the metadata and the disk disagree)")
+
+
+def cmd_drivers(args: argparse.Namespace, engine: Engine) -> int:
+    from ..plugins.selection import support_reason
+
+    registry = engine.registry
+    root = engine.root
+    rows = []
+    for name in sorted(registry.drivers):
+        cls = registry.drivers[name]
+        try:
+            reason = support_reason(cls, root)
+        except LaminaError as exc:
+            reason = str(exc)
+        rows.append(
+            {
+                "name": name,
+                "supported": reason is None,
+                "reason": reason or "",
+                "origin": registry.origins.get(name, ""),
+                "description": cls.description,
+            }
+        )
+    for name, error in sorted(registry.broken.items()):
+        rows.append(
+            {"name": name, "supported": False, "reason": f"plugin failed to load: {error}",
+             "origin": "", "description": ""}
+        )
+    if args.format == "json":
+        print_json(rows)
+        return 0
+    print_table(
+        f"Storage drivers (root {root})",
+        ["driver", "supported", "reason", "from", "description"],
+        [
+            [r["name"], "yes" if r["supported"] else "no", r["reason"], r["origin"],
+             r["description"]]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _drivers_on_home(engine: Engine) -> Callable[[str], Any]:
+    """A driver of a name on its home, for repair and reset; None if not installed."""
+
+    def make(name: str) -> Any:
+        driver_class = engine.registry.drivers.get(name)
+        return None if driver_class is None else engine.make_driver(driver_class, readonly=True)
+
+    return make
+
+
+def cmd_repair(args: argparse.Namespace, engine: Engine) -> int:
+    from ..layers.repair import repair
+
+    for line in repair(engine.root, _drivers_on_home(engine)):
+        print(line)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace, engine: Engine) -> int:
+    from ..layers.repair import reset
+
+    root = engine.root
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise LaminaError(
+                f"refusing to remove every layer, blob and the metadata under {root} "
+                "without a confirmation",
+                hint="run `lamina system reset --force` to remove them",
+            )
+        answer = input(f"Remove every layer, blob and the metadata under {root}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing was removed")
+            return 1
+    for line in reset(root, _drivers_on_home(engine)):
+        print(line)
+    return 0
+
+
+def reset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for a confirmation")
