@@ -106,6 +106,19 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture
+def btrfs_root(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 256 MB btrfs on a loop device (skips with the reason where none can be made)."""
+    from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+
+    pytest.importorskip("btrfsutil", reason="pip install 'lamina[btrfs]'")
+    try:
+        with backing_filesystem("btrfs", tmp_path / "fs", size_mb=256) as fs:
+            yield fs.path
+    except BackingUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(params=["ext4", "xfs", "btrfs", "tmpfs"])
 def backing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A fresh real filesystem of each kind, mounted for this test (skips with the reason)."""

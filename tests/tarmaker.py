@@ -453,6 +453,14 @@ class TarBuilder:
         return self
 
 
+def tar_of(files: Mapping[str, bytes]) -> io.BytesIO:
+    """A tar of regular files (mode 0644, one fixed mtime), as a stream to apply."""
+    builder = TarBuilder()
+    for name, data in files.items():
+        builder.file(name, data, mode=0o644, mtime=1_600_000_000)
+    return builder.stream()
+
+
 def entries_with_content(reader: TarReader) -> list[tuple[TarEntry, bytes]]:
     """Every entry a reader gives, with its whole content (holes of sparse files as zeros).
 

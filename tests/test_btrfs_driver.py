@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tarmaker import tar_of
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 from lamina.core.driver import ChangeKind
@@ -65,15 +66,6 @@ def new_store(root: Path, **options: object) -> Store:
     return Store(root, BtrfsDriver(home, options))
 
 
-def tar_of(files: dict[str, bytes]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 1_600_000_000, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
 
 
 def wait_for_cleaner(path: Path, timeout: float = 30) -> None:

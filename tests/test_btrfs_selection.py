@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices)"),
 ]
-
-
-@pytest.fixture
-def btrfs_root(tmp_path: Path) -> Iterator[Path]:
-    pytest.importorskip("btrfsutil", reason="pip install 'lamina[btrfs]'")
-    try:
-        with backing_filesystem("btrfs", tmp_path / "fs", size_mb=256) as fs:
-            yield fs.path
-    except BackingUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def test_default_priority_on_btrfs_picks_the_first_supported(btrfs_root: Path) -> None:

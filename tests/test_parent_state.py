@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tarmaker import tar_of
 
-from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 from lamina.core.driver import Driver
 from lamina.core.layers.store import Store
 from lamina.drivers.overlay import OverlayDriver
@@ -32,15 +31,6 @@ pytestmark = [
 BASE, MID, TOP = "ancestor-base-q7x", "ancestor-mid-k2w", "leaf-top-z9v"
 
 
-def tar_of(files: dict[str, bytes]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 1_600_000_000, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
 
 
 def build_chain(store: Store) -> None:
@@ -114,16 +104,6 @@ def test_overlay_stores_no_parents(store_root: Path) -> None:
     if reason:
         pytest.skip(reason)
     check(store_root, overlay)
-
-
-@pytest.fixture
-def btrfs_root(tmp_path: Path) -> Iterator[Path]:
-    pytest.importorskip("btrfsutil", reason="pip install 'lamina[btrfs]'")
-    try:
-        with backing_filesystem("btrfs", tmp_path / "fs", size_mb=256) as fs:
-            yield fs.path
-    except BackingUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def test_btrfs_stores_no_parents(btrfs_root: Path) -> None:

@@ -396,6 +396,19 @@ def _refuse_mount(where: str | Path) -> DriverError:
     )
 
 
+def retire(path: Path, debris: Path) -> None:
+    """Make the tree ``path`` stop existing in one step, to be deleted later as ``debris``.
+
+    What a driver's ``remove`` does first: the rename is atomic, so a crash leaves
+    either the whole layer or debris that the next create or remove of its id clears.
+    Refuses while anything is mounted inside (never delete through a mount).
+    """
+    inside = mounts_under(path, include_self=True)
+    if inside:
+        raise _refuse_mount(inside[0])
+    os.rename(path, debris)
+
+
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything below it; a missing ``path`` is fine.
 

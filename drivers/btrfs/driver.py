@@ -39,7 +39,7 @@ from lamina.core.errors import (
 )
 from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_magic, filesystem_type
-from lamina.core.host.treecopy import remove_tree
+from lamina.core.host.treecopy import remove_tree, retire
 
 from . import ioctl
 from .size import parse_size
@@ -208,15 +208,8 @@ class BtrfsDriver(Driver):
         ):
             raise self._not_found(layer_id)
         self.unmount(layer_id)
-        if os.path.lexists(path):
-            inside = mounts.mounts_under(path, include_self=True)
-            if inside:
-                raise DriverError(
-                    f"refusing to delete through a mount at {inside[0]}",
-                    hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
-                )
-            # the layer stops existing here, atomically; the rest is debris
-            os.rename(path, self.subvolumes / f".tmp-{layer_id}-{os.urandom(4).hex()}")
+        if os.path.lexists(path):  # the layer stops existing here; the rest is debris
+            retire(path, self.subvolumes / f".tmp-{layer_id}-{os.urandom(4).hex()}")
         self._clear_debris(layer_id)
 
     def _clear_debris(self, layer_id: str) -> None:

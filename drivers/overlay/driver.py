@@ -54,7 +54,7 @@ from lamina.core.errors import (
 from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_type
 from lamina.core.host.locks import UNKNOWN_BOOT, boot_id
-from lamina.core.host.treecopy import remove_tree
+from lamina.core.host.treecopy import remove_tree, retire
 
 from . import mountapi, support
 
@@ -241,15 +241,9 @@ class OverlayDriver(Driver):
         final = self._dir(layer_id)
         if not os.path.lexists(final) and not self._temporaries(layer_id):
             raise self._not_found(layer_id)
-        if os.path.lexists(final):
+        if os.path.lexists(final):  # the layer stops existing here; the rest is debris
             self.unmount(layer_id)
-            inside = mounts.mounts_under(final, include_self=True)
-            if inside:
-                raise DriverError(
-                    f"refusing to delete through a mount at {inside[0]}",
-                    hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
-                )
-            os.rename(final, self.home / f".tmp-{layer_id}-{os.urandom(4).hex()}")
+            retire(final, self.home / f".tmp-{layer_id}-{os.urandom(4).hex()}")
         self._clear_debris(layer_id)
 
     # -- mounting ----------------------------------------------------------------------------

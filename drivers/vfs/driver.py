@@ -29,7 +29,7 @@ from lamina.core.driver import Capabilities, Driver
 from lamina.core.errors import DriverError
 from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_type
-from lamina.core.host.treecopy import copy_tree, probe_copy_method, remove_tree
+from lamina.core.host.treecopy import copy_tree, probe_copy_method, remove_tree, retire
 
 
 class VfsDriver(Driver):
@@ -127,15 +127,8 @@ class VfsDriver(Driver):
         # never delete through a mount: make sure none is left before the
         # layer stops existing
         self.unmount(layer_id)
-        if os.path.lexists(final):
-            inside = mounts.mounts_under(final, include_self=True)
-            if inside:
-                raise DriverError(
-                    f"refusing to delete through a mount at {inside[0]}",
-                    hint=f"unmount {inside[0]} first, then remove layer {layer_id!r} again",
-                )
-            # the layer stops existing here, atomically; the rest is debris
-            os.rename(final, self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}")
+        if os.path.lexists(final):  # the layer stops existing here; the rest is debris
+            retire(final, self.layers / f".tmp-{layer_id}-{os.urandom(4).hex()}")
         self._clear_debris(layer_id)
 
     def mount(self, layer_id: str, parents: Sequence[str], *, readonly: bool) -> Path:
