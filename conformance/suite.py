@@ -252,7 +252,10 @@ def run(
     basetemp = Path(tempfile.mkdtemp(prefix="lamina-conformance-"))
     cmd = ["--pyargs", "lamina.conformance", f"--lamina-driver={spec}",
            "-c", os.devnull, "--rootdir", str(Path(__file__).resolve().parent),
-           "-p", "no:cacheprovider", "--basetemp", str(basetemp)]
+           "-p", "no:cacheprovider", "--basetemp", str(basetemp),
+           # no conftest.py of the caller's tree: its fixtures (an autouse one that
+           # clears the environment, say) must not change what the suite sees
+           "--noconftest"]
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         cmd += ["-p", "lamina.conformance.plugin"]
     if root is not None:
