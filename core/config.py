@@ -25,6 +25,21 @@ TOP_LEVEL_KEYS = {
     "runroot": "directory of run-time state (locks, mounts of running containers)",
     "driver_priority": "order in which automatic selection tries drivers",
     "drivers": "one table per driver with its options, e.g. [drivers.overlay]",
+    "images": "image settings: default_registry, keep_blobs, max_concurrent_downloads",
+    "registries": 'one table per registry host: [registries."HOST"] insecure, mirrors',
+}
+
+#: the [images] table's keys, their types and defaults
+IMAGE_KEYS: dict[str, tuple[type, Any, str]] = {
+    "default_registry": (str, "docker.io", "registry of names without one (busybox)"),
+    "keep_blobs": (bool, True, "keep compressed layer blobs after a pull (push without "
+                   "recompressing); `lamina prune` reclaims them"),
+    "max_concurrent_downloads": (int, 8, "layer blobs downloaded at once by one pull"),
+}
+#: the keys of one [registries."HOST"] table
+REGISTRY_KEYS: dict[str, tuple[type, Any, str]] = {
+    "insecure": (bool, False, "plain http (or https without verification) for this registry"),
+    "mirrors": (list, [], "hosts tried in order before the registry itself, on pulls"),
 }
 
 
@@ -38,6 +53,10 @@ class _ConfigFields(NamedTuple):
     source: Path | None
     #: where ``driver`` came from: "--driver", "LAMINA_DRIVER", the file, or None
     driver_source: str | None
+    #: the [images] table, every key of IMAGE_KEYS present (defaults filled in)
+    images: dict[str, Any]
+    #: one table per registry host, every key of REGISTRY_KEYS present
+    registries: dict[str, dict[str, Any]]
 
 
 class Config(_ConfigFields):
@@ -58,12 +77,24 @@ class Config(_ConfigFields):
         driver_options: dict[str, dict[str, Any]] | None = None,
         source: Path | None = None,
         driver_source: str | None = None,
+        images: dict[str, Any] | None = None,
+        registries: dict[str, dict[str, Any]] | None = None,
     ) -> Config:
+        images = {**{k: v[1] for k, v in IMAGE_KEYS.items()}, **(images or {})}
+        registries = {
+            host: {**{k: v[1] for k, v in REGISTRY_KEYS.items()}, **table}
+            for host, table in (registries or {}).items()
+        }
         return super().__new__(
             cls, driver, default_root() if root is None else root,
             default_runroot() if runroot is None else runroot, driver_priority,
             {} if driver_options is None else driver_options, source, driver_source,
+            images, registries,
         )  # fmt: skip
+
+    def registry(self, host: str) -> dict[str, Any]:
+        """The settings of registry ``host`` (defaults when the file has no table for it)."""
+        return self.registries.get(host) or {k: v[1] for k, v in REGISTRY_KEYS.items()}
 
     def options_for(self, driver: str) -> dict[str, Any]:
         return dict(self.driver_options.get(driver, {}))
@@ -175,7 +206,40 @@ def parse_config(path: Path) -> Config:
                 hint=f"write it as [drivers.{name}] with one option per line",
             )
     kwargs["driver_options"] = tables
+    if "images" in data:
+        kwargs["images"] = _table(path, "images", _typed(path, data, "images", dict), IMAGE_KEYS)
+    if "registries" in data:
+        kwargs["registries"] = {
+            host: _table(path, f'registries."{host}"', table, REGISTRY_KEYS)
+            for host, table in _typed(path, data, "registries", dict).items()
+        }
     return Config(**kwargs)
+
+
+def _table(
+    path: Path, name: str, table: Any, keys: dict[str, tuple[type, Any, str]]
+) -> dict[str, Any]:
+    """Check one table against its keys: unknown keys and wrong types are errors."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {name} must be a table")
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) in [{name}]: {', '.join(unknown)}",
+            hint=f"valid keys: {', '.join(sorted(keys))}",
+        )
+    for key, value in table.items():
+        kind = keys[key][0]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{path}: {name}.{key} must be a {kind.__name__}, not {type(value).__name__}",
+                hint=keys[key][2],
+            )
+        if kind is list and not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{path}: {name}.{key} must be a list of host names")
+        if kind is int and value < 1:
+            raise ConfigError(f"{path}: {name}.{key} must be at least 1")
+    return table
 
 
 def _typed(path: Path, data: dict[str, Any], key: str, kind: type) -> Any:

@@ -100,3 +100,32 @@ def test_driver_validates_its_table() -> None:
     assert "size, sync" in info.value.hint
     with pytest.raises(ConfigError, match="must be bool"):
         OptionDriver.validate_options({"sync": "yes"})
+
+
+def test_image_and_registry_tables(tmp_path: Path) -> None:
+    config = parse_config(write(
+        tmp_path / "c.toml",
+        '[images]\nkeep_blobs = false\n'
+        '[registries."127.0.0.1:5000"]\ninsecure = true\nmirrors = ["m.example:5000"]\n',
+    ))
+    assert config.images == {
+        "default_registry": "docker.io", "keep_blobs": False, "max_concurrent_downloads": 8
+    }
+    assert config.registry("127.0.0.1:5000") == {"insecure": True, "mirrors": ["m.example:5000"]}
+    assert config.registry("elsewhere.example") == {"insecure": False, "mirrors": []}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[images]\nkeep_blob = true\n", r"unknown key\(s\) in \[images\]: keep_blob"),
+        ('[images]\nkeep_blobs = "yes"\n', "images.keep_blobs must be a bool"),
+        ("[images]\nmax_concurrent_downloads = 0\n", "must be at least 1"),
+        ("[images]\nmax_concurrent_downloads = true\n", "must be a int"),
+        ('[registries]\nhost = 1\n', r'registries."host" must be a table'),
+        ('[registries."h"]\nmirrors = [1]\n', "must be a list of host names"),
+    ],
+)
+def test_bad_image_and_registry_tables(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(write(tmp_path / "c.toml", text))

@@ -30,7 +30,8 @@ RANKS: dict[str, int] = {
     "config": 5,
     "plugins": 5,
     "engine": 6,
-    "cli": 7,
+    "images": 7,
+    "cli": 8,
 }
 
 
