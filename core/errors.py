@@ -185,6 +185,31 @@ class ArchiveLimit(ContentError):
     hint = "the layer tarball is malformed or hostile; nothing was stored"
 
 
+# --- images: the model, the store, pulls ------------------------------------------
+
+
+class ImageError(LaminaError):
+    """An image cannot be found, stored, pulled or removed."""
+
+
+class ImageFormatError(ImageError, ContentError):
+    """A manifest, index or config is malformed, too large or of an unknown kind."""
+
+    hint = "the image is malformed or not a container image; nothing was stored"
+
+
+class ImageNotFound(ImageError):
+    """No image has that name or id."""
+
+
+class AmbiguousImageId(ImageError):
+    """An id prefix matches several images."""
+
+
+class ImageInUse(ImageError):
+    """An image is used (by a container, or named in several repositories)."""
+
+
 # --- the host -------------------------------------------------------------------
 
 

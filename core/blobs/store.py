@@ -124,6 +124,35 @@ class BlobStore:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
 
+    def adopt(self, path: Path, digest: str) -> None:
+        """Move the file ``path``, already verified to hash to ``digest``, into the store.
+
+        For a file written and hashed elsewhere (a download spool): no second
+        read. ``path`` must be on the store's filesystem (under ``tmp/``).
+        """
+        check_digest(digest)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        target = self.path(digest)
+        with self._lock(digest):
+            os.chmod(path, 0o644)
+            os.replace(path, target)
+            _fsync_dir(self.dir)
+
+    def size(self, digest: str) -> int | None:
+        """The stored blob's size, or None if it is not here."""
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def digests(self) -> list[str]:
+        """Every stored blob's digest."""
+        try:
+            return [f"sha256:{name}" for name in os.listdir(self.dir) if DIGEST_RE.match(
+                f"sha256:{name}")]
+        except FileNotFoundError:
+            return []
+
     def remove(self, digest: str) -> None:
         with self._lock(digest):
             self.path(digest).unlink(missing_ok=True)

@@ -145,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
                 "arguments (-q, -v, ...) are passed on to pytest.")
     p.set_defaults(pytest_args=[])
 
+    command(sub, "pull", "image:cmd_pull", "pull an image from a registry",
+            arguments="image:pull_arguments")
+    command(sub, "images", "image:cmd_images", "list images", formats=True,
+            arguments="image:images_arguments")
+    command(sub, "tag", "image:cmd_tag", "give an image another name",
+            arguments="image:tag_arguments")
+    command(sub, "rmi", "image:cmd_rmi", "remove images (and the layers only they use)",
+            arguments="image:rmi_arguments")
+    command(sub, "inspect", "image:cmd_inspect", "show images' details as JSON",
+            arguments="image:inspect_arguments")
+    command(sub, "history", "image:cmd_history", "show how an image's layers were made",
+            formats=True, arguments="image:history_arguments")
+
+    command(sub, "prune", "image:cmd_prune",
+            "remove image layers and blobs no image uses, and dead pulls' leftovers",
+            arguments="image:prune_arguments")
+
     layer = sub.add_parser("layer", help="layer plumbing for driver authors and tests")
     lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND", required=True)
     command(lsub, "create", "layer:cmd_create", "create an empty layer, print its id",
@@ -163,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     command(lsub, "changes", "layer:cmd_changes", "list changed paths (A/C/D)", formats=True,
             arguments="layer:id_argument")
 
-    system = sub.add_parser("system", help="repair or reset the store")
+    system = sub.add_parser("system", help="space used; repair or reset the store")
     ssub = system.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
+    command(ssub, "df", "image:cmd_df", "show the space images, layers and blobs use",
+            formats=True, arguments="image:df_arguments")
     command(ssub, "repair", "system:cmd_repair",
             "rebuild the metadata database from the layer records and what the drivers hold")
     command(ssub, "reset", "system:cmd_reset",

@@ -15,14 +15,15 @@ from pathlib import Path
 
 
 class FileLock:
-    """An exclusive ``flock`` on a lock file, for the duration of a with block.
+    """An exclusive (or with ``shared``, a shared) ``flock`` on a lock file, for a with block.
 
     Re-entrant within one process: nested ``with`` blocks on the same object
     take the lock once.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self._fd = -1
         self._depth = 0
 
@@ -30,7 +31,7 @@ class FileLock:
         if self._depth == 0:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
             except BaseException:
                 os.close(fd)
                 raise

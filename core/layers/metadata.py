@@ -55,6 +55,40 @@ MIGRATIONS: list[str] = [
         created     REAL NOT NULL
     );
     """,
+    # 1 -> 2: images (core/images/store.py): what an image is made of, its names and
+    # the manifest digests it was pulled by
+    """
+    ALTER TABLE images ADD COLUMN manifest TEXT;        -- digest of its manifest blob
+    ALTER TABLE images ADD COLUMN manifest_type TEXT;
+    ALTER TABLE images ADD COLUMN layer_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE images ADD COLUMN size INTEGER NOT NULL DEFAULT 0;  -- its layers, uncompressed
+    ALTER TABLE images ADD COLUMN config_created TEXT;  -- the config's "created"
+    CREATE TABLE image_layers (
+        image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        position    INTEGER NOT NULL,  -- 0 is the base
+        layer_id    TEXT NOT NULL REFERENCES layers(id),  -- the ChainID's hex
+        diff_id     TEXT NOT NULL,
+        blob        TEXT,              -- digest of the layer as distributed, if known
+        media_type  TEXT,
+        blob_size   INTEGER,
+        PRIMARY KEY (image_id, position)
+    );
+    CREATE INDEX image_layers_layer ON image_layers(layer_id);
+    CREATE INDEX image_layers_blob ON image_layers(blob);
+    CREATE TABLE image_names (
+        name        TEXT PRIMARY KEY,  -- registry/repository:tag, in full
+        image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        created     REAL NOT NULL
+    );
+    CREATE INDEX image_names_image ON image_names(image_id);
+    CREATE TABLE image_digests (
+        repository  TEXT NOT NULL,     -- registry/repository
+        digest      TEXT NOT NULL,     -- of the manifest (or index) it was pulled by
+        image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE INDEX image_digests_image ON image_digests(image_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

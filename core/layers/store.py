@@ -26,7 +26,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -280,6 +280,17 @@ class Store:
             self._db.close()
             self.driver.close()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The metadata database, for the image store that shares it (core/images/store.py)."""
+        self._check_open()
+        return self._db
+
+    @property
+    def lock(self) -> FileLock:
+        """The store's writer lock: held around every structural change of layers."""
+        return self._lock
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed("the store is closed", hint="open it again to keep working")
@@ -460,9 +471,13 @@ class Store:
         *,
         writable: bool = False,
         layer_id: str | None = None,
+        verify: Callable[[ApplyResult], None] | None = None,
     ) -> Layer:
         """Create a layer on ``parent`` from a layer tar (plain, gzip or zstd).
 
+        ``verify`` is called with the driver's result before the layer becomes
+        ready: raising there (a diff id other than the image config's, a blob
+        whose digest did not check out) removes the layer as any failure does.
         On any failure, KeyboardInterrupt included, the layer is removed again;
         a SIGKILL leaves an incomplete layer that the next open removes.
         """
@@ -475,6 +490,8 @@ class Store:
                 layer_id, parents, open_layer_stream(stream), _Views(self)
             )
             self._release_all_mine(layer_id)
+            if verify is not None:
+                verify(result)
             self.driver.finalize(layer_id, writable=writable)
             self._finish(layer_id, diff_id=result.diff_id, size=result.size)
         except BaseException:
@@ -515,6 +532,16 @@ class Store:
                     layer_id,
                     f"layer {layer_id} is mounted",
                     hint=f"unmount it first: lamina layer unmount {layer_id}",
+                )
+            image = self._db.execute(
+                "SELECT image_id FROM image_layers WHERE layer_id = ? LIMIT 1", (layer_id,)
+            ).fetchone()
+            if image is not None:
+                raise LayerInUse(
+                    layer_id,
+                    f"layer {layer_id} is a layer of image {image[0]}",
+                    hint="remove the image instead (lamina rmi), which removes the layers "
+                    "no other image uses",
                 )
             with metadata.transaction(self._db):
                 self._db.execute(

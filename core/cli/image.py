@@ -1,0 +1,431 @@
+"""Image commands: ``pull``, ``images``, ``tag``, ``rmi``, ``inspect``, ``history``.
+
+Names and output follow Docker's: short names are on the default registry
+(``busybox`` is ``docker.io/library/busybox:latest``) and listed familiar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ImageNotFound, LaminaError
+from .output import print_json, print_table, report
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..images.reference import Reference
+    from ..images.store import ImageStore
+
+
+def _reference(text: str, engine: Engine) -> Reference:
+    from ..images.reference import parse_reference
+
+    return parse_reference(text, default_registry=engine.config.images["default_registry"])
+
+
+def find_image(images: ImageStore, text: str, engine: Engine) -> str:
+    """The id of the image ``text`` names: a name, ``name@digest``, or an id (prefix).
+
+    Docker's order: a full 64-hex id, then a name, then an id prefix.
+    """
+    from ..images.reference import parse_reference
+
+    hex_part = text.removeprefix("sha256:")
+    if len(hex_part) == 64 and images.by_id_prefix(text):
+        return f"sha256:{hex_part}"
+    found: str | None = None
+    try:
+        ref = parse_reference(text, default_registry=engine.config.images["default_registry"])
+    except LaminaError:
+        ref = None
+    if ref is not None:
+        if ref.digest:
+            found = images.by_digest(f"{ref.registry}/{ref.repository}", ref.digest)
+        else:
+            found = images.by_name(str(ref))
+    if found is None:
+        found = images.by_id_prefix(text)
+    if found is None:
+        raise ImageNotFound(f"no such image: {text}",
+                            hint="list images with `lamina images`, or pull it: lamina pull NAME")
+    return found
+
+
+# -- pull ---------------------------------------------------------------------------------
+
+
+def pull_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reference", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("--platform", help="os/arch[/variant] to pull from a multi-platform image "
+                   "(default: this host's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+
+
+def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.platform import host_platform, parse_platform
+    from ..images.pull import pull
+    from ..images.registry.client import Registry
+    from ..images.store import ImageStore
+    from .progress import pull_events
+
+    ref = _reference(args.reference, engine)
+    platform = parse_platform(args.platform) if args.platform else host_platform()
+    registry = Registry.from_config(ref.registry, engine.config)
+    out = sys.stdout
+    if not args.quiet:
+        if not ref.tag and not ref.digest:
+            print("Using default tag: latest", file=out)
+        print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
+    with engine.open_store() as store, pull_events(quiet=args.quiet) as events:
+        result = pull(
+            ImageStore(store), registry, ref, platform=platform,
+            explicit_platform=args.platform is not None,
+            keep_blobs=engine.config.images["keep_blobs"],
+            max_downloads=engine.config.images["max_concurrent_downloads"], events=events,
+        )
+    if args.quiet:
+        print(result.image_id)
+        return 0
+    print(f"Digest: {result.digest}")
+    if result.new:
+        print(f"Status: Downloaded newer image for {ref.familiar}")
+    else:
+        print(f"Status: Image is up to date for {ref.familiar}")
+    print(result.name)
+    return 0
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def images_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", nargs="?", help="only images of this repository")
+    p.add_argument("-a", "--all", action="store_true", help="accepted for Docker's habits")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+    p.add_argument("--digests", action="store_true", help="show the manifest digests")
+    p.add_argument("--no-trunc", action="store_true", help="full image ids")
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``docker.io/library/busybox:latest`` -> (``busybox``, ``latest``), familiar."""
+    from ..images.reference import parse_reference
+
+    ref = parse_reference(name)
+    familiar = ref.familiar
+    repo, _, tag = familiar.rpartition(":") if ref.tag else (familiar, "", "<none>")
+    return repo, tag
+
+
+def image_rows(images: ImageStore) -> list[dict[str, Any]]:
+    rows = []
+    for image in images.images():
+        digests = images.digests(image.id)
+        entries = [(*_split_name(n), n) for n in image.names] or [("<none>", "<none>", None)]
+        for repo, tag, name in entries:
+            digest = next((d for r, d in digests if name and name.startswith(r + ":")), None)
+            rows.append({
+                "ID": image.id, "Repository": repo, "Tag": tag, "Name": name,
+                "Digest": digest or "<none>", "Created": image.config_created,
+                "Stored": image.created, "Size": image.size, "Layers": image.layer_count,
+            })
+    return rows
+
+
+def cmd_images(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.store import ImageStore, short_id
+    from .sizes import human_size
+
+    with engine.open_store(readonly=True) as store:
+        rows = image_rows(ImageStore(store))
+    if args.repository:
+        wanted = _split_name(str(_reference(args.repository, engine)))[0]
+        rows = [r for r in rows if r["Repository"] == wanted]
+    if args.format == "json":
+        print_json(rows)
+        return 0
+    if args.quiet:
+        seen = []
+        for r in rows:
+            if r["ID"] not in seen:
+                seen.append(r["ID"])
+        print("\n".join(r if args.no_trunc else short_id(r) for r in seen))
+        return 0
+    columns = ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID",
+               "CREATED", "SIZE"]
+    table = [
+        [r["Repository"], r["Tag"], *([r["Digest"]] if args.digests else []),
+         r["ID"] if args.no_trunc else short_id(r["ID"]), since(r["Created"]),
+         human_size(r["Size"])]
+        for r in rows
+    ]
+    print_table(None, columns, table)
+    return 0
+
+
+def since(created: str | float | None) -> str:
+    """Docker's "2 weeks ago" from an RFC 3339 time or a timestamp."""
+    if created is None:
+        return "N/A"
+    if isinstance(created, str):
+        from datetime import datetime
+
+        try:
+            stamp = datetime.fromisoformat(created.replace("Z", "+00:00")[:32]).timestamp()
+        except ValueError:
+            return "N/A"
+    else:
+        stamp = created
+    seconds = time.time() - stamp
+    for unit, length in (("year", 31536000), ("month", 2592000), ("week", 604800),
+                         ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * length:
+            return f"{int(seconds // length)} {unit}s ago"
+        if seconds >= length:
+            return f"About a{'n' if unit == 'hour' else ''} {unit} ago"
+    return "Less than a second ago" if seconds < 1 else f"{int(seconds)} seconds ago"
+
+
+# -- tag, rmi -----------------------------------------------------------------------------
+
+
+def tag_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+    p.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+
+
+def cmd_tag(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.store import ImageStore
+
+    target = _reference(args.target, engine)
+    if target.digest:
+        from ..errors import InvalidReference
+
+        raise InvalidReference(args.target, "a tag cannot name a digest",
+                               hint="give NAME[:TAG] as the target")
+    with engine.open_store() as store:
+        images = ImageStore(store)
+        images.tag(str(target), find_image(images, args.source, engine))
+    return 0
+
+
+def rmi_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="remove an image with several names, or one a container uses")
+
+
+def cmd_rmi(args: argparse.Namespace, engine: Engine) -> int:
+    from ..errors import ImageInUse
+    from ..images.store import ImageStore
+
+    status = 0
+    with engine.open_store() as store:
+        images = ImageStore(store)
+        for text in args.images:
+            try:
+                image_id = find_image(images, text, engine)
+                image = images.image(image_id)
+                by_name = _names_it(text, image.names, engine)
+                if by_name is not None and len(image.names) > 1:
+                    images.untag(by_name)  # one name of several: untag only, as Docker
+                    print(f"Untagged: {_split_name(by_name)[0]}:{_split_name(by_name)[1]}")
+                    continue
+                if by_name is None and len(image.names) > 1 and not args.force:
+                    raise ImageInUse(
+                        f"image {image_id} is referenced in several repositories "
+                        f"({', '.join(_familiar(n) for n in image.names)})",
+                        hint="remove it by name, or force with -f",
+                    )
+                if not args.force:
+                    images.check_unused(image_id)
+                for name in image.names:
+                    print(f"Untagged: {_familiar(name)}")
+                removed = images.remove(image_id)
+                print(f"Deleted: {image_id}")
+                for layer in removed:
+                    print(f"Deleted: sha256:{layer}")
+            except LaminaError as exc:
+                report(exc)
+                status = exc.exit_status
+    return status
+
+
+def _familiar(name: str) -> str:
+    repo, tag = _split_name(name)
+    return f"{repo}:{tag}"
+
+
+def _names_it(text: str, names: tuple[str, ...], engine: Engine) -> str | None:
+    """The image's name ``text`` stands for, if it is a name (not an id)."""
+    try:
+        full = str(_reference(text, engine))
+    except LaminaError:
+        return None
+    return full if full in names else None
+
+
+# -- inspect, history ---------------------------------------------------------------------
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.store import ImageStore
+
+    out = []
+    status = 0
+    with engine.open_store(readonly=True) as store:
+        images = ImageStore(store)
+        for text in args.images:
+            try:
+                out.append(inspect_image(images, find_image(images, text, engine)))
+            except LaminaError as exc:
+                report(exc)
+                status = exc.exit_status
+    print_json(out)
+    return status
+
+
+def inspect_image(images: ImageStore, image_id: str) -> dict[str, Any]:
+    """Docker's ``image inspect`` fields that lamina knows."""
+    image = images.image(image_id)
+    config = images.config_json(image_id)
+    layers = images.layers(image_id)
+    return {
+        "Id": image.id,
+        "RepoTags": [_familiar(n) for n in image.names],
+        "RepoDigests": [f"{_split_name(r + ':x')[0]}@{d}" for r, d in images.digests(image_id)],
+        "Created": config.get("created"),
+        "Author": config.get("author", ""),
+        "Architecture": config.get("architecture"),
+        "Variant": config.get("variant"),
+        "Os": config.get("os"),
+        "Config": config.get("config") or {},
+        "Size": image.size,
+        "Manifest": {"Digest": image.manifest, "MediaType": image.manifest_type},
+        "RootFS": {"Type": "layers", "Layers": [layer.diff_id for layer in layers]},
+        "GraphDriver": {"Name": images.store.driver.name,
+                        "Data": {"Layers": [layer.layer_id for layer in layers]}},
+        "Metadata": {"Stored": image.created},
+    }
+
+
+def history_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--no-trunc", action="store_true", help="show whole commands")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the layer ids")
+
+
+def cmd_history(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.store import ImageStore, short_id
+    from .sizes import human_size
+
+    with engine.open_store(readonly=True) as store:
+        images = ImageStore(store)
+        image_id = find_image(images, args.image, engine)
+        config = images.config(image_id)
+        layers = images.layers(image_id)
+        sizes = [store.layer(layer.layer_id).size or 0 for layer in layers]
+    rows = []
+    layer_index = len(layers) - 1
+    history = list(config.history) or [{} for _ in layers]
+    for n, entry in enumerate(reversed(history)):
+        empty = bool(entry.get("empty_layer"))
+        size = 0 if empty or layer_index < 0 else sizes[layer_index]
+        ident = image_id if n == 0 else "<missing>"
+        if not empty:
+            layer_index -= 1
+        rows.append({"ID": ident, "Created": entry.get("created"),
+                     "CreatedBy": entry.get("created_by", ""), "Size": size,
+                     "Comment": entry.get("comment", ""), "EmptyLayer": empty})
+    if args.format == "json":
+        print_json(rows)
+        return 0
+    if args.quiet:
+        print("\n".join(r["ID"] if args.no_trunc or r["ID"] == "<missing>" else short_id(r["ID"])
+                        for r in rows))
+        return 0
+    print_table(None, ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], [
+        [r["ID"] if args.no_trunc or r["ID"] == "<missing>" else short_id(r["ID"]),
+         since(r["Created"]),
+         r["CreatedBy"] if args.no_trunc else _truncate(r["CreatedBy"], 45),
+         human_size(r["Size"]), r["Comment"]]
+        for r in rows
+    ])
+    return 0
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- space --------------------------------------------------------------------------------
+
+
+def df_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="per image: size, shared size and unique size")
+
+
+def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.space import usage
+    from ..images.store import ImageStore, short_id
+    from .sizes import human_size
+
+    with engine.open_store(readonly=True) as store:
+        found = usage(ImageStore(store))
+    if args.format == "json":
+        print_json(found._asdict() | {"images": [u._asdict() for u in found.images]})
+        return 0
+
+    def part(size: int, whole: int) -> str:
+        return f"{human_size(size)} ({round(100 * size / whole) if whole else 0}%)"
+
+    unique_total = sum(u.unique for u in found.images)
+    print_table(None, ["TYPE", "TOTAL", "SIZE", "RECLAIMABLE"], [
+        ["Images", len(found.images), human_size(found.image_layers_size),
+         part(unique_total, found.image_layers_size)],
+        ["Other layers", found.other_layers, human_size(found.other_layers_size),
+         part(found.reclaimable_layers_size, found.other_layers_size)],
+        ["Layer blobs (kept)", found.layer_blobs, human_size(found.layer_blobs_size),
+         part(found.layer_blobs_size, found.layer_blobs_size)],
+        ["Other blobs", found.blobs - found.layer_blobs,
+         human_size(found.blobs_size - found.layer_blobs_size),
+         part(found.unreferenced_blobs_size, found.blobs_size - found.layer_blobs_size)],
+    ])
+    if args.verbose:
+        print("\nImages space usage:\n")
+        rows = []
+        for u in found.images:
+            for name in u.names or ("<none>:<none>",):
+                repo, _, tag = (_familiar(name) if u.names else name).rpartition(":")
+                rows.append([repo, tag, short_id(u.image_id), since(u.created),
+                             human_size(u.size), human_size(u.shared), human_size(u.unique)])
+        print_table(None, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
+                           "UNIQUE SIZE"], rows)
+    return 0
+
+
+def prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blobs", action="store_true",
+                   help="also remove the compressed layer blobs kept for pushing")
+
+
+def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
+    from ..images.space import prune
+    from ..images.store import ImageStore
+    from .sizes import human_size
+
+    with engine.open_store() as store:
+        result = prune(ImageStore(store), layer_blobs=args.blobs)
+    for layer in result.layers:
+        print(f"Deleted layer: {layer}")
+    for blob in result.blobs:
+        print(f"Deleted blob: {blob}")
+    print(f"Total reclaimed space: {human_size(result.reclaimed)}")
+    return 0

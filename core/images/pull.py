@@ -1,0 +1,364 @@
+"""``lamina pull``: an image from a registry into the store, downloading and applying at once.
+
+The pipeline (docs/architecture.md, "Pulling"):
+
+1. the manifest (an index picks the platform's), then the config blob; every
+   check on them (size caps, media types, the config's diff ids against the
+   layers) runs before any layer is fetched;
+2. the missing layers' blobs download in parallel threads, each into a
+   :class:`~.spool.Spool` file (resumed from a dead pull's part with a Range
+   request);
+3. the main thread applies the layers base first, each reading its spool as it
+   grows: the first layer is decompressed and applied while it downloads, and
+   the others have downloaded meanwhile. A layer becomes ready only once its
+   blob's digest and size and its DiffID check out (:mod:`.unpack`);
+4. the image is registered in one transaction once every layer is ready.
+
+Drivers whose layers can be applied before their parent is complete could apply
+in parallel too; none of the built-in drivers can (each reads the layers below
+while applying: overlay's copy-up rules, vfs and btrfs start from a copy of the
+parent), so layers are applied in order.
+
+Interrupted anywhere (error, Ctrl-C, SIGKILL), nothing is registered; layers
+already applied are complete and shared, the next pull skips them; a
+half-downloaded blob stays as a part file for the next pull to resume.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from ..errors import DigestMismatch, ImageError, ImageFormatError, LaminaError
+from .formats import (
+    ACCEPTED_MANIFESTS,
+    MAX_CONFIG_SIZE,
+    ImageConfig,
+    Index,
+    Manifest,
+    chain_ids,
+    layer_id,
+    parse_config,
+    parse_manifest,
+    sha256_digest,
+)
+from .platform import Platform, best_match, format_platform
+from .reference import Reference
+from .spool import Cancelled, Spool
+from .store import ImageLayer, ImageStore, short_id
+from .unpack import ensure_layer, layer_ready
+
+if TYPE_CHECKING:
+    from .registry.client import Registry
+
+
+class PullEvents(Protocol):
+    """What a pull reports as it goes (the CLI draws it: bars, plain lines, or nothing)."""
+
+    def status(self, text: str) -> None: ...
+
+    def layer(self, layer: str, status: str, total: int | None = None) -> None: ...
+
+    def progress(self, layer: str, done: int, total: int) -> None: ...
+
+
+class NoEvents:
+    def status(self, text: str) -> None:
+        pass
+
+    def layer(self, layer: str, status: str, total: int | None = None) -> None:
+        pass
+
+    def progress(self, layer: str, done: int, total: int) -> None:
+        pass
+
+
+class PullResult(NamedTuple):
+    image_id: str
+    name: str  # the reference pulled, in full
+    digest: str  # of the manifest (or index) the reference named
+    new: bool  # whether anything was stored (False: the image was up to date)
+
+
+def resolve_manifest(
+    registry: Registry, ref: Reference, platform: Platform, *, explicit_platform: bool
+) -> tuple[Manifest, str, bytes, str, list[tuple[str, bytes]]]:
+    """The image manifest for ``platform``.
+
+    Returns the manifest, its digest, its bytes, the digest the reference names
+    (the index's, for a multi-platform image: what Docker records as RepoDigest)
+    and every manifest document fetched (to keep as blobs).
+    """
+    fetched = registry.get_manifest(ref.repository, ref.digest or ref.tag or "latest",
+                                    accept=ACCEPTED_MANIFESTS)
+    top_digest = fetched.digest
+    documents = [(fetched.digest, fetched.body)]
+    parsed = _parse(fetched.body, fetched.media_type, ref)
+    if isinstance(parsed, Index):
+        entries = [dict(d.platform or {}) for d in parsed.manifests]
+        chosen = best_match(platform, entries)
+        if chosen is None:
+            offered = sorted({
+                format_platform(Platform(e.get("os", "?"), e.get("architecture", "?"),
+                                         e.get("variant")))
+                for e in entries if e.get("os") and e.get("os") != "unknown"
+            })
+            raise ImageError(
+                f"{ref.familiar}: no image for platform {format_platform(platform)}; "
+                f"the index offers {', '.join(offered) or 'none'}",
+                hint="choose one of those with --platform",
+            )
+        descriptor = parsed.manifests[chosen]
+        fetched = registry.get_manifest(ref.repository, descriptor.digest,
+                                        accept=ACCEPTED_MANIFESTS)
+        if fetched.digest != descriptor.digest or len(fetched.body) != descriptor.size:
+            raise DigestMismatch(
+                f"{ref.familiar}: the manifest for {format_platform(platform)} does not match "
+                f"the index's digest and size",
+                hint="the registry serves inconsistent content; nothing was stored",
+            )
+        documents.append((fetched.digest, fetched.body))
+        parsed = _parse(fetched.body, fetched.media_type, ref)
+        if isinstance(parsed, Index):
+            raise ImageFormatError(f"{ref.familiar}: an index names another index")
+    del explicit_platform
+    return parsed, fetched.digest, fetched.body, top_digest, documents
+
+
+def _parse(body: bytes, media_type: str, ref: Reference) -> Manifest | Index:
+    try:
+        return parse_manifest(body, media_type)
+    except ImageFormatError as exc:
+        raise ImageFormatError(f"{ref.familiar}: {exc.args[0]}", hint=exc.hint) from None
+
+
+def fetch_config(images: ImageStore, registry: Registry, ref: Reference,
+                 manifest: Manifest) -> tuple[ImageConfig, bytes]:
+    """The config blob, from the store when there, else fetched, verified and stored."""
+    descriptor = manifest.config
+    if descriptor.size > MAX_CONFIG_SIZE:
+        raise ImageFormatError(
+            f"{ref.familiar}: the image config is {descriptor.size} bytes, more than the "
+            f"{MAX_CONFIG_SIZE} allowed"
+        )
+    if images.blobs.has(descriptor.digest):
+        with images.blobs.open(descriptor.digest) as f:
+            data = f.read(MAX_CONFIG_SIZE + 1)
+    else:
+        with registry.open_blob(ref.repository, descriptor.digest) as stream:
+            parts, got = [], 0
+            while got <= descriptor.size:
+                chunk = stream.read(min(1 << 20, descriptor.size + 1 - got))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
+        if len(data) != descriptor.size or sha256_digest(data) != descriptor.digest:
+            raise DigestMismatch(
+                f"{ref.familiar}: the config blob does not match its digest {descriptor.digest} "
+                f"and size {descriptor.size}",
+                hint="the registry serves corrupt content; nothing was stored",
+            )
+    try:
+        config = parse_config(data)
+    except ImageFormatError as exc:
+        raise ImageFormatError(f"{ref.familiar}: {exc.args[0]}", hint=exc.hint) from None
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ImageFormatError(
+            f"{ref.familiar}: the config lists {len(config.diff_ids)} layer diff ids but the "
+            f"manifest has {len(manifest.layers)} layers"
+        )
+    return config, data
+
+
+def pull(
+    images: ImageStore,
+    registry: Registry,
+    ref: Reference,
+    *,
+    platform: Platform,
+    explicit_platform: bool = False,
+    keep_blobs: bool = True,
+    max_downloads: int = 8,
+    events: PullEvents | None = None,
+) -> PullResult:
+    """Pull ``ref`` into the store; see the module docstring for the steps."""
+    from .space import images_lock
+
+    with images_lock(images.store):
+        return _pull(images, registry, ref, platform=platform,
+                     explicit_platform=explicit_platform, keep_blobs=keep_blobs,
+                     max_downloads=max_downloads, events=events or NoEvents())
+
+
+def _pull(
+    images: ImageStore,
+    registry: Registry,
+    ref: Reference,
+    *,
+    platform: Platform,
+    explicit_platform: bool,
+    keep_blobs: bool,
+    max_downloads: int,
+    events: PullEvents,
+) -> PullResult:
+    name = str(ref)
+    manifest, manifest_digest, manifest_body, top_digest, documents = resolve_manifest(
+        registry, ref, platform, explicit_platform=explicit_platform
+    )
+    config, config_bytes = fetch_config(images, registry, ref, manifest)
+    if explicit_platform and (config.os, config.architecture) != (platform.os,
+                                                                   platform.architecture):
+        raise ImageError(
+            f"{ref.familiar}: the image is for {config.os}/{config.architecture}, not "
+            f"{format_platform(platform)}",
+            hint="drop --platform, or pull a tag built for that platform",
+        )
+    image_id = manifest.config.digest
+    chains = [layer_id(c) for c in chain_ids(config.diff_ids)]
+    layers = [
+        ImageLayer(chains[n], config.diff_ids[n], d.digest, d.media_type, d.size)
+        for n, d in enumerate(manifest.layers)
+    ]
+    repository = f"{ref.registry}/{ref.repository}"
+    names = [name] if ref.tag else []
+    up_to_date = images.exists(image_id) and all(layer_ready(images.store, c) for c in chains)
+    if up_to_date:
+        _store_documents(images, documents, config_bytes, image_id)
+        images.register(image_id, config, layers, manifest=manifest_digest,
+                        manifest_type=manifest.media_type, names=names,
+                        digests=[(repository, top_digest)])
+        return PullResult(image_id, name, top_digest, new=False)
+
+    missing = [n for n, c in enumerate(chains) if not layer_ready(images.store, c)]
+    for n, descriptor in enumerate(manifest.layers):
+        if n not in missing:
+            events.layer(short_id(descriptor.digest), "Already exists")
+    downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events)
+    ok = False
+    try:
+        downloads.start()
+        for n in missing:
+            spool = downloads.spools[n]
+            short = short_id(manifest.layers[n].digest)
+            applied = ensure_layer(
+                images.store, chains[n], chains[n - 1] if n else None, config.diff_ids[n],
+                spool.reader, check=spool.wait,
+                what=f"{ref.familiar}: layer {n} ({manifest.layers[n].digest})",
+            )
+            if applied:
+                events.layer(short, "Pull complete")
+            else:
+                spool.cancel()
+                events.layer(short, "Already exists")
+        ok = True
+    finally:
+        downloads.stop(keep=keep_blobs and ok)
+    _store_documents(images, documents, config_bytes, image_id)
+    images.register(image_id, config, layers, manifest=manifest_digest,
+                    manifest_type=manifest.media_type, names=names,
+                    digests=[(repository, top_digest)])
+    del manifest_body
+    return PullResult(image_id, name, top_digest, new=True)
+
+
+def _store_documents(images: ImageStore, documents: Sequence[tuple[str, bytes]],
+                     config_bytes: bytes, image_id: str) -> None:
+    """Keep the manifests (and index) and the config as blobs: push and save need them."""
+    import io
+
+    for digest, body in [*documents, (image_id, config_bytes)]:
+        if not images.blobs.has(digest):
+            images.blobs.ingest(io.BytesIO(body), digest=digest, size=len(body))
+
+
+class Downloads:
+    """The layer blobs of one pull, downloading in threads into spools."""
+
+    def __init__(self, images: ImageStore, registry: Registry, ref: Reference,
+                 manifest: Manifest, positions: Sequence[int], limit: int,
+                 events: PullEvents) -> None:
+        self.images = images
+        self.registry = registry
+        self.ref = ref
+        self.events = events
+        tmp = images.store.root / "tmp"
+        self.spools: dict[int, Spool] = {}
+        for n in positions:
+            d = manifest.layers[n]
+            # a blob twice in one image (an empty layer repeated) downloads once
+            same = next((s for s in self.spools.values() if s.digest == d.digest), None)
+            self.spools[n] = same or Spool(tmp, d.digest, d.size)
+        self._slots = threading.Semaphore(limit)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        seen: set[int] = set()
+        for spool in self.spools.values():
+            if id(spool) in seen:
+                continue
+            seen.add(id(spool))
+            spool.open_for_writing()
+            if spool.written == spool.size:
+                spool.finish()  # a complete part file from a dead pull: verify only
+                continue
+            thread = threading.Thread(target=self._run, args=(spool,), daemon=True,
+                                      name=f"download-{spool.hex[:12]}")
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, spool: Spool) -> None:
+        short = spool.hex[:12]
+        try:
+            with self._slots:
+                if spool.cancelled:
+                    raise Cancelled("not needed")
+                self.events.layer(short, "Downloading", spool.size)
+                self._download(spool, short)
+            spool.finish()
+            self.events.layer(short, "Download complete")
+        except BaseException as exc:  # the reader reports it; the thread just ends
+            if not isinstance(exc, LaminaError):
+                exc = ImageError(f"{self.ref.familiar}: downloading {spool.digest} failed: {exc}",
+                                 hint="pull again: the download resumes where it stopped")
+            spool.fail(exc)
+
+    def _download(self, spool: Spool, short: str) -> None:
+        with self.registry.open_blob(self.ref.repository, spool.digest,
+                                     offset=spool.written) as stream:
+            if stream.offset != spool.written:
+                spool.restart()  # the registry ignored the Range: from the start
+            while spool.written < spool.size:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                spool.write(chunk)
+                self.events.progress(short, spool.written, spool.size)
+
+    def stop(self, *, keep: bool) -> None:
+        """Stop what still runs; keep verified blobs (or delete them); leave resumable parts."""
+        for spool in set(self.spools.values()):
+            spool.cancel()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for spool in set(self.spools.values()):
+            finished = spool.done and spool.error is None
+            if keep and finished:
+                spool.keep(self.images.blobs)
+            else:
+                spool.discard(resumable=not finished)
+
+
+def pull_reference_events(callback: Callable[[str], None]) -> PullEvents:
+    """Plain events: one line per layer status change (what a log or a pipe gets)."""
+
+    class Lines(NoEvents):
+        def status(self, text: str) -> None:
+            callback(text)
+
+        def layer(self, layer: str, status: str, total: int | None = None) -> None:
+            callback(f"{layer}: {status}")
+
+    return Lines()

@@ -1,0 +1,278 @@
+"""A blob on its way in: written to a file by a download, read by the applier as it grows.
+
+One pass over the network: the download thread writes each chunk to the spool file
+and hashes it; the applier reads the same bytes back from the page cache as soon as
+they are there, so a layer is decompressed and applied *while* it downloads, and a
+layer whose parent is still being applied waits on disk, not in memory. The file is
+also what makes a download resumable: a pull that dies leaves
+``<root>/tmp/pull-<hex>~<owner>.part``; the next pull adopts the parts of dead owners
+(by renaming: one process wins), hashes what they hold (a sha256 state cannot be
+saved across processes) and asks the registry for the rest with a Range request.
+
+The digest and size are checked by the writer; :meth:`Spool.wait` reports the
+verdict, which the applier awaits before the layer may become ready. A verified
+spool is moved into the blob store (:meth:`Spool.keep`) or deleted.
+
+Thread safety: one writer thread, one reader thread; the condition variable is
+the only shared state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..blobs.store import BlobStore
+from ..errors import DigestMismatch, LaminaError, host_error
+from ..host.locks import is_alive, process_identity
+
+PREFIX = "pull-"
+SUFFIX = ".part"
+CHUNK = 1 << 20
+
+
+def _owner_tag(identity: str) -> str:
+    return identity.replace(":", "_")
+
+
+class Cancelled(LaminaError):
+    """The spool's download was stopped because its blob is no longer needed."""
+
+
+class Spool:
+    """The file a blob is downloaded into, with a reader that follows the writer."""
+
+    def __init__(self, tmp: Path, digest: str, size: int) -> None:
+        self.tmp = tmp
+        self.digest = digest
+        self.size = size
+        self.hex = digest.removeprefix("sha256:")
+        self.path = tmp / f"{PREFIX}{self.hex}~{_owner_tag(process_identity())}{SUFFIX}"
+        self.written = 0
+        #: bytes found in an adopted part file (a resumed download)
+        self.resumed = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._cond = threading.Condition()
+        self._hasher = hashlib.sha256()
+        self._fd = -1
+
+    # -- writer side ------------------------------------------------------------------
+
+    def open_for_writing(self) -> int:
+        """Create the spool file, adopting a dead pull's part if one is there.
+
+        Returns the offset to download from (the bytes already there, hashed).
+        """
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        adopted = self._adopt()
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise host_error(exc, "create the download file", self.path) from exc
+        if adopted:
+            have = min(os.fstat(self._fd).st_size, self.size)
+            os.ftruncate(self._fd, have)
+            done = 0
+            while done < have:
+                chunk = os.pread(self._fd, min(CHUNK, have - done), done)
+                if not chunk:
+                    break
+                self._hasher.update(chunk)
+                done += len(chunk)
+            self.resumed = done
+            with self._cond:
+                self.written = done
+                self._cond.notify_all()
+        return self.written
+
+    def _adopt(self) -> bool:
+        """Take over the part file of a pull that died with this blob half-downloaded."""
+        try:
+            entries = os.listdir(self.tmp)
+        except FileNotFoundError:
+            return False
+        stem = f"{PREFIX}{self.hex}~"
+        for name in entries:
+            if not (name.startswith(stem) and name.endswith(SUFFIX)):
+                continue
+            owner = name[len(stem):-len(SUFFIX)].replace("_", ":")
+            if is_alive(owner):
+                continue
+            try:
+                os.rename(self.tmp / name, self.path)  # one adopter wins
+            except FileNotFoundError:
+                continue
+            return True
+        return False
+
+    def restart(self) -> None:
+        """The source ignored our Range request: start over from byte 0."""
+        os.ftruncate(self._fd, 0)
+        self._hasher = hashlib.sha256()
+        self.resumed = 0
+        with self._cond:
+            self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.cancelled:
+            raise Cancelled(f"download of {self.digest} cancelled")
+        if self.written + len(data) > self.size:
+            raise DigestMismatch(
+                f"blob {self.digest} is larger than the {self.size} bytes its manifest declares",
+                hint="the registry serves different content than the manifest names; "
+                "nothing was stored",
+            )
+        view = memoryview(data)
+        offset = self.written
+        while view:
+            try:
+                n = os.pwrite(self._fd, view, offset)
+            except OSError as exc:
+                raise host_error(exc, "write the download file", self.path) from exc
+            view = view[n:]
+            offset += n
+        self._hasher.update(data)
+        with self._cond:
+            self.written = offset
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """The source has no more bytes: check size and digest, and tell the reader."""
+        error: LaminaError | None = None
+        if self.written != self.size:
+            error = DigestMismatch(
+                f"blob {self.digest} ended after {self.written} of its {self.size} bytes",
+                hint="the download was truncated; pull again to resume it",
+            )
+        elif "sha256:" + self._hasher.hexdigest() != self.digest:
+            error = DigestMismatch(
+                f"blob {self.digest} does not match its digest "
+                f"(got sha256:{self._hasher.hexdigest()})",
+                hint="the registry serves corrupt content; nothing was stored",
+            )
+            self._forget()  # never resume from bad bytes
+        with self._cond:
+            self.error = error
+            self.done = True
+            self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            self.error = error
+            self.done = True
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
+    # -- reader side ------------------------------------------------------------------
+
+    def reader(self) -> SpoolReader:
+        return SpoolReader(self)
+
+    def wait(self) -> None:
+        """Block until the download ended; raise its error if it failed or did not verify."""
+        with self._cond:
+            while not self.done:
+                self._cond.wait()
+            if self.error is not None:
+                raise self.error
+
+    def _wait_for(self, position: int) -> int:
+        """Block until bytes past ``position`` exist or the download ended; return the end."""
+        with self._cond:
+            while self.written <= position and not self.done:
+                self._cond.wait()
+            if self.written <= position and self.error is not None:
+                raise self.error
+            return self.written
+
+    # -- afterwards -------------------------------------------------------------------
+
+    def keep(self, blobs: BlobStore) -> None:
+        """Move the verified file into the blob store (for pushing it again as it is)."""
+        self.wait()
+        self._close()
+        blobs.adopt(self.path, self.digest)
+
+    def discard(self, *, resumable: bool = False) -> None:
+        """Delete the file; with ``resumable`` an unfinished one stays for the next pull."""
+        self._close()
+        if resumable and not (self.done and self.error is None) and self.written:
+            return
+        self._forget()
+
+    def _forget(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SpoolReader:
+    """A read-only stream of a :class:`Spool`, blocking until the writer gets ahead.
+
+    No ``fileno``: the tar reader must not map a file that is still growing.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._pos = 0
+        self._fd = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        end = self._spool._wait_for(self._pos)
+        want = min(len(view), end - self._pos)
+        if want <= 0:
+            return 0
+        n = os.preadv(self._fd, [view[:want]], self._pos)
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = []
+            while chunk := self.read(CHUNK):
+                parts.append(chunk)
+            return b"".join(parts)
+        buffer = bytearray(size)
+        n = self.readinto(buffer)
+        return bytes(buffer[:n])
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SpoolReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stale_parts(tmp: Path) -> list[Path]:
+    """Part files whose pull is gone (what ``prune`` may reclaim)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(tmp):
+            if name.startswith(PREFIX) and name.endswith(SUFFIX) and "~" in name:
+                owner = name[name.index("~") + 1:-len(SUFFIX)].replace("_", ":")
+                if not is_alive(owner):
+                    found.append(tmp / name)
+    return found

@@ -1,0 +1,285 @@
+"""The image store: images by config digest, their layers by ChainID, their names.
+
+It shares the layer store's database and lock (:class:`~lamina.core.layers.store.Store`):
+an image row and its ``image_layers`` rows are written in one transaction after
+every layer is ready, so an image is either whole or absent. Manifests and
+configs are blobs in the store's blob store; an image's layers are the layers
+whose ids are its ChainIDs, shared by every image whose stack begins the same.
+
+Contracts:
+- :meth:`register` is idempotent: registering an image that exists adds names
+  and digests; a name moves to the newest image registered or tagged with it.
+- :meth:`remove` deletes the image's names and row, then the layers no other
+  image uses, top first; a layer with other children (another image, a
+  container's writable layer) stays.
+- Ids are ``sha256:<hex>``; any unique hex prefix of at least one digit finds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ..errors import AmbiguousImageId, ImageInUse, ImageNotFound, LayerError
+from ..layers import metadata
+from ..layers.store import Store
+from .formats import MAX_CONFIG_SIZE, ImageConfig, load_json, parse_config
+
+#: matches shown when an id prefix is ambiguous
+AMBIGUOUS_SHOWN = 5
+
+
+class ImageLayer(NamedTuple):
+    """One layer of an image, base first."""
+
+    layer_id: str  # the ChainID's hex: the layer's id in the store
+    diff_id: str
+    blob: str | None  # the digest of the layer as distributed (compressed), if known
+    media_type: str | None
+    blob_size: int | None
+
+
+class Image(NamedTuple):
+    id: str  # sha256:<hex> of the config
+    top_layer: str | None
+    created: float  # when it was stored
+    manifest: str | None
+    manifest_type: str | None
+    layer_count: int
+    size: int  # its layers, uncompressed
+    config_created: str | None
+    names: tuple[str, ...]
+
+
+class ImageStore:
+    """Images over one layer store (same root, database and lock)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.blobs = store.blobs
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self.store.db
+
+    # -- reading ----------------------------------------------------------------------
+
+    def images(self) -> list[Image]:
+        """Every image, newest first."""
+        names: dict[str, list[str]] = {}
+        for row in self._db.execute("SELECT name, image_id FROM image_names ORDER BY name"):
+            names.setdefault(row[1], []).append(row[0])
+        return [
+            self._image(row, names.get(row["id"], []))
+            for row in self._db.execute("SELECT * FROM images ORDER BY created DESC, id")
+        ]
+
+    def image(self, image_id: str) -> Image:
+        row = self._db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise ImageNotFound(f"no image {image_id}", hint="list images with `lamina images`")
+        names = [r[0] for r in self._db.execute(
+            "SELECT name FROM image_names WHERE image_id = ? ORDER BY name", (image_id,))]
+        return self._image(row, names)
+
+    @staticmethod
+    def _image(row: sqlite3.Row, names: Sequence[str]) -> Image:
+        return Image(row["id"], row["top_layer"], row["created"], row["manifest"],
+                     row["manifest_type"], row["layer_count"], row["size"],
+                     row["config_created"], tuple(names))
+
+    def exists(self, image_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() \
+            is not None
+
+    def layers(self, image_id: str) -> list[ImageLayer]:
+        return [
+            ImageLayer(r["layer_id"], r["diff_id"], r["blob"], r["media_type"], r["blob_size"])
+            for r in self._db.execute(
+                "SELECT * FROM image_layers WHERE image_id = ? ORDER BY position", (image_id,)
+            )
+        ]
+
+    def by_name(self, name: str) -> str | None:
+        row = self._db.execute("SELECT image_id FROM image_names WHERE name = ?",
+                               (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def by_digest(self, repository: str, digest: str) -> str | None:
+        row = self._db.execute(
+            "SELECT image_id FROM image_digests WHERE repository = ? AND digest = ?",
+            (repository, digest),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def digests(self, image_id: str) -> list[tuple[str, str]]:
+        """``(repository, manifest digest)`` pairs the image was pulled or pushed by."""
+        return [(r[0], r[1]) for r in self._db.execute(
+            "SELECT repository, digest FROM image_digests WHERE image_id = ?"
+            " ORDER BY repository, digest", (image_id,))]
+
+    def by_id_prefix(self, prefix: str) -> str | None:
+        """The image whose id starts with ``prefix`` (hex, ``sha256:`` optional), if one does."""
+        hex_part = prefix.removeprefix("sha256:")
+        if not hex_part or not all(c in "0123456789abcdef" for c in hex_part):
+            return None
+        rows = [r[0] for r in self._db.execute(
+            "SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (f"sha256:{hex_part}", f"sha256:{hex_part}\uffff", AMBIGUOUS_SHOWN + 1),
+        )]
+        if len(rows) > 1:
+            shown = ", ".join(r.removeprefix("sha256:")[:12] for r in rows[:AMBIGUOUS_SHOWN])
+            raise AmbiguousImageId(
+                f"image id prefix {prefix!r} matches several images: {shown}",
+                hint="give more of the id",
+            )
+        return rows[0] if rows else None
+
+    def config(self, image_id: str) -> ImageConfig:
+        """The image's config, read from the blob store."""
+        with self.blobs.open(image_id) as f:
+            return parse_config(f.read(MAX_CONFIG_SIZE + 1))
+
+    def config_json(self, image_id: str) -> dict[str, Any]:
+        with self.blobs.open(image_id) as f:
+            return load_json(f.read(MAX_CONFIG_SIZE + 1), "image config", MAX_CONFIG_SIZE)
+
+    def images_using_layer(self, layer_id: str) -> list[str]:
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT image_id FROM image_layers WHERE layer_id = ?", (layer_id,))]
+
+    def referenced_blobs(self) -> set[str]:
+        """Blobs some image needs: configs, manifests, layer blobs."""
+        found: set[str] = set()
+        for row in self._db.execute("SELECT id, manifest FROM images"):
+            found.add(row[0])
+            if row[1]:
+                found.add(row[1])
+        found.update(r[0] for r in self._db.execute(
+            "SELECT DISTINCT blob FROM image_layers WHERE blob IS NOT NULL"))
+        found.update(r[0] for r in self._db.execute("SELECT DISTINCT digest FROM image_digests"))
+        return found
+
+    # -- writing ----------------------------------------------------------------------
+
+    def register(
+        self,
+        image_id: str,
+        config: ImageConfig,
+        layers: Sequence[ImageLayer],
+        *,
+        manifest: str | None,
+        manifest_type: str | None,
+        names: Sequence[str] = (),
+        digests: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Record an image whose config blob and layers are all in the store.
+
+        ``names`` are full references (``registry/repository:tag``); each moves
+        to this image. ``digests`` are ``(repository, manifest digest)`` pairs.
+        """
+        now = time.time()
+        size = 0
+        for layer in layers:
+            size += self.store.layer(layer.layer_id).size or 0
+        with self.store.lock, metadata.transaction(self._db):
+            if not self.exists(image_id):
+                self._db.execute(
+                    "INSERT INTO images (id, top_layer, created, manifest, manifest_type,"
+                    " layer_count, size, config_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (image_id, layers[-1].layer_id if layers else None, now, manifest,
+                     manifest_type, len(layers), size, config.created),
+                )
+                self._db.executemany(
+                    "INSERT INTO image_layers (image_id, position, layer_id, diff_id, blob,"
+                    " media_type, blob_size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(image_id, n, *layer) for n, layer in enumerate(layers)],
+                )
+            elif manifest is not None:
+                # the newest manifest it came with: what a push sends unless asked otherwise
+                self._db.execute(
+                    "UPDATE images SET manifest = ?, manifest_type = ? WHERE id = ?",
+                    (manifest, manifest_type, image_id),
+                )
+                for n, layer in enumerate(layers):
+                    if layer.blob is not None:
+                        self._db.execute(
+                            "UPDATE image_layers SET blob = ?, media_type = ?, blob_size = ?"
+                            " WHERE image_id = ? AND position = ?",
+                            (layer.blob, layer.media_type, layer.blob_size, image_id, n),
+                        )
+            for name in names:
+                self._set_name(name, image_id, now)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO image_digests (repository, digest, image_id)"
+                " VALUES (?, ?, ?)",
+                [(repo, digest, image_id) for repo, digest in digests],
+            )
+
+    def tag(self, name: str, image_id: str) -> None:
+        self.image(image_id)
+        with self.store.lock, metadata.transaction(self._db):
+            self._set_name(name, image_id, time.time())
+
+    def _set_name(self, name: str, image_id: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO image_names (name, image_id, created) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id,"
+            " created = excluded.created",
+            (name, image_id, now),
+        )
+
+    def untag(self, name: str) -> str:
+        """Remove one name; return the image it named."""
+        with self.store.lock, metadata.transaction(self._db):
+            image_id = self.by_name(name)
+            if image_id is None:
+                raise ImageNotFound(f"no image named {name}",
+                                    hint="list images with `lamina images`")
+            self._db.execute("DELETE FROM image_names WHERE name = ?", (name,))
+        return image_id
+
+    def remove(self, image_id: str) -> list[str]:
+        """Remove the image (names, digests, row) and the layers only it used.
+
+        Return the ids of the layers removed. Layers go top first; one still
+        used (by another image or as a parent) ends the walk down the stack.
+        """
+        layers = self.layers(image_id)
+        with self.store.lock:
+            with metadata.transaction(self._db):
+                self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            removed = []
+            for layer in reversed(layers):
+                if self.images_using_layer(layer.layer_id):
+                    break
+                try:
+                    self.store.remove_layer(layer.layer_id)
+                except LayerError:
+                    break  # a child (a container's layer, another image) or a mount keeps it
+                removed.append(layer.layer_id)
+        return removed
+
+    def check_unused(self, image_id: str) -> None:
+        """Refuse to remove an image a container's layer stands on."""
+        top = self.image(image_id).top_layer
+        if top is None:
+            return
+        with contextlib.suppress(sqlite3.OperationalError):
+            row = self._db.execute(
+                "SELECT id FROM containers WHERE image = ? LIMIT 1", (image_id,)
+            ).fetchone()
+            if row is not None:
+                raise ImageInUse(
+                    f"image {image_id} is used by container {row[0]}",
+                    hint="remove the container first, or force with -f",
+                )
+
+
+def short_id(image_id: str) -> str:
+    """Docker's 12-digit short form of an image id."""
+    return image_id.removeprefix("sha256:")[:12]
+
