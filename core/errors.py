@@ -265,3 +265,43 @@ def host_error(
         message = f"{where}: {reason}" if where else reason
     kind = NoSpace if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else HostError
     return kind(message, hint=hint or _HINTS.get(exc.errno or 0), errno=exc.errno)
+
+
+# --- registries (the distribution API client, credentials, login) -------------------
+
+
+class RegistryError(LaminaError):
+    """A registry refused or broke a request; the message names the registry and what.
+
+    ``host`` is the registry's (or mirror's) host, ``status`` the last HTTP status, if any.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, host: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.host = host
+        self.status = status
+
+
+class RegistryAuthError(RegistryError):
+    """The registry (or its token server) refused the credentials, or wants some."""
+
+
+class RegistryNotFound(RegistryError):
+    """The repository, manifest or blob does not exist on the registry (404)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry cannot be reached or kept failing (connection errors, 429, 5xx, timeouts)."""
+
+
+class RegistryProtocolError(RegistryError):
+    """The registry's answer breaks the protocol: a malformed header, a missing Location, ..."""
+
+
+class RegistryDigestMismatch(RegistryError, DigestMismatch):
+    """What the registry sent does not hash to the digest it was asked for."""
+
+
+class CredentialsError(LaminaError):
+    """An auth file (lamina's or Docker's) or a credential helper cannot be used."""
