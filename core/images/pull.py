@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from ..errors import DigestMismatch, ImageError, ImageFormatError, LaminaError
+from ..errors import DigestMismatch, ImageError, ImageFormatError, LaminaError, NoSpace
 from .formats import (
     ACCEPTED_MANIFESTS,
     MAX_CONFIG_SIZE,
@@ -238,6 +238,7 @@ def _pull(
             events.layer(short_id(descriptor.digest), "Already exists")
     downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events)
     ok = False
+    full = False
     try:
         downloads.start()
         for n in missing:
@@ -254,8 +255,11 @@ def _pull(
                 spool.cancel()
                 events.layer(short, "Already exists")
         ok = True
+    except NoSpace:
+        full = True  # a part file would hold on to the space the user must free
+        raise
     finally:
-        downloads.stop(keep=keep_blobs and ok)
+        downloads.stop(keep=keep_blobs and ok, resumable=not full)
     _store_documents(images, documents, config_bytes, image_id)
     images.register(image_id, config, layers, manifest=manifest_digest,
                     manifest_type=manifest.media_type, names=names,
@@ -337,8 +341,13 @@ class Downloads:
                 spool.write(chunk)
                 self.events.progress(short, spool.written, spool.size)
 
-    def stop(self, *, keep: bool) -> None:
-        """Stop what still runs; keep verified blobs (or delete them); leave resumable parts."""
+    def stop(self, *, keep: bool, resumable: bool = True) -> None:
+        """Stop what still runs; keep verified blobs (or delete them); leave resumable parts.
+
+        A part file stays for the next pull unless its layer turned out not to be
+        needed or ``resumable`` is false (a full disk).
+        """
+        unneeded = {id(s) for s in self.spools.values() if s.cancelled}
         for spool in set(self.spools.values()):
             spool.cancel()
         for thread in self._threads:
@@ -348,7 +357,7 @@ class Downloads:
             if keep and finished:
                 spool.keep(self.images.blobs)
             else:
-                spool.discard(resumable=not finished)
+                spool.discard(resumable=resumable and id(spool) not in unneeded)
 
 
 def pull_reference_events(callback: Callable[[str], None]) -> PullEvents:

@@ -186,10 +186,11 @@ def prune(images: ImageStore, *, layer_blobs: bool = False) -> PruneResult:
 
 
 def _idle_locks(tmp: Path) -> Iterator[Path]:
-    """Per-layer lock files (one per layer ever pulled). Only called under the exclusive
-    images lock: every holder of a layer lock holds the images lock shared, so none is held.
+    """Per-layer and per-blob lock files (one per layer or blob ever stored). Only called
+    under the exclusive images lock: every holder of such a lock holds the images lock
+    shared, so none is held.
     """
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(tmp):
-            if name.startswith("layer-") and name.endswith(".lock"):
+            if (name.startswith("layer-") and name.endswith(".lock")) or name.startswith("lock-"):
                 yield tmp / name

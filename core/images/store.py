@@ -245,13 +245,22 @@ class ImageStore:
     def remove(self, image_id: str) -> list[str]:
         """Remove the image (names, digests, row) and the layers only it used.
 
-        Return the ids of the layers removed. Layers go top first; one still
+        Its blobs go too, unless another image references them. Return the ids of
+        the layers removed. Layers go top first; one still
         used (by another image or as a parent) ends the walk down the stack.
         """
         layers = self.layers(image_id)
+        row = self._db.execute("SELECT manifest FROM images WHERE id = ?", (image_id,)).fetchone()
+        blobs = {image_id, *(d for _, d in self.digests(image_id)),
+                 *(layer.blob for layer in layers if layer.blob)}
+        if row is not None and row[0]:
+            blobs.add(row[0])
         with self.store.lock:
             with metadata.transaction(self._db):
                 self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            # its config, manifests and layer blobs, unless another image has them too
+            for digest in blobs - self.referenced_blobs():
+                self.blobs.remove(digest)
             removed = []
             for layer in reversed(layers):
                 if self.images_using_layer(layer.layer_id):

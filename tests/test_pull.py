@@ -1,0 +1,460 @@
+"""``lamina pull`` against a real ``docker-registry``, with skopeo and umoci as the referees.
+
+Images are made here (busybox-static plus layers with whiteouts, an opaque directory,
+hardlinks, odd modes and owners), put into the registry with skopeo, pulled with the
+real CLI, and the merged tree compared with umoci's unpack of the same image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LAMINA, needs_root, run_lamina
+from images import skopeo, skopeo_copy, write_oci_layout
+
+from lamina.conformance.trees import compare, snapshot
+
+pytestmark = [needs_root]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tar_bytes(entries: list[tuple[str, str, object]]) -> bytes:
+    """A layer tar from (kind, name, payload) entries; kinds: file dir link hard wh opq."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, payload in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if kind == "file":
+                data, mode, owner = payload if isinstance(payload, tuple) else (payload, 0o644, 0)
+                info.size, info.mode, info.uid, info.gid = len(data), mode, owner, owner
+                tar.addfile(info, io.BytesIO(data))
+                continue
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, payload or 0o755
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, payload
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, payload
+            elif kind in ("wh", "opq"):
+                info.size = 0
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static is not installed (.ci/setup installs it)")
+    out = tmp_path_factory.mktemp("busybox") / "rootfs.tar"
+    subprocess.run(["bash", str(REPO_ROOT / "examples/busybox-rootfs.sh"), str(out)], check=True)
+    return out.read_bytes()
+
+
+def image_layers(busybox_tar: bytes) -> list[bytes]:
+    second = tar_bytes([
+        ("dir", "etc/", 0o755),
+        ("file", "etc/motd", b"hello from layer 2\n"),
+        ("wh", "etc/.wh.hostname", None),
+        ("dir", "opt/", 0o755),
+        ("dir", "opt/app/", 0o750),
+        ("file", "opt/app/tool", (b"#!/bin/sh\necho tool\n", 0o4755, 1000)),
+        ("hard", "opt/app/tool-again", "opt/app/tool"),
+        ("link", "opt/current", "app"),
+        ("file", "opt/app/data/keep", b"kept\n"),
+        ("file", "opt/app/data/drop", b"dropped later\n"),
+    ])
+    third = tar_bytes([
+        ("dir", "opt/app/data/", 0o700),
+        ("opq", "opt/app/data/.wh..wh..opq", None),
+        ("file", "opt/app/data/new", b"only this survives\n"),
+        ("wh", "bin/.wh.vi", None),
+        ("file", "etc/motd", b"replaced in layer 3\n"),
+    ])
+    return [busybox_tar, second, third]
+
+
+@pytest.fixture(scope="module")
+def layout(busybox_tar: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("layout") / "oci"
+    layers = image_layers(busybox_tar)
+    write_oci_layout(path, layers, compression="gzip", tag="gzip")
+    write_oci_layout(path, layers, compression="zstd", tag="zstd")
+    write_oci_layout(path, layers, compression=None, tag="plain")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pushed(layout: Path, registry) -> str:
+    """The images in the open registry as ``HOST/test/pull:{gzip,zstd,plain}``."""
+    for tag in ("gzip", "zstd", "plain"):
+        skopeo_copy(f"oci:{layout}:{tag}", f"docker://{registry.host}/test/pull:{tag}")
+    return f"{registry.host}/test/pull"
+
+
+def lamina(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
+           driver: str | None = None) -> subprocess.CompletedProcess:
+    extra = ["--driver", driver] if driver else []
+    return run_lamina(*extra, *args, root=root, env=env, check=check)
+
+
+def top_layer(root: Path, name: str) -> str:
+    info = json.loads(lamina(root, "inspect", name).stdout)
+    return info[0]["GraphDriver"]["Data"]["Layers"][-1]
+
+
+def umoci_tree(tmp_path: Path, reference: str) -> Path:
+    if shutil.which("umoci") is None:
+        pytest.skip("umoci is not installed (.ci/setup installs it)")
+    oci = tmp_path / "skopeo-oci"
+    skopeo_copy(f"docker://{reference}", f"oci:{oci}:x")
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{oci}:x", str(bundle)], check=True,
+                   capture_output=True)
+    return bundle / "rootfs"
+
+
+def drivers_here() -> list[str]:
+    return ["vfs", "overlay"]
+
+
+@pytest.mark.parametrize("driver", drivers_here())
+@pytest.mark.parametrize("tag", ["gzip", "zstd", "plain"])
+def test_pulled_tree_equals_umocis_unpack(pushed: str, store_root: Path, tmp_path: Path,
+                                          driver: str, tag: str) -> None:
+    name = f"{pushed}:{tag}"
+    out = lamina(store_root, "pull", name, driver=driver).stdout
+    assert f"Status: Downloaded newer image for {name}" in out
+    reference = umoci_tree(tmp_path, name)
+    top = top_layer(store_root, name)
+    path = Path(lamina(store_root, "layer", "mount", top, driver=driver).stdout.strip())
+    try:
+        problems = compare(snapshot(reference, subsecond=False), snapshot(path, subsecond=False),
+                           mtime_kinds={"file", "symlink"})
+    finally:
+        lamina(store_root, "layer", "unmount", top, driver=driver)
+    # the root directory's own metadata is umoci's choice, not the image's
+    assert [p for p in problems if not p.startswith("/:") and not p.startswith(":")] == []
+
+
+def test_pull_twice_is_up_to_date_and_stores_each_layer_once(pushed: str,
+                                                              store_root: Path) -> None:
+    lamina(store_root, "pull", f"{pushed}:gzip")
+    out = lamina(store_root, "pull", f"{pushed}:gzip").stdout
+    assert "Status: Image is up to date" in out
+    # the same layers compressed another way are the same layers: nothing new is applied
+    out = lamina(store_root, "pull", f"{pushed}:zstd").stdout
+    assert out.count("Already exists") == 3
+    layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
+    assert len(layers) == 3
+    images = json.loads(lamina(store_root, "images", "--format", "json").stdout)
+    assert {r["Tag"] for r in images} == {"gzip", "zstd"}
+    assert len({r["ID"] for r in images}) == 1  # one config: one image, two names
+
+
+def test_quiet_pull_prints_the_image_id(pushed: str, store_root: Path, layout: Path) -> None:
+    out = lamina(store_root, "pull", "-q", f"{pushed}:gzip").stdout.strip()
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = next(m["digest"] for m in index["manifests"]
+                           if m["annotations"]["org.opencontainers.image.ref.name"] == "gzip")
+    manifest = json.loads((layout / "blobs/sha256" / manifest_digest[7:]).read_text())
+    assert out == manifest["config"]["digest"]
+
+
+def test_shared_base_is_stored_once_and_df_shows_it(busybox_tar: bytes, registry,
+                                                    store_root: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_oci_layout(a, [busybox_tar, tar_bytes([("file", "a.txt", b"a" * 5000)])])
+    write_oci_layout(b, [busybox_tar, tar_bytes([("file", "b.txt", b"b" * 7000)])])
+    skopeo_copy(f"oci:{a}:latest", f"docker://{registry.host}/share/a:1")
+    skopeo_copy(f"oci:{b}:latest", f"docker://{registry.host}/share/b:1")
+    lamina(store_root, "pull", f"{registry.host}/share/a:1")
+    out = lamina(store_root, "pull", f"{registry.host}/share/b:1").stdout
+    assert "Already exists" in out
+    layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
+    assert len(layers) == 3  # the base once, one top layer each
+    df = json.loads(lamina(store_root, "system", "df", "--format", "json").stdout)
+    base = len(busybox_tar)
+    for image in df["images"]:
+        assert image["shared"] == base
+        assert image["unique"] == image["size"] - base
+    assert df["image_layers_size"] == sum(layer["size"] for layer in layers)
+    text = lamina(store_root, "system", "df", "-v").stdout
+    assert "SHARED SIZE" in text and "UNIQUE SIZE" in text
+
+
+def test_rmi_keeps_what_another_image_uses(busybox_tar: bytes, registry,
+                                           store_root: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_oci_layout(a, [busybox_tar, tar_bytes([("file", "a.txt", b"a")])])
+    write_oci_layout(b, [busybox_tar, tar_bytes([("file", "b.txt", b"b")])])
+    skopeo_copy(f"oci:{a}:latest", f"docker://{registry.host}/rmi/a:1")
+    skopeo_copy(f"oci:{b}:latest", f"docker://{registry.host}/rmi/b:1")
+    lamina(store_root, "pull", f"{registry.host}/rmi/a:1")
+    lamina(store_root, "pull", f"{registry.host}/rmi/b:1")
+    out = lamina(store_root, "rmi", f"{registry.host}/rmi/a:1").stdout
+    assert out.count("Deleted: sha256:") == 2  # the image and its own top layer
+    layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
+    assert len(layers) == 2
+    lamina(store_root, "rmi", f"{registry.host}/rmi/b:1")
+    assert json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout) == []
+    assert list((store_root / "blobs/sha256").iterdir()) == []
+
+
+def test_pull_by_digest_and_platform_choice(layout: Path, registry, store_root: Path,
+                                            tmp_path: Path, busybox_tar: bytes) -> None:
+    """An index with two platforms: the host's by default, --platform for the other."""
+    from images import host_architecture
+
+    other = "arm64" if host_architecture() != "arm64" else "amd64"
+    oci = tmp_path / "multi"
+    write_oci_layout(oci, [busybox_tar], tag="native")
+    write_oci_layout(oci, [tar_bytes([("file", "foreign", b"x")])], tag="foreign",
+                     config_extra={"architecture": other})
+    index = json.loads((oci / "index.json").read_text())
+    entries = []
+    for m in index["manifests"]:
+        if m["annotations"]["org.opencontainers.image.ref.name"] == "foreign":
+            m["platform"] = {"architecture": other, "os": "linux"}
+        m.pop("annotations")
+        entries.append(m)
+    multi = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": entries}
+    body = json.dumps(multi).encode()
+    import hashlib
+
+    digest = hashlib.sha256(body).hexdigest()
+    (oci / "blobs/sha256" / digest).write_bytes(body)
+    index["manifests"] = [{"mediaType": multi["mediaType"], "digest": f"sha256:{digest}",
+                           "size": len(body),
+                           "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
+    (oci / "index.json").write_text(json.dumps(index))
+    skopeo_copy(f"oci:{oci}:multi", f"docker://{registry.host}/test/multi:1",
+                extra=("--all",))
+    lamina(store_root, "pull", f"{registry.host}/test/multi:1")
+    info = json.loads(lamina(store_root, "inspect", f"{registry.host}/test/multi:1").stdout)[0]
+    assert info["Architecture"] == host_architecture()
+    assert info["RepoDigests"] == [f"{registry.host}/test/multi@sha256:{digest}"]
+    lamina(store_root, "pull", "--platform", f"linux/{other}",
+           f"{registry.host}/test/multi@sha256:{digest}")
+    images = json.loads(lamina(store_root, "images", "--format", "json").stdout)
+    assert len({r["ID"] for r in images}) == 2
+    failed = lamina(store_root, "pull", "--platform", "linux/s390x",
+                    f"{registry.host}/test/multi:1", check=False)
+    assert failed.returncode == 1
+    assert "no image for platform linux/s390x" in failed.stderr
+    assert f"linux/{other}" in failed.stderr
+
+
+# --- auth -------------------------------------------------------------------------------
+
+
+def auth_file(tmp_path: Path, host: str, user: str, password: str) -> dict[str, str]:
+    import base64
+
+    path = tmp_path / "auth.json"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    path.chmod(0o600)
+    return {"LAMINA_AUTH_FILE": str(path)}
+
+
+@pytest.mark.parametrize("kind", ["basic_registry", "token_registry"])
+def test_pull_with_credentials(kind: str, request: pytest.FixtureRequest, layout: Path,
+                               store_root: Path, tmp_path: Path) -> None:
+    reg = request.getfixturevalue(kind)
+    skopeo_copy(f"oci:{layout}:gzip", f"docker://{reg.host}/private/img:1", creds=reg.creds)
+    name = f"{reg.host}/private/img:1"
+    refused = lamina(store_root, "pull", name, check=False)
+    assert refused.returncode == 1
+    assert "lamina login" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    wrong = lamina(store_root, "pull", name, env=auth_file(tmp_path, reg.host, reg.username,
+                                                           "wrong"), check=False)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    env = auth_file(tmp_path, reg.host, reg.username, reg.password)
+    assert "Downloaded newer image" in lamina(store_root, "pull", name, env=env).stdout
+    assert json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+def test_corrupt_blob_is_refused_and_nothing_registered(faulty, pushed: str,
+                                                        store_root: Path) -> None:
+    faulty.corrupt_blobs = True
+    name = f"{faulty.host}/test/pull:gzip"
+    failed = lamina(store_root, "pull", name, check=False)
+    assert failed.returncode == 1
+    assert "digest" in failed.stderr and "Traceback" not in failed.stderr
+    assert json.loads(lamina(store_root, "images", "--format", "json").stdout) == []
+    assert json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout) == []
+    assert not list((store_root / "tmp").glob("pull-*.part"))  # bad bytes are not resumed
+    faulty.reset()
+    assert "Downloaded newer image" in lamina(store_root, "pull", name).stdout
+
+
+def test_cut_download_resumes_with_range(faulty, pushed: str, store_root: Path) -> None:
+    """The connection drops mid-blob: the client resumes with Range on its own."""
+    faulty.cut_blob_at = 300_000
+    faulty.fault_times = 1
+    name = f"{faulty.host}/test/pull:plain"
+    assert "Downloaded newer image" in lamina(store_root, "pull", name).stdout
+    ranges = [h.get("Range") or h.get("range") for _, p, h in faulty.requests if "/blobs/" in p]
+    assert any(r and r.startswith("bytes=") and not r.startswith("bytes=0-") for r in ranges)
+
+
+def test_killed_pull_resumes_and_leaves_nothing(faulty, pushed: str, store_root: Path) -> None:
+    """SIGKILL mid-blob; the next pull resumes the part file with Range and completes."""
+    faulty.stall_blob_at = 500_000
+    faulty.stall_seconds = 30
+    faulty.fault_times = -1
+    name = f"{faulty.host}/test/pull:plain"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    proc = subprocess.Popen([*LAMINA, "--root", str(store_root), "pull", name], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        parts = list((store_root / "tmp").glob("pull-*.part")) if (
+            store_root / "tmp").is_dir() else []
+        if any(p.stat().st_size >= 500_000 for p in parts):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the pull never got half way")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    faulty.reset()
+    assert "Downloaded newer image" in lamina(store_root, "pull", name).stdout
+    ranges = [h.get("Range") for _, p, h in faulty.requests if "/blobs/" in p]
+    assert any(r and not r.startswith("bytes=0-") for r in ranges), ranges
+    assert not list((store_root / "tmp").glob("pull-*.part"))
+    layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
+    assert len(layers) == 3
+
+
+def test_retries_429_and_500_then_gives_up(faulty, pushed: str, store_root: Path) -> None:
+    faulty.fail_status, faulty.fail_times, faulty.retry_after = 429, 2, "0"
+    name = f"{faulty.host}/test/pull:gzip"
+    assert "Downloaded newer image" in lamina(store_root, "pull", name).stdout
+    faulty.reset()
+    faulty.fail_status, faulty.fail_times = 500, 1000
+    lamina(store_root, "rmi", name)
+    failed = lamina(store_root, "pull", name, check=False)
+    assert failed.returncode == 1
+    assert "500" in failed.stderr and "Traceback" not in failed.stderr
+    assert json.loads(lamina(store_root, "images", "--format", "json").stdout) == []
+
+
+def test_redirect_to_another_host_gets_no_credentials(faulty_basic, basic_registry,
+                                                      layout: Path, store_root: Path,
+                                                      tmp_path: Path) -> None:
+    skopeo_copy(f"oci:{layout}:gzip", f"docker://{basic_registry.host}/redir/img:1",
+                creds=basic_registry.creds)
+    faulty_basic.redirect_blobs = True
+    env = auth_file(tmp_path, faulty_basic.host, basic_registry.username,
+                    basic_registry.password)
+    out = lamina(store_root, "pull", f"{faulty_basic.host}/redir/img:1", env=env).stdout
+    assert "Downloaded newer image" in out
+    assert faulty_basic.side.requests, "the blobs were not fetched from the redirect target"
+    assert all(not auth for auth in faulty_basic.side.requests)
+
+
+def test_malformed_challenge_is_one_clear_error(faulty_basic, basic_registry, layout: Path,
+                                                store_root: Path) -> None:
+    faulty_basic.challenge = 'Bearer realm="unterminated'
+    failed = lamina(store_root, "pull", f"{faulty_basic.host}/any/img:1", check=False)
+    assert failed.returncode == 1
+    assert "WWW-Authenticate" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def put_manifest(registry, repo: str, tag: str, manifest: dict) -> None:
+    import urllib.request
+
+    body = json.dumps(manifest).encode()
+    req = urllib.request.Request(
+        f"http://{registry.host}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
+        headers={"Content-Type": manifest["mediaType"]})
+    urllib.request.urlopen(req).close()
+
+
+def test_config_disagreeing_with_the_layers_is_refused(busybox_tar: bytes, registry,
+                                                       store_root: Path, tmp_path: Path) -> None:
+    oci = tmp_path / "liar"
+    write_oci_layout(oci, [busybox_tar], config_extra={
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "ab" * 32]}})
+    skopeo_copy(f"oci:{oci}:latest", f"docker://{registry.host}/bad/diffids:1")
+    failed = lamina(store_root, "pull", f"{registry.host}/bad/diffids:1", check=False)
+    assert failed.returncode == 1
+    assert "diff id" in failed.stderr and "Traceback" not in failed.stderr
+    assert json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout) == []
+    assert json.loads(lamina(store_root, "images", "--format", "json").stdout) == []
+
+
+def test_unknown_layer_media_type_and_missing_blob(registry, layout: Path, store_root: Path,
+                                                   tmp_path: Path) -> None:
+    skopeo_copy(f"oci:{layout}:gzip", f"docker://{registry.host}/bad/base:1")
+    manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                                 f"docker://{registry.host}/bad/base:1"))
+    odd = json.loads(json.dumps(manifest))
+    odd["layers"][0]["mediaType"] = "application/vnd.example.unknown"
+    put_manifest(registry, "bad/base", "odd", odd)
+    failed = lamina(store_root, "pull", f"{registry.host}/bad/base:odd", check=False)
+    assert failed.returncode == 1
+    assert "unknown media type" in failed.stderr
+    missing = json.loads(json.dumps(manifest))
+    missing["layers"][0]["digest"] = "sha256:" + "cd" * 32
+    try:
+        put_manifest(registry, "bad/base", "missing", missing)
+    except Exception:
+        pytest.skip("the registry refuses a manifest naming a missing blob")
+    failed = lamina(store_root, "pull", f"{registry.host}/bad/base:missing", check=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert json.loads(lamina(store_root, "images", "--format", "json").stdout) == []
+
+
+def test_two_pulls_at_once_store_one_copy(pushed: str, store_root: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    procs = [subprocess.Popen([*LAMINA, "--root", str(store_root), "pull", f"{pushed}:gzip"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
+    assert len(layers) == 3
+    assert not list((store_root / "tmp").glob("pull-*.part"))
+
+
+def test_full_disk_mid_pull_is_a_clear_error_and_a_clean_store(busybox_tar: bytes, registry,
+                                                               tmp_path: Path) -> None:
+    from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+
+    big = tar_bytes([("file", f"big/{n}", os.urandom(1 << 20)) for n in range(40)])
+    oci = tmp_path / "big"
+    write_oci_layout(oci, [busybox_tar, big], compression=None)
+    skopeo_copy(f"oci:{oci}:latest", f"docker://{registry.host}/big/img:1")
+    try:
+        with backing_filesystem("ext4", tmp_path / "fs", size_mb=48) as fs:
+            root = fs.path / "root"
+            failed = lamina(root, "pull", f"{registry.host}/big/img:1", check=False,
+                            driver="vfs")
+            assert failed.returncode == 1
+            assert "space" in failed.stderr.lower() and "Traceback" not in failed.stderr
+            assert json.loads(lamina(root, "images", "--format", "json").stdout) == []
+            layers = json.loads(lamina(root, "layer", "ls", "--format", "json").stdout)
+            assert len(layers) <= 1  # the base may be complete; the big layer is gone
+            assert not list((root / "tmp").glob("pull-*.part"))
+    except BackingUnavailable as exc:
+        pytest.skip(str(exc))
