@@ -21,6 +21,7 @@ does to the answers what a test asks, through its attributes:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import socket
@@ -224,10 +225,8 @@ class FaultyRegistry:
                 if stall is not None:
                     time.sleep(self.stall_seconds)
                 req.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     req.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 break
             req.wfile.write(chunk)
             sent += len(chunk)

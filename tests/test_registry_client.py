@@ -296,7 +296,7 @@ def test_bearer_token_expiry_and_access_token_key(token_registry: Any,
 
 def test_bearer_wrong_password_and_anonymous(token_registry: Any, token_image: Pushed) -> None:
     wrong = Registry(token_registry.host, credentials=creds(token_registry, "wrong"))
-    with pytest.raises(RegistryAuthError, match="token server .* refused the credentials") as err:
+    with pytest.raises(RegistryAuthError, match=r"token server .* refused the credentials") as err:
         wrong.get_manifest(token_image.repository, "v1", accept=ACCEPT)
     assert token_registry.host in str(err.value) and "lamina login" in err.value.hint
     # anonymous: the token server grants nothing, the registry refuses
