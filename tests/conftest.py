@@ -50,6 +50,8 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
         if key.startswith("LAMINA_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    # nor the machine's Docker credentials (read by lamina for hosts it has no login for)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("docker-config")))
     monkeypatch.setenv("LAMINA_PROPERTY_DERANDOMIZE", "1")
 
 
@@ -129,3 +131,58 @@ def backing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
             yield fs.path
     except BackingUnavailable as exc:
         pytest.skip(str(exc))
+
+
+# --- registries: real docker-registry processes on 127.0.0.1 (tests/registries.py) ------
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """An open ``docker-registry`` (no auth) on 127.0.0.1:PORT, for the whole session."""
+    from registries import start_registry
+
+    running = start_registry(tmp_path_factory.mktemp("registry-open"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``docker-registry`` with htpasswd Basic auth; ``.username``/``.password`` log in."""
+    from registries import start_registry
+
+    running = start_registry(tmp_path_factory.mktemp("registry-basic"), auth="basic")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``docker-registry`` with Bearer-token auth from a token server the test runs
+    (``.token_server.requests`` records each token request)."""
+    from registries import start_registry
+
+    running = start_registry(tmp_path_factory.mktemp("registry-token"), auth="token")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def faulty(registry: object) -> Iterator[object]:
+    """A fault-injecting proxy (tests/faultyregistry.py) in front of the open registry."""
+    from faultyregistry import FaultyRegistry
+
+    proxy = FaultyRegistry(registry.host, registry.storage)  # type: ignore[attr-defined]
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def faulty_basic(basic_registry: object) -> Iterator[object]:
+    """The fault-injecting proxy in front of the Basic-auth registry."""
+    from faultyregistry import FaultyRegistry
+
+    proxy = FaultyRegistry(basic_registry.host,  # type: ignore[attr-defined]
+                           basic_registry.storage)  # type: ignore[attr-defined]
+    yield proxy
+    proxy.stop()

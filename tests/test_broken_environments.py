@@ -50,9 +50,13 @@ COMMANDS: dict[str, list[str]] = {
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
+    # standard input is empty: no password, refused before any registry is asked
+    "login": ["login", "-u", "someone", "--password-stdin", "127.0.0.1:1"],
+    # nobody logged in to that host (the auth file is under the test's XDG_CONFIG_HOME)
+    "logout": ["logout", "127.0.0.1:1"],
 }
 #: commands that fail in every environment, on purpose (see COMMANDS)
-ALWAYS_FAIL = {"conformance", "system reset"}
+ALWAYS_FAIL = {"conformance", "system reset", "login", "logout"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 
@@ -120,7 +124,8 @@ class Env:
                 env.pop(key, None)
             else:
                 env[key] = value
-        return subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+        return subprocess.run(cmd, capture_output=True, env=env, timeout=120,
+                              stdin=subprocess.DEVNULL)
 
     def args(self, command: str) -> list[str]:
         values = {**self.layers, "tar": str(self.workdir / "layer.tar"), "output": self.output}

@@ -1,8 +1,8 @@
 """The ``lamina`` command line: the global options, the table of commands, dispatch.
 
-Each noun has its module (:mod:`.system`, :mod:`.layer`, :mod:`.conformance`, later
-image, container, build); the table below names each command's handler and arguments
-as ``"module:function"``, imported only when that command runs.
+Each noun has its module (:mod:`.system`, :mod:`.layer`, :mod:`.conformance`,
+:mod:`.login`, later image, container, build); the table below names each command's
+handler and arguments as ``"module:function"``, imported only when that command runs.
 
 Every :class:`~lamina.core.errors.LaminaError` becomes one ``lamina: error:`` line
 (plus a ``hint:`` line when there is one) and a non-zero exit. No traceback reaches a
@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="layer:diff_arguments")
     command(lsub, "changes", "layer:cmd_changes", "list changed paths (A/C/D)", formats=True,
             arguments="layer:id_argument")
+
+    command(sub, "login", "login:cmd_login",
+            "check credentials with a registry, then store them (0600, Docker's shape)",
+            arguments="login:login_arguments")
+    command(sub, "logout", "login:cmd_logout", "forget the stored credentials of a registry",
+            arguments="login:logout_arguments")
 
     system = sub.add_parser("system", help="space used; repair or reset the store")
     ssub = system.add_subparsers(dest="system_command", metavar="COMMAND", required=True)

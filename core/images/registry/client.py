@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 #: default cap of a manifest or index body
 MAX_MANIFEST_SIZE = 4 << 20
-#: times a blob read is resumed after a dropped or stalled connection
-BLOB_RESUMES = 4
+#: times one blob stream is resumed after a dropped or stalled connection (in all)
+BLOB_RESUMES = 5
 #: pieces a monolithic upload streams its body in
 UPLOAD_PIECE = 1 << 20
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -68,7 +68,7 @@ class BlobStream:
     ``offset`` is where the body starts (the asked offset if the server honoured the
     Range, else 0); ``length`` the blob's total size when the server said it. A read
     that fails mid-body (connection reset, read timeout) is re-requested from where it
-    got to, up to :data:`BLOB_RESUMES` times with back-off, then raises
+    got to, up to :data:`BLOB_RESUMES` times in all with back-off, then raises
     :class:`RegistryUnavailable`. Never returns bytes beyond ``length``.
     """
 
@@ -92,7 +92,6 @@ class BlobStream:
             n = left if n < 0 else min(n, left)
         import urllib3
 
-        failures = 0
         while True:
             try:
                 if self._response is None:
@@ -100,8 +99,7 @@ class BlobStream:
                 data = self._response.read(n if n >= 0 else None, decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self._drop()
-                failures += 1
-                if self.length is None or failures > BLOB_RESUMES:
+                if self.length is None or self.resumes >= BLOB_RESUMES:
                     raise RegistryUnavailable(
                         f"registry {self._host}: reading {self._what} failed at byte "
                         f"{self.position}" + (f" of {self.length}" if self.length else "")
@@ -109,16 +107,16 @@ class BlobStream:
                         hint="try again: the next pull resumes where this one stopped",
                         host=self._host) from None
                 self.resumes += 1
-                time.sleep(min(0.25 * 2 ** (failures - 1), 4.0))
+                time.sleep(min(0.25 * 2 ** (self.resumes - 1), 4.0))
                 continue
             if not data and self.length is not None and self.position < self.length:
                 # the connection ended early without urllib3 noticing (no Content-Length)
                 self._drop()
-                failures += 1
-                if failures > BLOB_RESUMES:
+                if self.resumes >= BLOB_RESUMES:
                     raise RegistryUnavailable(
                         f"registry {self._host}: {self._what} ended at byte {self.position} "
                         f"of {self.length}", hint="try again", host=self._host)
+                self.resumes += 1
                 continue
             self.position += len(data)
             return data
