@@ -105,7 +105,9 @@ def pushed(layout: Path, registry) -> str:
 def lamina(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
            driver: str | None = None) -> subprocess.CompletedProcess:
     extra = ["--driver", driver] if driver else []
-    return run_lamina(*extra, *args, root=root, env=env, check=check)
+    proc = run_lamina(*extra, *args, root=root, env=env, check=check)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
+                                       proc.stderr.decode())
 
 
 def top_layer(root: Path, name: str) -> str:
@@ -135,7 +137,9 @@ def test_pulled_tree_equals_umocis_unpack(pushed: str, store_root: Path, tmp_pat
     name = f"{pushed}:{tag}"
     out = lamina(store_root, "pull", name, driver=driver).stdout
     assert f"Status: Downloaded newer image for {name}" in out
-    reference = umoci_tree(tmp_path, name)
+    # umoci 0.4 cannot unpack zstd layers: its tree of the gzip image (the same layer
+    # tars) is the reference for all three
+    reference = umoci_tree(tmp_path, f"{pushed}:gzip")
     top = top_layer(store_root, name)
     path = Path(lamina(store_root, "layer", "mount", top, driver=driver).stdout.strip())
     try:
@@ -306,8 +310,8 @@ def test_corrupt_blob_is_refused_and_nothing_registered(faulty, pushed: str,
 
 def test_cut_download_resumes_with_range(faulty, pushed: str, store_root: Path) -> None:
     """The connection drops mid-blob: the client resumes with Range on its own."""
-    faulty.cut_blob_at = 300_000
-    faulty.fault_times = 1
+    faulty.cut_blob_at = 1_000_000  # the 2 MB busybox layer: cut twice
+    faulty.fault_times = -1
     name = f"{faulty.host}/test/pull:plain"
     assert "Downloaded newer image" in lamina(store_root, "pull", name).stdout
     ranges = [h.get("Range") or h.get("range") for _, p, h in faulty.requests if "/blobs/" in p]
@@ -368,7 +372,7 @@ def test_redirect_to_another_host_gets_no_credentials(faulty_basic, basic_regist
     out = lamina(store_root, "pull", f"{faulty_basic.host}/redir/img:1", env=env).stdout
     assert "Downloaded newer image" in out
     assert faulty_basic.side.requests, "the blobs were not fetched from the redirect target"
-    assert all(not auth for auth in faulty_basic.side.requests)
+    assert all(auth is None for _, auth in faulty_basic.side.requests)
 
 
 def test_malformed_challenge_is_one_clear_error(faulty_basic, basic_registry, layout: Path,

@@ -96,9 +96,9 @@ def resolve_manifest(
     documents = [(fetched.digest, fetched.body)]
     parsed = _parse(fetched.body, fetched.media_type, ref)
     if isinstance(parsed, Index):
-        entries = [dict(d.platform or {}) for d in parsed.manifests]
-        chosen = best_match(platform, entries)
+        chosen = best_match(platform, [d.to_json() for d in parsed.manifests])
         if chosen is None:
+            entries = [dict(d.platform or {}) for d in parsed.manifests]
             offered = sorted({
                 format_platform(Platform(e.get("os", "?"), e.get("architecture", "?"),
                                          e.get("variant")))
@@ -226,11 +226,15 @@ def _pull(
     names = [name] if ref.tag else []
     up_to_date = images.exists(image_id) and all(layer_ready(images.store, c) for c in chains)
     if up_to_date:
+        # new when the name did not name this image yet (Docker's "Downloaded newer image")
+        renamed = bool(names) and images.by_name(name) != image_id
+        for descriptor in manifest.layers:
+            events.layer(short_id(descriptor.digest), "Already exists")
         _store_documents(images, documents, config_bytes, image_id)
         images.register(image_id, config, layers, manifest=manifest_digest,
                         manifest_type=manifest.media_type, names=names,
                         digests=[(repository, top_digest)])
-        return PullResult(image_id, name, top_digest, new=False)
+        return PullResult(image_id, name, top_digest, new=renamed)
 
     missing = [n for n, c in enumerate(chains) if not layer_ready(images.store, c)]
     for n, descriptor in enumerate(manifest.layers):
