@@ -305,3 +305,35 @@ class RegistryDigestMismatch(RegistryError, DigestMismatch):
 
 class CredentialsError(LaminaError):
     """An auth file (lamina's or Docker's) or a credential helper cannot be used."""
+
+
+# --- images: references and platforms -------------------------------------------
+
+
+class InvalidReference(LaminaError):
+    """An image reference (``NAME[:TAG][@DIGEST]``) or repository name is malformed.
+
+    ``text`` is the input as given, ``reason`` what is wrong with it.
+    """
+
+    hint = (
+        "an image reference is NAME[:TAG][@DIGEST], e.g. busybox, busybox:1.36, "
+        "registry.example.com:5000/team/app:v1 or app@sha256:<64 hex digits>; names are "
+        "lowercase"
+    )
+
+    def __init__(self, text: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"invalid reference {text!r}: {reason}", hint=hint)
+        self.text = text
+        self.reason = reason
+
+
+class InvalidPlatform(LaminaError):
+    """A platform (``OS/ARCH[/VARIANT]``) is malformed or names an unknown OS or architecture."""
+
+    hint = "a platform is [OS/]ARCH[/VARIANT], e.g. linux/amd64, linux/arm64, linux/arm/v7, amd64"
+
+    def __init__(self, text: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"invalid platform {text!r}: {reason}", hint=hint)
+        self.text = text
+        self.reason = reason
