@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -196,7 +195,6 @@ class Registry:
         self.auth = Authenticator(self.host, credentials)
         self.mirrors: list[Registry] = [
             m if isinstance(m, Registry) else Registry(m, timeout=timeout) for m in mirrors]
-        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, host: str, config: Config) -> Registry:
