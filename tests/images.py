@@ -5,7 +5,9 @@
 ``rootfs.diff_ids``, ``history`` and this host's architecture and os. :func:`skopeo_copy`
 copies between any two transports skopeo knows (``oci:DIR:TAG``,
 ``docker://HOST/REPO:TAG``, ``docker-archive:...``), without TLS checks, so that
-tests can put such an image into the test registry.
+tests can put such an image into the test registry. skopeo gzips uncompressed layers on
+the way to a registry: :func:`push_layout` pushes a layout's blobs as they are, with
+lamina's own client.
 """
 
 from __future__ import annotations
@@ -141,3 +143,25 @@ def skopeo_inspect(ref: str, *, creds: str | None = None, raw: bool = False) -> 
     if raw:
         args.append("--raw")
     return json.loads(skopeo(*args, ref))
+
+
+def push_layout(layout: Path, host: str, repository: str, tag: str = "latest", *,
+                credentials: Any = None) -> str:
+    """Push the image tagged ``tag`` in ``layout`` with lamina's own client, every blob as
+    it is (skopeo 1.9 gzips uncompressed layers on the way to a registry); returns the
+    manifest digest."""
+    from lamina.core.images.registry import Registry
+
+    layout = Path(layout)
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(m for m in index["manifests"]
+                 if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    blobs = layout / "blobs" / "sha256"
+    body = (blobs / entry["digest"].split(":", 1)[1]).read_bytes()
+    manifest = json.loads(body)
+    client = Registry(host, credentials=credentials)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        if client.blob_size(repository, desc["digest"]) is None:
+            with open(blobs / desc["digest"].split(":", 1)[1], "rb") as f:
+                client.upload_blob(repository, desc["digest"], desc["size"], f)
+    return client.put_manifest(repository, tag, entry["mediaType"], body)

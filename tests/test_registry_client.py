@@ -478,3 +478,31 @@ def test_unreachable_registry_is_one_clear_error() -> None:
         Registry(host).get_manifest("a/b", "latest", accept=ACCEPT)
     assert host in str(err.value) and "a/b:latest" in str(err.value)
     assert "4 attempts" in str(err.value) and err.value.hint
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+def test_layouts_of_every_compression_reach_the_registry(registry: Any, tmp_path: Path,
+                                                         compression: Any) -> None:
+    """tests/images.py's layouts in the registry, layers as they are: copied by skopeo
+    (which gzips uncompressed layers), or pushed by images.push_layout."""
+    from images import LAYER_TYPES, push_layout
+
+    layout = tmp_path / "layout"
+    tars = layers()
+    digest = write_oci_layout(layout, tars, compression=compression,
+                              config_extra={"author": "lamina"}, tag="c")
+    repository = f"comp/{compression or 'plain'}"
+    if compression is None:
+        assert push_layout(layout, registry.host, repository, "c") == digest
+        assert skopeo_inspect(f"docker://{registry.host}/{repository}:c")["Digest"] == digest
+    else:
+        skopeo_copy(f"oci:{layout}:c", f"docker://{registry.host}/{repository}:c")
+    client = Registry(registry.host)
+    manifest = client.get_manifest(repository, "c", accept=ACCEPT)
+    assert manifest.digest == digest
+    body = json.loads(manifest.body)
+    assert [d["mediaType"] for d in body["layers"]] == [LAYER_TYPES[compression]] * 2
+    with client.open_blob(repository, body["config"]["digest"]) as blob:
+        config = json.loads(read_all(blob))
+    assert config["rootfs"]["diff_ids"] == [sha256(t) for t in tars]
+    assert config["author"] == "lamina" and config["os"] == "linux"

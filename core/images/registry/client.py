@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -49,9 +48,11 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class Manifest(NamedTuple):
+    """A manifest or index as the registry sent it; ``digest`` checked against ``body``."""
+
     media_type: str
     digest: str
-    body: bytes
+    body: bytes  # b"" from head_manifest
 
 
 def is_digest(reference: str) -> bool:
@@ -194,7 +195,6 @@ class Registry:
         self.auth = Authenticator(self.host, credentials)
         self.mirrors: list[Registry] = [
             m if isinstance(m, Registry) else Registry(m, timeout=timeout) for m in mirrors]
-        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, host: str, config: Config) -> Registry:
@@ -351,6 +351,9 @@ class Registry:
             digest = (response.headers.get("Docker-Content-Digest") or "").strip()
             if is_digest(reference):
                 digest = reference
+            elif not is_digest(digest):  # not every registry says: ask for the body
+                found = r._get_manifest(repository, reference, accept, MAX_MANIFEST_SIZE)
+                return found._replace(body=b"")
             return Manifest(_media_type(response.headers, b""), digest, b"")
 
         return self._from_mirrors(head, none_is_miss=True)
