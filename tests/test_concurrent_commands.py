@@ -200,3 +200,22 @@ def test_a_mount_not_yet_recorded_is_out_of_recoverys_reach(store_root: Path) ->
         assert other.stdout.strip() == ""
         assert mounts.is_mountpoint(path)
         store.unmount("child", holder=store.process_holder)
+
+
+def test_commands_racing_to_make_a_new_store_all_succeed(tmp_path: Path) -> None:
+    """Several first commands on one new root at once: each waits for the others' setup.
+
+    The switch of a new database to WAL mode is refused ("database is locked") rather
+    than waited for while another process holds the file; every command must wait.
+    """
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    for attempt in range(3):
+        shared = root / str(attempt)
+        procs = [subprocess.Popen([sys.executable, "-m", "lamina.core.cli", "--root", str(shared),
+                                   "--driver", "vfs", "layer", "create"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(8)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LAMINA, needs_root, run_lamina
-from images import skopeo, skopeo_copy, write_oci_layout
+from images import push_layout, skopeo, skopeo_copy, write_oci_layout
 
 from lamina.conformance.trees import compare, snapshot
 
@@ -96,9 +96,14 @@ def layout(busybox_tar: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def pushed(layout: Path, registry) -> str:
-    """The images in the open registry as ``HOST/test/pull:{gzip,zstd,plain}``."""
+    """The images in the open registry as ``HOST/test/pull:{gzip,zstd,plain}``, each
+    layer blob as written (skopeo 1.9 would gzip the plain ones on the way)."""
     for tag in ("gzip", "zstd", "plain"):
-        skopeo_copy(f"oci:{layout}:{tag}", f"docker://{registry.host}/test/pull:{tag}")
+        push_layout(layout, registry.host, "test/pull", tag)
+    media = {tag: json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                                    f"docker://{registry.host}/test/pull:{tag}"))
+             ["layers"][0]["mediaType"] for tag in ("gzip", "zstd", "plain")}
+    assert media["zstd"].endswith("+zstd") and media["plain"].endswith(".tar"), media
     return f"{registry.host}/test/pull"
 
 

@@ -150,7 +150,7 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         # synchronous first: a new database's switch to WAL is a rollback-journal
         # transaction, which syncs once less (of four) in NORMAL than in the default FULL
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(db)
         # keep the write-ahead log small: checkpoint often and truncate it after,
         # so metadata costs kilobytes per layer, not a growing log
         db.execute("PRAGMA wal_autocheckpoint=32")
@@ -177,6 +177,28 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
             hint="check that the store root is writable and not on a network filesystem",
         ) from exc
     return db
+
+
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 60.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting while another process does the same.
+
+    Two processes opening a new database at once: the mode switch needs the file
+    to itself, and SQLite answers "database is locked" at once instead of calling
+    the busy handler that every other statement waits in.
+    """
+    import time
+
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _uri_path(path: Path) -> str:
