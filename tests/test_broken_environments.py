@@ -33,6 +33,8 @@ pytestmark = needs_root
 
 #: one run of each command: its arguments, {name} filled from the environment.
 #: Order matters: mount before unmount, rm last.
+#: in the order they run in each environment: `system repair` last but the two that
+#: always fail, as it undoes the damage the commands after it would meet
 COMMANDS: dict[str, list[str]] = {
     "info": ["info"],
     "drivers": ["drivers"],
@@ -47,6 +49,15 @@ COMMANDS: dict[str, list[str]] = {
     "layer changes": ["layer", "changes", "{child}"],
     "layer diff": ["layer", "diff", "{child}", "-o", "{output}"],
     "layer rm": ["layer", "rm", "{victim}"],
+    # images: a registry nobody listens on; names no image has
+    "pull": ["pull", "127.0.0.1:9/nobody/img:1"],
+    "images": ["images"],
+    "system df": ["system", "df"],
+    "inspect": ["inspect", "nobody/img:1"],
+    "history": ["history", "nobody/img:1"],
+    "tag": ["tag", "nobody/img:1", "other/img:2"],
+    "rmi": ["rmi", "nobody/img:1"],
+    "prune": ["prune"],
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
@@ -56,7 +67,8 @@ COMMANDS: dict[str, list[str]] = {
     "logout": ["logout", "127.0.0.1:1"],
 }
 #: commands that fail in every environment, on purpose (see COMMANDS)
-ALWAYS_FAIL = {"conformance", "system reset", "login", "logout"}
+ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "inspect", "history",
+               "tag", "rmi"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 
@@ -192,7 +204,8 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
             leftover.rmdir()
 
     # repair finds nothing to do on a healthy store, full disk or not
-    return Env("full-disk", root, workdir, ok={"info", "drivers", "layer ls", "system repair"},
+    return Env("full-disk", root, workdir,
+               ok={"info", "drivers", "layer ls", "system repair", "images", "system df"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 
@@ -257,7 +270,7 @@ def make_driver_home_deleted(workdir: Path, stack: list) -> Env:
     # the metadata still lists the layers: reads work, writes are refused with
     # `system repair` as the way out (it forgets the layers whose data is gone)
     return Env("driver-home-deleted", root, workdir,
-               ok={"info", "drivers", "layer ls", "system repair"},
+               ok={"info", "drivers", "layer ls", "system repair", "images", "system df"},
                output=str(workdir / "x.tar"),
                data_kept=False, layers=layers)
 

@@ -66,7 +66,7 @@ def pull_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
     from ..images.platform import host_platform, parse_platform
-    from ..images.pull import pull
+    from ..images.pull import pull, resolve
     from ..images.registry.client import Registry
     from ..images.store import ImageStore
     from .progress import pull_events
@@ -79,10 +79,12 @@ def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
         if not ref.tag and not ref.digest:
             print("Using default tag: latest", file=out)
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
+    # the registry first: a pull that cannot start creates nothing
+    resolved = resolve(registry, ref, platform=platform,
+                       explicit_platform=args.platform is not None)
     with engine.open_store() as store, pull_events(quiet=args.quiet) as events:
         result = pull(
-            ImageStore(store), registry, ref, platform=platform,
-            explicit_platform=args.platform is not None,
+            ImageStore(store), registry, resolved,
             keep_blobs=engine.config.images["keep_blobs"],
             max_downloads=engine.config.images["max_concurrent_downloads"], events=events,
         )

@@ -27,7 +27,7 @@ half-downloaded blob stays as a part file for the next pull to resume.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..errors import DigestMismatch, ImageError, ImageFormatError, LaminaError, NoSpace
@@ -122,7 +122,6 @@ def resolve_manifest(
         parsed = _parse(fetched.body, fetched.media_type, ref)
         if isinstance(parsed, Index):
             raise ImageFormatError(f"{ref.familiar}: an index names another index")
-    del explicit_platform
     return parsed, fetched.digest, fetched.body, top_digest, documents
 
 
@@ -133,34 +132,30 @@ def _parse(body: bytes, media_type: str, ref: Reference) -> Manifest | Index:
         raise ImageFormatError(f"{ref.familiar}: {exc.args[0]}", hint=exc.hint) from None
 
 
-def fetch_config(images: ImageStore, registry: Registry, ref: Reference,
+def fetch_config(registry: Registry, ref: Reference,
                  manifest: Manifest) -> tuple[ImageConfig, bytes]:
-    """The config blob, from the store when there, else fetched, verified and stored."""
+    """The config blob, fetched and verified (kilobytes: cheaper than opening the store first)."""
     descriptor = manifest.config
     if descriptor.size > MAX_CONFIG_SIZE:
         raise ImageFormatError(
             f"{ref.familiar}: the image config is {descriptor.size} bytes, more than the "
             f"{MAX_CONFIG_SIZE} allowed"
         )
-    if images.blobs.has(descriptor.digest):
-        with images.blobs.open(descriptor.digest) as f:
-            data = f.read(MAX_CONFIG_SIZE + 1)
-    else:
-        with registry.open_blob(ref.repository, descriptor.digest) as stream:
-            parts, got = [], 0
-            while got <= descriptor.size:
-                chunk = stream.read(min(1 << 20, descriptor.size + 1 - got))
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            data = b"".join(parts)
-        if len(data) != descriptor.size or sha256_digest(data) != descriptor.digest:
-            raise DigestMismatch(
-                f"{ref.familiar}: the config blob does not match its digest {descriptor.digest} "
-                f"and size {descriptor.size}",
-                hint="the registry serves corrupt content; nothing was stored",
-            )
+    with registry.open_blob(ref.repository, descriptor.digest) as stream:
+        parts, got = [], 0
+        while got <= descriptor.size:
+            chunk = stream.read(min(1 << 20, descriptor.size + 1 - got))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+    if len(data) != descriptor.size or sha256_digest(data) != descriptor.digest:
+        raise DigestMismatch(
+            f"{ref.familiar}: the config blob does not match its digest {descriptor.digest} "
+            f"and size {descriptor.size}",
+            hint="the registry serves corrupt content; nothing was stored",
+        )
     try:
         config = parse_config(data)
     except ImageFormatError as exc:
@@ -173,42 +168,31 @@ def fetch_config(images: ImageStore, registry: Registry, ref: Reference,
     return config, data
 
 
-def pull(
-    images: ImageStore,
-    registry: Registry,
-    ref: Reference,
-    *,
-    platform: Platform,
-    explicit_platform: bool = False,
-    keep_blobs: bool = True,
-    max_downloads: int = 8,
-    events: PullEvents | None = None,
-) -> PullResult:
-    """Pull ``ref`` into the store; see the module docstring for the steps."""
-    from .space import images_lock
+class Resolved(NamedTuple):
+    """What the registry says the image is, fetched and checked before the store is touched."""
 
-    with images_lock(images.store):
-        return _pull(images, registry, ref, platform=platform,
-                     explicit_platform=explicit_platform, keep_blobs=keep_blobs,
-                     max_downloads=max_downloads, events=events or NoEvents())
+    ref: Reference
+    manifest: Manifest
+    manifest_digest: str
+    #: the digest the reference names: the index's for a multi-platform image
+    top_digest: str
+    #: every manifest (and index) document fetched, to keep as blobs
+    documents: list[tuple[str, bytes]]
+    config: ImageConfig
+    config_bytes: bytes
 
 
-def _pull(
-    images: ImageStore,
-    registry: Registry,
-    ref: Reference,
-    *,
-    platform: Platform,
-    explicit_platform: bool,
-    keep_blobs: bool,
-    max_downloads: int,
-    events: PullEvents,
-) -> PullResult:
-    name = str(ref)
-    manifest, manifest_digest, manifest_body, top_digest, documents = resolve_manifest(
+def resolve(registry: Registry, ref: Reference, *, platform: Platform,
+            explicit_platform: bool = False) -> Resolved:
+    """Manifest and config from the registry, every check on them done; nothing stored.
+
+    Run before the store is opened: a registry that is down or an image that is
+    wrong fails the pull without creating anything.
+    """
+    manifest, manifest_digest, _, top_digest, documents = resolve_manifest(
         registry, ref, platform, explicit_platform=explicit_platform
     )
-    config, config_bytes = fetch_config(images, registry, ref, manifest)
+    config, config_bytes = fetch_config(registry, ref, manifest)
     if explicit_platform and (config.os, config.architecture) != (platform.os,
                                                                    platform.architecture):
         raise ImageError(
@@ -216,6 +200,39 @@ def _pull(
             f"{format_platform(platform)}",
             hint="drop --platform, or pull a tag built for that platform",
         )
+    return Resolved(ref, manifest, manifest_digest, top_digest, documents, config, config_bytes)
+
+
+def pull(
+    images: ImageStore,
+    registry: Registry,
+    resolved: Resolved,
+    *,
+    keep_blobs: bool = True,
+    max_downloads: int = 8,
+    events: PullEvents | None = None,
+) -> PullResult:
+    """Store the image :func:`resolve` found; see the module docstring for the steps."""
+    from .space import images_lock
+
+    with images_lock(images.store):
+        return _pull(images, registry, resolved, keep_blobs=keep_blobs,
+                     max_downloads=max_downloads, events=events or NoEvents())
+
+
+def _pull(
+    images: ImageStore,
+    registry: Registry,
+    resolved: Resolved,
+    *,
+    keep_blobs: bool,
+    max_downloads: int,
+    events: PullEvents,
+) -> PullResult:
+    ref, manifest, config = resolved.ref, resolved.manifest, resolved.config
+    manifest_digest, top_digest = resolved.manifest_digest, resolved.top_digest
+    documents, config_bytes = resolved.documents, resolved.config_bytes
+    name = str(ref)
     image_id = manifest.config.digest
     chains = [layer_id(c) for c in chain_ids(config.diff_ids)]
     layers = [
@@ -268,7 +285,6 @@ def _pull(
     images.register(image_id, config, layers, manifest=manifest_digest,
                     manifest_type=manifest.media_type, names=names,
                     digests=[(repository, top_digest)])
-    del manifest_body
     return PullResult(image_id, name, top_digest, new=True)
 
 
@@ -362,16 +378,3 @@ class Downloads:
                 spool.keep(self.images.blobs)
             else:
                 spool.discard(resumable=resumable and id(spool) not in unneeded)
-
-
-def pull_reference_events(callback: Callable[[str], None]) -> PullEvents:
-    """Plain events: one line per layer status change (what a log or a pipe gets)."""
-
-    class Lines(NoEvents):
-        def status(self, text: str) -> None:
-            callback(text)
-
-        def layer(self, layer: str, status: str, total: int | None = None) -> None:
-            callback(f"{layer}: {status}")
-
-    return Lines()
