@@ -47,6 +47,10 @@ COMMANDS: dict[str, list[str]] = {
     "layer changes": ["layer", "changes", "{child}"],
     "layer diff": ["layer", "diff", "{child}", "-o", "{output}"],
     "layer rm": ["layer", "rm", "{victim}"],
+    # archives: the healthy store holds an imported image, {archive} is its docker save
+    "save": ["save", "-o", "{output}", "img/healthy:1"],
+    "load": ["load", "-i", "{archive}"],
+    "import": ["import", "{tar}", "img/imported:1"],
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
@@ -128,7 +132,8 @@ class Env:
                               stdin=subprocess.DEVNULL)
 
     def args(self, command: str) -> list[str]:
-        values = {**self.layers, "tar": str(self.workdir / "layer.tar"), "output": self.output}
+        values = {**self.layers, "tar": str(self.workdir / "layer.tar"), "output": self.output,
+                  "archive": str(self.workdir / "image.tar")}
         return [a.format(**values) for a in COMMANDS[command]]
 
 
@@ -148,6 +153,8 @@ def healthy(root: Path, workdir: Path) -> dict[str, str]:
     (path / "etc" / "hostname").write_text("changed\n")
     lamina("layer", "unmount", child)
     victim = lamina("layer", "create", "--parent", base)
+    lamina("import", str(workdir / "layer.tar"), "img/healthy:1")  # the same layer as base's
+    lamina("save", "-o", str(workdir / "image.tar"), "img/healthy:1")
     return {"base": base, "child": child, "victim": victim}
 
 
@@ -244,7 +251,7 @@ def make_unreadable_config(workdir: Path, stack: list) -> Env:
 def make_output(path: str) -> Callable[[Path, list], Env]:
     def make(workdir: Path, stack: list) -> Env:
         root = workdir / "root"
-        return Env(f"output-{path}", root, workdir, ok=EVERYTHING - {"layer diff"},
+        return Env(f"output-{path}", root, workdir, ok=EVERYTHING - {"layer diff", "save"},
                    output=path, layers=healthy(root, workdir))
 
     return make
