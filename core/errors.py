@@ -337,3 +337,21 @@ class InvalidPlatform(LaminaError):
         super().__init__(f"invalid platform {text!r}: {reason}", hint=hint)
         self.text = text
         self.reason = reason
+
+
+# --- images: archives (save, load, import) -------------------------------------------
+
+
+class ArchiveError(ImageError, ContentError):
+    """An image archive (``docker save``, an OCI layout) is malformed, hostile or unreadable."""
+
+    hint = "the archive is malformed or not an image archive; nothing was stored"
+
+
+class InvalidChange(LaminaError):
+    """A ``--change`` instruction of ``lamina import`` is malformed or not supported."""
+
+    hint = (
+        "--change takes one Dockerfile instruction: CMD, ENTRYPOINT, ENV, WORKDIR, USER, "
+        "LABEL, EXPOSE or STOPSIGNAL, e.g. --change 'CMD [\"sh\"]'"
+    )

@@ -1,8 +1,9 @@
 """The ``lamina`` command line: the global options, the table of commands, dispatch.
 
 Each noun has its module (:mod:`.system`, :mod:`.layer`, :mod:`.conformance`,
-:mod:`.login`, later image, container, build); the table below names each command's
-handler and arguments as ``"module:function"``, imported only when that command runs.
+:mod:`.login`, :mod:`.image`, :mod:`.archive`, later container, build); the table below
+names each command's handler and arguments as ``"module:function"``, imported only when
+that command runs.
 
 Every :class:`~lamina.core.errors.LaminaError` becomes one ``lamina: error:`` line
 (plus a ``hint:`` line when there is one) and a non-zero exit. No traceback reaches a
@@ -157,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="image:inspect_arguments")
     command(sub, "history", "image:cmd_history", "show how an image's layers were made",
             formats=True, arguments="image:history_arguments")
+
+    command(sub, "save", "archive:cmd_save",
+            "write images to a docker save archive or an OCI layout (tar or directory)",
+            arguments="archive:save_arguments")
+    command(sub, "load", "archive:cmd_load",
+            "load images from a docker save archive or an OCI layout (tar or directory)",
+            arguments="archive:load_arguments")
+    command(sub, "import", "archive:cmd_import",
+            "make a one-layer image from a root filesystem tarball",
+            arguments="archive:import_arguments")
 
     command(sub, "prune", "image:cmd_prune",
             "remove image layers and blobs no image uses, and dead pulls' leftovers",

@@ -5,6 +5,12 @@ sha256 of the uncompressed tar, known only after reading it all. A file is
 therefore read twice: once to hash it (at memory speed when it is plain; a
 compressed one is inflated twice), then to apply it under its id. A pipe is
 spooled into the store's ``tmp/`` first, as it cannot be read twice.
+
+With ``keep_blobs`` the tarball itself is kept as the layer's blob (media type
+by its sniffed compression), so that ``save`` and ``push`` send the very bytes
+its DiffID was computed over: a file is first copied into ``tmp/`` (in the
+kernel; a reflink where the filesystem can), and that copy, hashed, applied and
+moved into the blob store, is the only one.
 """
 
 from __future__ import annotations
@@ -18,10 +24,18 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ..errors import host_error
-from .formats import canonical_json, layer_id, parse_config, sha256_digest
+from .formats import (
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    canonical_json,
+    layer_id,
+    parse_config,
+    sha256_digest,
+)
 from .platform import host_platform
 from .space import images_lock
 from .store import ImageLayer, ImageStore
@@ -56,35 +70,93 @@ def new_config(
     return config
 
 
-def _diff_id(path: Path) -> str:
-    from ..layertar.compression import open_layer_stream
+class Digests(NamedTuple):
+    diff_id: str  # of the uncompressed tar
+    blob: str  # of the file as it is
+    size: int
+    media_type: str  # of the file, by its sniffed compression
 
-    hasher = hashlib.sha256()
+
+def _digests(path: Path) -> Digests:
+    from ..layertar.compression import GZIP_MAGIC, ZSTD_MAGIC, open_layer_stream
+
     with open(path, "rb") as raw:
-        stream = open_layer_stream(raw)
+        head = raw.read(4)
+        raw.seek(0)
+        size = os.fstat(raw.fileno()).st_size
+        if not head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+            hasher = hashlib.sha256()
+            while chunk := raw.read(CHUNK):
+                hasher.update(chunk)
+            digest = "sha256:" + hasher.hexdigest()
+            return Digests(digest, digest, size, OCI_LAYER)
+        counted = _Hashed(raw)
+        stream = open_layer_stream(counted)  # type: ignore[arg-type]
+        hasher = hashlib.sha256()
         while chunk := stream.read(CHUNK):
             hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+        while counted.read(CHUNK):  # what follows the compressed stream is the blob's too
+            pass
+    media_type = OCI_LAYER_GZIP if head.startswith(GZIP_MAGIC) else OCI_LAYER_ZSTD
+    return Digests("sha256:" + hasher.hexdigest(), "sha256:" + counted.sha.hexdigest(), size,
+                   media_type)
+
+
+class _Hashed:
+    """A file read through a hash (no ``fileno``: the decoder must read, not map)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.sha.update(data)
+        return data
 
 
 @contextlib.contextmanager
-def _seekable(source: str, tmp: Path) -> Iterator[Path]:
-    """``source`` as a path that can be read twice (``-``: stdin, spooled to ``tmp``)."""
-    if source != "-":
-        yield Path(source)
+def _seekable(source: str, tmp: Path, *, copy: bool) -> Iterator[tuple[Path, bool]]:
+    """``source`` as a path that can be read twice, and whether it is a copy of ours
+    (``-``: stdin, spooled to ``tmp``; a file with ``copy``: copied there)."""
+    if source != "-" and not copy:
+        yield Path(source), False
         return
     tmp.mkdir(mode=0o700, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="import-", dir=tmp)
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                shutil.copyfileobj(_stdin(), out, CHUNK)
+                if source == "-":
+                    shutil.copyfileobj(_stdin(), out, CHUNK)
+                else:
+                    with open(source, "rb") as src:
+                        _copy_file(src.fileno(), out.fileno())
             except OSError as exc:
-                raise host_error(exc, "spool standard input to", name) from exc
-        yield Path(name)
+                if exc.filename is None and source != "-" and not os.path.exists(source):
+                    raise host_error(exc, "read", source) from exc
+                raise host_error(exc, "copy the tarball to", name) from exc
+        yield Path(name), True
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+
+
+def _copy_file(src: int, dst: int) -> None:
+    """In the kernel: ``copy_file_range`` (a reflink where the filesystem can)."""
+    size = os.fstat(src).st_size
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done)
+        except OSError:
+            n = 0
+        if n == 0:
+            data = os.read(src, CHUNK)
+            if not data:
+                break
+            n = os.write(dst, data)
+        done += n
 
 
 def _stdin() -> IO[bytes]:
@@ -100,14 +172,18 @@ def import_rootfs(
     names: Sequence[str] = (),
     message: str = "",
     container_config: Mapping[str, Any] | None = None,
+    keep_blobs: bool = False,
 ) -> str:
     """Import the tarball ``source`` (a path or ``-``) as an image; return its id."""
     store = images.store
-    with images_lock(store), _seekable(source, store.root / "tmp") as path:
+    with images_lock(store), _seekable(source, store.root / "tmp", copy=keep_blobs) as (
+        path, ours
+    ):
         try:
-            diff_id = _diff_id(path)
+            digests = _digests(path)
         except OSError as exc:
-            raise host_error(exc, "read", path) from exc
+            raise host_error(exc, "read", source if not ours else path) from exc
+        diff_id = digests.diff_id
         now = time.time()
         history = {"created": rfc3339(now), "created_by": "lamina import",
                    **({"comment": message} if message else {})}
@@ -121,11 +197,14 @@ def import_rootfs(
             return open(path, "rb")
 
         ensure_layer(store, chain, None, diff_id, open_tar, what=f"the tarball {source}")
+        if keep_blobs and not images.blobs.has(digests.blob):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            images.blobs.adopt(path, digests.blob)  # the copy becomes the blob: no other
         images.blobs.ingest(io.BytesIO(config_bytes), digest=image_id, size=len(config_bytes))
         images.register(
             image_id, parse_config(config_bytes),
-            [ImageLayer(chain, diff_id, None, None, None)],
+            [ImageLayer(chain, diff_id, digests.blob, digests.media_type, digests.size)],
             manifest=None, manifest_type=None, names=names,
         )
     return image_id
-

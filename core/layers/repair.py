@@ -120,6 +120,14 @@ def _forget_lost_rows(root: Path, db: sqlite3.Connection, driver_for: DriverFact
     if order:
         with metadata.transaction(db):
             for layer_id in order:
+                # an image standing on a lost layer cannot be used either: it goes too
+                # (its names and layer rows cascade); its blobs stay for `prune`
+                for (image_id,) in db.execute(
+                    "SELECT image_id FROM image_layers WHERE layer_id = ?"
+                    " UNION SELECT id FROM images WHERE top_layer = ?", (layer_id, layer_id)
+                ).fetchall():
+                    db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+                    lines.append(f"forgot image {image_id}: its layer {layer_id} is gone")
                 db.execute("DELETE FROM mounts WHERE layer_id = ?", (layer_id,))
                 db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
         for layer_id in order:
