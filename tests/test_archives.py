@@ -109,7 +109,7 @@ def test_load_from_a_pipe_and_gzip_compressed(layout: Path, store_root: Path,
     skopeo_copy(f"oci:{layout}:img", f"docker-archive:{archive}:test/pipe:1")
     out = load(store_root, stdin=gzip.compress(archive.read_bytes(), 1)).stdout.decode()
     assert out == "Loaded image: test/pipe:1\n"
-    assert list((store_root / "tmp").glob("load-*")) == []  # the spool is gone
+    assert list((store_root / "tmp").glob("ingest-*")) == []  # the spool is gone
     # a plain archive through a real pipe: `cat archive | lamina load`
     cat = subprocess.Popen(["cat", str(archive)], stdout=subprocess.PIPE)
     proc = subprocess.run([*run_lamina_cmd(store_root), "load", "-q"], stdin=cat.stdout,
@@ -318,7 +318,7 @@ def test_import_with_changes(busybox_tar: Path, store_root: Path, tmp_path: Path
     out = tmp_path / "layout"
     lamina(store_root, "save", "--format", "oci-dir", "-o", str(out), "local/app:v1")
     assert (out / "blobs/sha256" / blob[7:]).read_bytes() == gz.read_bytes()
-    assert list((store_root / "tmp").glob("import-*")) == []
+    assert list((store_root / "tmp").glob("ingest-*")) == []
 
 
 def test_import_from_stdin(busybox_tar: Path, store_root: Path) -> None:
@@ -431,7 +431,7 @@ def test_hostile_archive_is_refused_and_leaves_nothing(case: str, store_root: Pa
     if store_root.exists():
         assert json.loads(lamina(store_root, "images", "--format", "json").stdout) == []
         assert json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout) == []
-        assert list((store_root / "tmp").glob("load-*")) == []
+        assert list((store_root / "tmp").glob("ingest-*")) == []
 
 
 def test_oci_layout_blob_of_the_wrong_size_or_digest(busybox_bytes: bytes, store_root: Path,

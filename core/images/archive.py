@@ -10,7 +10,9 @@ where they lie:
 - a directory is read file by file, each opened without following symlinks;
 - a pipe, or a compressed tar (``docker save | gzip``), cannot be read in place:
   it is spooled (decompressed) into the store's ``tmp/`` first and the spool is
-  indexed. That is the one copy a load makes; it is deleted when the load ends.
+  indexed. That is the one copy a load makes; it is deleted when the load ends (named
+  ``ingest-*``, so that after a SIGKILL the blob store's sweep of stale temp files
+  removes it an hour later).
 
 Everything here is untrusted. A member name is normalised (``./`` dropped); a
 name that is absolute or climbs out (``..``), a name repeated, a symlink or any
@@ -398,7 +400,7 @@ def open_archive(source: str, tmp: Path, stdin: IO[bytes] | None = None) -> Arch
 
 def _spooled(stream: IO[bytes], tmp: Path, description: str) -> TarArchive:
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="load-", dir=tmp)
+    fd, name = tempfile.mkstemp(prefix="ingest-load-", dir=tmp)
     path = Path(name)
     try:
         with os.fdopen(os.dup(fd), "wb") as out:

@@ -123,7 +123,7 @@ def _seekable(source: str, tmp: Path, *, copy: bool) -> Iterator[tuple[Path, boo
         yield Path(source), False
         return
     tmp.mkdir(mode=0o700, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="import-", dir=tmp)
+    fd, name = tempfile.mkstemp(prefix="ingest-import-", dir=tmp)
     try:
         with os.fdopen(fd, "wb") as out:
             try:

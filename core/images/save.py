@@ -192,7 +192,7 @@ class _HashingFile:
 
 def _export(store: Any, layer_id: str, tmp: Path, temps: list[Path]) -> Blob:
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="save-", dir=tmp)
+    fd, name = tempfile.mkstemp(prefix="ingest-save-", dir=tmp)
     path = Path(name)
     temps.append(path)
     try:
