@@ -467,3 +467,23 @@ def test_full_disk_mid_pull_is_a_clear_error_and_a_clean_store(busybox_tar: byte
             assert not list((root / "tmp").glob("pull-*.part"))
     except BackingUnavailable as exc:
         pytest.skip(str(exc))
+
+
+def test_repair_after_a_lost_database_brings_the_images_back(pushed: str,
+                                                             store_root: Path) -> None:
+    """Layers come back from their records, images from theirs; prune then keeps them."""
+    lamina(store_root, "pull", f"{pushed}:gzip")
+    lamina(store_root, "tag", f"{pushed}:gzip", "kept/name:1")
+    lamina(store_root, "pull", f"{pushed}:zstd")
+    lamina(store_root, "rmi", f"{pushed}:zstd")  # one name of two: untagged only
+    before = json.loads(lamina(store_root, "images", "--format", "json").stdout)
+    for name in ("lamina.db", "lamina.db-wal", "lamina.db-shm"):
+        (store_root / name).unlink(missing_ok=True)
+    out = lamina(store_root, "system", "repair").stdout
+    assert "recovered image" in out and "imagedb" not in out
+    after = json.loads(lamina(store_root, "images", "--format", "json").stdout)
+    assert sorted((r["ID"], r["Name"]) for r in after) == sorted(
+        (r["ID"], r["Name"]) for r in before)
+    assert len(after) == 2
+    assert "Deleted layer" not in lamina(store_root, "prune").stdout
+    assert "up to date" in lamina(store_root, "pull", f"{pushed}:gzip").stdout

@@ -126,6 +126,21 @@ def cmd_repair(args: argparse.Namespace, engine: Engine) -> int:
 
     for line in repair(engine.root, _drivers_on_home(engine)):
         print(line)
+    if (engine.root / "lamina.db").exists():
+        # the layers are back: now the images standing on them (core/images/records.py)
+        import sqlite3
+
+        from ..images.records import restore
+        from ..layers import metadata
+
+        db = metadata.connect(engine.root / "lamina.db", create=False)
+        try:
+            for line in restore(engine.root, db, engine.root / "blobs" / "sha256"):
+                print(line)
+        except sqlite3.Error as exc:
+            raise LaminaError(f"cannot restore the images: {exc}") from exc
+        finally:
+            db.close()
     return 0
 
 

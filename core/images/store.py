@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from ..errors import AmbiguousImageId, ImageInUse, ImageNotFound, LayerError
 from ..layers import metadata
 from ..layers.store import Store
+from . import records as image_records
 from .formats import MAX_CONFIG_SIZE, ImageConfig, load_json, parse_config
 
 #: matches shown when an id prefix is ambiguous
@@ -211,26 +212,36 @@ class ImageStore:
                             " WHERE image_id = ? AND position = ?",
                             (layer.blob, layer.media_type, layer.blob_size, image_id, n),
                         )
+            touched = {image_id}
             for name in names:
-                self._set_name(name, image_id, now)
+                touched |= self._set_name(name, image_id, now)
             self._db.executemany(
                 "INSERT OR REPLACE INTO image_digests (repository, digest, image_id)"
                 " VALUES (?, ?, ?)",
                 [(repo, digest, image_id) for repo, digest in digests],
             )
+            self._write_records(touched)
 
     def tag(self, name: str, image_id: str) -> None:
         self.image(image_id)
         with self.store.lock, metadata.transaction(self._db):
-            self._set_name(name, image_id, time.time())
+            self._write_records(self._set_name(name, image_id, time.time()))
 
-    def _set_name(self, name: str, image_id: str, now: float) -> None:
+    def _write_records(self, image_ids: set[str]) -> None:
+        """Rewrite the records of these images (in the caller's transaction: see records)."""
+        for image_id in image_ids:
+            image_records.write(self.store.root, self._db, image_id)
+
+    def _set_name(self, name: str, image_id: str, now: float) -> set[str]:
+        """Give ``name`` to ``image_id``; return the images whose names changed."""
+        before = self.by_name(name)
         self._db.execute(
             "INSERT INTO image_names (name, image_id, created) VALUES (?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id,"
             " created = excluded.created",
             (name, image_id, now),
         )
+        return {image_id} | ({before} if before else set())
 
     def untag(self, name: str) -> str:
         """Remove one name; return the image it named."""
@@ -240,6 +251,7 @@ class ImageStore:
                 raise ImageNotFound(f"no image named {name}",
                                     hint="list images with `lamina images`")
             self._db.execute("DELETE FROM image_names WHERE name = ?", (name,))
+            self._write_records({image_id})
         return image_id
 
     def remove(self, image_id: str) -> list[str]:
@@ -258,6 +270,7 @@ class ImageStore:
         with self.store.lock:
             with metadata.transaction(self._db):
                 self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            image_records.remove(self.store.root, image_id)
             # its config, manifests and layer blobs, unless another image has them too
             for digest in blobs - self.referenced_blobs():
                 self.blobs.remove(digest)

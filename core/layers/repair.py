@@ -198,7 +198,8 @@ def _restore_rows(root: Path, db: sqlite3.Connection, driver_for: DriverFactory)
             lines.append(f"left out layer {layer_id}: {why}")
     recorded = {records[i]["driver"] for i in records}
     for name in stored_data(root):
-        if name not in recorded and name not in ("blobs", layer_records.DIRNAME):
+        # blobs/ and imagedb/ (the image records, core/images/records.py) are no driver's
+        if name not in recorded and name not in ("blobs", "imagedb", layer_records.DIRNAME):
             lines.append(
                 f"{name}/ holds data that no layer record names; it was left as it is "
                 "(`lamina system reset` removes it)"
