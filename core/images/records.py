@@ -37,7 +37,7 @@ def write(root: Path, db: sqlite3.Connection, image_id: str) -> None:
     if row is None:
         remove(root, image_id)
         return
-    record: dict[str, Any] = {key: row[key] for key in row.keys()}
+    record: dict[str, Any] = dict(zip(row.keys(), tuple(row), strict=True))
     record["layers"] = [
         [r["layer_id"], r["diff_id"], r["blob"], r["media_type"], r["blob_size"]]
         for r in db.execute("SELECT * FROM image_layers WHERE image_id = ? ORDER BY position",
