@@ -187,7 +187,9 @@ def since(created: str | float | None) -> str:
             return f"{int(seconds // length)} {unit}s ago"
         if seconds >= length:
             return f"About a{'n' if unit == 'hour' else ''} {unit} ago"
-    return "Less than a second ago" if seconds < 1 else f"{int(seconds)} seconds ago"
+    if seconds < 1:
+        return "Less than a second ago"
+    return "1 second ago" if seconds < 2 else f"{int(seconds)} seconds ago"
 
 
 # -- tag, rmi -----------------------------------------------------------------------------
