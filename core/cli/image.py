@@ -123,8 +123,9 @@ def _split_name(name: str) -> tuple[str, str]:
 
 def image_rows(images: ImageStore) -> list[dict[str, Any]]:
     rows = []
+    all_digests = images.all_digests()
     for image in images.images():
-        digests = images.digests(image.id)
+        digests = all_digests.get(image.id, ())
         entries = [(*_split_name(n), n) for n in image.names] or [("<none>", "<none>", None)]
         for repo, tag, name in entries:
             digest = next((d for r, d in digests if name and name.startswith(r + ":")), None)
@@ -146,7 +147,7 @@ def cmd_images(args: argparse.Namespace, engine: Engine) -> int:
         wanted = _split_name(str(_reference(args.repository, engine)))[0]
         rows = [r for r in rows if r["Repository"] == wanted]
     if args.format == "json":
-        print_json(rows)
+        print_json(rows, listing=True)
         return 0
     if args.quiet:
         seen = []
@@ -348,7 +349,7 @@ def cmd_history(args: argparse.Namespace, engine: Engine) -> int:
                      "CreatedBy": entry.get("created_by", ""), "Size": size,
                      "Comment": entry.get("comment", ""), "EmptyLayer": empty})
     if args.format == "json":
-        print_json(rows)
+        print_json(rows, listing=True)
         return 0
     if args.quiet:
         print("\n".join(r["ID"] if args.no_trunc or r["ID"] == "<missing>" else short_id(r["ID"])

@@ -73,7 +73,7 @@ def cmd_ls(args: argparse.Namespace, engine: Engine) -> int:
         mounts = store.mount_counts()
         rows = [_layer_dict(layer, mounts) for layer in store.layers()]
     if args.format == "json":
-        print_json(rows)
+        print_json(rows, listing=True)
         return 0
     if args.quiet:
         for row in rows:

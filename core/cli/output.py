@@ -40,9 +40,20 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
     print_table(title, columns, rows, width=terminal_columns() if tty else 1000, styled=tty)
 
 
-def print_json(data: Any) -> None:
+def print_json(data: Any, *, listing: bool = False) -> None:
+    """Indented JSON; with ``listing``, a list of rows as one compact object per line.
+
+    ``indent`` makes the json module fall back to its pure-Python encoder (~40 us an
+    object); a listing of thousands of rows stays within its time budget by encoding
+    each row with the C encoder instead, which also keeps it ``grep``-able.
+    """
     import json
 
+    if listing and isinstance(data, list) and data:
+        sys.stdout.write("[\n  ")
+        sys.stdout.write(",\n  ".join(json.dumps(row, sort_keys=True) for row in data))
+        sys.stdout.write("\n]\n")
+        return
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 

@@ -122,6 +122,14 @@ class ImageStore:
             "SELECT repository, digest FROM image_digests WHERE image_id = ?"
             " ORDER BY repository, digest", (image_id,))]
 
+    def all_digests(self) -> dict[str, list[tuple[str, str]]]:
+        """:meth:`digests` of every image at once, by image id (one query for a listing)."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        for row in self._db.execute("SELECT image_id, repository, digest FROM image_digests"
+                                    " ORDER BY repository, digest"):
+            found.setdefault(row[0], []).append((row[1], row[2]))
+        return found
+
     def by_id_prefix(self, prefix: str) -> str | None:
         """The image whose id starts with ``prefix`` (hex, ``sha256:`` optional), if one does."""
         hex_part = prefix.removeprefix("sha256:")
