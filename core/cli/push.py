@@ -16,6 +16,8 @@ from ..errors import ImageNotFound, InvalidReference
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from ..images.reference import Reference
+    from ..images.store import ImageStore
 
 
 def push_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +34,6 @@ def cmd_push(args: argparse.Namespace, engine: Engine) -> int:
     from ..images.reference import parse_reference
     from ..images.registry.client import Registry
     from ..images.store import ImageStore
-    from .image import find_image
     from .progress import pull_events
 
     default = engine.config.images["default_registry"]
@@ -43,21 +44,15 @@ def cmd_push(args: argparse.Namespace, engine: Engine) -> int:
                                hint="give the destination as NAME[:TAG]")
     registry = Registry.from_config(target.registry, engine.config)
     warnings: list[str] = []
+    # the image is looked up in a store opened to read: a push that cannot start (no such
+    # image, a damaged store) creates nothing
+    with engine.open_store(readonly=True) as store:
+        image_id = _image_to_push(ImageStore(store), args, target, engine)
     with engine.open_store() as store:
-        images = ImageStore(store)
-        if args.destination is None:
-            image_id = images.by_name(str(target))
-            if image_id is None:
-                raise ImageNotFound(
-                    f"no image named {target.familiar_for(default)}",
-                    hint="give it that name first (lamina tag IMAGE NAME), or push it with "
-                    "lamina push IMAGE DESTINATION")
-        else:
-            image_id = find_image(images, args.image, engine)
         if not args.quiet:
             print(f"The push refers to repository [{target.name}]", flush=True)
         with pull_events(quiet=args.quiet) as events:
-            result = push(images, registry, image_id, target,
+            result = push(ImageStore(store), registry, image_id, target,
                           keep_blobs=engine.config.images["keep_blobs"], events=events,
                           warn=warnings.append, what=args.image)
     for text in warnings:
@@ -67,3 +62,19 @@ def cmd_push(args: argparse.Namespace, engine: Engine) -> int:
     else:
         print(f"{target.tag}: digest: {result.digest} size: {result.size}")
     return 0
+
+
+def _image_to_push(images: ImageStore, args: argparse.Namespace, target: Reference,
+                   engine: Engine) -> str:
+    """Docker's form pushes the image of the destination's name; podman's, any image."""
+    from .image import find_image
+
+    if args.destination is not None:
+        return find_image(images, args.image, engine)
+    image_id = images.by_name(str(target))
+    if image_id is None:
+        raise ImageNotFound(
+            f"no image named {target.familiar_for(engine.config.images['default_registry'])}",
+            hint="give it that name first (lamina tag IMAGE NAME), or push it with "
+            "lamina push IMAGE DESTINATION")
+    return image_id

@@ -1,6 +1,6 @@
 """``lamina push``: an image from the store to a registry, sending only what it lacks.
 
-The steps (docs/architecture.md, "Pushing"):
+The steps (also in docs/architecture.md, "Pushing"):
 
 1. each layer's blob is found: the compressed blob a pull kept (``images.keep_blobs``)
    is sent as it is; a layer without one (not kept, ``prune --blobs`` removed it, or
