@@ -376,3 +376,29 @@ def test_upload_500s_are_retried_then_one_clear_error(faulty, layout: Path, regi
     assert not any(m == "PUT" and "/manifests/" in p for m, p, _ in faulty.requests)
     info = json.loads(lamina(store_root, "inspect", src).stdout)[0]
     assert not any("flaky/never" in d for d in info["RepoDigests"])
+
+
+def test_large_blob_goes_up_in_chunks(faulty, busybox_tar: Path, registry, store_root: Path,
+                                      tmp_path: Path) -> None:
+    """A blob over the monolithic limit is sent as PATCHes with Content-Range, then a PUT."""
+    import os
+
+    from test_pull import tar_bytes
+
+    from lamina.core.images.push import CHUNK_SIZE, CHUNKED_ABOVE
+
+    big = tar_bytes([("file", "big/random", os.urandom(CHUNKED_ABOVE + (1 << 20)))])
+    oci = tmp_path / "big"
+    manifest = json.loads(blob(oci, write_oci_layout(oci, [busybox_tar.read_bytes(), big])))
+    size = manifest["layers"][1]["size"]
+    assert size > CHUNKED_ABOVE
+    src = f"{registry.host}/chunks/src:1"
+    skopeo_copy(f"oci:{oci}:latest", f"docker://{src}")
+    lamina(store_root, "pull", src)
+    out = lamina(store_root, "push", src, f"{faulty.host}/chunks/dst:1").stdout
+    assert set(pushed_lines(out).values()) == {"Pushed"}
+    patches = [h for m, p, h in faulty.requests if m == "PATCH"]
+    assert len(patches) == -(-size // CHUNK_SIZE)  # the big blob's, and no other's
+    assert patches[0]["Content-Range"].startswith("0-")
+    assert skopeo_inspect(f"docker://{registry.host}/chunks/dst:1")["Digest"] == \
+        skopeo_inspect(f"docker://{src}")["Digest"]
