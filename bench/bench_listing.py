@@ -35,7 +35,7 @@ def make_store(root: Path, entries: int) -> None:
     with engine.open_store() as store:
         images = ImageStore(store)
         for n in range(entries):
-            diff_id = "sha256:%064x" % n
+            diff_id = f"sha256:{n:064x}"
             # an empty layer under the id a pulled one would have (its ChainID)
             store.create_layer(layer_id=layer_id(diff_id))
             config = canonical_json({

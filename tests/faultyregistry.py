@@ -16,7 +16,9 @@ does to the answers what a test asks, through its attributes:
 
 - ``corrupt_manifests``: one byte of every manifest body changed.
 
-``requests`` records (method, path, headers) of everything the proxy received.
+``requests`` records (method, path, headers) of everything the proxy received. Upload
+``Location`` URLs the registry answers with its own address are rewritten to the proxy's,
+so that every request of an upload passes through it.
 """
 
 from __future__ import annotations
@@ -192,6 +194,9 @@ class FaultyRegistry:
                 continue
             if key.lower() == "www-authenticate" and self.challenge is not None:
                 value = self.challenge
+            if key.lower() == "location" and value.startswith(f"http://{self.upstream}/"):
+                # an upload's next URL: through the proxy too, so that faults reach it
+                value = f"http://{self.host}/" + value[len(f"http://{self.upstream}/"):]
             req.send_header(key, value)
         declared = answer.getheader("Content-Length")
         if method == "HEAD" or declared is None:

@@ -69,9 +69,11 @@ COMMANDS: dict[str, list[str]] = {
     "login": ["login", "-u", "someone", "--password-stdin", "127.0.0.1:1"],
     # nobody logged in to that host (the auth file is under the test's XDG_CONFIG_HOME)
     "logout": ["logout", "127.0.0.1:1"],
+    # a name no image has: refused before any registry is asked
+    "push": ["push", "127.0.0.1:9/nobody/img:1"],
 }
 #: commands that fail in every environment, on purpose (see COMMANDS)
-ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi"}
+ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 

@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command(sub, "pull", "image:cmd_pull", "pull an image from a registry",
             arguments="image:pull_arguments")
+    command(sub, "push", "push:cmd_push", "push an image to a registry",
+            arguments="push:push_arguments")
     command(sub, "images", "image:cmd_images", "list images", formats=True,
             arguments="image:images_arguments")
     command(sub, "tag", "image:cmd_tag", "give an image another name",

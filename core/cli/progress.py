@@ -1,4 +1,4 @@
-"""How a pull shows its progress: bars on a terminal, Docker's plain lines elsewhere.
+"""How a pull or a push shows its progress: bars on a terminal, Docker's plain lines elsewhere.
 
 On a terminal each layer gets a rich progress bar (bytes, speed) that turns into
 its final status; in a pipe or a log every layer's status change is one line,
@@ -16,6 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..images.pull import NoEvents, PullEvents
+
+#: statuses that end a layer's bar full (a pull's, then a push's)
+FINAL = ("Pull complete", "Already exists", "Download complete", "Pushed",
+         "Layer already exists")
 
 
 class PlainLines(NoEvents):
@@ -66,7 +70,7 @@ class Bars(NoEvents):
         fields: dict[str, Any] = {"description": f"{layer}: {status}"}
         if total is not None:
             fields["total"] = total
-        if status in ("Pull complete", "Already exists", "Download complete"):
+        if status in FINAL or status.startswith("Mounted from "):
             current = self.bars.tasks[task].total if task < len(self.bars.tasks) else None
             if current:
                 fields["completed"] = current
