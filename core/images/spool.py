@@ -250,9 +250,15 @@ class SpoolReader:
             while chunk := self.read(CHUNK):
                 parts.append(chunk)
             return b"".join(parts)
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        return bytes(buffer[:n])
+        # pread makes the bytes object itself: no zeroed buffer and no second copy
+        # (the gzip decoder reads 1 MiB at a time this way)
+        end = self._spool._wait_for(self._pos)
+        want = min(size, end - self._pos)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._pos)
+        self._pos += len(data)
+        return data
 
     def close(self) -> None:
         if self._fd >= 0:
