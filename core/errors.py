@@ -355,3 +355,47 @@ class InvalidChange(LaminaError):
         "--change takes one Dockerfile instruction: CMD, ENTRYPOINT, ENV, WORKDIR, USER, "
         "LABEL, EXPOSE or STOPSIGNAL, e.g. --change 'CMD [\"sh\"]'"
     )
+
+
+# -- containers (core/containers/, core/launcher/, core/network/) -----------------------
+
+
+class ContainerError(LaminaError):
+    """A container cannot be created, started, stopped or removed as asked.
+
+    Exit status 125 as Docker's: the engine failed, not the container's command.
+    """
+
+    exit_status = 125
+
+
+class ContainerNotFound(ContainerError):
+    pass
+
+
+class ContainerInUse(ContainerError):
+    """A running container asked to be removed, or a name already taken."""
+
+
+class LaunchError(ContainerError):
+    """The container's process could not be started (namespaces, mounts, exec)."""
+
+
+class CommandNotFound(LaunchError):
+    """The command is not in the container (Docker's 127)."""
+
+    exit_status = 127
+
+
+class CommandNotExecutable(LaunchError):
+    """The command is there but cannot be run: a directory, no permission (Docker's 126)."""
+
+    exit_status = 126
+
+
+class NetworkError(ContainerError):
+    """A container's network could not be set up or torn down."""
+
+
+class CgroupError(ContainerError):
+    """A resource limit could not be applied."""

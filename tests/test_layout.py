@@ -31,7 +31,11 @@ RANKS: dict[str, int] = {
     "plugins": 5,
     "engine": 6,
     "images": 7,
-    "cli": 8,
+    "containers": 8,  # a container's record, spec, users, commit: images plus a layer
+    "network": 8,  # bridge, veths, addresses, NAT: a container's network, not its process
+    "launcher": 9,  # the process in namespaces: uses the container and its network
+    "build": 10,
+    "cli": 11,
 }
 
 

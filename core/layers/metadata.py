@@ -89,6 +89,30 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX image_digests_image ON image_digests(image_id);
     """,
+    # 2 -> 3: containers (core/containers/) and the addresses their networks lease
+    # (core/network/)
+    """
+    ALTER TABLE containers ADD COLUMN name TEXT;
+    ALTER TABLE containers ADD COLUMN spec TEXT NOT NULL DEFAULT '{}';  -- JSON, see ContainerSpec
+    ALTER TABLE containers ADD COLUMN state TEXT NOT NULL DEFAULT 'created'
+        CHECK (state IN ('created', 'running', 'exited', 'removing'));
+    ALTER TABLE containers ADD COLUMN pid INTEGER;        -- of the container's init, while running
+    ALTER TABLE containers ADD COLUMN pid_start INTEGER;  -- its start (/proc/PID/stat field 22)
+    ALTER TABLE containers ADD COLUMN exit_code INTEGER;
+    ALTER TABLE containers ADD COLUMN oom_killed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN started REAL;
+    ALTER TABLE containers ADD COLUMN finished REAL;
+    CREATE UNIQUE INDEX containers_name ON containers(name);
+    CREATE INDEX containers_image ON containers(image);
+    CREATE INDEX containers_layer ON containers(layer);
+    CREATE TABLE network_addresses (
+        network      TEXT NOT NULL,    -- the bridge's name
+        address      TEXT NOT NULL,    -- an IPv4 address in its subnet
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        PRIMARY KEY (network, address),
+        UNIQUE (network, container_id)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""Container networks (none, host, bridge) through netlink (pyroute2) and nftables."""
