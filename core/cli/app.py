@@ -175,6 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
             "remove image layers and blobs no image uses, and dead pulls' leftovers",
             arguments="image:prune_arguments")
 
+    command(sub, "run", "container:cmd_run", "run a command in a new container",
+            arguments="container:run_arguments", add_help=False)
+    command(sub, "create", "container:cmd_create", "create a container, print its id",
+            arguments="container:create_arguments", add_help=False)
+    command(sub, "start", "container:cmd_start", "start stopped containers",
+            arguments="container:start_arguments")
+    command(sub, "ps", "container:cmd_ps", "list containers", formats=True,
+            arguments="container:ps_arguments")
+    command(sub, "stop", "container:cmd_stop", "stop containers (SIGTERM, then SIGKILL)",
+            arguments="container:stop_arguments")
+    command(sub, "kill", "container:cmd_kill", "send a signal to containers",
+            arguments="container:kill_arguments")
+    command(sub, "wait", "container:cmd_wait", "wait for containers to exit, print their codes",
+            arguments="container:wait_arguments")
+    command(sub, "rm", "container:cmd_rm", "remove containers",
+            arguments="container:rm_arguments")
+    command(sub, "logs", "container:cmd_logs", "print a detached container's output",
+            arguments="container:logs_arguments")
+    command(sub, "exec", "container:cmd_exec", "run a command in a running container",
+            arguments="container:exec_arguments")
+    command(sub, "diff", "container:cmd_diff", "list a container's changed paths (A/C/D)",
+            formats=True, arguments="container:diff_arguments")
+    container = sub.add_parser("container", help="manage containers")
+    csub = container.add_subparsers(dest="container_command", metavar="COMMAND", required=True)
+    command(csub, "prune", "container:cmd_container_prune", "remove every stopped container",
+            arguments="container:prune_arguments")
+
     layer = sub.add_parser("layer", help="layer plumbing for driver authors and tests")
     lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND", required=True)
     command(lsub, "create", "layer:cmd_create", "create an empty layer, print its id",

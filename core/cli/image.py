@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import ImageNotFound, LaminaError
 from .output import print_json, print_table, report
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from ..images.platform import Platform
+    from ..images.pull import PullResult
     from ..images.reference import Reference
     from ..images.store import ImageStore
 
@@ -66,38 +68,48 @@ def pull_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
     from ..images.platform import host_platform, parse_platform
+
+    ref = _reference(args.reference, engine)
+    platform = parse_platform(args.platform) if args.platform else host_platform()
+    result = pull_reference(engine, ref, platform=platform,
+                            explicit_platform=args.platform is not None,
+                            quiet=args.quiet, out=sys.stdout)
+    if args.quiet:
+        print(result.image_id)
+    return 0
+
+
+def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
+                   explicit_platform: bool = False, quiet: bool = False,
+                   out: TextIO = sys.stdout) -> PullResult:
+    """Pull ``ref`` with Docker's messages on ``out`` (``run`` sends them to stderr)."""
     from ..images.pull import pull, resolve
     from ..images.registry.client import Registry
     from ..images.store import ImageStore
     from .progress import pull_events
 
-    ref = _reference(args.reference, engine)
-    platform = parse_platform(args.platform) if args.platform else host_platform()
     registry = Registry.from_config(ref.registry, engine.config)
-    out = sys.stdout
-    if not args.quiet:
+    if not quiet:
         if not ref.tag and not ref.digest:
             print("Using default tag: latest", file=out)
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
     # the registry first: a pull that cannot start creates nothing
-    resolved = resolve(registry, ref, platform=platform,
-                       explicit_platform=args.platform is not None)
-    with engine.open_store() as store, pull_events(quiet=args.quiet) as events:
+    resolved = resolve(registry, ref, platform=platform, explicit_platform=explicit_platform)
+    with engine.open_store() as store, pull_events(quiet=quiet, out=out) as events:
         result = pull(
             ImageStore(store), registry, resolved,
             keep_blobs=engine.config.images["keep_blobs"],
             max_downloads=engine.config.images["max_concurrent_downloads"], events=events,
         )
-    if args.quiet:
-        print(result.image_id)
-        return 0
-    print(f"Digest: {result.digest}")
+    if quiet:
+        return result
+    print(f"Digest: {result.digest}", file=out)
     if result.new:
-        print(f"Status: Downloaded newer image for {ref.familiar}")
+        print(f"Status: Downloaded newer image for {ref.familiar}", file=out)
     else:
-        print(f"Status: Image is up to date for {ref.familiar}")
-    print(result.name)
-    return 0
+        print(f"Status: Image is up to date for {ref.familiar}", file=out)
+    print(result.name, file=out)
+    return result
 
 
 # -- images -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TextIO
 
 from ..images.pull import NoEvents, PullEvents
 
@@ -25,22 +25,24 @@ FINAL = ("Pull complete", "Already exists", "Download complete", "Pushed",
 class PlainLines(NoEvents):
     """One line per status change of a layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: TextIO | None = None) -> None:
         self._lock = threading.Lock()
+        self._out = out
 
     def status(self, text: str) -> None:
         with self._lock:
-            print(text, flush=True)
+            print(text, file=self._out or sys.stdout, flush=True)
 
     def layer(self, layer: str, status: str, total: int | None = None) -> None:
         with self._lock:
-            print(f"{layer}: {status}", flush=True)
+            print(f"{layer}: {status}", file=self._out or sys.stdout, flush=True)
 
 
 class Bars(NoEvents):
     """A rich progress bar per layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: TextIO | None = None) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -52,6 +54,7 @@ class Bars(NoEvents):
         self.bars = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
             TransferSpeedColumn(), transient=False,
+            console=Console(file=out) if out is not None else None,
         )
         self._tasks: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -81,13 +84,13 @@ class Bars(NoEvents):
 
 
 @contextlib.contextmanager
-def pull_events(*, quiet: bool) -> Iterator[PullEvents]:
+def pull_events(*, quiet: bool, out: TextIO | None = None) -> Iterator[PullEvents]:
     if quiet:
         yield NoEvents()
         return
-    if not sys.stdout.isatty():
-        yield PlainLines()
+    if not (out or sys.stdout).isatty():
+        yield PlainLines(out)
         return
-    bars = Bars()
+    bars = Bars(out)
     with bars.bars:
         yield bars

@@ -97,7 +97,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE containers ADD COLUMN state TEXT NOT NULL DEFAULT 'created'
         CHECK (state IN ('created', 'running', 'exited', 'removing'));
     ALTER TABLE containers ADD COLUMN pid INTEGER;        -- of the container's init, while running
-    ALTER TABLE containers ADD COLUMN pid_start INTEGER;  -- its start (/proc/PID/stat field 22)
+    ALTER TABLE containers ADD COLUMN process TEXT;   -- its process_identity (boot:pid:start)
     ALTER TABLE containers ADD COLUMN exit_code INTEGER;
     ALTER TABLE containers ADD COLUMN oom_killed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE containers ADD COLUMN started REAL;

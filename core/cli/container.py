@@ -1,0 +1,539 @@
+"""Container commands: ``create``, ``run``, ``start``, ``ps``, ``rm``, ``logs``, ``stop``,
+``kill``, ``wait``, ``exec``, ``diff``, ``container prune``, with Docker's flags and output.
+
+``run`` in the foreground is the container's monitor (core/launcher/monitor.py): its
+exit status is the container's, and the signals it gets reach the container. Every
+command here first records containers whose monitor vanished as exited
+(:func:`~lamina.core.launcher.monitor.reconcile`), so no row says "running" for a
+process that is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ContainerError, ImageNotFound, LaminaError
+from .output import print_json, print_table, report
+
+if TYPE_CHECKING:
+    from ..containers.spec import ContainerSpec
+    from ..containers.store import Container
+    from ..engine import Engine
+    from ..layers.store import Store
+
+
+# -- create and run ------------------------------------------------------------------------
+
+
+def create_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="the container's name (default: a random one)")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="set an environment variable (NAME alone: the host's value)")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="read NAME=VALUE lines from a file")
+    p.add_argument("-w", "--workdir", help="working directory inside the container")
+    p.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] from the container's /etc/passwd")
+    p.add_argument("-h", "--hostname", help="the container's host name")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
+                   help="bind a host path into the container")
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
+                   help="mount a tmpfs at PATH")
+    p.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    p.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
+    p.add_argument("--network", "--net", default="bridge", choices=["bridge", "none", "host"])
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:]HOST:CONTAINER[/PROTO]", help="publish a container's port")
+    p.add_argument("-m", "--memory", help="memory limit (e.g. 64m)")
+    p.add_argument("--pids-limit", type=int, help="most processes at once")
+    p.add_argument("--cpus", type=float, help="CPUs' worth of time (e.g. 0.5)")
+    p.add_argument("--storage-opt", action="append", default=[], metavar="size=N",
+                   help="writable layer options (size=N on drivers with quotas)")
+    p.add_argument("--security-opt", action="append", default=[],
+                   metavar="seccomp=unconfined", help="security options")
+    p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
+                   help="when to pull the image (default: missing)")
+    p.add_argument("--help", action="help", help="show this help message and exit")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+
+
+def run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background and print the container's id")
+    create_arguments(p)
+
+
+def _env(args: argparse.Namespace) -> list[str]:
+    entries: list[str] = []
+    for path in args.env_file:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise ContainerError(f"cannot read env file {path}: {exc.strerror}",
+                                 hint="give a readable file of NAME=VALUE lines") from None
+        entries += [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    entries += args.env
+    out = []
+    for entry in entries:
+        if "=" not in entry:
+            if entry in os.environ:
+                out.append(f"{entry}={os.environ[entry]}")
+            continue  # Docker drops a bare name the host does not have
+        out.append(entry)
+    return out
+
+
+def _resolve_image(engine: Engine, text: str, pull: str) -> str:
+    """The id of the image ``text`` names, pulled first when missing (Docker's habit)."""
+    from ..images.platform import host_platform
+    from ..images.store import ImageStore
+    from .image import _reference, find_image, pull_reference
+
+    if pull != "always":
+        with engine.open_store(readonly=True) as store:
+            try:
+                return find_image(ImageStore(store), text, engine)
+            except ImageNotFound:
+                if pull == "never":
+                    raise
+    ref = _reference(text, engine)
+    if pull != "always":
+        print(f"Unable to find image '{ref.familiar}' locally", file=sys.stderr, flush=True)
+    return pull_reference(engine, ref, platform=host_platform(), out=sys.stderr).image_id
+
+
+def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store) -> ContainerSpec:
+    from ..containers.spec import (
+        ContainerSpec,
+        merge_env,
+        parse_port,
+        parse_size,
+        parse_tmpfs,
+        parse_volume,
+        resolve_argv,
+    )
+    from ..images.store import ImageStore
+
+    config = ImageStore(store).config(image_id).raw.get("config") or {}
+    seccomp = True
+    for opt in args.security_opt:
+        if opt in ("seccomp=unconfined", "seccomp:unconfined"):
+            seccomp = False
+        else:
+            raise ContainerError(f"unsupported --security-opt {opt!r}",
+                                 hint="lamina knows seccomp=unconfined")
+    storage: dict[str, str] = {}
+    for opt in args.storage_opt:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise ContainerError(f"invalid --storage-opt {opt!r}", hint="use size=10G")
+        storage[key] = value
+    if args.network == "host" and args.publish:
+        raise ContainerError("-p cannot be used with --network host",
+                             hint="the container's ports are the host's already")
+    return ContainerSpec(
+        image=image_id, image_name=args.image,
+        argv=resolve_argv(config, args.command, args.entrypoint),
+        env=merge_env(config.get("Env") or [], _env(args)),
+        workdir=args.workdir or config.get("WorkingDir") or "/",
+        user=args.user if args.user is not None else (config.get("User") or ""),
+        hostname=args.hostname or "", tty=args.tty, interactive=args.interactive,
+        read_only=args.read_only, network=args.network,
+        volumes=tuple([*map(parse_volume, args.volume), *map(parse_tmpfs, args.tmpfs)]),
+        ports=tuple(map(parse_port, args.publish)),
+        memory=parse_size(args.memory, "memory limit") if args.memory else None,
+        pids_limit=args.pids_limit, cpus=args.cpus, storage_opts=storage,
+        auto_remove=args.rm, stop_signal=config.get("StopSignal") or "SIGTERM",
+        seccomp=seccomp, labels=dict(config.get("Labels") or {}),
+    )
+
+
+def _create(args: argparse.Namespace, engine: Engine, store: Store) -> Container:
+    from ..containers.store import ContainerStore
+    from ..images.store import ImageStore
+
+    image_id = _resolve_image(engine, args.image, args.pull)
+    spec = _spec(args, engine, image_id, store)
+    top = ImageStore(store).image(image_id).top_layer
+    return ContainerStore(store).create(spec, top, args.name,
+                                        layer_options=spec.storage_opts or None)
+
+
+def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = _create(args, engine, store)
+    print(container.id)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
+    from ..launcher import monitor
+
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = _create(args, engine, store)
+        if args.detach:
+            store.close()
+            monitor.start_detached(engine, container.id)
+            print(container.id)
+            return 0
+        mode = "tty" if args.tty else "inherit"
+        try:
+            code = monitor.run(store, container, monitor.Stdio(mode, args.interactive))
+        except LaminaError:
+            if args.rm:
+                monitor.remove(store, container.id, force=True)
+            raise
+        if args.rm:
+            monitor.remove(store, container.id, force=True)
+    return code
+
+
+def start_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--attach", action="store_true",
+                   help="stay attached: print its output and exit with its status")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach stdin")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def cmd_start(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    if args.attach and len(args.containers) > 1:
+        raise ContainerError("you cannot start and attach several containers at once",
+                             hint="start them without -a, then lamina logs -f each")
+    status = 0
+    for ref in args.containers:
+        try:
+            with engine.open_store() as store:
+                _reconcile(store)
+                container = ContainerStore(store).get(ref)
+                if container.running:
+                    print(ref)
+                    continue
+                if args.attach:
+                    mode = "tty" if container.spec.tty else "inherit"
+                    return monitor.run(store, container,
+                                       monitor.Stdio(mode, args.interactive))
+            monitor.start_detached(engine, container.id)
+            print(ref)
+        except LaminaError as exc:
+            report(exc)
+            status = exc.exit_status
+    return status
+
+
+# -- listing, inspecting ---------------------------------------------------------------------
+
+
+def ps_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="also containers not running")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+
+
+def _status(c: Container, now: float) -> str:
+    from .image import since
+
+    if c.state == "running":
+        return "Up " + since(c.started or now).removesuffix(" ago")
+    if c.state == "exited":
+        return f"Exited ({c.exit_code}) {since(c.finished or now)}"
+    return "Created"
+
+
+def _ports(c: Container) -> str:
+    return ", ".join(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.protocol}"
+                     for p in c.spec.ports)
+
+
+def container_row(c: Container, now: float) -> dict[str, Any]:
+    return {"ID": c.id, "Names": c.name, "Image": c.spec.image_name, "ImageID": c.image,
+            "Command": " ".join(c.spec.argv), "Created": c.created, "State": c.state,
+            "Status": _status(c, now), "ExitCode": c.exit_code, "Pid": c.pid,
+            "Ports": _ports(c)}
+
+
+def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from .image import since
+
+    with engine.open_store() as store:
+        _reconcile(store)
+        found = [c for c in ContainerStore(store).containers() if args.all or c.running]
+    now = time.time()
+    if args.format == "json":
+        print_json([container_row(c, now) for c in found], listing=True)
+        return 0
+    if args.quiet:
+        print("\n".join(c.id if args.no_trunc else c.id[:12] for c in found))
+        return 0
+    table = []
+    for c in found:
+        command = " ".join(c.spec.argv)
+        if not args.no_trunc and len(command) > 20:
+            command = command[:19] + "…"
+        table.append([c.id if args.no_trunc else c.id[:12], c.spec.image_name,
+                      f'"{command}"', since(c.created), _status(c, now), _ports(c), c.name])
+    print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
+                       "NAMES"], table)
+    return 0
+
+
+def inspect_container(c: Container) -> dict[str, Any]:
+    """Docker's ``container inspect`` shape, for the fields lamina has."""
+    from dataclasses import asdict
+
+    spec = c.spec
+    iso = _iso
+    return {
+        "Id": c.id, "Name": "/" + c.name, "Created": iso(c.created), "Image": c.image,
+        "Path": spec.argv[0], "Args": list(spec.argv[1:]),
+        "State": {"Status": c.state, "Running": c.running, "Pid": c.pid or 0,
+                  "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed,
+                  "StartedAt": iso(c.started), "FinishedAt": iso(c.finished)},
+        "Config": {"Image": spec.image_name, "Cmd": list(spec.argv), "Env": list(spec.env),
+                   "WorkingDir": spec.workdir, "User": spec.user,
+                   "Hostname": spec.hostname or c.id[:12], "Tty": spec.tty,
+                   "OpenStdin": spec.interactive, "Labels": dict(spec.labels),
+                   "StopSignal": spec.stop_signal},
+        "HostConfig": {"NetworkMode": spec.network, "ReadonlyRootfs": spec.read_only,
+                       "AutoRemove": spec.auto_remove, "Memory": spec.memory or 0,
+                       "PidsLimit": spec.pids_limit, "NanoCpus": int((spec.cpus or 0) * 1e9),
+                       "StorageOpt": dict(spec.storage_opts),
+                       "Binds": [f"{v.source}:{v.target}{':ro' if v.readonly else ''}"
+                                 for v in spec.volumes if v.kind == "bind"],
+                       "Tmpfs": {v.target: v.options for v in spec.volumes if v.kind == "tmpfs"},
+                       "PortBindings": [asdict(p) for p in spec.ports]},
+        "GraphDriver": {"Layer": c.layer},
+    }
+
+
+def _iso(stamp: float | None) -> str:
+    from datetime import UTC, datetime
+
+    if stamp is None:
+        return "0001-01-01T00:00:00Z"
+    return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- stopping and removing ----------------------------------------------------------------
+
+
+def rm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _each(args: argparse.Namespace, engine: Engine, action: Any) -> int:
+    """Run ``action(store, ref)`` for each container named; report failures, go on."""
+    status = 0
+    with engine.open_store() as store:
+        _reconcile(store)
+        for ref in args.containers:
+            try:
+                action(store, ref)
+            except LaminaError as exc:
+                report(exc)
+                status = 1
+    return status
+
+
+def cmd_rm(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    def remove(store: Store, ref: str) -> None:
+        monitor.remove(store, ContainerStore(store).get(ref).id, force=args.force)
+        print(ref)
+
+    return _each(args, engine, remove)
+
+
+def stop_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", type=float, default=10,
+                   help="seconds to wait before killing it (default 10)")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def cmd_stop(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    def stop(store: Store, ref: str) -> None:
+        monitor.stop(store, ContainerStore(store).get(ref).id, args.time)
+        print(ref)
+
+    return _each(args, engine, stop)
+
+
+def kill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def parse_signal(text: str) -> int:
+    name = text.upper()
+    if name.isdigit() and 0 < int(name) < signal.NSIG:
+        return int(name)
+    name = name if name.startswith("SIG") else "SIG" + name
+    sig = getattr(signal, name, None)
+    if not isinstance(sig, signal.Signals):
+        raise ContainerError(f"invalid signal {text!r}", hint="use a name such as TERM or HUP")
+    return int(sig)
+
+
+def cmd_kill(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    sig = parse_signal(args.signal)
+
+    def kill(store: Store, ref: str) -> None:
+        monitor.signal_container(ContainerStore(store).get(ref), sig)
+        print(ref)
+
+    return _each(args, engine, kill)
+
+
+def wait_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def cmd_wait(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    def wait(store: Store, ref: str) -> None:
+        done = monitor.wait_exited(store, ContainerStore(store).get(ref).id, None)
+        assert done is not None
+        print(done.exit_code)
+
+    return _each(args, engine, wait)
+
+
+def logs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher.monitor import log_path
+
+    with engine.open_store() as store:
+        _reconcile(store)
+        containers = ContainerStore(store)
+        container = containers.get(args.container)
+        path = log_path(containers, container.id)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - read while the container writes
+        except FileNotFoundError:
+            return 0  # nothing written yet, or a foreground run: its output went to the terminal
+        with f:
+            out = sys.stdout.buffer
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                    continue
+                if not args.follow or not containers.get(container.id).running:
+                    if args.follow:
+                        out.write(f.read())
+                        out.flush()
+                    return 0
+                time.sleep(0.1)
+
+
+def prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+
+
+def cmd_container_prune(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    removed = []
+    with engine.open_store() as store:
+        _reconcile(store)
+        for c in ContainerStore(store).containers():
+            if not c.running:
+                monitor.remove(store, c.id)
+                removed.append(c.id)
+    if removed:
+        print("Deleted Containers:")
+        print("\n".join(removed))
+    print(f"\nTotal reclaimed containers: {len(removed)}")
+    return 0
+
+
+# -- exec, diff ----------------------------------------------------------------------------
+
+
+def exec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE")
+    p.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] (default: the container's)")
+    p.add_argument("-w", "--workdir", help="working directory (default: the container's)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+
+
+def cmd_exec(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.spec import merge_env
+    from ..containers.store import ContainerStore
+    from ..launcher import execute
+
+    if not args.command:
+        raise ContainerError("no command given", hint="lamina exec CONTAINER COMMAND [ARG...]")
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = ContainerStore(store).get(args.container)
+    if not container.running or container.pid is None:
+        raise ContainerError(f"container {container.name} is not running",
+                             hint=f"start it first: lamina start {container.name}")
+    spec = container.spec
+    return execute.exec_in(
+        container, args.command, env=merge_env(spec.env, _env(args)),
+        user=args.user if args.user is not None else spec.user,
+        workdir=args.workdir or spec.workdir, tty=args.tty, interactive=args.interactive)
+
+
+def diff_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def cmd_diff(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+
+    with engine.open_store() as store:
+        container = ContainerStore(store).get(args.container)
+        # the root's own times change with any change below it: Docker does not list it
+        changes = [c for c in store.changes(container.layer) if c.path not in ("", ".")]
+    rows = [{"Path": "/" + c.path, "Kind": c.kind.value} for c in changes]
+    if args.format == "json":
+        print_json(rows, listing=True)
+        return 0
+    for c in changes:
+        print(f"{c.kind.value} /{c.path}")
+    return 0
+
+
+def _reconcile(store: Store) -> None:
+    from ..launcher.monitor import reconcile
+
+    reconcile(store)

@@ -1,0 +1,177 @@
+"""What a container runs and how: the image's defaults merged with ``run``'s options.
+
+A :class:`ContainerSpec` is fixed when the container is created and stored as JSON in
+its record, so ``start`` runs the same thing again whatever happened to the image's
+names since. The merge follows Docker's rules: ``--entrypoint`` replaces the image's
+entrypoint *and* drops its command; arguments after the image replace the command;
+``-e`` adds to and overrides the image's environment; ``-w`` and ``-u`` override.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ContainerError
+
+#: PATH a container gets when neither the image nor ``-e`` sets one (Docker's)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NETWORK_MODES = ("bridge", "none", "host")
+_ENV_NAME = re.compile(r"[^=\x00]+")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A host path (``bind``) or a fresh tmpfs (``tmpfs``) at ``target`` in the container."""
+
+    kind: str
+    target: str
+    source: str = ""
+    readonly: bool = False
+    options: str = ""
+
+
+@dataclass(frozen=True)
+class Port:
+    """``-p [IP:]HOST:CONTAINER[/PROTO]``."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str  # the image id (config digest)
+    image_name: str  # what the user called it, for `ps`
+    argv: tuple[str, ...]  # entrypoint + command, as run
+    env: tuple[str, ...]
+    workdir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    tty: bool = False
+    interactive: bool = False
+    read_only: bool = False
+    network: str = "bridge"
+    volumes: tuple[Volume, ...] = ()
+    ports: tuple[Port, ...] = ()
+    memory: int | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+    storage_opts: Mapping[str, str] = field(default_factory=dict)
+    auto_remove: bool = False
+    stop_signal: str = "SIGTERM"
+    seccomp: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ContainerSpec:
+        data: dict[str, Any] = json.loads(text)
+        data["argv"] = tuple(data["argv"])
+        data["env"] = tuple(data["env"])
+        data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+        data["ports"] = tuple(Port(**p) for p in data.get("ports", ()))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def merge_env(image_env: Sequence[str], overrides: Sequence[str]) -> tuple[str, ...]:
+    """The image's ``NAME=value`` list with ``overrides`` applied in order; PATH ensured."""
+    merged: dict[str, str] = {}
+    for entry in [*image_env, *overrides]:
+        name, sep, value = entry.partition("=")
+        if not _ENV_NAME.fullmatch(name) or not sep:
+            raise ContainerError(
+                f"invalid environment variable {entry!r}",
+                hint="give NAME=VALUE (or NAME alone to pass the host's value)",
+            )
+        merged[name] = value
+    merged.setdefault("PATH", DEFAULT_PATH)
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def resolve_argv(
+    config: Mapping[str, Any], command: Sequence[str], entrypoint: str | None
+) -> tuple[str, ...]:
+    """Docker's rule: entrypoint + (command or the image's Cmd, unless --entrypoint was given)."""
+    if entrypoint is not None:
+        base = [entrypoint] if entrypoint else []
+        argv = [*base, *command]
+    else:
+        base = list(config.get("Entrypoint") or [])
+        argv = [*base, *(command or (config.get("Cmd") or []))]
+    if not argv:
+        raise ContainerError(
+            "no command given and the image has neither Entrypoint nor Cmd",
+            hint="give the command after the image: lamina run IMAGE COMMAND [ARG...]",
+        )
+    return tuple(argv)
+
+
+def parse_volume(text: str) -> Volume:
+    """``-v SRC:DST[:ro|rw]`` (SRC an absolute host path)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ContainerError(f"invalid volume {text!r}",
+                             hint="use -v /host/path:/container/path[:ro]")
+    source, target = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise ContainerError(f"invalid volume mode {mode!r} in {text!r}", hint="use ro or rw")
+    if not source.startswith("/"):
+        raise ContainerError(
+            f"volume source {source!r} is not an absolute path",
+            hint="named volumes are not supported; give a host directory as /path",
+        )
+    if not target.startswith("/"):
+        raise ContainerError(f"volume target {target!r} is not an absolute path",
+                             hint="give the path inside the container as /path")
+    return Volume("bind", target, source, readonly=mode == "ro")
+
+
+def parse_tmpfs(text: str) -> Volume:
+    """``--tmpfs /path[:options]``."""
+    target, _, options = text.partition(":")
+    if not target.startswith("/"):
+        raise ContainerError(f"tmpfs target {target!r} is not an absolute path",
+                             hint="use --tmpfs /path[:size=64m,mode=1777]")
+    return Volume("tmpfs", target, options=options)
+
+
+def parse_port(text: str) -> Port:
+    """``-p [IP:]HOST:CONTAINER[/tcp|udp]``."""
+    spec, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    parts = spec.rsplit(":", 2)
+    try:
+        if proto not in ("tcp", "udp") or len(parts) < 2:
+            raise ValueError
+        host_ip = parts[0] if len(parts) == 3 else ""
+        host_port, container_port = int(parts[-2]), int(parts[-1])
+        if not (0 < host_port < 65536 and 0 < container_port < 65536):
+            raise ValueError
+    except ValueError:
+        raise ContainerError(
+            f"invalid port mapping {text!r}",
+            hint="use -p HOST_PORT:CONTAINER_PORT[/tcp|udp] or -p IP:HOST_PORT:CONTAINER_PORT",
+        ) from None
+    return Port(host_port, container_port, proto, host_ip)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)b?", re.IGNORECASE)
+
+
+def parse_size(text: str, what: str) -> int:
+    """``512m``, ``1g``, ``1048576`` -> bytes (Docker's binary units)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ContainerError(f"invalid {what} {text!r}", hint="give a size such as 64m or 1g")
+    unit = {"": 0, "b": 0, "k": 1, "m": 2, "g": 3, "t": 4}[match.group(2).lower()]
+    return int(float(match.group(1)) * 1024**unit)

@@ -1,0 +1,239 @@
+"""The container store: each container's record, writable layer and files.
+
+It shares the layer store's database (the ``containers`` table) and lock. A
+container is one row plus one writable layer whose parent is its image's top layer,
+plus a directory ``<root>/containers/<id>/`` with what its runs produce (the log,
+the ``hosts``, ``hostname`` and ``resolv.conf`` files it sees).
+
+Contracts:
+- :meth:`create` makes the layers first (an init layer with the launcher's mount
+  points on the image's top layer, the writable layer on it) and the row second; a
+  failure in between removes the layers again.
+- State moves ``created -> running -> exited -> running ...``; only the process that
+  started a run (its monitor) records its end. A row says ``running`` while its
+  process lives: :meth:`stale` finds the rows whose process is gone (a monitor killed
+  with SIGKILL takes its container with it) so the next command can clean up.
+- :meth:`remove` refuses a running container; the row goes before the layer (a crash
+  in between leaves a writable layer that ``lamina layer rm`` removes).
+- Any unique prefix of an id (at least one hex digit) or the exact name finds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import secrets
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ContainerError, ContainerInUse, ContainerNotFound, LayerNotFound
+from ..host.locks import is_alive
+from ..layers import metadata
+from ..layers.store import Store
+from .spec import ContainerSpec
+
+_ADJECTIVES = (
+    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+    "nifty", "proud", "quirky", "sharp", "swift", "tender", "upbeat", "vivid", "witty", "zealous",
+)
+_NAMES = (
+    "babbage", "curie", "darwin", "euler", "fermat", "galois", "hopper", "kepler", "lovelace",
+    "meitner", "noether", "pascal", "ritchie", "shannon", "thompson", "turing", "volta", "wozniak",
+)
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    image: str
+    layer: str
+    created: float
+    spec: ContainerSpec
+    state: str
+    pid: int | None
+    process: str | None
+    exit_code: int | None
+    oom_killed: bool
+    started: float | None
+    finished: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Container:
+        return cls(row["id"], row["name"], row["image"], row["layer"], row["created"],
+                   ContainerSpec.from_json(row["spec"]), row["state"], row["pid"],
+                   row["process"], row["exit_code"], bool(row["oom_killed"]), row["started"],
+                   row["finished"])
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+class ContainerStore:
+    """Containers over one layer store (same root, database and lock)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self.store.db
+
+    def directory(self, container_id: str) -> Path:
+        """Where a container's log and generated /etc files live."""
+        return self.store.root / "containers" / container_id
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        """The container with this name, id, or unique id prefix."""
+        row = self._db.execute("SELECT * FROM containers WHERE name = ? OR id = ?",
+                               (ref, ref)).fetchone()
+        if row is None and ref and all(c in "0123456789abcdef" for c in ref):
+            rows = self._db.execute(
+                "SELECT * FROM containers WHERE id >= ? AND id < ? LIMIT 2",
+                (ref, ref + "\uffff")).fetchall()
+            if len(rows) > 1:
+                raise ContainerError(f"container id prefix {ref!r} is ambiguous",
+                                     hint="give more digits of the id, or the name")
+            row = rows[0] if rows else None
+        if row is None:
+            raise ContainerNotFound(f"no such container: {ref}",
+                                    hint="list containers with `lamina ps -a`")
+        return Container.from_row(row)
+
+    def containers(self) -> list[Container]:
+        """Every container, newest first."""
+        return [Container.from_row(r) for r in self._db.execute(
+            "SELECT * FROM containers WHERE spec != '{}' ORDER BY created DESC, id")]
+
+    def stale(self) -> list[Container]:
+        """Containers recorded as running whose process is gone."""
+        return [c for c in self.containers()
+                if c.running and not (c.process and is_alive(c.process))]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec, top_layer: str | None, name: str | None = None,
+               *, layer_options: dict[str, str] | None = None) -> Container:
+        """Record a container of ``spec`` with a new writable layer on ``top_layer``."""
+        if name is not None:
+            _check_name(name)
+            if self._db.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
+                raise ContainerInUse(f"the container name {name!r} is already in use",
+                                     hint="remove that container (lamina rm) or choose "
+                                     "another --name")
+        container_id = secrets.token_hex(32)
+        init = self.store.apply_layer(io.BytesIO(_init_tar()), top_layer,
+                                      layer_id=init_layer_id(container_id))
+        try:
+            if layer_options:
+                layer = self.store.create_layer(init.id, writable=True, layer_id=container_id,
+                                                options=layer_options)  # type: ignore[call-arg]
+            else:
+                layer = self.store.create_layer(init.id, writable=True, layer_id=container_id)
+        except BaseException:
+            self.store.remove_layer(init.id)
+            raise
+        try:
+            with self.store.lock, metadata.transaction(self._db):
+                if name is None:
+                    name = self._free_name()
+                self._db.execute(
+                    "INSERT INTO containers (id, image, layer, created, name, spec, state)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'created')",
+                    (container_id, spec.image, layer.id, time.time(), name, spec.to_json()))
+        except sqlite3.IntegrityError:
+            self._remove_layers(layer.id)
+            raise ContainerInUse(f"the container name {name!r} is already in use",
+                                 hint="choose another --name") from None
+        except BaseException:
+            self._remove_layers(layer.id)
+            raise
+        self.directory(container_id).mkdir(parents=True, mode=0o700, exist_ok=True)
+        return self.get(container_id)
+
+    def _free_name(self) -> str:
+        taken = {r[0] for r in self._db.execute("SELECT name FROM containers")}
+        for _ in range(100):
+            name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
+            if name not in taken:
+                return name
+        return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}_{secrets.token_hex(3)}"
+
+    def mark_running(self, container_id: str, pid: int, process: str) -> None:
+        self._update(container_id, state="running", pid=pid, process=process,
+                     started=time.time(), exit_code=None, oom_killed=0, finished=None)
+
+    def mark_exited(self, container_id: str, exit_code: int, *, oom_killed: bool = False) -> None:
+        self._update(container_id, state="exited", pid=None, process=None, exit_code=exit_code,
+                     oom_killed=int(oom_killed), finished=time.time())
+
+    def _update(self, container_id: str, **values: object) -> None:
+        columns = ", ".join(f"{k} = ?" for k in values)
+        with self.store.lock, metadata.transaction(self._db):
+            self._db.execute(f"UPDATE containers SET {columns} WHERE id = ?",
+                             (*values.values(), container_id))
+
+    def remove(self, container_id: str) -> None:
+        """Forget a container that is not running and remove its layer and files."""
+        container = self.get(container_id)
+        if container.running and container.process and is_alive(container.process):
+            raise ContainerInUse(
+                f"container {container.name} is running",
+                hint=f"stop it first (lamina stop {container.name}) or force with rm -f")
+        with self.store.lock, metadata.transaction(self._db):
+            self._db.execute("DELETE FROM containers WHERE id = ?", (container.id,))
+        self._remove_layers(container.layer)
+        shutil.rmtree(self.directory(container.id), ignore_errors=True)
+
+    def _remove_layers(self, layer_id: str) -> None:
+        """The container's writable layer, then its init layer."""
+        for layer in (layer_id, init_layer_id(layer_id)):
+            with contextlib.suppress(LayerNotFound):
+                self.store.remove_layer(layer)
+
+
+def init_layer_id(container_id: str) -> str:
+    """The id of the layer between a container's image and its writable layer."""
+    return hashlib.sha256(f"{container_id}-init".encode()).hexdigest()
+
+
+def _init_tar() -> bytes:
+    """The init layer: the mount points the launcher needs, as Docker's ``-init`` layer.
+
+    Made once per container, under its writable layer, so that ``diff`` and ``commit``
+    do not see the empty /etc/hosts the launcher binds a file onto, and so that an
+    image whose /dev, /proc or /sys is a symlink gets a plain directory there instead.
+    """
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in INIT_DIRECTORIES:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for name in INIT_FILES:
+            info = tarfile.TarInfo(name)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(b""))
+    return out.getvalue()
+
+
+INIT_DIRECTORIES = ("dev", "dev/pts", "dev/shm", "proc", "sys", "etc")
+INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", name):
+        raise ContainerError(f"invalid container name {name!r}",
+                             hint="names are [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 characters")
+

@@ -1,0 +1,54 @@
+"""``exec``: another process in a running container's namespaces, cgroup and limits.
+
+The process joins the container's namespaces (see :mod:`.process`), gets the same
+hardening as the container's first process and its own user and working directory.
+It is a child of this command, not of the container's monitor: its exit status is
+this command's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Sequence
+
+from ..containers.store import Container
+from ..errors import LaminaError
+from . import monitor, process, terminal
+
+
+def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], user: str,
+            workdir: str, tty: bool, interactive: bool) -> int:
+    """Run ``argv`` in ``container``; its exit code (128+N for signal N)."""
+    assert container.pid is not None
+    master = devnull = -1
+    tty_parent = tty_child = None
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        if tty:
+            tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        launch = process.Launch(
+            argv=argv, env=env, join_pid=container.pid, workdir=workdir, user=user,
+            network=container.spec.network, stdio=(0 if interactive else devnull, 1, 2),
+            tty=tty_child, seccomp=container.spec.seccomp)
+        child = process.spawn(launch)
+        if tty_child is not None:
+            tty_child.close()
+        try:
+            child.release()
+        except LaminaError:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+            raise
+        if tty_parent is not None:
+            master = terminal.receive_master(tty_parent)
+        stdio = monitor.Stdio("tty" if tty else "inherit", interactive)
+        return monitor.supervise(child.pid, stdio, master, -1)
+    finally:
+        for fd in (master, devnull):
+            if fd >= 0:
+                os.close(fd)
+        for sock in (tty_parent, tty_child):
+            if sock is not None:
+                sock.close()

@@ -1,0 +1,337 @@
+"""One run of a container, from its mount to its exit code: the monitor.
+
+The process that starts a container stays with it as its monitor (``lamina run`` in
+the foreground is that process; ``-d`` and ``start`` fork one that outlives the
+command). The monitor mounts the writable layer, clones the container's process,
+places it in its cgroup and network while it waits, records it running, releases it,
+forwards signals, waits, and on exit records the code and tears everything down.
+
+The container's process dies with its monitor (``PR_SET_PDEATHSIG``), so a row that
+says ``running`` while its process is gone means the monitor was killed: any later
+command finds it with :func:`reconcile`, records it exited (255) and frees what the
+run held. What the monitor held in the store (the layer's mount reference) the
+store's own recovery releases when it sees the holder dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..containers.store import Container, ContainerStore
+from ..engine import Engine
+from ..errors import ContainerError, LaminaError
+from ..host.locks import process_identity
+from ..layers.store import Store
+from . import process, terminal
+
+#: exit code recorded for a container whose monitor vanished
+LOST_EXIT_CODE = 255
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """How the container's standard streams are connected.
+
+    ``inherit``: this process's own (``run`` in the foreground, no pty); ``tty``: a pty
+    relayed to this process's terminal; ``log``: the container's log file (detached).
+    """
+
+    mode: str = "inherit"
+    interactive: bool = False
+
+
+def log_path(containers: ContainerStore, container_id: str) -> str:
+    return str(containers.directory(container_id) / "container.log")
+
+
+def _etc_files(containers: ContainerStore, container: Container) -> list[tuple[str, str]]:
+    spec = container.spec
+    directory = containers.directory(container.id)
+    directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+    hostname = spec.hostname or container.id[:12]
+    files = {
+        "hostname": f"{hostname}\n",
+        "hosts": (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                  f"127.0.1.1\t{hostname}\n"),
+        "resolv.conf": _resolv_conf(),
+    }
+    out = []
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
+        out.append((str(path), f"/etc/{name}"))
+    return out
+
+
+def _resolv_conf() -> str:
+    try:
+        with open("/etc/resolv.conf") as f:
+            text = f.read(65536)
+    except OSError:
+        text = ""
+    lines = [line for line in text.splitlines()
+             if not line.strip().startswith("nameserver 127.")]
+    if not any(line.strip().startswith("nameserver") for line in lines):
+        lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
+    return "\n".join(lines) + "\n"
+
+
+def run(store: Store, container: Container, stdio: Stdio,
+        started: Callable[[], None] | None = None) -> int:
+    """Run ``container`` to its end; return its exit code (128+N for signal N)."""
+    containers = ContainerStore(store)
+    spec = container.spec
+    holder = store.process_holder
+    rootfs = store.mount(container.layer, holder=holder)
+    master = log_fd = devnull = -1
+    child = None
+    tty_parent = tty_child = None
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        stdin = 0 if stdio.interactive else devnull
+        io = (stdin, 1, 2)
+        if stdio.mode == "log":
+            log_fd = os.open(log_path(containers, container.id),
+                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            io = (devnull, log_fd, log_fd)
+        if spec.tty:
+            tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        launch = process.Launch(
+            argv=spec.argv, env=spec.env, rootfs=str(rootfs), workdir=spec.workdir,
+            user=spec.user, hostname=spec.hostname or container.id[:12], network=spec.network,
+            volumes=spec.volumes, files=_etc_files(containers, container),
+            read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp)
+        child = process.spawn(launch)
+        if tty_child is not None:
+            tty_child.close()
+        containers.mark_running(container.id, child.pid, process_identity(child.pid))
+        try:
+            child.release()
+        except LaminaError:
+            code = _wait(child.pid)
+            child = None
+            containers.mark_exited(container.id, code)
+            raise
+        if tty_parent is not None:
+            master = terminal.receive_master(tty_parent)
+        if started is not None:
+            started()
+        code = supervise(child.pid, stdio, master, log_fd)
+        child = None
+        containers.mark_exited(container.id, code)
+        return code
+    except BaseException:
+        if child is not None:
+            child.abandon()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+        with contextlib.suppress(LaminaError):
+            if containers.get(container.id).running:
+                containers.mark_exited(container.id, LOST_EXIT_CODE)
+        raise
+    finally:
+        for fd in (master, log_fd, devnull):
+            if fd >= 0:
+                os.close(fd)
+        for sock in (tty_parent, tty_child):
+            if sock is not None:
+                sock.close()
+        _teardown(store, container, holder)
+
+
+def _teardown(store: Store, container: Container, holder: str) -> None:
+    with contextlib.suppress(LaminaError):
+        store.unmount(container.layer, holder=holder)
+
+
+def _wait(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return _exit_code(status)
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def supervise(pid: int, stdio: Stdio, master: int, log_fd: int) -> int:
+    """Forward signals to ``pid`` and relay its pty until it exits; its exit code."""
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        if master >= 0:
+            status: list[int] = []
+
+            def done() -> bool:
+                if not status:
+                    waited, st = os.waitpid(pid, os.WNOHANG)
+                    if waited:
+                        status.append(st)
+                return bool(status)
+
+            out = log_fd if stdio.mode == "log" else 1
+            stdin = 0 if stdio.interactive and stdio.mode == "tty" else None
+            with terminal.raw_terminal(0) if stdin is not None else contextlib.nullcontext():
+                terminal.relay(master, stdin=stdin, stdout=out, done=done)
+            if status:
+                return _exit_code(status[0])
+        return _wait(pid)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- detached runs ----------------------------------------------------------------------
+
+
+def start_detached(engine: Engine, container_id: str) -> None:
+    """Fork a monitor for the container and return once its process has started.
+
+    The monitor opens its own store (a database connection must not cross a fork),
+    leaves this process's session and runs the container with its output in the log.
+    A failure to start is raised here, as it would be in the foreground.
+    """
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        _monitor_main(engine, container_id, ready_w)
+    os.close(ready_w)
+    data = b""
+    while chunk := os.read(ready_r, 65536):
+        data += chunk
+    os.close(ready_r)
+    if data == b"ok":
+        return
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    if not data:
+        raise ContainerError("the container's monitor died before the container started",
+                             hint="rerun with --debug")
+    info = json.loads(data)
+    error = process._failure(json.dumps(info).encode())
+    raise error
+
+
+def _monitor_main(engine: Engine, container_id: str, ready_w: int) -> None:
+    code = 1
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+
+        def started() -> None:
+            os.write(ready_w, b"ok")
+            os.close(ready_w)
+
+        with engine.open_store() as store:
+            container = ContainerStore(store).get(container_id)
+            stdio = Stdio("log", interactive=False)
+            code = run(store, container, stdio, started)
+            if container.spec.auto_remove:
+                remove(store, container.id)
+    except LaminaError as exc:
+        with contextlib.suppress(OSError):
+            kind = {127: "not_found", 126: "not_executable"}.get(exc.exit_status, "setup")
+            os.write(ready_w, json.dumps({"kind": kind, "message": str(exc),
+                                          "hint": exc.hint}).encode())
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(ready_w, json.dumps({"kind": "setup", "message": f"monitor failed: {exc}",
+                                          "hint": "rerun with --debug"}).encode())
+    finally:
+        os._exit(code & 0xFF)
+
+
+# -- other commands' part -------------------------------------------------------------
+
+
+def reconcile(store: Store) -> list[str]:
+    """Record containers whose monitor vanished as exited and free what they held."""
+    containers = ContainerStore(store)
+    done = []
+    for container in containers.stale():
+        containers.mark_exited(container.id, LOST_EXIT_CODE)
+        done.append(container.id)
+    return done
+
+
+def signal_container(container: Container, sig: int) -> None:
+    if not container.running or container.pid is None:
+        raise ContainerError(f"container {container.name} is not running",
+                             hint=f"start it first: lamina start {container.name}")
+    try:
+        os.kill(container.pid, sig)
+    except ProcessLookupError:
+        raise ContainerError(f"container {container.name} is not running",
+                             hint="it exited a moment ago") from None
+
+
+def wait_exited(store: Store, container_id: str, timeout: float | None) -> Container | None:
+    """Poll the record until the container is not running; None on timeout."""
+    containers = ContainerStore(store)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        container = containers.get(container_id)
+        if not container.running:
+            return container
+        if container.process and not _alive(container):
+            reconcile(store)
+            return containers.get(container_id)
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _alive(container: Container) -> bool:
+    from ..host.locks import is_alive
+
+    return bool(container.process) and is_alive(container.process)  # type: ignore[arg-type]
+
+
+def stop(store: Store, container_id: str, timeout: float) -> Container:
+    """SIGTERM (the image's stop signal), then SIGKILL after ``timeout`` seconds."""
+    containers = ContainerStore(store)
+    container = containers.get(container_id)
+    if not container.running:
+        return container
+    sig = getattr(signal, container.spec.stop_signal, signal.SIGTERM)
+    with contextlib.suppress(ContainerError):
+        signal_container(container, sig)
+    done = wait_exited(store, container_id, timeout)
+    if done is None:
+        with contextlib.suppress(ContainerError):
+            signal_container(containers.get(container_id), signal.SIGKILL)
+        done = wait_exited(store, container_id, 10)
+    if done is None:
+        raise ContainerError(f"container {container.name} did not stop",
+                             hint="its monitor may be stuck; try lamina kill")
+    return done
+
+
+def remove(store: Store, container_id: str, *, force: bool = False) -> None:
+    """Remove a container; with ``force`` a running one is killed first."""
+    containers = ContainerStore(store)
+    container = containers.get(container_id)
+    if container.running and force:
+        with contextlib.suppress(ContainerError):
+            signal_container(container, signal.SIGKILL)
+        wait_exited(store, container.id, 10)
+    containers.remove(container.id)

@@ -1,0 +1,293 @@
+"""Starting the container's process: new namespaces (or a running container's, for exec),
+the root, the user, the hardening, then exec.
+
+The parent and the child talk over two pipes. The child waits on *go* until the parent
+has put it in its cgroup and connected its network (both need its pid); the parent
+then reads *errors* until EOF: the pipe is close-on-exec, so EOF with nothing read
+means the exec succeeded, and anything read is the child's failure as JSON (message,
+hint, exit status: Docker's 127 for a missing command, 126 for one that cannot run).
+
+Everything the child runs after ``pivot_root`` is imported before it: a module
+imported later would be looked up inside the container's root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import termios
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..containers.spec import Volume
+from ..containers.users import User, resolve_user
+from ..errors import CommandNotExecutable, CommandNotFound, LaminaError, LaunchError
+from . import rootfs, syscalls, terminal
+
+#: namespaces a container gets (cgroup's is entered after the cgroup is joined)
+NEW_NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWUTS
+                  | syscalls.CLONE_NEWIPC)
+#: the order a process joins a running container's namespaces in (mnt last: after it,
+#: /proc/PID of the host is out of sight)
+JOIN_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+@dataclass
+class Launch:
+    """Everything the child needs, decided by the parent before the clone."""
+
+    argv: Sequence[str]
+    env: Sequence[str]
+    rootfs: str = ""  # empty: join ``join_pid``'s namespaces instead (exec)
+    join_pid: int | None = None
+    workdir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    network: str = "bridge"
+    volumes: Sequence[Volume] = ()
+    files: Sequence[tuple[str, str]] = ()  # (host file, container path) bound in
+    read_only: bool = False
+    stdio: tuple[int, int, int] = (0, 1, 2)
+    tty: socket.socket | None = None  # -t: where to send the master of the pty made inside
+    capabilities: frozenset[int] | None = None  # None: Docker's default set
+    seccomp: bool = True
+    keep_fds: Sequence[int] = field(default_factory=tuple)
+
+
+@dataclass
+class Child:
+    pid: int
+    _go: int
+    _errors: int
+
+    def release(self) -> None:
+        """Let the child go on to exec, then wait for the outcome; raise its failure."""
+        try:
+            os.write(self._go, b"1")
+        except BrokenPipeError:
+            pass  # it died already: the errors pipe says why
+        finally:
+            os.close(self._go)
+        data = b""
+        while chunk := _read_retry(self._errors):
+            data += chunk
+        os.close(self._errors)
+        if data:
+            raise _failure(data)
+
+    def abandon(self) -> None:
+        """Kill the child before it ran anything (a setup step of the parent failed)."""
+        os.close(self._go)
+        os.close(self._errors)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _read_retry(fd: int) -> bytes:
+    while True:
+        try:
+            return os.read(fd, 65536)
+        except InterruptedError:
+            continue
+
+
+def _failure(data: bytes) -> LaminaError:
+    try:
+        info = json.loads(data)
+        kind = {"not_found": CommandNotFound, "not_executable": CommandNotExecutable}.get(
+            info.get("kind"), LaunchError)
+        return kind(info["message"], hint=info.get("hint"))
+    except (ValueError, KeyError, TypeError):
+        return LaunchError(f"the container's process failed to start: {data[:200]!r}")
+
+
+def spawn(launch: Launch) -> Child:
+    """Clone the child (new namespaces, or none for a join) and stop it before its setup."""
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    flags = 0
+    if launch.join_pid is None:
+        flags = NEW_NAMESPACES | (syscalls.CLONE_NEWNET if launch.network != "host" else 0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if launch.join_pid is not None:
+        # a pid namespace applies to the children of the process that enters it: this
+        # process enters it (nothing else it does needs pids) and forks the child there
+        _enter_pid_namespace(launch.join_pid)
+    pid = syscalls.clone(flags) if flags else os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.close(err_r)
+        _child(launch, go_r, err_w)  # never returns
+    os.close(go_r)
+    os.close(err_w)
+    return Child(pid, go_w, err_r)
+
+
+def _report(err_w: int, kind: str, message: str, hint: str | None, status: int) -> None:
+    try:
+        os.write(err_w, json.dumps({"kind": kind, "message": message, "hint": hint}).encode())
+    finally:
+        os._exit(status)
+
+
+def _child(launch: Launch, go_r: int, err_w: int) -> None:
+    """The container's process until exec. Any failure goes to ``err_w``; never returns."""
+    try:
+        syscalls.die_with_parent()
+        if os.read(go_r, 1) != b"1":
+            os._exit(1)  # the parent gave up
+        os.close(go_r)
+        if launch.join_pid is not None:
+            _join(launch.join_pid)
+        elif syscalls.has_namespace("cgroup"):
+            syscalls.unshare(syscalls.CLONE_NEWCGROUP)  # after the parent placed us
+        if launch.join_pid is None:
+            rootfs.enter(launch.rootfs, volumes=launch.volumes, files=launch.files,
+                         read_only=launch.read_only, mount_sys=launch.network != "host")
+        _stdio(launch)
+        if launch.join_pid is None:
+            if launch.hostname:
+                socket.sethostname(launch.hostname)
+            if launch.network != "host":
+                _loopback_up()
+        user = resolve_user(launch.user)
+        _workdir(launch.workdir, user.home)
+        _become(user, launch)
+        env = list(launch.env)
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
+        _reset_signals()
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, _max_fd())
+        if launch.seccomp:
+            _seccomp(launch)
+        _exec(launch.argv, env, err_w)
+    except LaminaError as exc:
+        _report(err_w, "setup", str(exc), exc.hint, exc.exit_status)
+    except BaseException as exc:
+        _report(err_w, "setup", f"container setup failed: {exc}", None, 125)
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        return 65536
+
+
+def _namespace_fd(pid: int, kind: str) -> int | None:
+    try:
+        return os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if kind == "cgroup":
+            return None  # a kernel without cgroup namespaces
+        raise LaunchError(f"the container's process {pid} is gone",
+                          hint="it stopped while this command started") from None
+
+
+def _enter_pid_namespace(pid: int) -> None:
+    fd = _namespace_fd(pid, "pid")
+    assert fd is not None
+    try:
+        syscalls.setns(fd)
+    finally:
+        os.close(fd)
+
+
+def _join(pid: int) -> None:
+    """Enter the running container's other namespaces (the pid one came with the fork)."""
+    fds = [fd for kind in JOIN_ORDER if kind != "pid"
+           and (fd := _namespace_fd(pid, kind)) is not None]
+    for fd in fds:
+        syscalls.setns(fd)
+        os.close(fd)
+
+
+def _stdio(launch: Launch) -> None:
+    if launch.tty is not None:
+        master, slave = terminal.open_pty()
+        terminal.send_master(launch.tty, master)
+        os.close(master)
+        launch.tty.close()
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        stdio = (slave, slave, slave)
+    else:
+        stdio = launch.stdio
+        if launch.join_pid is None:
+            os.setsid()
+    for target, fd in enumerate(stdio):
+        if fd != target:
+            os.dup2(fd, target, inheritable=True)
+        else:
+            os.set_inheritable(fd, True)
+
+
+def _loopback_up() -> None:
+    """``ip link set lo up`` with one ioctl: no netlink library in the container's path."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _workdir(workdir: str, home: str) -> None:
+    path = workdir or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    # after pivot_root ".." cannot leave the root; normalise so the record is honest
+    path = os.path.normpath(path).replace("//", "/")
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chdir(path)
+    except OSError as exc:
+        raise LaunchError(f"cannot use working directory {workdir}: {exc.strerror}",
+                          hint="give a directory path inside the container with -w") from None
+
+
+def _become(user: User, launch: Launch) -> None:
+    os.setgroups(list(user.groups))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+
+
+def _seccomp(launch: Launch) -> None:
+    pass
+
+
+def _reset_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT,
+                signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _exec(argv: Sequence[str], env: list[str], err_w: int) -> None:
+    environ = dict(e.split("=", 1) for e in env if "=" in e)
+    try:
+        os.execvpe(argv[0], list(argv), environ)
+    except FileNotFoundError:
+        _report(err_w, "not_found",
+                f'exec: "{argv[0]}": executable file not found in $PATH',
+                "check the command's name and the image's PATH", 127)
+    except (PermissionError, IsADirectoryError) as exc:
+        _report(err_w, "not_executable",
+                f'exec: "{argv[0]}": permission denied ({exc.strerror})',
+                "the path is not an executable file in the container", 126)
+    except OSError as exc:
+        if exc.errno == errno.ENOEXEC:
+            _report(err_w, "not_executable", f'exec: "{argv[0]}": exec format error',
+                    "the file is not a program for this machine", 126)
+        _report(err_w, "setup", f'exec: "{argv[0]}": {exc.strerror}', None, 126)
