@@ -277,7 +277,8 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         print_json([container_row(c, now) for c in found], listing=True)
         return 0
     if args.quiet:
-        print("\n".join(c.id if args.no_trunc else c.id[:12] for c in found))
+        for c in found:
+            print(c.id if args.no_trunc else c.id[:12])
         return 0
     table = []
     for c in found:

@@ -11,7 +11,7 @@ Contracts:
   failure in between removes the layers again.
 - State moves ``created -> running -> exited -> running ...``; only the process that
   started a run (its monitor) records its end. A row says ``running`` while its
-  process lives: :meth:`stale` finds the rows whose process is gone (a monitor killed
+  monitor lives: :meth:`stale` finds the rows whose monitor is gone (a monitor killed
   with SIGKILL takes its container with it) so the next command can clean up.
 - :meth:`remove` refuses a running container; the row goes before the layer (a crash
   in between leaves a writable layer that ``lamina layer rm`` removes).
@@ -55,8 +55,8 @@ class Container:
     created: float
     spec: ContainerSpec
     state: str
-    pid: int | None
-    process: str | None
+    pid: int | None  # the container's first process, in the host's pid namespace
+    process: str | None  # its monitor's process_identity: "running" lasts while it lives
     exit_code: int | None
     oom_killed: bool
     started: float | None
@@ -113,9 +113,8 @@ class ContainerStore:
             "SELECT * FROM containers WHERE spec != '{}' ORDER BY created DESC, id")]
 
     def stale(self) -> list[Container]:
-        """Containers recorded as running whose process is gone."""
-        return [c for c in self.containers()
-                if c.running and not (c.process and is_alive(c.process))]
+        """Containers recorded as running whose monitor is gone (and so their process)."""
+        return [c for c in self.containers() if c.running and not monitor_alive(c.process)]
 
     # -- writing ----------------------------------------------------------------------
 
@@ -183,7 +182,7 @@ class ContainerStore:
     def remove(self, container_id: str) -> None:
         """Forget a container that is not running and remove its layer and files."""
         container = self.get(container_id)
-        if container.running and container.process and is_alive(container.process):
+        if container.running and monitor_alive(container.process):
             raise ContainerInUse(
                 f"container {container.name} is running",
                 hint=f"stop it first (lamina stop {container.name}) or force with rm -f")
@@ -228,6 +227,17 @@ def _init_tar() -> bytes:
 
 INIT_DIRECTORIES = ("dev", "dev/pts", "dev/shm", "proc", "sys", "etc")
 INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
+
+
+def monitor_alive(identity: str | None) -> bool:
+    """Whether the monitor named by ``identity`` runs (a zombie is dead: it runs nothing)."""
+    if not identity or not is_alive(identity):
+        return False
+    try:
+        with open(f"/proc/{identity.split(':')[1]}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _check_name(name: str) -> None:

@@ -35,16 +35,17 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
-        try:
-            child.release()
-        except LaminaError:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(child.pid, 0)
-            raise
-        if tty_parent is not None:
-            master = terminal.receive_master(tty_parent)
-        stdio = monitor.Stdio("tty" if tty else "inherit", interactive)
-        return monitor.supervise(child.pid, stdio, master, -1)
+        with monitor.forwarding(child.pid):
+            try:
+                child.release()
+            except LaminaError:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)
+                raise
+            if tty_parent is not None:
+                master = terminal.receive_master(tty_parent)
+            stdio = monitor.Stdio("tty" if tty else "inherit", interactive)
+            return monitor.supervise(child.pid, stdio, master, -1)
     finally:
         for fd in (master, devnull):
             if fd >= 0:

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..containers.store import Container, ContainerStore
@@ -113,19 +113,20 @@ def run(store: Store, container: Container, stdio: Stdio,
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
-        containers.mark_running(container.id, child.pid, process_identity(child.pid))
-        try:
-            child.release()
-        except LaminaError:
-            code = _wait(child.pid)
-            child = None
-            containers.mark_exited(container.id, code)
-            raise
-        if tty_parent is not None:
-            master = terminal.receive_master(tty_parent)
-        if started is not None:
-            started()
-        code = supervise(child.pid, stdio, master, log_fd)
+        with forwarding(child.pid):
+            containers.mark_running(container.id, child.pid, process_identity())
+            try:
+                child.release()
+            except LaminaError:
+                code = _wait(child.pid)
+                child = None
+                containers.mark_exited(container.id, code)
+                raise
+            if tty_parent is not None:
+                master = terminal.receive_master(tty_parent)
+            if started is not None:
+                started()
+            code = supervise(child.pid, stdio, master, log_fd)
         child = None
         containers.mark_exited(container.id, code)
         return code
@@ -164,34 +165,44 @@ def _exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def supervise(pid: int, stdio: Stdio, master: int, log_fd: int) -> int:
-    """Forward signals to ``pid`` and relay its pty until it exits; its exit code."""
+@contextlib.contextmanager
+def forwarding(pid: int) -> Iterator[None]:
+    """Pass the signals this process gets on to ``pid`` (the container's first process).
+
+    Installed before the child is released: a SIGTERM arriving while it starts must
+    reach it, not end the monitor.
+    """
     def forward(sig: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        if master >= 0:
-            status: list[int] = []
-
-            def done() -> bool:
-                if not status:
-                    waited, st = os.waitpid(pid, os.WNOHANG)
-                    if waited:
-                        status.append(st)
-                return bool(status)
-
-            out = log_fd if stdio.mode == "log" else 1
-            stdin = 0 if stdio.interactive and stdio.mode == "tty" else None
-            with terminal.raw_terminal(0) if stdin is not None else contextlib.nullcontext():
-                terminal.relay(master, stdin=stdin, stdout=out, done=done)
-            if status:
-                return _exit_code(status[0])
-        return _wait(pid)
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def supervise(pid: int, stdio: Stdio, master: int, log_fd: int) -> int:
+    """Relay ``pid``'s pty (if it has one) until it exits; its exit code."""
+    if master >= 0:
+        status: list[int] = []
+
+        def done() -> bool:
+            if not status:
+                waited, st = os.waitpid(pid, os.WNOHANG)
+                if waited:
+                    status.append(st)
+            return bool(status)
+
+        out = log_fd if stdio.mode == "log" else 1
+        stdin = 0 if stdio.interactive and stdio.mode == "tty" else None
+        with terminal.raw_terminal(0) if stdin is not None else contextlib.nullcontext():
+            terminal.relay(master, stdin=stdin, stdout=out, done=done)
+        if status:
+            return _exit_code(status[0])
+    return _wait(pid)
 
 
 # -- detached runs ----------------------------------------------------------------------
@@ -301,9 +312,9 @@ def wait_exited(store: Store, container_id: str, timeout: float | None) -> Conta
 
 
 def _alive(container: Container) -> bool:
-    from ..host.locks import is_alive
+    from ..containers.store import monitor_alive
 
-    return bool(container.process) and is_alive(container.process)  # type: ignore[arg-type]
+    return monitor_alive(container.process)
 
 
 def stop(store: Store, container_id: str, timeout: float) -> Container:

@@ -1,0 +1,260 @@
+"""Containers, end to end through the real CLI, with every driver this machine has.
+
+A busybox-static image is imported into a store per driver (btrfs on a real loop
+filesystem); each test runs real containers in real namespaces and checks what the
+process inside sees and what the store keeps afterwards: no mount, no layer, no row
+left behind that the user did not ask for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import LAMINA, needs_root, run_lamina
+from lamina.core.host import mounts
+
+pytestmark = needs_root
+IMAGE = "bb:1"
+
+
+class Site:
+    def __init__(self, root: Path, driver: str) -> None:
+        self.root = root
+        self.driver = driver
+
+    def __call__(self, *args: str, check: bool = True, input: bytes | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        return run_lamina("--driver", self.driver, *args, root=self.root, check=check,
+                          input=input, timeout=timeout)
+
+    def out(self, *args: str) -> str:
+        return self(*args).stdout.decode()
+
+    def cmd(self, *args: str) -> list[str]:
+        return [*LAMINA, "--root", str(self.root), "--driver", self.driver, *args]
+
+
+@pytest.fixture(scope="module", params=["vfs", "overlay", "btrfs"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+         busybox_tar: Path) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp(f"containers-{request.param}")
+    if request.param == "btrfs":
+        from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+
+        pytest.importorskip("btrfsutil", reason="pip install 'lamina[btrfs]'")
+        try:
+            with backing_filesystem("btrfs", base / "fs", size_mb=256) as fs:
+                yield from _site(fs.path / "store", "btrfs", busybox_tar)
+        except BackingUnavailable as exc:
+            pytest.skip(str(exc))
+        return
+    yield from _site(base / "store", request.param, busybox_tar)
+
+
+def _site(root: Path, driver: str, busybox_tar: Path) -> Iterator[Site]:
+    s = Site(root, driver)
+    s("import", "-c", 'CMD ["sh"]', "-c", "ENV GREETING=hello", str(busybox_tar), IMAGE)
+    yield s
+    s("container", "prune", "-f")
+    leftover = mounts.mounts_under(root)
+    for point in leftover:
+        mounts.detach(Path(point))
+    assert not leftover, f"mounts leaked: {leftover}"
+    layers = json.loads(s.out("layer", "ls", "--format", "json"))
+    assert len(layers) == 1, f"layers left besides the image's: {layers}"
+
+
+def test_exit_status_output_and_rm(site: Site) -> None:
+    proc = site("run", "--rm", "--network", "none", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 3",
+                check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, b"out\n", b"err\n")
+    assert site.out("ps", "-a", "-q") == ""
+
+
+def test_missing_and_unexecutable_commands_give_dockers_codes(site: Site) -> None:
+    missing = site("run", "--rm", "--network", "none", IMAGE, "no-such-command", check=False)
+    assert missing.returncode == 127
+    assert b'"no-such-command": executable file not found' in missing.stderr
+    assert b"Traceback" not in missing.stderr
+    directory = site("run", "--rm", "--network", "none", IMAGE, "/etc", check=False)
+    assert directory.returncode == 126
+    assert site.out("ps", "-a", "-q") == ""
+
+
+def test_environment_user_workdir_and_hostname(site: Site, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("FROM_FILE=1\n# a comment\n")
+    out = site.out("run", "--rm", "--network", "none", "-e", "A=b", "--env-file", str(env_file),
+                   "-u", "nobody", "-w", "/work/dir", "--hostname", "box", IMAGE, "sh", "-c",
+                   "echo $GREETING $A $FROM_FILE; id; pwd; hostname; echo $HOME")
+    assert out.splitlines() == ["hello b 1", "uid=65534(nobody) gid=65534(nogroup)",
+                                "/work/dir", "box", "/"]
+    numeric = site.out("run", "--rm", "--network", "none", "-u", "1234:5678", IMAGE, "id")
+    assert numeric.strip() == "uid=1234 gid=5678"
+    unknown = site("run", "--rm", "--network", "none", "-u", "nosuchuser", IMAGE, "id",
+                   check=False)
+    assert unknown.returncode == 125
+    assert b"unable to find user nosuchuser" in unknown.stderr
+
+
+def test_the_containers_view_of_the_machine(site: Site) -> None:
+    out = site.out("run", "--rm", "--network", "none", IMAGE, "sh", "-c",
+                   "echo pid=$$; ls /dev | tr '\\n' ' '; echo; cat /proc/mounts; "
+                   "ip link 2>/dev/null | grep -c '^[0-9]'; "
+                   "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status")
+    lines = out.splitlines()
+    assert lines[0] == "pid=1"
+    for node in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"):
+        assert node in lines[1].split()
+    mounted = {line.split()[1]: line.split()[3].split(",") for line in lines[2:]
+               if line.count(" ") >= 5}
+    assert "ro" in mounted["/sys"]
+    assert "ro" in mounted["/proc/sys"]
+    assert "/proc/kcore" in mounted or not Path("/proc/kcore").exists()
+    assert {"nosuid", "nodev", "noexec"} <= set(mounted["/proc"])
+
+
+def test_read_only_root_volumes_and_tmpfs(site: Site, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in").write_text("from host\n")
+    out = site("run", "--rm", "--network", "none", "--read-only", "-v", f"{data}:/data",
+               "-v", f"{data}:/ro:ro", "--tmpfs", "/scratch", IMAGE, "sh", "-c",
+               "cat /data/in; echo new > /data/out; echo x > /scratch/f && echo tmpfs-ok; "
+               "touch /ro/no 2>/dev/null || echo ro-refused; "
+               "touch /rootfile 2>/dev/null || echo root-refused", check=False)
+    assert out.stdout.decode().splitlines() == ["from host", "tmpfs-ok", "ro-refused",
+                                                "root-refused"]
+    assert (data / "out").read_text() == "new\n"
+
+
+def test_detached_logs_exec_stop_and_wait(site: Site) -> None:
+    cid = site.out("run", "-d", "--network", "none", "--name", "web", IMAGE, "sh", "-c",
+                   "echo started; trap 'echo bye; exit 7' TERM; "
+                   "while true; do sleep 0.1; done").strip()
+    assert len(cid) == 64
+    try:
+        ps = json.loads(site.out("ps", "--format", "json"))
+        assert [(c["Names"], c["State"]) for c in ps] == [("web", "running")]
+        assert site.out("exec", "web", "sh", "-c", "echo $GREETING; echo $$").split()[0] == "hello"
+        site("exec", "web", "sh", "-c", "echo changed > /tmp/f; rm /bin/true")
+        assert site.out("diff", "web").splitlines() == ["C /bin", "D /bin/true", "C /tmp",
+                                                        "A /tmp/f"]
+        assert site("exec", "web", "sh", "-c", "exit 4", check=False).returncode == 4
+        _until(lambda: "started" in site.out("logs", "web"))
+        site("stop", "-t", "5", "web")
+        assert site.out("wait", "web").strip() == "7"
+        assert site.out("logs", "web") == "started\nbye\n"
+        ps = json.loads(site.out("ps", "-a", "--format", "json"))
+        assert ps[0]["Status"].startswith("Exited (7)")
+        # started again: the same writable layer, the file still there
+        site("start", "web")
+        assert site.out("exec", "web", "cat", "/tmp/f") == "changed\n"
+        refused = site("rm", "web", check=False)
+        assert refused.returncode != 0 and b"is running" in refused.stderr
+    finally:
+        site("rm", "-f", "web")
+    assert site.out("ps", "-a", "-q") == ""
+
+
+def test_pid_one_gets_signals_the_cli_gets(site: Site) -> None:
+    proc = subprocess.Popen(site.cmd("run", "--rm", "--network", "none", IMAGE, "sh", "-c",
+                                     "trap 'echo got-term; exit 9' TERM; echo ready; "
+                                     "while true; do sleep 0.1; done"),
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 9
+    assert proc.stdout.read() == b"got-term\n"
+
+
+def test_sigkill_of_the_monitor_leaves_nothing_running(site: Site) -> None:
+    proc = subprocess.Popen(site.cmd("run", "--network", "none", "--name", "victim", IMAGE,
+                                     "sh", "-c", "echo ready; sleep 1000"),
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.kill()
+    proc.wait()
+    ps = json.loads(site.out("ps", "-a", "--format", "json"))
+    assert [(c["Names"], c["State"], c["ExitCode"]) for c in ps] == [("victim", "exited", 255)]
+    site("rm", "victim")
+    assert not mounts.mounts_under(site.root)
+
+
+def test_interactive_shell_on_a_pty(site: Site) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        cmd = site.cmd("run", "--rm", "-it", "--network", "none", IMAGE, "sh")
+        os.execv(cmd[0], cmd)
+    import fcntl
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 91, 0, 0))
+    seen = _Reader(fd)
+    assert seen.until(b"# "), seen.data
+    os.write(fd, b"echo $((6*7)); stty size; tty; sleep 30 &\r")
+    assert seen.until(b"42\r\n33 91\r\n/dev/pts/0"), seen.data
+    os.write(fd, b"jobs\r")
+    assert seen.until(b"Running"), seen.data
+    os.write(fd, b"exit 5\r")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 5
+
+
+class _Reader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = b""
+
+    def until(self, token: bytes, timeout: float = 20) -> bool:
+        end = time.monotonic() + timeout
+        while token not in self.data and time.monotonic() < end:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    self.data += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return token in self.data
+
+
+def _until(check: object, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_names_are_unique_and_errors_are_clear(site: Site) -> None:
+    site("create", "--network", "none", "--name", "one", IMAGE, "true")
+    try:
+        again = site("create", "--network", "none", "--name", "one", IMAGE, "true", check=False)
+        assert again.returncode == 125
+        assert b"already in use" in again.stderr
+        missing = site("start", "nosuch", check=False)
+        assert missing.returncode != 0 and b"no such container: nosuch" in missing.stderr
+        bad = site("run", "--network", "none", "-p", "80", IMAGE, check=False)
+        assert bad.returncode != 0 and b"invalid port mapping" in bad.stderr
+    finally:
+        site("rm", "one")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
