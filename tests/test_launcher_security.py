@@ -207,6 +207,21 @@ def test_a_capability_lamina_lacks_is_a_clear_error() -> None:
     assert "CAP_SYS_TIME" in out and "--cap-drop" in out
 
 
+def test_the_last_capability_is_found_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a new root before /proc is mounted, the kernel is asked instead."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        expected = int(f.read())
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert capabilities.last_capability() == expected
+
+
 # -- seccomp -------------------------------------------------------------------------
 
 
@@ -409,3 +424,4 @@ def test_every_fd_not_kept_is_closed(leaky_dir_fd: int, way: str) -> None:
         assert "/" not in rest.values()
     finally:
         os.close(kept)
+
