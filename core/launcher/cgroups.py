@@ -21,7 +21,9 @@ The launcher's order: :meth:`Cgroup.create` before the child execs, :meth:`Cgrou
 the child's pid while it waits on its sync pipe (so the limits hold from its first
 instruction, and the caller itself is never placed in a group), then the child unshares
 its cgroup namespace (``CLONE_NEWCGROUP``): its group becomes its root, and
-``/proc/self/cgroup`` inside shows ``/`` for every hierarchy. After the child exits:
+``/proc/self/cgroup`` inside shows ``/`` for every hierarchy. ``add`` waits ~10 ms for an
+RCU grace period in the kernel (idle time): the child can do its own set-up meanwhile
+and wait on the pipe just before it unshares the cgroup namespace and execs. After the child exits:
 :meth:`Cgroup.oom_killed` (read before removal), :meth:`Cgroup.kill_all` for anything left,
 :meth:`Cgroup.remove`. A lamina process killed in between leaves the group behind;
 :func:`sweep` from the next command removes the groups of containers no longer alive.
