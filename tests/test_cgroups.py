@@ -175,6 +175,47 @@ def test_create_again_reuses_the_group_and_rewrites_every_limit(parent: str) -> 
     assert not any(path.exists() for path in second.paths)
 
 
+@needs("memory")
+def test_a_limit_the_kernel_refuses_is_a_clear_error_and_loses_nothing(parent: str) -> None:
+    """v1 refuses a memory limit below what the group holds and cannot reclaim (no swap)."""
+    container = new_id()
+    group = Cgroup.create(container, Limits(memory=128 << 20, memory_swap=128 << 20),
+                          parent=parent)
+    holder = Waiting(sys.executable, "-c",
+                     "import sys\nb = b'x' * (48 << 20)\nprint('ready', flush=True)\n"
+                     "sys.stdin.read()")
+    group.add(holder.pid)
+    holder.release()
+    assert holder.proc.stdout is not None and holder.proc.stdout.readline() == b"ready\n"
+    try:
+        with pytest.raises(CgroupError, match="the kernel refused") as error:
+            Cgroup.create(container, Limits(memory=8 << 20, memory_swap=8 << 20),
+                          parent=parent)
+        assert error.value.hint and "already uses" in error.value.hint
+        assert group.pids() == [holder.pid]  # the group and its process are still there
+        assert holder.proc.poll() is None
+    finally:
+        group.kill_all()
+        holder.finish()
+    group.remove()
+
+
+@needs("cpu")
+def test_a_failed_create_removes_the_groups_it_made(parent: str) -> None:
+    """v1 keeps a child's CFS quota within its parent's: our parent gets 0.2 CPUs."""
+    where = FOUND.where("cpu")
+    assert where is not None
+    if where[0] != "v1":
+        pytest.skip("cgroup2 lets a child's cpu.max exceed its parent's")
+    (where[1] / parent).mkdir()
+    (where[1] / parent / "cpu.cfs_quota_us").write_text("20000")
+    container = new_id()
+    with pytest.raises(CgroupError, match=r"cpu\.cfs_quota_us"):
+        Cgroup.create(container, Limits(cpus=1.0, pids=10), parent=parent)
+    mounts = {*FOUND.v1.values(), *([FOUND.unified] if FOUND.unified else [])}
+    assert [m for m in mounts if (m / parent / container).exists()] == []
+
+
 def test_container_ids_that_are_not_64_hex_digits_are_refused(parent: str) -> None:
     for bad in ["../../etc", "A" * 64, "a" * 63, "", "a" * 63 + "/", "g" * 64]:
         with pytest.raises(CgroupError, match="not a container id"):

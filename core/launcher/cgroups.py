@@ -317,8 +317,8 @@ class Cgroup:
 
         A limit whose controller the machine lacks is a :class:`CgroupError`, never
         ignored. Creating again reuses the directories and writes every limit again,
-        unlimited for those not given. If a write fails, the directories this call made
-        are removed again.
+        unlimited for those not given. If a write fails, the container's directories this
+        call made are removed again (the ``parent`` groups stay, as after :meth:`remove`).
         """
         check_id(container_id)
         limits = limits or Limits()
@@ -339,7 +339,7 @@ class Cgroup:
                 # the container's cgroup2 group: its v2 controllers, or (hybrid) only
                 # its processes, optional then (a read-only cgroup2 mount, say)
                 make = _mkdir if v2 or found.mode == "v2" else _try_mkdir
-                top = make(found.unified / parent, made)
+                top = make(found.unified / parent, [])  # parents stay: others may use them
                 if top is not None:
                     if v2:
                         _enable(top, v2, found)
@@ -348,7 +348,7 @@ class Cgroup:
             if "freezer" in found.v1 and not (tracking and (tracking / "cgroup.kill").exists()):
                 joined |= {"freezer"}  # to stop forks while kill_all works
             for controller in sorted(joined - set(v2)):
-                top = _mkdir(found.v1[controller] / parent, made)
+                top = _mkdir(found.v1[controller] / parent, [])
                 dirs[controller] = _mkdir(top / container_id, made)
             cgroup = cls(container_id, dirs, tracking)
             cgroup._apply(limits)
