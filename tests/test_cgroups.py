@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import needs_root, run_lamina
 
 from lamina.core.errors import CgroupError
 from lamina.core.launcher import cgroups
@@ -391,6 +391,12 @@ def test_detect_names_the_layout() -> None:
     assert described.split(":")[0] == FOUND.mode
     if FOUND.mode == "hybrid":
         assert str(FOUND.unified) in described
+
+
+def test_info_says_which_cgroups_lamina_uses(tmp_path: Path) -> None:
+    out = run_lamina("info", root=tmp_path / "root").stdout.decode()
+    line = next(line for line in out.splitlines() if line.startswith("Cgroups:"))
+    assert line.split(None, 1)[1] == cgroups.detect()
 
 
 def test_hierarchies_are_read_from_the_mount_table(tmp_path: Path) -> None:
