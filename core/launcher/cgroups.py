@@ -330,7 +330,8 @@ class Cgroup:
         joined = needed | {c for c in ALWAYS if found.where(c) is not None}
 
         place = {c: found.where(c) for c in joined}
-        v2 = sorted(c for c, at in place.items() if at is not None and at[0] == "v2")
+        in_v2 = {c for c, at in place.items() if at is not None and at[0] == "v2"}
+        v2 = sorted(in_v2)
 
         made: list[Path] = []
         try:
@@ -342,12 +343,12 @@ class Cgroup:
                 top = make(found.unified / parent, [])  # parents stay: others may use them
                 if top is not None:
                     if v2:
-                        _enable(top, v2, found)
+                        v2 = _enable(top, v2, needed, found)
                     tracking = make(top / container_id, made)
             dirs: dict[str, Path] = dict.fromkeys(v2, tracking) if tracking else {}
             if "freezer" in found.v1 and not (tracking and (tracking / "cgroup.kill").exists()):
                 joined |= {"freezer"}  # to stop forks while kill_all works
-            for controller in sorted(joined - set(v2)):
+            for controller in sorted(joined - in_v2):
                 top = _mkdir(found.v1[controller] / parent, [])
                 dirs[controller] = _mkdir(top / container_id, made)
             cgroup = cls(container_id, dirs, tracking)
@@ -603,21 +604,28 @@ def _try_mkdir(path: Path, made: list[Path]) -> Path | None:
         return None
 
 
-def _enable(top: Path, controllers: list[str], found: Hierarchies) -> None:
-    """Enable ``controllers`` for the containers below lamina's own cgroup2 group."""
+def _enable(top: Path, controllers: list[str], needed: frozenset[str],
+            found: Hierarchies) -> list[str]:
+    """Enable ``controllers`` for the containers below lamina's own cgroup2 group.
+
+    The root must pass each down to ``top``: a missing one is an error if a limit
+    ``needed`` it, else it is left out. Returns the controllers enabled.
+    """
     offered = set((top / "cgroup.controllers").read_text().split())
     for controller in controllers:
-        if controller not in offered:
+        if controller not in offered and controller in needed:
             raise CgroupError(
                 f"the cgroup2 hierarchy at {found.unified} does not pass the {controller} "
                 f"controller down to {top}",
                 hint=f"enable it in the root's subtree (echo +{controller} > "
                      f"{found.unified}/cgroup.subtree_control; systemd does this), or run "
                      "without the limit")
+    usable = [c for c in controllers if c in offered]
     enabled = set((top / "cgroup.subtree_control").read_text().split())
-    wanted = [c for c in controllers if c not in enabled]
+    wanted = [c for c in usable if c not in enabled]
     if wanted:
         _write(top / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+    return usable
 
 
 def _controllers_of(group: Path) -> list[str]:
