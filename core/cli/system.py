@@ -18,6 +18,7 @@ from .output import print_json, print_table
 
 def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
     from ..host.fsinfo import filesystem_type
+    from ..launcher.cgroups import detect as cgroup_layout
     from ..plugins.selection import existing_dir
 
     choice = engine.choice
@@ -31,6 +32,7 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
             "layers": store.layer_count(),
             "driver_status": dict(store.driver.status()),
             "skipped": dict(choice.skipped),
+            "cgroups": cgroup_layout(),
         }
         layers_line = _layers_line(store, facts["layers"], facts["driver_status"])
     if args.format == "json":
@@ -48,6 +50,7 @@ def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
     pad = max((len(k) for k in status), default=0) + 1
     for key, value in status.items():
         print(f"  {key + ':':<{pad}} {value}")
+    print(f"Cgroups:             {facts['cgroups']}")
     return 0
 
 
