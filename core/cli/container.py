@@ -137,6 +137,11 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         if not sep:
             raise ContainerError(f"invalid --storage-opt {opt!r}", hint="use size=10G")
         storage[key] = value
+    from ..launcher.cgroups import Limits
+
+    memory = parse_size(args.memory, "memory limit") if args.memory else None
+    pids = args.pids_limit if args.pids_limit and args.pids_limit > 0 else None
+    Limits(memory=memory, pids=pids, cpus=args.cpus or None)  # refused now, not at start
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")
@@ -150,8 +155,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         read_only=args.read_only, network=args.network,
         volumes=tuple([*map(parse_volume, args.volume), *map(parse_tmpfs, args.tmpfs)]),
         ports=tuple(map(parse_port, args.publish)),
-        memory=parse_size(args.memory, "memory limit") if args.memory else None,
-        pids_limit=args.pids_limit, cpus=args.cpus, storage_opts=storage,
+        memory=memory, pids_limit=pids, cpus=args.cpus or None, storage_opts=storage,
         auto_remove=args.rm, stop_signal=config.get("StopSignal") or "SIGTERM",
         seccomp=seccomp, labels=dict(config.get("Labels") or {}),
     )

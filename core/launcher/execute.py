@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..containers.store import Container
 from ..errors import LaminaError
-from . import monitor, process, terminal
+from . import cgroups, monitor, process, terminal
 
 
 def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], user: str,
@@ -36,6 +36,8 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
         if tty_child is not None:
             tty_child.close()
         with monitor.forwarding(child.pid):
+            if monitor.limits(container) is not None:
+                cgroups.Cgroup.open(container.id).add(child.pid)
             try:
                 child.release()
             except LaminaError:

@@ -24,12 +24,12 @@ import struct
 import sys
 import termios
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..containers.spec import Volume
-from ..containers.users import User, resolve_user
+from ..containers.users import resolve_user
 from ..errors import CommandNotExecutable, CommandNotFound, LaminaError, LaunchError
-from . import rootfs, syscalls, terminal
+from . import capabilities, fds, rootfs, seccomp, syscalls, terminal
 
 #: namespaces a container gets (cgroup's is entered after the cgroup is joined)
 NEW_NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWUTS
@@ -59,9 +59,8 @@ class Launch:
     read_only: bool = False
     stdio: tuple[int, int, int] = (0, 1, 2)
     tty: socket.socket | None = None  # -t: where to send the master of the pty made inside
-    capabilities: frozenset[int] | None = None  # None: Docker's default set
+    capabilities: frozenset[int] = capabilities.DEFAULT_CAPABILITIES
     seccomp: bool = True
-    keep_fds: Sequence[int] = field(default_factory=tuple)
 
 
 @dataclass
@@ -112,7 +111,13 @@ def _failure(data: bytes) -> LaminaError:
 
 
 def spawn(launch: Launch) -> Child:
-    """Clone the child (new namespaces, or none for a join) and stop it before its setup."""
+    """Clone the child (new namespaces, or none for a join); it stops before it joins the
+    cgroup namespace and execs, until :meth:`Child.release`.
+
+    The seccomp filter is built here, in the parent: libseccomp is opened from the host's
+    /usr/lib, and the child only loads it.
+    """
+    seccomp_filter = seccomp.build_default(launch.capabilities) if launch.seccomp else None
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     flags = 0
@@ -124,11 +129,20 @@ def spawn(launch: Launch) -> Child:
         # a pid namespace applies to the children of the process that enters it: this
         # process enters it (nothing else it does needs pids) and forks the child there
         _enter_pid_namespace(launch.join_pid)
-    pid = syscalls.clone(flags) if flags else os.fork()
+    try:
+        pid = syscalls.clone(flags) if flags else os.fork()
+    except BaseException:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+        if seccomp_filter is not None:
+            seccomp_filter.release()
+        raise
     if pid == 0:
         os.close(go_w)
         os.close(err_r)
-        _child(launch, go_r, err_w)  # never returns
+        _child(launch, go_r, err_w, seccomp_filter)  # never returns
+    if seccomp_filter is not None:
+        seccomp_filter.release()
     os.close(go_r)
     os.close(err_w)
     return Child(pid, go_w, err_r)
@@ -141,49 +155,49 @@ def _report(err_w: int, kind: str, message: str, hint: str | None, status: int) 
         os._exit(status)
 
 
-def _child(launch: Launch, go_r: int, err_w: int) -> None:
-    """The container's process until exec. Any failure goes to ``err_w``; never returns."""
+def _child(launch: Launch, go_r: int, err_w: int,
+           seccomp_filter: seccomp.Filter | None) -> None:
+    """The container's process until exec. Any failure goes to ``err_w``; never returns.
+
+    The root is built while the parent places the process in its cgroup and network
+    (moving a process into a cgroup waits for the kernel's RCU grace period, ~10 ms:
+    time the mounts use); only the cgroup namespace and what follows wait for *go*.
+    """
     try:
         syscalls.die_with_parent()
-        if os.read(go_r, 1) != b"1":
-            os._exit(1)  # the parent gave up
-        os.close(go_r)
         if launch.join_pid is not None:
             _join(launch.join_pid)
-        elif syscalls.has_namespace("cgroup"):
-            syscalls.unshare(syscalls.CLONE_NEWCGROUP)  # after the parent placed us
-        if launch.join_pid is None:
+        else:
             rootfs.enter(launch.rootfs, volumes=launch.volumes, files=launch.files,
                          read_only=launch.read_only, mount_sys=launch.network != "host")
-        _stdio(launch)
-        if launch.join_pid is None:
             if launch.hostname:
                 socket.sethostname(launch.hostname)
             if launch.network != "host":
                 _loopback_up()
+        if os.read(go_r, 1) != b"1":
+            os._exit(1)  # the parent gave up
+        os.close(go_r)
+        if launch.join_pid is None and syscalls.has_namespace("cgroup"):
+            syscalls.unshare(syscalls.CLONE_NEWCGROUP)  # after the parent placed us
+        _stdio(launch)
         user = resolve_user(launch.user)
         _workdir(launch.workdir, user.home)
-        _become(user, launch)
         env = list(launch.env)
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={user.home}")
+        capabilities.restrict(launch.capabilities, uid_changes=True)
+        os.setgroups(list(user.groups))
+        os.setgid(user.gid)
+        os.setuid(user.uid)
         _reset_signals()
-        os.closerange(3, err_w)
-        os.closerange(err_w + 1, _max_fd())
-        if launch.seccomp:
-            _seccomp(launch)
+        fds.close_other_fds((0, 1, 2, err_w))
+        if seccomp_filter is not None:
+            seccomp_filter.load()  # last: from here on the container's rules apply
         _exec(launch.argv, env, err_w)
     except LaminaError as exc:
         _report(err_w, "setup", str(exc), exc.hint, exc.exit_status)
     except BaseException as exc:
         _report(err_w, "setup", f"container setup failed: {exc}", None, 125)
-
-
-def _max_fd() -> int:
-    try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (ValueError, OSError):
-        return 65536
 
 
 def _namespace_fd(pid: int, kind: str) -> int | None:
@@ -254,16 +268,6 @@ def _workdir(workdir: str, home: str) -> None:
     except OSError as exc:
         raise LaunchError(f"cannot use working directory {workdir}: {exc.strerror}",
                           hint="give a directory path inside the container with -w") from None
-
-
-def _become(user: User, launch: Launch) -> None:
-    os.setgroups(list(user.groups))
-    os.setgid(user.gid)
-    os.setuid(user.uid)
-
-
-def _seccomp(launch: Launch) -> None:
-    pass
 
 
 def _reset_signals() -> None:
