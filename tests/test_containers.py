@@ -258,3 +258,113 @@ def test_names_are_unique_and_errors_are_clear(site: Site) -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+# -- limits, hardening -----------------------------------------------------------------
+
+
+def test_limits_stop_a_memory_hog_and_a_fork_bomb(site: Site) -> None:
+    hog = site("run", "--name", "hog", "--network", "none", "-m", "16m", IMAGE, "sh", "-c",
+               "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived", check=False)
+    assert hog.returncode == 137 and b"survived" not in hog.stdout
+    assert json.loads(site.out("inspect", "hog"))[0]["State"]["OOMKilled"] is True
+    site("rm", "hog")
+    bomb = site.out("run", "--rm", "--network", "none", "--pids-limit", "10", IMAGE, "sh", "-c",
+                    "(for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do "
+                    "sleep 5 & done) 2>/dev/null; set -- /proc/[0-9]*; echo $#")
+    assert int(bomb.strip()) <= 10
+    small = site("run", "--rm", "--network", "none", "-m", "1m", IMAGE, "true", check=False)
+    assert small.returncode == 125 and b"below the minimum" in small.stderr
+
+
+def test_capabilities_no_new_privs_and_seccomp(site: Site) -> None:
+    status = site.out("run", "--rm", "--network", "none", IMAGE, "grep", "-E",
+                      "^(CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp):", "/proc/self/status")
+    fields = dict(line.split(":\t") for line in status.splitlines())
+    assert fields == {"CapEff": "00000000a80425fb", "CapBnd": "00000000a80425fb",
+                      "CapInh": "0000000000000000", "CapAmb": "0000000000000000",
+                      "NoNewPrivs": "1", "Seccomp": "2"}
+    user = site.out("run", "--rm", "--network", "none", "-u", "1000", IMAGE, "grep", "CapEff",
+                    "/proc/self/status")
+    assert user.split() == ["CapEff:", "0000000000000000"]
+    # unshare(CLONE_NEWNS) needs CAP_SYS_ADMIN, and the filter refuses it too: EPERM
+    blocked = site("run", "--rm", "--network", "none", IMAGE, "unshare", "-m", "true",
+                   check=False)
+    assert blocked.returncode != 0 and b"Operation not permitted" in blocked.stderr
+    unconfined = site.out("run", "--rm", "--network", "none", "--security-opt",
+                          "seccomp=unconfined", IMAGE, "grep", "^Seccomp:", "/proc/self/status")
+    assert unconfined.split() == ["Seccomp:", "0"]
+
+
+# -- hostile images ----------------------------------------------------------------------
+
+
+def _hostile_image(site: Site, busybox_tar: Path, tmp_path: Path, name: str,
+                   change: object, *changes: str) -> str:
+    """busybox with ``change(tree)`` applied, imported as ``name``."""
+    import tarfile
+
+    tree = tmp_path / f"tree-{name}"
+    tree.mkdir()
+    with tarfile.open(busybox_tar) as tar:
+        tar.extractall(tree, filter="fully_trusted")
+    change(tree)  # type: ignore[operator]
+    out = tmp_path / f"{name}.tar"
+    subprocess.run(["tar", "-C", str(tree), "--numeric-owner", "-cf", str(out), "."], check=True)
+    extra = [a for c in changes for a in ("-c", c)]
+    site("import", *extra, str(out), f"hostile/{name}:1")
+    return f"hostile/{name}:1"
+
+
+def test_system_directories_planted_as_symlinks_are_neutralised(site: Site, busybox_tar: Path,
+                                                                tmp_path: Path) -> None:
+    sentinel = tmp_path / "outside"
+    sentinel.mkdir()
+    (sentinel / "keep").write_text("host data\n")
+
+    def plant(tree: Path) -> None:
+        for name in ("dev", "proc", "sys"):
+            path = tree / name
+            if path.is_dir():
+                path.rmdir()
+        (tree / "dev").symlink_to("/")
+        (tree / "proc").symlink_to(str(sentinel))
+        (tree / "sys").symlink_to("../../../../..")
+
+    image = _hostile_image(site, busybox_tar, tmp_path, "symlinks", plant)
+    out = site.out("run", "--rm", "--network", "none", image, "sh", "-c",
+                   "cat /proc/self/comm; ls /dev/null; echo x > /dev/pwned && echo wrote")
+    assert out.splitlines() == ["cat", "/dev/null", "wrote"]
+    assert sorted(p.name for p in sentinel.iterdir()) == ["keep"]
+    assert not Path("/pwned").exists()
+    site("rmi", image)
+
+
+def test_volume_target_planted_as_a_symlink_stays_inside(site: Site, busybox_tar: Path,
+                                                         tmp_path: Path) -> None:
+    host_target = tmp_path / "host-target"
+    host_target.mkdir()
+    volume = tmp_path / "volume"
+    volume.mkdir()
+
+    def plant(tree: Path) -> None:
+        (tree / "data").symlink_to(str(host_target))
+        (tree / "etc" / "passwd").write_bytes(b"\xff\xfe\x00junk\n" * 600000
+                                              + b"app:x:1500:1500::/home/app:/bin/sh\n")
+
+    image = _hostile_image(site, busybox_tar, tmp_path, "plant", plant,
+                           "WORKDIR ../../../..", 'ENTRYPOINT ["/etc"]')
+    out = site.out("run", "--rm", "--network", "none", "--entrypoint", "", "-v",
+                   f"{volume}:/data", image, "sh", "-c", "echo in > /data/f; pwd")
+    # the mount went where the symlink points *inside* the root, never to the host path
+    assert list(host_target.iterdir()) == []
+    assert out.strip() == "/"
+    assert (volume / "f").read_text() == "in\n"
+    # a huge passwd with binary junk: read up to its cap, no crash, a clear error
+    user = site("run", "--rm", "--network", "none", "--entrypoint", "", "-u", "app", image,
+                "id", check=False)
+    assert user.returncode == 125 and b"unable to find user app" in user.stderr
+    # an entrypoint that is a directory: Docker's 126
+    entry = site("run", "--rm", "--network", "none", image, check=False)
+    assert entry.returncode == 126 and b"Traceback" not in entry.stderr
+    site("rmi", image)
