@@ -503,3 +503,37 @@ def test_35_quota(store_factory, capabilities, driver_class, driver_options) -> 
         assert written <= 2 * limit, f"wrote {written} bytes under a {limit}-byte quota"
         os.unlink(path / "fill")
 
+
+def _fill(path, limit: int) -> int:
+    """Write 1 MiB chunks (each fsynced) until the quota refuses; return the bytes written."""
+    written = 0
+    chunk = os.urandom(1 << 20)
+    with pytest.raises(OSError) as info, open(path, "wb") as f:
+        while written < 4 * limit:
+            f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(chunk)
+    assert info.value.errno in QUOTA_ERRNOS, f"quota error {info.value!r}, not EDQUOT/ENOSPC"
+    return written
+
+
+def test_46_layer_quota(store_factory, capabilities, driver_class, driver_options) -> None:
+    """The per-layer ``size`` option limits that writable layer alone (EDQUOT/ENOSPC)."""
+    require(capabilities, layer_quota=True)
+    assert "size" in driver_class.layer_options, \
+        "driver declares layer_quota=True but has no 'size' in layer_options"
+    limit = 16 << 20
+    store = store_factory(options={k: v for k, v in driver_options.items() if k != "size"})
+    base = store.create_layer().id
+    limited = store.create_layer(base, writable=True, options={"size": "16M"}).id
+    free = store.create_layer(base, writable=True).id
+    with mounted(store, limited) as path:
+        written = _fill(path / "fill", limit)
+        assert written <= 2 * limit, f"wrote {written} bytes under a {limit}-byte layer quota"
+        os.unlink(path / "fill")
+    with mounted(store, free) as path:  # the limit was this layer's, not every layer's
+        (path / "fill").write_bytes(os.urandom(2 * limit))
+        os.sync()
+        os.unlink(path / "fill")
+

@@ -72,6 +72,10 @@ class Capabilities(NamedTuple):
     setgid_dirs_inherit_group: bool = True
     #: the ``size`` option is enforced with EDQUOT/ENOSPC (case 35)
     quota: bool = False
+    #: the per-layer option ``size`` (``--storage-opt size=N``) limits what one writable
+    #: layer may add, enforced with EDQUOT/ENOSPC (case 46); needs ``size`` in
+    #: :attr:`Driver.layer_options`
+    layer_quota: bool = False
     #: holes of sparse files stay holes in layers (case 31)
     sparse_files: bool = False
     #: sub-second mtimes are kept (case 40)
@@ -119,6 +123,10 @@ class Driver:
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: keys of the driver's configuration table ``[drivers.<name>]``
     options: ClassVar[Mapping[str, Option]] = {}
+    #: keys of the per-layer options :meth:`create` accepts (``lamina run --storage-opt
+    #: KEY=VALUE``; values are strings); none by default. ``size``: the most bytes a
+    #: writable layer may add (declare ``capabilities.layer_quota`` with it)
+    layer_options: ClassVar[Mapping[str, Option]] = {}
 
     def __init__(self, home: Path, options: Mapping[str, Any] | None = None) -> None:
         """Open the driver on ``home`` (created by the core, mode 0700).
@@ -175,7 +183,14 @@ class Driver:
 
     # -- what every driver writes ---------------------------------------------
 
-    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+    def create(
+        self,
+        layer_id: str,
+        parents: Sequence[str],
+        *,
+        writable: bool,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
         """Create an empty layer on ``parents`` (or on nothing, when empty).
 
         ``parents`` are the new layer's ancestors, nearest first (see the
@@ -184,6 +199,14 @@ class Driver:
         whether mounts of the finished layer accept writes; a read-only layer
         is still filled once by the core (:meth:`apply`, or a ``populate``
         view) before it is finished (see :meth:`finalize`).
+
+        ``options`` are per-layer options, only keys of :attr:`layer_options`
+        (the store refuses any other key before calling, with
+        :class:`~lamina.core.errors.LayerOptionError`). The store passes the
+        keyword only when options were asked for, so a driver that declares
+        none may leave it out of its signature. A value the driver cannot honour
+        (a malformed size, a size on a read-only layer) is a
+        :class:`~lamina.core.errors.LayerOptionError`.
 
         Must fail if ``layer_id`` exists (:class:`LayerExists`) or
         ``parents[0]`` does not (:class:`LayerNotFound`). If it fails it

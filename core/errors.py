@@ -143,6 +143,10 @@ class NotMounted(LayerError):
     """Unmount of a layer that holds no mount reference."""
 
 
+class LayerOptionError(LayerError):
+    """A per-layer option (``--storage-opt``) the driver does not take, or a bad value."""
+
+
 class ReadOnlyLayer(LayerError):
     """A write was attempted on a read-only layer."""
 

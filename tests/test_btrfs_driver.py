@@ -17,7 +17,13 @@ from tarmaker import tar_of
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 from lamina.core.driver import ChangeKind
-from lamina.core.errors import ConfigError, DriverError, LayerExists, LayerNotFound
+from lamina.core.errors import (
+    ConfigError,
+    DriverError,
+    LayerExists,
+    LayerNotFound,
+    LayerOptionError,
+)
 from lamina.core.layers.changes import compare_trees
 from lamina.core.layers.store import Store
 from lamina.core.plugins.discovery import collect_drivers, plugin_manager
@@ -393,3 +399,44 @@ def test_status(root: Path) -> None:
     assert status["Library"].startswith("btrfsutil ")
     assert status["Native Changes"] == "on"
     assert status["Quotas"] in ("on", "off")
+
+
+def test_storage_opt_size_limits_one_writable_layer(quota_fs: Path) -> None:
+    """``--storage-opt size=10M``: that layer refuses 20 MB; a sibling without it does not."""
+    with new_store(quota_fs / "store") as store:
+        assert store.driver.capabilities.layer_quota
+        base = store.apply_layer(tar_of({"big": os.urandom(4 << 20)})).id
+        limited = store.create_layer(base, writable=True, options={"size": "10M"}).id
+        free = store.create_layer(base, writable=True).id
+        path = store.mount(limited)
+        written = 0
+        chunk = os.urandom(1 << 20)
+        with pytest.raises(OSError) as info, open(path / "fill", "wb") as f:
+            while written < 20 << 20:
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                written += len(chunk)
+        assert info.value.errno in (errno.EDQUOT, errno.ENOSPC), info.value
+        assert written <= 11 << 20
+        os.unlink(path / "fill")
+        store.unmount(limited)
+        path = store.mount(free)
+        (path / "fill").write_bytes(os.urandom(20 << 20))  # no limit asked: no limit
+        os.sync()
+        store.unmount(free)
+
+
+def test_storage_opt_size_bad_values(quota_fs: Path) -> None:
+    with new_store(quota_fs / "store") as store:
+        base = store.create_layer().id
+        before = store.layer_count(ready_only=False)
+        with pytest.raises(LayerOptionError) as info:
+            store.create_layer(base, writable=True, options={"size": "lots"})
+        assert "size" in str(info.value) and "10G" in info.value.hint
+        with pytest.raises(LayerOptionError, match="read-only"):
+            store.create_layer(base, options={"size": "10M"})
+        with pytest.raises(LayerOptionError, match="no per-layer option sise"):
+            store.create_layer(base, writable=True, options={"sise": "10M"})
+        assert store.layer_count(ready_only=False) == before
+        assert [p.name for p in store.driver.subvolumes.iterdir()] == [base]

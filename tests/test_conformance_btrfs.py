@@ -1,4 +1,4 @@
-"""The conformance suite passes on btrfs, on a loop-mounted btrfs, quota case included.
+"""The conformance suite passes on btrfs, on a loop-mounted btrfs, quota cases included.
 
 Run through ``lamina.conformance.run`` as a driver author runs it, with every native
 change list checked against the generic walk (``LAMINA_BTRFS_VERIFY_NATIVE``):
@@ -41,9 +41,10 @@ def test_suite_passes_on_btrfs(tmp_path: Path, btrfs_root: Path, monkeypatch) ->
     # root mtime, which the generic code path decides; run it here once it has settled
     result = run("btrfs", root, args=["-q", "-k", "not test_44"])
     assert result.ok, result.summary()
-    missing = {*ALWAYS, 25, 34, 35} - result.numbers("passed")
+    missing = {*ALWAYS, 25, 34, 35, 46} - result.numbers("passed")
     assert not missing, f"cases that did not pass: {sorted(missing)}"
     assert result.case("test_35_quota").outcome == "passed"
+    assert result.case("test_46_layer_quota").outcome == "passed"
     assert not os.listdir(root), f"the suite left stores behind: {os.listdir(root)}"
     # the native path really ran, and each run agreed with the generic walk
     lines = log.read_text().splitlines()

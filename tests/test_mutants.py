@@ -51,6 +51,7 @@ CATCHES: dict[str, tuple[str, ...]] = {
     "ForgetsLayersOnRestart": ("test_09_restart_persistence",),
     "RemoveKeepsLayer": ("test_08_exists_and_list",),
     "IgnoresQuota": ("test_35_quota",),
+    "IgnoresLayerQuota": ("test_46_layer_quota",),
     "CreatesOrphans": ("test_04_failed_create_leaves_nothing",),
     "CloseTwiceFails": ("test_10_close",),
     "StatusWithoutBackingFs": ("test_11_status",),
@@ -125,6 +126,8 @@ def test_every_mutant_is_listed() -> None:
 #: cases vfs skips for lack of a capability; their control runs where a driver has it
 CONTROLLED_ELSEWHERE = {
     "test_35_quota": "tests/test_conformance_btrfs.py: btrfs declares quota and passes it",
+    "test_46_layer_quota": "tests/test_conformance_btrfs.py: btrfs declares layer_quota and "
+    "passes it",
 }
 
 

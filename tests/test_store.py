@@ -29,6 +29,7 @@ from lamina.core.errors import (
     LayerIncomplete,
     LayerInUse,
     LayerNotFound,
+    LayerOptionError,
     NotMounted,
     StoreClosed,
     StoreError,
@@ -351,3 +352,37 @@ def test_parents_of_a_deep_chain_nearest_first(store_root: Path) -> None:
             ids.append(store.create_layer(ids[-1], layer_id=f"l{i}").id)
         assert store.parents("l299") == ids[-2::-1]
         assert store.chain("l299") == ids[::-1]
+
+
+# --- per-layer options (--storage-opt) ------------------------------------------------
+
+
+def test_layer_options_a_driver_does_not_take_are_refused_before_anything(
+        store_root: Path) -> None:
+    with open_store(store_root) as store:
+        base = store.create_layer().id
+        with pytest.raises(LayerOptionError) as info:
+            store.create_layer(base, writable=True, options={"size": "10M"})
+        assert "the vfs driver takes no per-layer options (asked for: size)" in str(info.value)
+        assert "btrfs" in info.value.hint
+        assert [layer.id for layer in store.layers()] == [base]
+        assert store.layer_count(ready_only=False) == 1
+        assert sorted(os.listdir(store.driver.home / "dir")) == [base]  # vfs's layers
+
+
+def test_a_driver_written_before_layer_options_keeps_working(store_root: Path) -> None:
+    """A third party's create without the ``options`` keyword: never passed one unasked."""
+    from lamina.drivers.vfs import VfsDriver
+
+    class OldDriver(VfsDriver):
+        def create(self, layer_id: str, parents, *, writable: bool) -> None:  # type: ignore
+            super().create(layer_id, parents, writable=writable)
+
+    store_root.mkdir()
+    (store_root / "vfs").mkdir()
+    with Store(store_root, OldDriver(store_root / "vfs")) as store:
+        base = store.create_layer().id
+        rw = store.create_layer(base, writable=True, options={}).id
+        assert store.layer(rw).parent == base
+        with pytest.raises(LayerOptionError, match="takes no per-layer options"):
+            store.create_layer(base, writable=True, options={"size": "1G"})

@@ -1,4 +1,4 @@
-"""Dockerfile instructions applied to an image's container config (``import --change``).
+"""Dockerfile instructions applied to an image's container config (``import``/``commit --change``).
 
 ``docker import --change`` takes the instructions that only set config fields;
 lamina takes these: ``CMD``, ``ENTRYPOINT`` (JSON array, or shell form run by
@@ -24,8 +24,13 @@ _PORT = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
 _KEY = re.compile(r"^[^=\s]+$")
 
 
-def apply_changes(config: dict[str, Any], changes: Iterable[str]) -> dict[str, Any]:
-    """``config`` (an image's ``config`` object) with each instruction applied, in order."""
+def apply_changes(
+    config: dict[str, Any], changes: Iterable[str], *, command: str = "import"
+) -> dict[str, Any]:
+    """``config`` (an image's ``config`` object) with each instruction applied, in order.
+
+    ``command`` names the command in errors (``import``, ``commit``).
+    """
     result = json.loads(json.dumps(config))
     for change in changes:
         word, _, rest = change.strip().partition(" ")
@@ -34,7 +39,7 @@ def apply_changes(config: dict[str, Any], changes: Iterable[str]) -> dict[str, A
         word = word.upper()
         rest = rest.strip()
         if word not in SUPPORTED:
-            raise InvalidChange(f"--change {change!r}: {word} cannot be applied by import")
+            raise InvalidChange(f"--change {change!r}: {word} cannot be applied by {command}")
         if not rest:
             raise InvalidChange(f"--change {change!r}: {word} needs an argument")
         _APPLY[word](result, rest, change)

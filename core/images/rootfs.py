@@ -48,6 +48,18 @@ def rfc3339(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
+def history_entry(
+    created: float, created_by: str, *, comment: str | None = None, author: str | None = None
+) -> dict[str, Any]:
+    """One entry of a config's ``history``, for a layer made here (import, commit)."""
+    entry: dict[str, Any] = {"created": rfc3339(created), "created_by": created_by}
+    if author:
+        entry["author"] = author
+    if comment:
+        entry["comment"] = comment
+    return entry
+
+
 def new_config(
     diff_ids: Sequence[str],
     history: Sequence[Mapping[str, Any]],
@@ -185,8 +197,7 @@ def import_rootfs(
             raise host_error(exc, "read", source if not ours else path) from exc
         diff_id = digests.diff_id
         now = time.time()
-        history = {"created": rfc3339(now), "created_by": "lamina import",
-                   **({"comment": message} if message else {})}
+        history = history_entry(now, "lamina import", comment=message)
         config_doc = new_config([diff_id], [history], created=now,
                                 container_config=container_config)
         config_bytes = canonical_json(config_doc)

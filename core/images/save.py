@@ -166,8 +166,8 @@ def _stored_manifest(images: ImageStore, digest: str | None, image_id: str,
     return Blob(digest, len(body), data=body)
 
 
-class _HashingFile:
-    """The export's temp file, hashed as the driver writes it."""
+class HashingFile:
+    """An export's temp file, hashed as the driver writes it (``save``, ``commit``)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -196,7 +196,7 @@ def _export(store: Any, layer_id: str, tmp: Path, temps: list[Path]) -> Blob:
     path = Path(name)
     temps.append(path)
     try:
-        out = _HashingFile(fd)
+        out = HashingFile(fd)
         store.diff(layer_id, out)
     finally:
         os.close(fd)

@@ -26,7 +26,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -41,6 +41,7 @@ from ..errors import (
     LayerIncomplete,
     LayerInUse,
     LayerNotFound,
+    LayerOptionError,
     MetadataMissing,
     NoSpace,
     NotMounted,
@@ -458,10 +459,20 @@ class Store:
     # -- creating and removing -------------------------------------------------------
 
     def create_layer(
-        self, parent: str | None = None, *, writable: bool = False, layer_id: str | None = None
+        self,
+        parent: str | None = None,
+        *,
+        writable: bool = False,
+        layer_id: str | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> Layer:
-        """Create an empty layer on ``parent``; it is ready at once."""
-        layer_id, _ = self._begin(parent, writable, layer_id, empty=True)
+        """Create an empty layer on ``parent``; it is ready at once.
+
+        ``options`` are per-layer options for the driver (``--storage-opt size=10G``):
+        a key the driver does not declare in ``layer_options`` is refused with
+        :class:`LayerOptionError` before anything is made.
+        """
+        layer_id, _ = self._begin(parent, writable, layer_id, empty=True, options=options)
         return self.layer(layer_id)
 
     def apply_layer(
@@ -612,7 +623,13 @@ class Store:
         return layer
 
     def _begin(
-        self, parent: str | None, writable: bool, layer_id: str | None, *, empty: bool = False
+        self,
+        parent: str | None,
+        writable: bool,
+        layer_id: str | None,
+        *,
+        empty: bool = False,
+        options: Mapping[str, str] | None = None,
     ) -> tuple[str, list[str]]:
         """Record an incomplete layer and have the driver create it; return its id and parents.
 
@@ -621,6 +638,7 @@ class Store:
         """
         self._check_open()
         layer_id = os.urandom(32).hex() if layer_id is None else check_layer_id(layer_id)
+        extra = self._layer_options(layer_id, options)
         started = time.monotonic()
         with self._lock:
             parents: list[str] = []
@@ -644,7 +662,7 @@ class Store:
                 if self.driver.exists(layer_id):
                     # debris of an earlier crash the metadata no longer knows about
                     self.driver.remove(layer_id)
-                self.driver.create(layer_id, parents, writable=writable)
+                self.driver.create(layer_id, parents, writable=writable, **extra)
                 created = time.time_ns()
                 if empty:
                     self.driver.finalize(layer_id, writable=writable)
@@ -670,6 +688,37 @@ class Store:
             seconds=time.monotonic() - started,
         )
         return layer_id, parents
+
+    def _layer_options(
+        self, layer_id: str, options: Mapping[str, str] | None
+    ) -> dict[str, Any]:
+        """The keyword arguments for :meth:`Driver.create`: ``options`` only when asked for,
+        so a driver written before per-layer options existed keeps working."""
+        if not options:
+            return {}
+        accepted = self.driver.layer_options
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            name = self.driver.name
+            asked = ", ".join(unknown)
+            if not accepted:
+                raise LayerOptionError(
+                    layer_id,
+                    f"the {name} driver takes no per-layer options (asked for: {asked})",
+                    hint="a writable layer's size (--storage-opt size=N) needs a driver with "
+                    "layer quotas, such as btrfs; `lamina drivers` lists the drivers",
+                )
+            raise LayerOptionError(
+                layer_id,
+                f"the {name} driver has no per-layer option {asked}",
+                hint=f"per-layer options of {name}: {', '.join(sorted(accepted))}",
+            )
+        for key, value in options.items():
+            if not isinstance(value, str):
+                raise LayerOptionError(
+                    layer_id, f"per-layer option {key!r} must be a string, not {value!r}",
+                    hint=accepted[key].help)
+        return {"options": dict(options)}
 
     def _finish(self, layer_id: str, *, diff_id: str | None, size: int) -> None:
         """Write the layer's record and mark it ready (in the caller's transaction if any)."""

@@ -34,8 +34,10 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from lamina.core.driver import Capabilities, Change, Driver, LayerViews, Option
 from lamina.core.errors import (
+    ConfigError,
     DriverError,
     DriverNotSupported,
+    LayerOptionError,
 )
 from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_magic, filesystem_type
@@ -84,6 +86,7 @@ class BtrfsDriver(Driver):
         rename_lower_dir=True,
         hardlinks_survive_copy_up=True,  # a snapshot shares inodes; nothing is copied up
         quota=True,
+        layer_quota=True,
         sparse_files=True,
         subsecond_mtime=True,
         native_diff=True,
@@ -99,6 +102,14 @@ class BtrfsDriver(Driver):
         "native_changes": Option(
             bool, "list a layer's changes from btrfs generation numbers (false: walk both trees)",
             True,
+        ),
+    }
+    layer_options: ClassVar[Mapping[str, Option]] = {
+        "size": Option(
+            str,
+            'most bytes this writable layer may add, like "10G" (a qgroup exclusive limit, '
+            "in place of the driver's size option); switches quotas on for the whole "
+            "filesystem",
         ),
     }
 
@@ -166,8 +177,16 @@ class BtrfsDriver(Driver):
     def exists(self, layer_id: str) -> bool:
         return self._subvol(layer_id).is_dir()
 
-    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool) -> None:
+    def create(
+        self,
+        layer_id: str,
+        parents: Sequence[str],
+        *,
+        writable: bool,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
         self._check_create(layer_id, parents)
+        size = self._layer_size(layer_id, writable, options) if options else self.size
         self._clear_debris(layer_id)
         tmp = self.subvolumes / f".tmp-{layer_id}-{os.urandom(4).hex()}"
         try:
@@ -176,8 +195,8 @@ class BtrfsDriver(Driver):
                 os.chmod(tmp, self.capabilities.root_mode)
             else:
                 self.util.create_snapshot(self._subvol(parents[0]), tmp)
-            if writable and self.size is not None:
-                self._limit(tmp, self.size)
+            if writable and size is not None:
+                self._limit(tmp, size)
             os.rename(tmp, self._subvol(layer_id))  # the layer exists from here on
         except BaseException as exc:
             # leave nothing behind, so the same id can be created again
@@ -335,12 +354,27 @@ class BtrfsDriver(Driver):
                     hint="quotas need btrfs qgroups: check `btrfs qgroup show` on the filesystem",
                 ) from exc
 
-    def set_quota(self, layer_id: str, size: int | str | None) -> None:
-        """Limit what ``layer_id`` may add to ``size`` bytes (``None``: no limit).
+    def _layer_size(
+        self, layer_id: str, writable: bool, options: Mapping[str, str]
+    ) -> int | None:
+        """The quota of a new layer: its own ``size`` option, else the driver's."""
+        if "size" not in options:
+            return self.size
+        if not writable:
+            raise LayerOptionError(
+                layer_id, f"a size for layer {layer_id!r}, which is read-only",
+                hint="a size limits what a writable (container) layer may add")
+        try:
+            return parse_size(options["size"], what="the layer's size")
+        except ConfigError as exc:
+            raise LayerOptionError(layer_id, str(exc), hint=exc.hint) from None
 
-        The per-layer form of the ``size`` option (the driver contract has no
-        per-layer options yet). The limit is a qgroup exclusive limit: bytes
-        the layer's subvolume does not share with its parent.
+    def set_quota(self, layer_id: str, size: int | str | None) -> None:
+        """Limit what an existing ``layer_id`` may add to ``size`` bytes (``None``: no limit).
+
+        What ``create(..., options={"size": ...})`` sets at creation, changed later.
+        The limit is a qgroup exclusive limit: bytes the layer's subvolume does not
+        share with its parent.
         """
         self._check_open()
         if not self.exists(layer_id):

@@ -283,6 +283,20 @@ class IgnoresQuota(VfsDriver):
     }
 
 
+class IgnoresLayerQuota(VfsDriver):
+    """Promises per-layer quotas (``layer_quota=True``, a ``size`` layer option), enforces none."""
+
+    name: ClassVar[str] = "mutant-no-layer-quota"
+    capabilities: ClassVar[Capabilities] = VfsDriver.capabilities._replace(layer_quota=True)
+    layer_options: ClassVar[Mapping[str, Option]] = {
+        "size": Option(str, 'most bytes this writable layer may add, like "10G" (ignored)'),
+    }
+
+    def create(self, layer_id: str, parents: Sequence[str], *, writable: bool,
+               options: Mapping[str, str] | None = None) -> None:
+        super().create(layer_id, parents, writable=writable)
+
+
 class CreatesOrphans(VfsDriver):
     """Creates a layer on a missing parent as if it had none, instead of LayerNotFound."""
 
@@ -377,7 +391,8 @@ MUTANTS: dict[str, type[VfsDriver]] = {
     for cls in (
         IgnoresWhiteouts, IgnoresOpaque, DropsXattrs, DropsSetuid, LosesHardlinks,
         RoundsMtimes, TruncatesMtimes, ReadOnlyAcceptsWrites, LeaksMounts, WritesReachParent,
-        WrongRootMode, ForgetsLayersOnRestart, RemoveKeepsLayer, IgnoresQuota, CreatesOrphans,
+        WrongRootMode, ForgetsLayersOnRestart, RemoveKeepsLayer, IgnoresQuota, IgnoresLayerQuota,
+        CreatesOrphans,
         CloseTwiceFails,
         StatusWithoutBackingFs, NondeterministicDiff, ExportsCharDeviceWhiteouts,
     )
