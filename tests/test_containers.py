@@ -15,14 +15,13 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import LAMINA, needs_root, run_lamina
+
 from lamina.core.host import mounts
 
 pytestmark = needs_root
@@ -77,8 +76,8 @@ def _site(root: Path, driver: str, busybox_tar: Path) -> Iterator[Site]:
 
 
 def test_exit_status_output_and_rm(site: Site) -> None:
-    proc = site("run", "--rm", "--network", "none", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 3",
-                check=False)
+    proc = site("run", "--rm", "--network", "none", IMAGE, "sh", "-c",
+                "echo out; echo err >&2; exit 3", check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, b"out\n", b"err\n")
     assert site.out("ps", "-a", "-q") == ""
 
@@ -256,10 +255,6 @@ def test_names_are_unique_and_errors_are_clear(site: Site) -> None:
         site("rm", "one")
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-v"]))
-
-
 # -- limits, hardening -----------------------------------------------------------------
 
 
@@ -368,3 +363,21 @@ def test_volume_target_planted_as_a_symlink_stays_inside(site: Site, busybox_tar
     entry = site("run", "--rm", "--network", "none", image, check=False)
     assert entry.returncode == 126 and b"Traceback" not in entry.stderr
     site("rmi", image)
+
+
+def test_commit_then_run_the_committed_image(site: Site) -> None:
+    site("run", "--name", "builder", "--network", "none", IMAGE, "sh", "-c",
+         "echo hi > /greeting; rm /bin/ls; mkdir -p /srv/app")
+    image = site.out("commit", "-m", "my change", "-c", 'CMD ["cat", "/greeting"]',
+                     "builder", "committed:1").strip()
+    assert image.startswith("sha256:")
+    site("rm", "builder")
+    assert site.out("run", "--rm", "--network", "none", "committed:1") == "hi\n"
+    # the launcher's mount points are not part of the image
+    out = site.out("run", "--rm", "--network", "none", "committed:1", "sh", "-c",
+                   "test -e /bin/ls || echo ls-gone; test -d /srv/app && echo dir-kept")
+    assert out.splitlines() == ["ls-gone", "dir-kept"]
+    history = json.loads(site.out("history", "--format", "json", "committed:1"))
+    assert history[0]["Comment"] == "my change"
+    assert "rm /bin/ls" in history[0]["CreatedBy"]
+    site("rmi", "committed:1")

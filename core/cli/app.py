@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:exec_arguments")
     command(sub, "diff", "container:cmd_diff", "list a container's changed paths (A/C/D)",
             formats=True, arguments="container:diff_arguments")
+    command(sub, "commit", "container:cmd_commit", "make an image of a container's changes",
+            arguments="container:commit_arguments")
     container = sub.add_parser("container", help="manage containers")
     csub = container.add_subparsers(dest="container_command", metavar="COMMAND", required=True)
     command(csub, "prune", "container:cmd_container_prune", "remove every stopped container",

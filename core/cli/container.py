@@ -1,5 +1,6 @@
 """Container commands: ``create``, ``run``, ``start``, ``ps``, ``rm``, ``logs``, ``stop``,
-``kill``, ``wait``, ``exec``, ``diff``, ``container prune``, with Docker's flags and output.
+``kill``, ``wait``, ``exec``, ``diff``, ``commit``, ``container prune``, with Docker's flags
+and output.
 
 ``run`` in the foreground is the container's monitor (core/launcher/monitor.py): its
 exit status is the container's, and the signals it gets reach the container. Every
@@ -535,6 +536,35 @@ def cmd_diff(args: argparse.Namespace, engine: Engine) -> int:
         return 0
     for c in changes:
         print(f"{c.kind.value} /{c.path}")
+    return 0
+
+
+def commit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--author", help="the author (e.g. \"Jane <jane@example.com>\")")
+    p.add_argument("-m", "--message", help="a commit message (the history entry's comment)")
+    p.add_argument("-c", "--change", action="append", default=[],
+                   metavar="INSTRUCTION", help="a Dockerfile instruction for the config "
+                   "(CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR, STOPSIGNAL)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("name", nargs="?", metavar="REPOSITORY[:TAG]")
+
+
+def cmd_commit(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.commit import commit
+    from ..containers.store import ContainerStore
+    from ..images.store import ImageStore
+    from .image import _reference
+
+    names = [str(_reference(args.name, engine))] if args.name else []
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = ContainerStore(store).get(args.container)
+        image_id = commit(
+            store, ImageStore(store), layer_id=container.layer, base_image_id=container.image,
+            created_by=" ".join(container.spec.argv), comment=args.message,
+            author=args.author, changes=args.change, names=names,
+            keep_blobs=engine.config.images["keep_blobs"])
+    print(image_id)
     return 0
 
 

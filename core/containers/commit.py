@@ -51,6 +51,7 @@ from ..images.space import images_lock
 from ..images.store import ImageLayer, ImageStore
 from ..images.unpack import ensure_layer
 from ..layers.store import Store
+from .store import init_layer_id
 
 #: keys of the base config that describe the container the base was made in, not this one
 _BASE_ONLY = ("container", "container_config", "author")
@@ -71,15 +72,20 @@ def commit(
 ) -> str:
     """Make an image of ``base_image_id`` plus the changes of the writable ``layer_id``.
 
-    ``layer_id`` must be a ready writable layer on the image's top layer (a
-    container's). ``names`` are full references (``registry/repository:tag``) the
-    new image gets. ``changes`` are Dockerfile instructions for its config
-    (:func:`~lamina.core.images.instructions.apply_changes`), checked before any
-    work. Returns the new image's id (``sha256:<hex>``).
+    ``layer_id`` must be a ready writable layer on the image's top layer, or on the
+    init layer of a container on it (core/containers/store.py): its own changes are
+    committed, the init layer's mount points are not. ``names`` are full references
+    (``registry/repository:tag``) the new image gets. ``changes`` are Dockerfile
+    instructions for its config
+    (:func:`~lamina.core.images.instructions.apply_changes`), checked before any work.
+    Returns the new image's id (``sha256:<hex>``).
     """
     image = images.image(base_image_id)
     container_layer = store.layer(layer_id)
-    if not container_layer.writable or container_layer.parent != image.top_layer:
+    parent = container_layer.parent
+    if parent == init_layer_id(layer_id):  # a container's: its init layer is not committed
+        parent = store.layer(parent).parent
+    if not container_layer.writable or parent != image.top_layer:
         raise ContainerError(
             f"layer {layer_id} is not a container's writable layer on image {base_image_id}",
             hint="commit a container of that image",

@@ -131,11 +131,8 @@ class ContainerStore:
         init = self.store.apply_layer(io.BytesIO(_init_tar()), top_layer,
                                       layer_id=init_layer_id(container_id))
         try:
-            if layer_options:
-                layer = self.store.create_layer(init.id, writable=True, layer_id=container_id,
-                                                options=layer_options)  # type: ignore[call-arg]
-            else:
-                layer = self.store.create_layer(init.id, writable=True, layer_id=container_id)
+            layer = self.store.create_layer(init.id, writable=True, layer_id=container_id,
+                                            options=layer_options or None)
         except BaseException:
             self.store.remove_layer(init.id)
             raise
