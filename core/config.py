@@ -46,8 +46,7 @@ REGISTRY_KEYS: dict[str, tuple[type, Any, str]] = {
 #: (core/network/). 10.87.0.0/16 is neither Docker's 172.17.0.0/16 nor podman's
 #: 10.88.0.0/16, so the three can run on one host.
 NETWORK_KEYS: dict[str, tuple[type, Any, str]] = {
-    "bridge": (str, "lamina0", "name of the bridge interface (1-15 characters, no '/', ':' "
-               "or spaces)"),
+    "bridge": (str, "lamina0", "name of the bridge interface: 1 to 15 of A-Z a-z 0-9 _ . -"),
     "subnet": (str, "10.87.0.0/16", "the bridge's private IPv4 subnet, e.g. 10.87.0.0/16 "
                "(prefix 8 to 29); its first address is the gateway"),
     "dns": (list, ["8.8.8.8", "8.8.4.4"], "nameservers a container gets when the host's "
@@ -263,12 +262,12 @@ def _table(
 def _network_table(path: Path, table: Any) -> dict[str, Any]:
     """Check [network]: a usable interface name, a private-size IPv4 subnet, addresses."""
     import ipaddress  # only for a file with a [network] table
+    import re
 
     table = _table(path, "network", table, NETWORK_KEYS)
     bridge = table.get("bridge", NETWORK_KEYS["bridge"][1])
-    if not 0 < len(bridge.encode()) <= 15 or any(c in bridge for c in "/: \t\n") or bridge in (
-        ".", ".."
-    ):
+    # the name also goes into nftables chain names (core/network/nat.py)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", bridge) or bridge in (".", ".."):
         raise ConfigError(f"{path}: network.bridge {bridge!r} is not a valid interface name",
                           hint=NETWORK_KEYS["bridge"][2])
     if "subnet" in table:
