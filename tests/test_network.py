@@ -161,9 +161,10 @@ needs_netns = pytest.mark.skipif(
 )
 
 
-def run_scenario(name: str, tmp_path: Path, timeout: float = 120) -> str:
+def run_scenario(name: str, tmp_path: Path, timeout: float = 120,
+                 env: dict[str, str] | None = None) -> str:
     """Run scenario ``name`` in a new network namespace; its output, or fail with it."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
     done = subprocess.run(["unshare", "--net", sys.executable, str(HERE), name, str(tmp_path)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
@@ -185,6 +186,16 @@ def run_scenario(name: str, tmp_path: Path, timeout: float = 120) -> str:
 ])
 def test_bridge(scenario: str, tmp_path: Path) -> None:
     run_scenario(scenario, tmp_path)
+
+
+@needs_netns
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin") is None,
+                    reason="the nft program is not installed")
+@pytest.mark.parametrize("scenario", ["detach_frees", "port_taken"])
+def test_bridge_with_nft_program(scenario: str, tmp_path: Path) -> None:
+    """The same through the ``nft`` program, lamina's fallback without libnftables."""
+    run_scenario(scenario, tmp_path, env={"LAMINA_NFT": "program"})
 
 
 @needs_netns

@@ -72,7 +72,8 @@ def _get_library() -> _Library | None:
 
 
 def run(script: str, *, listing: bool = False) -> str:
-    """Run an nft script; with ``listing`` its output is JSON with rule handles."""
+    """Run an nft script; with ``listing`` (one ``list`` command) its output is JSON
+    with rule handles."""
     flags = NFT_CTX_OUTPUT_HANDLE | NFT_CTX_OUTPUT_JSON if listing else 0
     library = _get_library()
     if library is not None:
@@ -92,8 +93,12 @@ def _run_program(script: str, listing: bool) -> tuple[int, str, str]:
     nft = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
     if nft is None:
         raise NetworkError("neither libnftables nor the nft program is installed", hint=_HINT)
-    argv = [nft, "-j", "-a", "-f", "-"] if listing else [nft, "-f", "-"]
-    done = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+    if listing:  # one command, as arguments: with -j, nft reads a script as JSON
+        done = subprocess.run([nft, "-j", "-a", *script.split()], capture_output=True,
+                              text=True, check=False)
+    else:
+        done = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True,
+                              check=False)
     return done.returncode, done.stdout, done.stderr
 
 
