@@ -76,6 +76,11 @@ def test_hosts_file() -> None:
     assert text.startswith("127.0.0.1\tlocalhost\n")
     assert text.endswith("10.87.0.2\tweb\n")
     assert "web" not in hosts_file("web", None)
+    from lamina.core.network.attachment import attach
+
+    host = attach(None, "c0ffee", "host", 0, (), "web")
+    assert host.hosts == Path("/etc/hosts").read_text()
+    assert host.address is None
 
 
 def test_resolv_conf_drops_loopback_nameservers(tmp_path: Path) -> None:
@@ -182,6 +187,7 @@ def run_scenario(name: str, tmp_path: Path, timeout: float = 120,
     "detach_frees",
     "sweep_after_crash",
     "port_taken",
+    "failed_attach_undone",
     "none_mode",
 ])
 def test_bridge(scenario: str, tmp_path: Path) -> None:
@@ -464,6 +470,23 @@ def scenario_port_taken(root: Path) -> None:
         assert not any(n.endswith(b_id[:12]) for _, n in socket.if_nameindex())
         # and the same container starts once the port is free
         host.attach(b_id, b_pid, ("6001:80",))
+    finally:
+        host.close()
+
+
+def scenario_failed_attach_undone(root: Path) -> None:
+    """A container whose namespace already has an eth0: refused, and nothing stays."""
+    host = Host(root)
+    try:
+        c_id, c_pid = host.container()
+        subprocess.run(["nsenter", f"--net=/proc/{c_pid}/ns/net", "ip", "link", "add", "eth0",
+                        "type", "veth", "peer", "name", "other0"], check=True)
+        with pytest.raises(NetworkError, match="cannot create the veth pair") as info:
+            host.attach(c_id, c_pid, ("5555:80",))
+        assert info.value.hint
+        assert host.leases() == {}
+        assert c_id not in nft_table()
+        assert not any(n.startswith("lmv") for _, n in socket.if_nameindex())
     finally:
         host.close()
 

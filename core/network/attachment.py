@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from ..errors import NetworkError
 from ..layers.metadata import transaction
-from .etcfiles import hosts_file, resolv_conf
+from .etcfiles import host_hosts_file, hosts_file, resolv_conf
 from .ports import PortMapping
 
 MODES = ("bridge", "host", "none")
@@ -100,7 +100,8 @@ def attach(
     _check_ports(mode, ports)
     if mode != "bridge":
         fallback = (settings or _default_settings())["dns"]
-        return Attachment(mode, hosts_file(hostname, None), resolv_conf(mode, fallback))
+        hosts = host_hosts_file() if mode == "host" else hosts_file(hostname, None)
+        return Attachment(mode, hosts, resolv_conf(mode, fallback))
     from .addresses import BridgeNetwork
 
     network = BridgeNetwork.from_settings(settings or _default_settings())
@@ -158,6 +159,7 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
             ifconfig.link_up("eth0")
             ifconfig.add_default_route(str(network.gateway))
     except BaseException as exc:
+        links.delete_veths([links.veth_name(container_id)])  # the process may live on
         detach(store, container_id)
         if isinstance(exc, OSError):
             raise NetworkError(f"cannot configure eth0 of process {pid}: {exc.strerror}",

@@ -5,7 +5,8 @@ is the host's, less what cannot work from the container: a nameserver on 127.0.0
 (systemd-resolved's 127.0.0.53, a local dnsmasq) is the container's own loopback there,
 and IPv6 nameservers are unreachable on an IPv4-only bridge. When none is left, the
 fallback servers (``[network] dns``) take their place, as Docker's 8.8.8.8 and 8.8.4.4.
-With ``--network host`` the container shares the host's loopback: the file is kept.
+With ``--network host`` the container shares the host's network and loopback: both files
+are the host's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
+HOST_HOSTS = "/etc/hosts"
 
 _LOCALHOST = """127.0.0.1\tlocalhost
 ::1\tlocalhost ip6-localhost ip6-loopback
@@ -28,6 +30,15 @@ def hosts_file(hostname: str, address: str | None) -> str:
     if address is None:
         return _LOCALHOST
     return f"{_LOCALHOST}{address}\t{hostname}\n"
+
+
+def host_hosts_file(host_file: str = HOST_HOSTS) -> str:
+    """``/etc/hosts`` for ``--network host``: the host's (localhost lines if unreadable)."""
+    try:
+        with open(host_file, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return _LOCALHOST
 
 
 def resolv_conf(mode: str, fallback: Iterable[str], host_file: str = HOST_RESOLV_CONF) -> str:

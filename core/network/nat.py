@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .addresses import BridgeNetwork
-from .nftables import NftablesError, listing, run
+from .nftables import NftablesError, NftablesMissing, listing, run
 from .ports import PortMapping
 
 TABLE = "ip lamina"
@@ -81,9 +81,11 @@ class PublishedRule:
 
 
 def published() -> list[PublishedRule]:
-    """Every lamina rule in ``published`` (none when the table is not there)."""
+    """Every lamina rule in ``published`` (none when the table, or nftables, is not there)."""
     try:
         objects = listing(f"list chain {TABLE} published")
+    except NftablesMissing:
+        return []
     except NftablesError as exc:
         if exc.missing:
             return []

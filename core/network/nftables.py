@@ -28,6 +28,10 @@ class NftablesError(NetworkError):
         return "No such file or directory" in str(self)
 
 
+class NftablesMissing(NetworkError):
+    """Neither libnftables nor the nft program is installed: no lamina rule can exist."""
+
+
 class _Library:
     """libnftables.so.1: one context, output and errors kept in buffers."""
 
@@ -92,7 +96,8 @@ def _run_program(script: str, listing: bool) -> tuple[int, str, str]:
 
     nft = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
     if nft is None:
-        raise NetworkError("neither libnftables nor the nft program is installed", hint=_HINT)
+        raise NftablesMissing("neither libnftables nor the nft program is installed",
+                              hint=_HINT)
     if listing:  # one command, as arguments: with -j, nft reads a script as JSON
         done = subprocess.run([nft, "-j", "-a", *script.split()], capture_output=True,
                               text=True, check=False)
