@@ -27,6 +27,7 @@ TOP_LEVEL_KEYS = {
     "drivers": "one table per driver with its options, e.g. [drivers.overlay]",
     "images": "image settings: default_registry, keep_blobs, max_concurrent_downloads",
     "registries": 'one table per registry host: [registries."HOST"] insecure, mirrors',
+    "network": "the default bridge network of containers: bridge, subnet, dns",
 }
 
 #: the [images] table's keys, their types and defaults
@@ -40,6 +41,16 @@ IMAGE_KEYS: dict[str, tuple[type, Any, str]] = {
 REGISTRY_KEYS: dict[str, tuple[type, Any, str]] = {
     "insecure": (bool, False, "plain http (or https without verification) for this registry"),
     "mirrors": (list, [], "hosts tried in order before the registry itself, on pulls"),
+}
+#: the [network] table's keys: the bridge network containers join by default
+#: (core/network/). 10.87.0.0/16 is neither Docker's 172.17.0.0/16 nor podman's
+#: 10.88.0.0/16, so the three can run on one host.
+NETWORK_KEYS: dict[str, tuple[type, Any, str]] = {
+    "bridge": (str, "lamina0", "name of the bridge interface: 1 to 15 of A-Z a-z 0-9 _ . -"),
+    "subnet": (str, "10.87.0.0/16", "the bridge's private IPv4 subnet, e.g. 10.87.0.0/16 "
+               "(prefix 8 to 29); its first address is the gateway"),
+    "dns": (list, ["8.8.8.8", "8.8.4.4"], "nameservers a container gets when the host's "
+            "resolv.conf names only 127.x ones (unreachable from the container)"),
 }
 
 
@@ -57,6 +68,8 @@ class _ConfigFields(NamedTuple):
     images: dict[str, Any]
     #: one table per registry host, every key of REGISTRY_KEYS present
     registries: dict[str, dict[str, Any]]
+    #: the [network] table, every key of NETWORK_KEYS present (defaults filled in)
+    network: dict[str, Any]
 
 
 class Config(_ConfigFields):
@@ -79,17 +92,19 @@ class Config(_ConfigFields):
         driver_source: str | None = None,
         images: dict[str, Any] | None = None,
         registries: dict[str, dict[str, Any]] | None = None,
+        network: dict[str, Any] | None = None,
     ) -> Config:
         images = {**{k: v[1] for k, v in IMAGE_KEYS.items()}, **(images or {})}
         registries = {
             host: {**{k: v[1] for k, v in REGISTRY_KEYS.items()}, **table}
             for host, table in (registries or {}).items()
         }
+        network = {**{k: v[1] for k, v in NETWORK_KEYS.items()}, **(network or {})}
         return super().__new__(
             cls, driver, default_root() if root is None else root,
             default_runroot() if runroot is None else runroot, driver_priority,
             {} if driver_options is None else driver_options, source, driver_source,
-            images, registries,
+            images, registries, network,
         )  # fmt: skip
 
     def registry(self, host: str) -> dict[str, Any]:
@@ -213,6 +228,8 @@ def parse_config(path: Path) -> Config:
             host: _table(path, f'registries."{host}"', table, REGISTRY_KEYS)
             for host, table in _typed(path, data, "registries", dict).items()
         }
+    if "network" in data:
+        kwargs["network"] = _network_table(path, _typed(path, data, "network", dict))
     return Config(**kwargs)
 
 
@@ -239,6 +256,36 @@ def _table(
             raise ConfigError(f"{path}: {name}.{key} must be a list of host names")
         if kind is int and value < 1:
             raise ConfigError(f"{path}: {name}.{key} must be at least 1")
+    return table
+
+
+def _network_table(path: Path, table: Any) -> dict[str, Any]:
+    """Check [network]: a usable interface name, a private-size IPv4 subnet, addresses."""
+    import ipaddress  # only for a file with a [network] table
+    import re
+
+    table = _table(path, "network", table, NETWORK_KEYS)
+    bridge = table.get("bridge", NETWORK_KEYS["bridge"][1])
+    # the name also goes into nftables chain names (core/network/nat.py)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", bridge) or bridge in (".", ".."):
+        raise ConfigError(f"{path}: network.bridge {bridge!r} is not a valid interface name",
+                          hint=NETWORK_KEYS["bridge"][2])
+    if "subnet" in table:
+        try:
+            subnet = ipaddress.IPv4Network(table["subnet"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: network.subnet {table['subnet']!r} is not an IPv4 "
+                              f"subnet: {exc}", hint=NETWORK_KEYS["subnet"][2]) from None
+        if not 8 <= subnet.prefixlen <= 29:
+            raise ConfigError(f"{path}: network.subnet {subnet} must have a prefix of 8 to 29 "
+                              "bits", hint=NETWORK_KEYS["subnet"][2])
+        table["subnet"] = str(subnet)
+    for server in table.get("dns", []):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise ConfigError(f"{path}: network.dns: {server!r} is not an IP address",
+                              hint=NETWORK_KEYS["dns"][2]) from None
     return table
 
 

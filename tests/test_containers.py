@@ -250,7 +250,7 @@ def test_names_are_unique_and_errors_are_clear(site: Site) -> None:
         missing = site("start", "nosuch", check=False)
         assert missing.returncode != 0 and b"no such container: nosuch" in missing.stderr
         bad = site("run", "--network", "none", "-p", "80", IMAGE, check=False)
-        assert bad.returncode != 0 and b"invalid port mapping" in bad.stderr
+        assert bad.returncode != 0 and b"invalid port '80'" in bad.stderr
     finally:
         site("rm", "one")
 

@@ -116,13 +116,13 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     from ..containers.spec import (
         ContainerSpec,
         merge_env,
-        parse_port,
         parse_size,
         parse_tmpfs,
         parse_volume,
         resolve_argv,
     )
     from ..images.store import ImageStore
+    from ..network.ports import parse_port
 
     config = ImageStore(store).config(image_id).raw.get("config") or {}
     seccomp = True
@@ -194,7 +194,8 @@ def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
             return 0
         mode = "tty" if args.tty else "inherit"
         try:
-            code = monitor.run(store, container, monitor.Stdio(mode, args.interactive))
+            code = monitor.run(store, container, monitor.Stdio(mode, args.interactive),
+                               network=engine.config.network)
         except LaminaError:
             if args.rm:
                 monitor.remove(store, container.id, force=True)
@@ -230,7 +231,8 @@ def cmd_start(args: argparse.Namespace, engine: Engine) -> int:
                 if args.attach:
                     mode = "tty" if container.spec.tty else "inherit"
                     return monitor.run(store, container,
-                                       monitor.Stdio(mode, args.interactive))
+                                       monitor.Stdio(mode, args.interactive),
+                                       network=engine.config.network)
             monitor.start_detached(engine, container.id)
             print(ref)
         except LaminaError as exc:
@@ -299,8 +301,6 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
 
 def inspect_container(c: Container) -> dict[str, Any]:
     """Docker's ``container inspect`` shape, for the fields lamina has."""
-    from dataclasses import asdict
-
     spec = c.spec
     iso = _iso
     return {
@@ -321,7 +321,7 @@ def inspect_container(c: Container) -> dict[str, Any]:
                        "Binds": [f"{v.source}:{v.target}{':ro' if v.readonly else ''}"
                                  for v in spec.volumes if v.kind == "bind"],
                        "Tmpfs": {v.target: v.options for v in spec.volumes if v.kind == "tmpfs"},
-                       "PortBindings": [asdict(p) for p in spec.ports]},
+                       "PortBindings": [p._asdict() for p in spec.ports]},
         "GraphDriver": {"Layer": c.layer},
     }
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ContainerError
+from ..network.ports import PortMapping
 
 #: PATH a container gets when neither the image nor ``-e`` sets one (Docker's)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -35,16 +36,6 @@ class Volume:
 
 
 @dataclass(frozen=True)
-class Port:
-    """``-p [IP:]HOST:CONTAINER[/PROTO]``."""
-
-    host_port: int
-    container_port: int
-    protocol: str = "tcp"
-    host_ip: str = ""
-
-
-@dataclass(frozen=True)
 class ContainerSpec:
     image: str  # the image id (config digest)
     image_name: str  # what the user called it, for `ps`
@@ -58,7 +49,7 @@ class ContainerSpec:
     read_only: bool = False
     network: str = "bridge"
     volumes: tuple[Volume, ...] = ()
-    ports: tuple[Port, ...] = ()
+    ports: tuple[PortMapping, ...] = ()
     memory: int | None = None
     pids_limit: int | None = None
     cpus: float | None = None
@@ -69,7 +60,9 @@ class ContainerSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        data["ports"] = [p._asdict() for p in self.ports]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ContainerSpec:
@@ -77,7 +70,7 @@ class ContainerSpec:
         data["argv"] = tuple(data["argv"])
         data["env"] = tuple(data["env"])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
-        data["ports"] = tuple(Port(**p) for p in data.get("ports", ()))
+        data["ports"] = tuple(PortMapping(**p) for p in data.get("ports", ()))
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -143,26 +136,6 @@ def parse_tmpfs(text: str) -> Volume:
         raise ContainerError(f"tmpfs target {target!r} is not an absolute path",
                              hint="use --tmpfs /path[:size=64m,mode=1777]")
     return Volume("tmpfs", target, options=options)
-
-
-def parse_port(text: str) -> Port:
-    """``-p [IP:]HOST:CONTAINER[/tcp|udp]``."""
-    spec, _, proto = text.partition("/")
-    proto = proto or "tcp"
-    parts = spec.rsplit(":", 2)
-    try:
-        if proto not in ("tcp", "udp") or len(parts) < 2:
-            raise ValueError
-        host_ip = parts[0] if len(parts) == 3 else ""
-        host_port, container_port = int(parts[-2]), int(parts[-1])
-        if not (0 < host_port < 65536 and 0 < container_port < 65536):
-            raise ValueError
-    except ValueError:
-        raise ContainerError(
-            f"invalid port mapping {text!r}",
-            hint="use -p HOST_PORT:CONTAINER_PORT[/tcp|udp] or -p IP:HOST_PORT:CONTAINER_PORT",
-        ) from None
-    return Port(host_port, container_port, proto, host_ip)
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)b?", re.IGNORECASE)

@@ -23,12 +23,15 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..containers.store import Container, ContainerStore
 from ..engine import Engine
 from ..errors import ContainerError, LaminaError
 from ..host.locks import process_identity
 from ..layers.store import Store
+from ..network.attachment import Attachment, attach, detach, sweep
 from . import cgroups, process, terminal
 
 #: exit code recorded for a container whose monitor vanished
@@ -53,41 +56,37 @@ def log_path(containers: ContainerStore, container_id: str) -> str:
     return str(containers.directory(container_id) / "container.log")
 
 
-def _etc_files(containers: ContainerStore, container: Container) -> list[tuple[str, str]]:
-    spec = container.spec
+def _etc_files(containers: ContainerStore, container: Container) -> dict[str, Path]:
+    """The container's /etc/hostname, hosts and resolv.conf on the host, made now (the
+    child binds them while it builds its root) and filled once its network is known."""
     directory = containers.directory(container.id)
     directory.mkdir(parents=True, mode=0o700, exist_ok=True)
-    hostname = spec.hostname or container.id[:12]
-    files = {
-        "hostname": f"{hostname}\n",
-        "hosts": (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                  f"127.0.1.1\t{hostname}\n"),
-        "resolv.conf": _resolv_conf(),
-    }
-    out = []
-    for name, text in files.items():
-        path = directory / name
-        path.write_text(text)
-        out.append((str(path), f"/etc/{name}"))
-    return out
+    files = {name: directory / name for name in ("hostname", "hosts", "resolv.conf")}
+    files["hostname"].write_text(f"{_hostname(container)}\n")
+    for name in ("hosts", "resolv.conf"):
+        files[name].touch()
+    return files
 
 
-def _resolv_conf() -> str:
-    try:
-        with open("/etc/resolv.conf") as f:
-            text = f.read(65536)
-    except OSError:
-        text = ""
-    lines = [line for line in text.splitlines()
-             if not line.strip().startswith("nameserver 127.")]
-    if not any(line.strip().startswith("nameserver") for line in lines):
-        lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
-    return "\n".join(lines) + "\n"
+def _hostname(container: Container) -> str:
+    return container.spec.hostname or container.id[:12]
+
+
+def _fill(files: dict[str, Path], attachment: Attachment) -> None:
+    # written in place: the child has bound these very inodes into its root
+    for name, text in (("hosts", attachment.hosts), ("resolv.conf", attachment.resolv_conf)):
+        with open(files[name], "r+") as f:
+            f.truncate(0)
+            f.write(text)
 
 
 def run(store: Store, container: Container, stdio: Stdio,
-        started: Callable[[], None] | None = None) -> int:
-    """Run ``container`` to its end; return its exit code (128+N for signal N)."""
+        started: Callable[[], None] | None = None, *,
+        network: dict[str, Any] | None = None) -> int:
+    """Run ``container`` to its end; return its exit code (128+N for signal N).
+
+    ``network``: the ``[network]`` settings of the config (core/network/).
+    """
     containers = ContainerStore(store)
     spec = container.spec
     holder = store.process_holder
@@ -105,10 +104,12 @@ def run(store: Store, container: Container, stdio: Stdio,
             io = (devnull, log_fd, log_fd)
         if spec.tty:
             tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        files = _etc_files(containers, container)
         launch = process.Launch(
             argv=spec.argv, env=spec.env, rootfs=str(rootfs), workdir=spec.workdir,
-            user=spec.user, hostname=spec.hostname or container.id[:12], network=spec.network,
-            volumes=spec.volumes, files=_etc_files(containers, container),
+            user=spec.user, hostname=_hostname(container), network=spec.network,
+            volumes=spec.volumes, files=[(str(path), f"/etc/{name}")
+                                         for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp)
         group = _cgroup(container)
         child = process.spawn(launch)
@@ -117,7 +118,10 @@ def run(store: Store, container: Container, stdio: Stdio,
         with forwarding(child.pid):
             if group is not None:
                 group.add(child.pid)
+            # recorded before the network: a sweep must see it alive (core/network/)
             containers.mark_running(container.id, child.pid, process_identity())
+            _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
+                                _hostname(container), settings=network))
             try:
                 child.release()
             except LaminaError:
@@ -179,6 +183,9 @@ def _teardown(store: Store, container: Container, holder: str) -> None:
     """Free what a run held; idempotent, and safe when the run never started."""
     if limits(container) is not None:
         _remove_cgroup(container.id)
+    if container.spec.network == "bridge":
+        with contextlib.suppress(LaminaError):
+            detach(store, container.id)
     with contextlib.suppress(LaminaError):
         store.unmount(container.layer, holder=holder)
 
@@ -282,7 +289,7 @@ def _monitor_main(engine: Engine, container_id: str, ready_w: int) -> None:
         with engine.open_store() as store:
             container = ContainerStore(store).get(container_id)
             stdio = Stdio("log", interactive=False)
-            code = run(store, container, stdio, started)
+            code = run(store, container, stdio, started, network=engine.config.network)
             if container.spec.auto_remove:
                 remove(store, container.id)
     except LaminaError as exc:
@@ -309,6 +316,11 @@ def reconcile(store: Store) -> list[str]:
         _remove_cgroup(container.id)
         containers.mark_exited(container.id, LOST_EXIT_CODE)
         done.append(container.id)
+    if any(c.spec.network == "bridge" for c in (containers.get(i) for i in done)):
+        # leases, port rules and host veths of every container that is not running
+        alive = [c.id for c in containers.containers() if c.running]
+        with contextlib.suppress(LaminaError):
+            sweep(store, alive)
     return done
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import termios
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from ..containers.spec import Volume
 from ..containers.users import resolve_user
 from ..errors import CommandNotExecutable, CommandNotFound, LaminaError, LaunchError
+from ..network.ifconfig import loopback_up
 from . import capabilities, fds, rootfs, seccomp, syscalls, terminal
 
 #: namespaces a container gets (cgroup's is entered after the cgroup is joined)
@@ -37,9 +37,6 @@ NEW_NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_
 #: the order a process joins a running container's namespaces in (mnt last: after it,
 #: /proc/PID of the host is out of sight)
 JOIN_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
 
 
 @dataclass
@@ -173,7 +170,7 @@ def _child(launch: Launch, go_r: int, err_w: int,
             if launch.hostname:
                 socket.sethostname(launch.hostname)
             if launch.network != "host":
-                _loopback_up()
+                loopback_up()
         if os.read(go_r, 1) != b"1":
             os._exit(1)  # the parent gave up
         os.close(go_r)
@@ -246,14 +243,6 @@ def _stdio(launch: Launch) -> None:
             os.dup2(fd, target, inheritable=True)
         else:
             os.set_inheritable(fd, True)
-
-
-def _loopback_up() -> None:
-    """``ip link set lo up`` with one ioctl: no netlink library in the container's path."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
 def _workdir(workdir: str, home: str) -> None:

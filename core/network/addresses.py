@@ -1,0 +1,80 @@
+"""A bridge network's addresses, leased to containers in the store's database.
+
+The lease table ``network_addresses(network, address, container_id)`` has
+``PRIMARY KEY (network, address)`` and ``UNIQUE (network, container_id)``: no address
+is ever held twice and a container holds at most one per network, whatever races.
+Callers lease inside :func:`lamina.core.layers.metadata.transaction` (``BEGIN
+IMMEDIATE``), so two starts at once pick in turn instead of colliding. The subnet's
+network and broadcast addresses and the gateway (its first address) are never leased.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from ..errors import NetworkError
+
+
+class BridgeNetwork(NamedTuple):
+    """One bridge network: the bridge's name, its subnet, the gateway (the bridge's own)."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+    #: nameservers for containers when the host has only 127.x ones
+    dns: tuple[str, ...] = ("8.8.8.8", "8.8.4.4")
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.subnet.network_address + 1
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> BridgeNetwork:
+        """From the configuration's ``[network]`` table (``Config.network``)."""
+        return cls(settings["bridge"], ipaddress.IPv4Network(settings["subnet"]),
+                   tuple(settings["dns"]))
+
+
+def lease(db: sqlite3.Connection, network: BridgeNetwork, container_id: str) -> str:
+    """The container's address on ``network``: the one it holds, else the lowest free one.
+
+    Call inside a write transaction. Raises NetworkError when the subnet is full.
+    """
+    held = db.execute(
+        "SELECT address FROM network_addresses WHERE network = ? AND container_id = ?",
+        (network.name, container_id),
+    ).fetchone()
+    if held:
+        return held[0]
+    taken = {row[0] for row in db.execute(
+        "SELECT address FROM network_addresses WHERE network = ?", (network.name,))}
+    taken.add(str(network.gateway))
+    for candidate in network.subnet.hosts():
+        address = str(candidate)
+        if address not in taken:
+            db.execute(
+                "INSERT INTO network_addresses(network, address, container_id) VALUES (?, ?, ?)",
+                (network.name, address, container_id),
+            )
+            return address
+    raise NetworkError(
+        f"no free address left in {network.subnet} (network {network.name})",
+        hint="remove stopped containers, or give [network] a larger subnet in lamina.toml",
+    )
+
+
+def release(db: sqlite3.Connection, container_ids: Iterable[str]) -> int:
+    """Free every address the containers hold; the number freed. Idempotent."""
+    freed = 0
+    for container_id in container_ids:
+        freed += db.execute(
+            "DELETE FROM network_addresses WHERE container_id = ?", (container_id,)
+        ).rowcount
+    return freed
+
+
+def holders(db: sqlite3.Connection) -> set[str]:
+    """Every container that holds an address on any network."""
+    return {row[0] for row in db.execute("SELECT DISTINCT container_id FROM network_addresses")}

@@ -1,0 +1,131 @@
+"""NAT for bridge networks: lamina's own nftables table, ``table ip lamina``.
+
+::
+
+    table ip lamina {
+      chain prerouting {   # type nat hook prerouting priority dstnat
+        fib daddr type local jump published }
+      chain output {       # type nat hook output priority -100: the host's own connections
+        fib daddr type local jump published }
+      chain published {
+        [ip daddr IP] tcp dport HOST dnat to ADDRESS:PORT comment "lamina ID tcp IP:HOST" ... }
+      chain postrouting-BRIDGE {  # type nat hook postrouting priority srcnat
+        ip saddr SUBNET oifname != BRIDGE masquerade    # containers out to the world
+        ip saddr 127.0.0.0/8 oifname BRIDGE masquerade  # 127.0.0.1:PORT from the host
+        ip saddr SUBNET oifname BRIDGE ct status dnat masquerade }  # container to published
+    }
+
+Everything but ``published`` is written whole in each set-up (flush, then add, in one
+transaction), so set-ups at once and again are idempotent. Each rule of ``published``
+belongs to one container: its comment names the container and the mapping, so tear-down
+deletes exactly that container's rules by their handles, and a new mapping is checked
+against those already there. The table is never touched by anything but lamina, and
+nothing of anyone else's tables is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .addresses import BridgeNetwork
+from .nftables import NftablesError, NftablesMissing, listing, run
+from .ports import PortMapping
+
+TABLE = "ip lamina"
+_TAG = "lamina"
+
+
+def setup_script(network: BridgeNetwork) -> str:
+    """The table, its chains and the network's masquerade rules: idempotent."""
+    subnet, bridge = network.subnet, network.name
+    post = f"postrouting-{bridge}"
+    return f"""
+add table {TABLE}
+add chain {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain {TABLE} output {{ type nat hook output priority -100; policy accept; }}
+add chain {TABLE} published
+add chain {TABLE} {post} {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain {TABLE} prerouting
+add rule {TABLE} prerouting fib daddr type local jump published
+flush chain {TABLE} output
+add rule {TABLE} output fib daddr type local jump published
+flush chain {TABLE} {post}
+add rule {TABLE} {post} ip saddr {subnet} oifname != "{bridge}" masquerade
+add rule {TABLE} {post} ip saddr 127.0.0.0/8 oifname "{bridge}" masquerade
+add rule {TABLE} {post} ip saddr {subnet} oifname "{bridge}" ct status dnat masquerade
+"""
+
+
+def publish_script(container_id: str, address: str, ports: Iterable[PortMapping]) -> str:
+    """Rules forwarding each host port to ``address``, tagged with the container."""
+    lines = []
+    for port in ports:
+        match = f"ip daddr {port.host_ip} " if port.host_ip else ""
+        lines.append(
+            f"add rule {TABLE} published {match}{port.protocol} dport {port.host_port} "
+            f"dnat to {address}:{port.container_port} "
+            f'comment "{_TAG} {container_id} {port.protocol} {port.host_ip}:{port.host_port}"'
+        )
+    return "\n".join(lines) + "\n"
+
+
+class PublishedRule:
+    """One rule of ``published``: whose it is, what it maps, its handle."""
+
+    __slots__ = ("container_id", "handle", "port")
+
+    def __init__(self, container_id: str, port: PortMapping, handle: int) -> None:
+        self.container_id = container_id
+        self.port = port
+        self.handle = handle
+
+
+def published() -> list[PublishedRule]:
+    """Every lamina rule in ``published`` (none when the table, or nftables, is not there)."""
+    try:
+        objects = listing(f"list chain {TABLE} published")
+    except NftablesMissing:
+        return []
+    except NftablesError as exc:
+        if exc.missing:
+            return []
+        raise
+    rules = []
+    for obj in objects:
+        rule = obj.get("rule")
+        parsed = _parse_comment(rule.get("comment", "")) if rule else None
+        if parsed is not None:
+            container_id, protocol, host_ip, host_port = parsed
+            rules.append(PublishedRule(container_id,
+                                       PortMapping(host_port, 0, protocol, host_ip),
+                                       rule["handle"]))
+    return rules
+
+
+def _parse_comment(comment: str) -> tuple[str, str, str, int] | None:
+    parts = comment.split(" ")
+    if len(parts) != 4 or parts[0] != _TAG:
+        return None
+    host_ip, _, host_port = parts[3].rpartition(":")
+    if not host_port.isdigit():
+        return None
+    return parts[1], parts[2], host_ip, int(host_port)
+
+
+def delete_script(rules: Iterable[PublishedRule]) -> str:
+    return "".join(f"delete rule {TABLE} published handle {r.handle}\n" for r in rules)
+
+
+def unpublish(container_ids: set[str] | None = None, *, keep: set[str] | None = None) -> int:
+    """Delete the rules of ``container_ids`` (or of every container not in ``keep``).
+
+    Returns how many were deleted. Idempotent: rules already gone are not an error.
+    """
+    doomed = [
+        r for r in published()
+        if (container_ids is not None and r.container_id in container_ids)
+        or (keep is not None and r.container_id not in keep)
+    ]
+    if doomed:
+        run(delete_script(doomed))
+    return len(doomed)
