@@ -381,3 +381,82 @@ def test_commit_then_run_the_committed_image(site: Site) -> None:
     assert history[0]["Comment"] == "my change"
     assert "rm /bin/ls" in history[0]["CreatedBy"]
     site("rmi", "committed:1")
+
+
+# -- bridge networks ----------------------------------------------------------------------
+# lamina runs inside a network namespace the test makes (nsenter into a sleeping holder),
+# so the bridge, the veths and the nftables table it sets up never touch the host's.
+
+
+@pytest.fixture
+def host_netns() -> Iterator[list[str]]:
+    """The command prefix that runs something in a fresh network namespace (lo up)."""
+    import shutil
+
+    if not shutil.which("nsenter") or not shutil.which("unshare"):
+        pytest.skip("util-linux's unshare and nsenter are needed")
+    holder = subprocess.Popen(["unshare", "--net", "sh", "-c",
+                               "ip link set lo up; exec sleep 600"])
+    try:
+        prefix = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
+        _until(lambda: subprocess.run([*prefix, "ip", "link", "show", "lo"], capture_output=True,
+                                      text=True).stdout.count("UP") > 0)
+        yield prefix
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_containers_talk_over_the_bridge_and_a_port_is_published(
+        site: Site, host_netns: list[str]) -> None:
+    def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True, timeout=60)
+        if check:
+            assert proc.returncode == 0, proc.stderr.decode()
+        return proc
+
+    server = lamina("run", "-d", "--name", "server", "-p", "8080:80", IMAGE, "sh", "-c",
+                    "while true; do echo pong | nc -l -p 80; done").stdout.decode().strip()
+    try:
+        address = json.loads(lamina("inspect", server).stdout)[0]
+        inner = lamina("exec", "server", "sh", "-c",
+                       "ip -4 addr show eth0 | sed -n 's/.*inet \\([0-9.]*\\).*/\\1/p'")
+        ip = inner.stdout.decode().strip()
+        assert ip.startswith("10.87."), (address, ip)
+        # a second container reaches the first by its address on the bridge
+        client = lamina("run", "--rm", IMAGE, "sh", "-c", f"echo ping | nc -w 5 {ip} 80")
+        assert client.stdout == b"pong\n"
+        # the host side reaches the published port on its own loopback address
+        host = subprocess.run([*host_netns, "busybox", "nc", "-w", "5", "127.0.0.1", "8080"],
+                              input=b"ping\n", capture_output=True, timeout=30)
+        assert host.stdout == b"pong\n", host.stderr
+        taken = lamina("run", "--rm", "-p", "8080:80", IMAGE, "true", check=False)
+        assert taken.returncode != 0 and b"8080" in taken.stderr
+    finally:
+        lamina("rm", "-f", "server")
+    rules = subprocess.run([*host_netns, "nft", "list", "table", "ip", "lamina"],
+                           capture_output=True, text=True).stdout
+    assert "dnat to" not in rules and "published" in rules
+    veths = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True, text=True)
+    assert "lmv" not in veths.stdout
+
+
+def test_parallel_runs_get_distinct_addresses_and_leave_nothing(site: Site,
+                                                               host_netns: list[str]) -> None:
+    if site.driver != "overlay":
+        pytest.skip("the launcher is the same for every driver: run once, on overlay")
+    batches, width = 8, 8
+    for _ in range(batches):
+        procs = [subprocess.Popen([*host_netns, *site.cmd(
+            "run", "--rm", IMAGE, "sh", "-c",
+            "ip -4 addr show eth0 | sed -n 's/.*inet \\([0-9.]*\\).*/\\1/p'; sleep 1")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(width)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+        addresses = [r[0].decode().strip() for r in results]
+        # the containers of a batch overlap (each sleeps a second): no address twice
+        assert len(set(addresses)) == width, addresses
+    assert site.out("ps", "-a", "-q") == ""
+    links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True, text=True)
+    assert "lmv" not in links.stdout
+    assert not mounts.mounts_under(site.root)
