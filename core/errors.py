@@ -367,10 +367,9 @@ class InvalidChange(LaminaError):
 class ContainerError(LaminaError):
     """A container cannot be created, started, stopped or removed as asked.
 
-    Exit status 125 as Docker's: the engine failed, not the container's command.
+    Exit status 1, as ``docker rm``/``start`` of a missing container; ``run`` and
+    ``create`` turn every engine failure into Docker's 125 (core/cli/container.py).
     """
-
-    exit_status = 125
 
 
 class ContainerNotFound(ContainerError):

@@ -62,6 +62,21 @@ COMMANDS: dict[str, list[str]] = {
     "save": ["save", "-o", "{output}", "img/healthy:1"],
     "load": ["load", "-i", "{archive}"],
     "import": ["import", "{tar}", "img/imported:1"],
+    # containers: listing and pruning work on any healthy store; the rest name a
+    # container no store has, or an image that is not there and may not be pulled
+    "ps": ["ps", "-a"],
+    "container prune": ["container", "prune", "-f"],
+    "run": ["run", "--pull", "never", "--network", "none", "nobody/img:1", "true"],
+    "create": ["create", "--pull", "never", "--network", "none", "nobody/img:1", "true"],
+    "start": ["start", "nosuch"],
+    "stop": ["stop", "nosuch"],
+    "kill": ["kill", "nosuch"],
+    "wait": ["wait", "nosuch"],
+    "rm": ["rm", "nosuch"],
+    "logs": ["logs", "nosuch"],
+    "exec": ["exec", "nosuch", "true"],
+    "diff": ["diff", "nosuch"],
+    "commit": ["commit", "nosuch", "img/committed:1"],
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
@@ -73,7 +88,9 @@ COMMANDS: dict[str, list[str]] = {
     "push": ["push", "127.0.0.1:9/nobody/img:1"],
 }
 #: commands that fail in every environment, on purpose (see COMMANDS)
-ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push"}
+ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "run",
+               "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
+               "commit"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 
@@ -214,7 +231,7 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
     # repair finds nothing to do on a healthy store, full disk or not
     return Env("full-disk", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
-                   "inspect", "history", "prune"},
+                   "inspect", "history", "prune", "ps", "container prune"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 
@@ -354,7 +371,9 @@ def check_outcome(env: Env, command: str, proc: subprocess.CompletedProcess) -> 
     if command in env.ok:
         assert proc.returncode == 0, shown
         return
-    assert proc.returncode == (2 if env.config_error else 1), shown
+    # Docker's run and create fail with 125 (the engine's error, not the command's)
+    failed = 125 if command in ("run", "create") else 1
+    assert proc.returncode == (2 if env.config_error else failed), shown
     lines = err.splitlines()
     assert len(lines) == 2, shown
     assert lines[0].startswith("lamina: error: ") and lines[1].startswith("hint: "), shown

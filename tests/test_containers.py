@@ -248,9 +248,14 @@ def test_names_are_unique_and_errors_are_clear(site: Site) -> None:
         assert again.returncode == 125
         assert b"already in use" in again.stderr
         missing = site("start", "nosuch", check=False)
-        assert missing.returncode != 0 and b"no such container: nosuch" in missing.stderr
+        assert missing.returncode == 1 and b"no such container: nosuch" in missing.stderr
         bad = site("run", "--network", "none", "-p", "80", IMAGE, check=False)
         assert bad.returncode != 0 and b"invalid port '80'" in bad.stderr
+        # the container's writable layer is not removed from under it
+        layer = json.loads(site.out("inspect", "one"))[0]["Id"]
+        refused = site("layer", "rm", layer, check=False)
+        assert refused.returncode == 1 and b"writable layer of container one" in refused.stderr
+        assert site.out("ps", "-a", "-q").split() == [layer[:12]]
     finally:
         site("rm", "one")
 

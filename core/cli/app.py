@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="image:tag_arguments")
     command(sub, "rmi", "image:cmd_rmi", "remove images (and the layers only they use)",
             arguments="image:rmi_arguments")
-    command(sub, "inspect", "image:cmd_inspect", "show containers' or images' details as JSON",
-            arguments="image:inspect_arguments")
+    command(sub, "inspect", "inspect:cmd_inspect", "show containers' or images' details as JSON",
+            arguments="inspect:inspect_arguments")
     command(sub, "history", "image:cmd_history", "show how an image's layers were made",
             formats=True, arguments="image:history_arguments")
 

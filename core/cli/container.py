@@ -12,13 +12,15 @@ process that is gone.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ContainerError, ImageNotFound, LaminaError
+from ..errors import ContainerError, ImageNotFound, LaminaError, host_error
 from .output import print_json, print_table, report
 
 if TYPE_CHECKING:
@@ -173,6 +175,35 @@ def _create(args: argparse.Namespace, engine: Engine, store: Store) -> Container
                                         layer_options=spec.storage_opts or None)
 
 
+#: Docker's exit status when the engine, not the container's command, failed
+ENGINE_FAILED = 125
+
+
+def engine_status(command: Callable[..., int]) -> Callable[..., int]:
+    """Report a failure of ``run``/``create`` itself with 125, as Docker does.
+
+    Scripts tell "lamina could not run it" (125) from "the command failed" (its own
+    status) and "not found"/"not executable" (127/126), which keep their numbers.
+    """
+
+    @functools.wraps(command)
+    def wrapped(*args: Any) -> int:
+        try:
+            return command(*args)
+        except OSError as exc:
+            error = host_error(exc)
+            error.hint = error.hint or "rerun with --debug to see where it happened"
+            error.exit_status = ENGINE_FAILED
+            raise error from exc
+        except LaminaError as exc:
+            if exc.exit_status not in (126, 127):
+                exc.exit_status = ENGINE_FAILED
+            raise
+
+    return wrapped
+
+
+@engine_status
 def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         _reconcile(store)
@@ -181,6 +212,7 @@ def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
+@engine_status
 def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
     from ..launcher import monitor
 

@@ -287,40 +287,6 @@ def _names_it(text: str, names: tuple[str, ...], engine: Engine) -> str | None:
 # -- inspect, history ---------------------------------------------------------------------
 
 
-def inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--type", choices=["container", "image"],
-                   help="look only for this kind (default: a container first, then an image)")
-    p.add_argument("images", nargs="+", metavar="NAME|ID")
-
-
-def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
-    from ..containers.store import ContainerStore
-    from ..errors import ContainerNotFound
-    from ..images.store import ImageStore
-    from .container import inspect_container
-
-    out = []
-    status = 0
-    with engine.open_store(readonly=True) as store:
-        images = ImageStore(store)
-        containers = ContainerStore(store)
-        for text in args.images:
-            try:
-                if args.type != "image":
-                    try:
-                        out.append(inspect_container(containers.get(text)))
-                        continue
-                    except ContainerNotFound:
-                        if args.type == "container":
-                            raise
-                out.append(inspect_image(images, find_image(images, text, engine)))
-            except LaminaError as exc:
-                report(exc)
-                status = exc.exit_status
-    print_json(out)
-    return status
-
-
 def inspect_image(images: ImageStore, image_id: str) -> dict[str, Any]:
     """Docker's ``image inspect`` fields that lamina knows."""
     image = images.image(image_id)

@@ -184,6 +184,12 @@ class ContainerStore:
                 f"container {container.name} is running",
                 hint=f"stop it first (lamina stop {container.name}) or force with rm -f")
         with self.store.lock, metadata.transaction(self._db):
+            # checked under the lock before the record goes (the record holds the layer
+            # by a foreign key): a failure leaves the container to retry rm with
+            if self.store.mount_count(container.layer):
+                raise ContainerInUse(
+                    f"container {container.name}'s root filesystem is still mounted",
+                    hint=f"its monitor is ending it: retry, or lamina rm -f {container.name}")
             self._db.execute("DELETE FROM containers WHERE id = ?", (container.id,))
         self._remove_layers(container.layer)
         shutil.rmtree(self.directory(container.id), ignore_errors=True)

@@ -94,6 +94,7 @@ def run(store: Store, container: Container, stdio: Stdio,
     master = log_fd = devnull = -1
     child = None
     tty_parent = tty_child = None
+    ended: tuple[int, bool] | None = None  # (exit code, OOM-killed) once waited for
     try:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         stdin = 0 if stdio.interactive else devnull
@@ -125,9 +126,8 @@ def run(store: Store, container: Container, stdio: Stdio,
             try:
                 child.release()
             except LaminaError:
-                code = _wait(child.pid)
+                ended = (_wait(child.pid), False)
                 child = None
-                containers.mark_exited(container.id, code)
                 raise
             if tty_parent is not None:
                 master = terminal.receive_master(tty_parent)
@@ -135,17 +135,13 @@ def run(store: Store, container: Container, stdio: Stdio,
                 started()
             code = supervise(child.pid, stdio, master, log_fd)
         child = None
-        containers.mark_exited(container.id, code,
-                               oom_killed=group is not None and group.oom_killed())
+        ended = (code, group is not None and group.oom_killed())
         return code
     except BaseException:
         if child is not None:
             child.abandon()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child.pid, 0)
-        with contextlib.suppress(LaminaError):
-            if containers.get(container.id).running:
-                containers.mark_exited(container.id, LOST_EXIT_CODE)
         raise
     finally:
         for fd in (master, log_fd, devnull):
@@ -154,7 +150,22 @@ def run(store: Store, container: Container, stdio: Stdio,
         for sock in (tty_parent, tty_child):
             if sock is not None:
                 sock.close()
+        # freed before the record says "exited": whoever waits for that (rm, wait,
+        # stop) then finds the layer unmounted and the address and veth gone
         _teardown(store, container, holder)
+        _record_exit(containers, container.id, ended)
+
+
+def _record_exit(containers: ContainerStore, container_id: str,
+                 ended: tuple[int, bool] | None) -> None:
+    """Record how the run ended; ``None``: it failed before its process could be waited
+    for (the record, if it says running, gets the lost-monitor code)."""
+    if ended is not None:
+        containers.mark_exited(container_id, ended[0], oom_killed=ended[1])
+        return
+    with contextlib.suppress(LaminaError):
+        if containers.get(container_id).running:
+            containers.mark_exited(container_id, LOST_EXIT_CODE)
 
 
 def limits(container: Container) -> cgroups.Limits | None:

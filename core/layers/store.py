@@ -554,6 +554,15 @@ class Store:
                     hint="remove the image instead (lamina rmi), which removes the layers "
                     "no other image uses",
                 )
+            container = self._db.execute(
+                "SELECT name FROM containers WHERE layer = ? LIMIT 1", (layer_id,)
+            ).fetchone()
+            if container is not None:
+                raise LayerInUse(
+                    layer_id,
+                    f"layer {layer_id} is the writable layer of container {container[0]}",
+                    hint=f"remove the container instead: lamina rm {container[0]}",
+                )
             with metadata.transaction(self._db):
                 self._db.execute(
                     "UPDATE layers SET state = 'removing', owner = ? WHERE id = ?",
@@ -757,6 +766,9 @@ class Store:
         layer_records.remove(self.root, layer_id)
         with metadata.transaction(self._db):
             self._db.execute("DELETE FROM mounts WHERE layer_id = ?", (layer_id,))
+            # a container whose layer was being removed (by a version that did not
+            # refuse it) has lost its root: its record goes too, or no open succeeds
+            self._db.execute("DELETE FROM containers WHERE layer = ?", (layer_id,))
             self._db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
 
     def _take(self, layer_id: str, holder: str, *, readonly: bool) -> Path:

@@ -204,12 +204,12 @@ def _probe(port: PortMapping) -> None:
 
 
 def detach(store: Any, container_id: str) -> None:
-    """Free the container's address and delete its published ports. Idempotent.
+    """Free the container's address, delete its published ports and its veth. Idempotent.
 
-    Its veth is not touched: the pair goes with the container's network namespace
-    when the namespace's last process ends (:func:`sweep` deletes one that outlived
-    its container). A container that held no address (``none``, ``host``, or not
-    attached) costs one database statement.
+    The kernel would take the veth pair with the container's network namespace, but
+    only later, from a work queue: deleting it here means nothing of the container is
+    left on the bridge when the command returns. A container that held no address
+    (``none``, ``host``, or not attached) costs one database statement.
     """
     db = store.db
     with transaction(db):
@@ -219,6 +219,11 @@ def detach(store: Any, container_id: str) -> None:
             from .nat import unpublish
 
             unpublish({container_id})  # inside the transaction: the address outlives a failure
+    from .links import delete_veths, host_veths, veth_name
+
+    name = veth_name(container_id)
+    if name in host_veths():
+        delete_veths([name])
 
 
 def sweep(store: Any, alive_ids: Iterable[str]) -> list[str]:

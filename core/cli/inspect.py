@@ -1,0 +1,51 @@
+"""``inspect``: containers' or images' details as JSON, Docker's shapes.
+
+A command of its own because it looks in both places: a container first, then an
+image, as Docker does (``--type`` to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from ..errors import LaminaError
+from .output import print_json, report
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--type", choices=["container", "image"],
+                   help="look only for this kind (default: a container first, then an image)")
+    p.add_argument("images", nargs="+", metavar="NAME|ID")
+
+
+def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..errors import ContainerNotFound
+    from ..images.store import ImageStore
+    from .container import inspect_container
+    from .image import find_image, inspect_image
+
+    out = []
+    status = 0
+    with engine.open_store(readonly=True) as store:
+        images = ImageStore(store)
+        containers = ContainerStore(store)
+        for text in args.images:
+            try:
+                if args.type != "image":
+                    try:
+                        out.append(inspect_container(containers.get(text)))
+                        continue
+                    except ContainerNotFound:
+                        if args.type == "container":
+                            raise
+                out.append(inspect_image(images, find_image(images, text, engine)))
+            except LaminaError as exc:
+                report(exc)
+                status = exc.exit_status
+    print_json(out)
+    return status
