@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job at this stage of lamina: set everything up, start a real OCI registry
-# (Debian's docker-registry) on 127.0.0.1, build a small image locally from the static
-# busybox and put it in that registry, then pull it with the automatically chosen
-# driver, list it, show its layers and the space it takes, and run a binary from it.
+# The main job: set everything up, start a real OCI registry (Debian's docker-registry)
+# on 127.0.0.1, build a small image locally from the static busybox and put it in that
+# registry, pull it with the automatically chosen driver, list it and its layers, then
+# run containers from it: `lamina run --rm IMAGE echo hello`, an interactive shell (its
+# input piped here; add -t on a terminal for a real one), and a detached container to
+# list, exec into, read the logs of and remove.
 #
-# QUICKSTART_ROOT=DIR keeps the pulled image in DIR (default: a temporary store,
-# removed at the end with the registry).
+# QUICKSTART_ROOT=DIR keeps the store in DIR (default: a temporary store, removed at
+# the end with the registry). Containers get the default bridge network, lamina0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
@@ -57,10 +59,25 @@ lamina --root "$root" layer ls
 echo "== lamina system df -v"
 lamina --root "$root" system df -v
 
-echo "== a binary from the image, through a mount of its top layer"
-top=$(lamina --root "$root" inspect "$image" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)[0]["GraphDriver"]["Data"]["Layers"][-1])')
-path=$(lamina --root "$root" layer mount "$top")
-"$path/bin/busybox" echo "hello from $image"
-lamina --root "$root" layer unmount "$top"
+echo "== lamina run --rm $image echo hello"
+lamina --root "$root" run --rm "$image" echo "hello from $image"
+
+echo "== an interactive shell: lamina run -i --rm $image sh (on a terminal, add -t)"
+status=0
+lamina --root "$root" run -i --rm --hostname demo "$image" sh <<'EOF' || status=$?
+echo "I am $(hostname), pid $$, user $(id -u), in $(pwd)"
+ip -4 -o addr show eth0 | awk '{print "my address on the bridge:", $4}'
+ps -o pid,comm
+exit 3
+EOF
+echo "the shell's exit status came back: $status"
+
+echo "== a detached container: run -d, ps, exec, logs, rm -f"
+lamina --root "$root" run -d --name web "$image" sh -c 'echo "web started"; exec sleep 600'
+lamina --root "$root" ps
+lamina --root "$root" exec web ps -o pid,comm
+lamina --root "$root" logs web
+lamina --root "$root" rm -f web
+
 echo "== lamina info"
 lamina --root "$root" info
