@@ -155,3 +155,51 @@ def test_the_guides_minimal_driver_passes_the_whole_suite(
     namespace["test_conformance"](root)  # asserts result.ok, with the failures shown
     loaded = sys.modules.get("lamina_dircopy")
     assert loaded is not None and Path(loaded.__file__).is_relative_to(site), loaded
+
+
+# -- the user docs' examples are real commands and a real config ------------------------
+
+USER_DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _shell_examples() -> list[tuple[str, str]]:
+    """Each `lamina ...` command of a ```sh block in the README and docs/ (pipes and
+    `&&` split, comments and output redirections dropped), with where it is."""
+    found = []
+    for path in USER_DOCS:
+        for block in re.findall(r"```sh\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.splitlines():
+                line = line.split("  #")[0].split(" > ")[0].strip()
+                for part in re.split(r"\s*(?:&&|\|)\s*", line):
+                    if part.startswith("lamina "):
+                        found.append((path.name, part))
+    return found
+
+
+@pytest.mark.parametrize(("doc", "command"), _shell_examples())
+def test_documented_commands_parse(doc: str, command: str) -> None:
+    """A command shown in the docs is accepted by the real parser, flags and all."""
+    import shlex
+
+    from lamina.core.cli import build_parser
+
+    argv = shlex.split(command)[1:]
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+    except SystemExit:
+        pytest.fail(f"{doc}: `{command}` is not a valid lamina command")
+    assert not extra or args.command == "conformance", f"{doc}: `{command}`: {extra}"
+
+
+def test_documented_config_file_loads(tmp_path: Path) -> None:
+    """docs/configuration.md's example file is a valid configuration, key for key."""
+    from lamina.core.config import parse_config
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", doc, flags=re.S)
+    assert example is not None
+    path = tmp_path / "lamina.toml"
+    path.write_text(example.group(1))
+    config = parse_config(path)
+    assert config.driver == "overlay" and str(config.root) == "/var/lib/lamina"
+    assert config.network["bridge"] == "lamina0"
