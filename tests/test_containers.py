@@ -465,3 +465,26 @@ def test_parallel_runs_get_distinct_addresses_and_leave_nothing(site: Site,
     links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True, text=True)
     assert "lmv" not in links.stdout
     assert not mounts.mounts_under(site.root)
+
+
+# -- per-container storage options ----------------------------------------------------------
+# last in the file: quotas, once switched on, stay on for the whole btrfs filesystem
+
+
+def test_storage_opt_size_is_the_writable_layers_quota(site: Site) -> None:
+    fill = "dd if=/dev/zero of=/fill bs=1M count=24 conv=fsync 2>&1; echo status=$?"
+    if site.driver != "btrfs":
+        refused = site("run", "--rm", "--network", "none", "--storage-opt", "size=8M", IMAGE,
+                       "true", check=False)
+        assert refused.returncode == 125, refused.stderr
+        assert b"size" in refused.stderr and b"hint: " in refused.stderr
+        assert site.out("ps", "-a", "-q") == ""
+        return
+    limited = site("run", "--rm", "--network", "none", "--storage-opt", "size=8M", IMAGE,
+                   "sh", "-c", fill)
+    assert b"status=1" in limited.stdout and b"quota" in limited.stdout.lower(), limited.stdout
+    free = site("run", "--rm", "--network", "none", IMAGE, "sh", "-c", fill)
+    assert b"status=0" in free.stdout, free.stdout
+    bad = site("run", "--rm", "--network", "none", "--storage-opt", "size=lots", IMAGE, "true",
+               check=False)
+    assert bad.returncode == 125 and b"10G" in bad.stderr
