@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ..errors import ContainerError
 from ..network.ports import PortMapping
@@ -24,8 +24,11 @@ NETWORK_MODES = ("bridge", "none", "host")
 _ENV_NAME = re.compile(r"[^=\x00]+")
 
 
-@dataclass(frozen=True)
-class Volume:
+#: an empty mapping for defaults (a named tuple's default is shared by every instance)
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+
+
+class Volume(NamedTuple):
     """A host path (``bind``) or a fresh tmpfs (``tmpfs``) at ``target`` in the container."""
 
     kind: str
@@ -35,8 +38,10 @@ class Volume:
     options: str = ""
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(NamedTuple):
+    """What a container runs and how, decided at ``create`` (a named tuple, not a
+    dataclass: defining one costs ~1 ms of every ``run``'s start; docs/architecture.md)."""
+
     image: str  # the image id (config digest)
     image_name: str  # what the user called it, for `ps`
     argv: tuple[str, ...]  # entrypoint + command, as run
@@ -53,15 +58,17 @@ class ContainerSpec:
     memory: int | None = None
     pids_limit: int | None = None
     cpus: float | None = None
-    storage_opts: Mapping[str, str] = field(default_factory=dict)
+    storage_opts: Mapping[str, str] = _NOTHING
     auto_remove: bool = False
     stop_signal: str = "SIGTERM"
     seccomp: bool = True
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = _NOTHING
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = self._asdict()
+        data["volumes"] = [v._asdict() for v in self.volumes]
         data["ports"] = [p._asdict() for p in self.ports]
+        data["storage_opts"], data["labels"] = dict(self.storage_opts), dict(self.labels)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -71,8 +78,7 @@ class ContainerSpec:
         data["env"] = tuple(data["env"])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         data["ports"] = tuple(PortMapping(**p) for p in data.get("ports", ()))
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 
 def merge_env(image_env: Sequence[str], overrides: Sequence[str]) -> tuple[str, ...]:

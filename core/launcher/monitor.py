@@ -22,9 +22,8 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..containers.store import Container, ContainerStore
 from ..engine import Engine
@@ -32,7 +31,10 @@ from ..errors import ContainerError, LaminaError
 from ..host.locks import process_identity
 from ..layers.store import Store
 from ..network.attachment import Attachment, attach, detach, sweep
-from . import cgroups, process, terminal
+from . import process, terminal
+
+if TYPE_CHECKING:  # imported when a container has limits (~3 ms of every start else)
+    from . import cgroups
 
 #: exit code recorded for a container whose monitor vanished
 LOST_EXIT_CODE = 255
@@ -40,8 +42,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2)
 
 
-@dataclass(frozen=True)
-class Stdio:
+class Stdio(NamedTuple):
     """How the container's standard streams are connected.
 
     ``inherit``: this process's own (``run`` in the foreground, no pty); ``tty``: a pty
@@ -173,6 +174,8 @@ def limits(container: Container) -> cgroups.Limits | None:
     spec = container.spec
     if spec.memory is None and spec.pids_limit is None and spec.cpus is None:
         return None
+    from . import cgroups
+
     return cgroups.Limits(memory=spec.memory, pids=spec.pids_limit, cpus=spec.cpus)
 
 
@@ -180,10 +183,16 @@ def _cgroup(container: Container) -> cgroups.Cgroup | None:
     """A cgroup for a container with limits (without, its pid namespace alone is enough
     to end every process with it, and joining a cgroup costs ~10 ms of a start)."""
     wanted = limits(container)
-    return None if wanted is None else cgroups.Cgroup.create(container.id, wanted)
+    if wanted is None:
+        return None
+    from . import cgroups
+
+    return cgroups.Cgroup.create(container.id, wanted)
 
 
 def _remove_cgroup(container_id: str) -> None:
+    from . import cgroups
+
     with contextlib.suppress(LaminaError, OSError):
         group = cgroups.Cgroup.open(container_id)
         group.kill_all()

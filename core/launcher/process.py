@@ -23,7 +23,7 @@ import socket
 import sys
 import termios
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..containers.spec import Volume
 from ..containers.users import resolve_user
@@ -39,8 +39,7 @@ NEW_NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_
 JOIN_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
 
-@dataclass
-class Launch:
+class Launch(NamedTuple):
     """Everything the child needs, decided by the parent before the clone."""
 
     argv: Sequence[str]
@@ -60,11 +59,13 @@ class Launch:
     seccomp: bool = True
 
 
-@dataclass
 class Child:
-    pid: int
-    _go: int
-    _errors: int
+    """The cloned child, waiting on its *go* pipe; its failures come on *errors*."""
+
+    __slots__ = ("_errors", "_go", "pid")
+
+    def __init__(self, pid: int, go: int, errors: int) -> None:
+        self.pid, self._go, self._errors = pid, go, errors
 
     def release(self) -> None:
         """Let the child go on to exec, then wait for the outcome; raise its failure."""

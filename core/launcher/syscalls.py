@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import signal
 
 CLONE_NEWNS = 0x00020000
@@ -43,7 +42,7 @@ def _check(rc: int, what: str) -> int:
 
 
 def _number(table: dict[str, int]) -> int:
-    machine = platform.machine()
+    machine = os.uname().machine
     if machine not in table:
         raise OSError(0, f"no system call number known for {machine}")
     return table[machine]
