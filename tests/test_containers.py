@@ -23,6 +23,7 @@ import pytest
 from conftest import LAMINA, needs_root, run_lamina
 
 from lamina.core.host import mounts
+from lamina.core.images.store import is_init_layer
 
 pytestmark = needs_root
 IMAGE = "bb:1"
@@ -72,7 +73,12 @@ def _site(root: Path, driver: str, busybox_tar: Path) -> Iterator[Site]:
         mounts.detach(Path(point))
     assert not leftover, f"mounts leaked: {leftover}"
     layers = json.loads(s.out("layer", "ls", "--format", "json"))
-    assert len(layers) == 1, f"layers left besides the image's: {layers}"
+    # the image's layer and the init layer its containers shared, nothing else
+    assert len(layers) <= 2, f"layers left besides the image's: {layers}"
+    assert all(is_init_layer(layer["id"], layer["parent"]) for layer in layers
+               if layer["parent"] is not None), layers
+    s("rmi", IMAGE)  # takes the init layer with it
+    assert json.loads(s.out("layer", "ls", "--format", "json")) == []
 
 
 def test_exit_status_output_and_rm(site: Site) -> None:
@@ -239,6 +245,18 @@ def _until(check: object, timeout: float = 10) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_containers_share_the_images_init_layer_and_prune_reclaims_it(site: Site) -> None:
+    one = site("create", "--network", "none", IMAGE, "true").stdout.decode().strip()
+    two = site("create", "--network", "none", IMAGE, "true").stdout.decode().strip()
+    layers = {lay["id"]: lay for lay in json.loads(site.out("layer", "ls", "--format", "json"))}
+    init = layers[one]["parent"]
+    assert layers[two]["parent"] == init and is_init_layer(init, layers[init]["parent"])
+    assert init not in site.out("prune")  # containers stand on it
+    site("rm", one, two)
+    assert f"Deleted layer: {init}" in site.out("prune")
+    assert site("run", "--rm", "--network", "none", IMAGE, "echo", "again").stdout == b"again\n"
 
 
 def test_names_are_unique_and_errors_are_clear(site: Site) -> None:

@@ -48,10 +48,9 @@ from ..images.instructions import apply_changes
 from ..images.rootfs import history_entry, rfc3339
 from ..images.save import HashingFile
 from ..images.space import images_lock
-from ..images.store import ImageLayer, ImageStore
+from ..images.store import ImageLayer, ImageStore, is_init_layer
 from ..images.unpack import ensure_layer
 from ..layers.store import Store
-from .store import init_layer_id
 
 #: keys of the base config that describe the container the base was made in, not this one
 _BASE_ONLY = ("container", "container_config", "author")
@@ -83,8 +82,10 @@ def commit(
     image = images.image(base_image_id)
     container_layer = store.layer(layer_id)
     parent = container_layer.parent
-    if parent == init_layer_id(layer_id):  # a container's: its init layer is not committed
-        parent = store.layer(parent).parent
+    if parent is not None:
+        grandparent = store.layer(parent).parent
+        if is_init_layer(parent, grandparent):  # a container's: not its mount points
+            parent = grandparent
     if not container_layer.writable or parent != image.top_layer:
         raise ContainerError(
             f"layer {layer_id} is not a container's writable layer on image {base_image_id}",

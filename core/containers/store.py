@@ -1,14 +1,15 @@
 """The container store: each container's record, writable layer and files.
 
 It shares the layer store's database (the ``containers`` table) and lock. A
-container is one row plus one writable layer whose parent is its image's top layer,
+container is one row plus one writable layer on its image's init layer,
 plus a directory ``<root>/containers/<id>/`` with what its runs produce (the log,
 the ``hosts``, ``hostname`` and ``resolv.conf`` files it sees).
 
 Contracts:
-- :meth:`create` makes the layers first (an init layer with the launcher's mount
-  points on the image's top layer, the writable layer on it) and the row second; a
-  failure in between removes the layers again.
+- :meth:`create` makes the writable layer first, on the image's init layer (the
+  launcher's mount points; made at the image's first container, shared by all of them,
+  removed with the image: :func:`~lamina.core.images.store.init_layer_id`), and the
+  row second; a failure in between removes the writable layer again.
 - State moves ``created -> running -> exited -> running ...``; only the process that
   started a run (its monitor) records its end. A row says ``running`` while its
   monitor lives: :meth:`stale` finds the rows whose monitor is gone (a monitor killed
@@ -29,8 +30,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import ContainerError, ContainerInUse, ContainerNotFound, LayerNotFound
+from ..errors import (
+    ContainerError,
+    ContainerInUse,
+    ContainerNotFound,
+    LayerExists,
+    LayerNotFound,
+)
 from ..host.locks import is_alive
+from ..images.store import init_layer_id
 from ..layers import metadata
 from ..layers.store import Store
 from .spec import ContainerSpec
@@ -126,14 +134,8 @@ class ContainerStore:
                                      hint="remove that container (lamina rm) or choose "
                                      "another --name")
         container_id = os.urandom(32).hex()
-        init = self.store.apply_layer(io.BytesIO(_init_tar()), top_layer,
-                                      layer_id=init_layer_id(container_id))
-        try:
-            layer = self.store.create_layer(init.id, writable=True, layer_id=container_id,
-                                            options=layer_options or None)
-        except BaseException:
-            self.store.remove_layer(init.id)
-            raise
+        layer = self.store.create_layer(self._init_layer(top_layer), writable=True,
+                                        layer_id=container_id, options=layer_options or None)
         try:
             with self.store.lock, metadata.transaction(self._db):
                 if name is None:
@@ -194,9 +196,35 @@ class ContainerStore:
 
         shutil.rmtree(self.directory(container.id), ignore_errors=True)
 
+    def _init_layer(self, top_layer: str | None) -> str:
+        """The image's init layer, made if it is not there yet.
+
+        Several starts may want it at once: one makes it, the others wait for it to be
+        ready (or, when its maker died, recover the store and make it again).
+        """
+        layer_id = init_layer_id(top_layer)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                layer = self.store.layer(layer_id)
+            except LayerNotFound:
+                try:
+                    return self.store.apply_layer(io.BytesIO(_init_tar()), top_layer,
+                                                  layer_id=layer_id).id
+                except LayerExists:
+                    continue  # another start made it at the same moment
+            if layer.state == "ready":
+                return layer_id
+            if time.monotonic() > deadline:
+                raise ContainerError(f"the image's init layer {layer_id} is not ready after "
+                                     "60 s", hint="run `lamina system repair`, then retry")
+            self.store.recover()  # an init layer whose maker died goes
+            time.sleep(0.01)
+
     def _remove_layers(self, layer_id: str) -> None:
-        """The container's writable layer, then its init layer."""
-        for layer in (layer_id, init_layer_id(layer_id)):
+        """The container's writable layer (and the init layer of its own that containers
+        made before init layers were shared had)."""
+        for layer in (layer_id, hashlib.sha256(f"{layer_id}-init".encode()).hexdigest()):
             with contextlib.suppress(LayerNotFound):
                 self.store.remove_layer(layer)
 
@@ -204,11 +232,6 @@ class ContainerStore:
 def _pick(words: tuple[str, ...]) -> str:
     """A random word (``secrets``/``random`` would cost a start ~1.5 ms of imports)."""
     return words[int.from_bytes(os.urandom(4), "big") % len(words)]
-
-
-def init_layer_id(container_id: str) -> str:
-    """The id of the layer between a container's image and its writable layer."""
-    return hashlib.sha256(f"{container_id}-init".encode()).hexdigest()
 
 
 def _init_tar() -> bytes:

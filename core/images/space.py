@@ -25,7 +25,7 @@ from ..host.locks import FileLock
 from ..layers.store import Layer, Store
 from .formats import sha256_digest
 from .spool import stale_parts
-from .store import ImageStore
+from .store import ImageStore, is_init_layer
 
 
 def images_lock(store: Store, *, exclusive: bool = False) -> FileLock:
@@ -121,7 +121,8 @@ def usage(images: ImageStore) -> Usage:
 
 
 def prunable_layers(store: Store, used: set[str]) -> list[Layer]:
-    """Image layers no image uses, leaves first, with their parents as they become leaves."""
+    """Image layers no image uses and init layers no container uses, leaves first, with
+    their parents as they become leaves."""
     layers = {layer.id: layer for layer in store.layers() if layer.state == "ready"}
     children: dict[str, int] = {}
     for layer in store.layers():
@@ -129,7 +130,8 @@ def prunable_layers(store: Store, used: set[str]) -> list[Layer]:
             children[layer.parent] = children.get(layer.parent, 0) + 1
     mounts = store.mount_counts()
     order: list[Layer] = []
-    candidates = [lay for lay in layers.values() if lay.id not in used and is_chain_layer(lay)]
+    candidates = [lay for lay in layers.values() if lay.id not in used
+                  and (is_chain_layer(lay) or is_init_layer(lay.id, lay.parent))]
     ready = [lay for lay in candidates if not children.get(lay.id) and not mounts.get(lay.id)]
     candidate_ids = {lay.id for lay in candidates}
     while ready:

@@ -11,13 +11,15 @@ Contracts:
   and digests; a name moves to the newest image registered or tagged with it.
 - :meth:`remove` deletes the image's names and row, then the layers no other
   image uses, top first; a layer with other children (another image, a
-  container's writable layer) stays.
+  container's writable layer) stays. The init layer containers of the image share
+  (:func:`init_layer_id`) goes first, when no container stands on it.
 - Ids are ``sha256:<hex>``; any unique hex prefix of at least one digit finds one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -283,6 +285,11 @@ class ImageStore:
             for digest in blobs - self.referenced_blobs():
                 self.blobs.remove(digest)
             removed = []
+            if layers and not self.images_using_layer(layers[-1].layer_id):
+                init = init_layer_id(layers[-1].layer_id)
+                with contextlib.suppress(LayerError):  # not made, or containers on it
+                    self.store.remove_layer(init)
+                    removed.append(init)
             for layer in reversed(layers):
                 if self.images_using_layer(layer.layer_id):
                     break
@@ -307,6 +314,20 @@ class ImageStore:
                     f"image {image_id} is used by container {row[0]}",
                     hint="remove the container first, or force with -f",
                 )
+
+
+def init_layer_id(top_layer: str | None) -> str:
+    """The id of the init layer every container of an image stands on.
+
+    It holds the mount points the launcher needs (core/containers/store.py makes it
+    at the image's first container); its id follows from the image's top layer, so
+    images with the same layers share it and the image store can remove it with them.
+    """
+    return hashlib.sha256(f"{top_layer or 'scratch'}-init".encode()).hexdigest()
+
+
+def is_init_layer(layer_id: str, parent: str | None) -> bool:
+    return layer_id == init_layer_id(parent)
 
 
 def short_id(image_id: str) -> str:
