@@ -140,11 +140,12 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         if not sep:
             raise ContainerError(f"invalid --storage-opt {opt!r}", hint="use size=10G")
         storage[key] = value
-    from ..launcher.cgroups import Limits
-
     memory = parse_size(args.memory, "memory limit") if args.memory else None
     pids = args.pids_limit if args.pids_limit and args.pids_limit > 0 else None
-    Limits(memory=memory, pids=pids, cpus=args.cpus or None)  # refused now, not at start
+    if memory is not None or pids is not None or args.cpus:
+        from ..launcher.cgroups import Limits
+
+        Limits(memory=memory, pids=pids, cpus=args.cpus or None)  # refused now, not at start
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")

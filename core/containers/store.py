@@ -34,10 +34,12 @@ from ..errors import (
     ContainerError,
     ContainerInUse,
     ContainerNotFound,
+    LaminaError,
     LayerExists,
     LayerNotFound,
 )
 from ..host.locks import is_alive
+from ..host.treecopy import remove_tree
 from ..images.store import init_layer_id
 from ..layers import metadata
 from ..layers.store import Store
@@ -192,9 +194,8 @@ class ContainerStore:
                     hint=f"its monitor is ending it: retry, or lamina rm -f {container.name}")
             self._db.execute("DELETE FROM containers WHERE id = ?", (container.id,))
         self._remove_layers(container.layer)
-        import shutil
-
-        shutil.rmtree(self.directory(container.id), ignore_errors=True)
+        with contextlib.suppress(LaminaError):  # the record and layers are gone: done
+            remove_tree(self.directory(container.id))
 
     def _init_layer(self, top_layer: str | None) -> str:
         """The image's init layer, made if it is not there yet.

@@ -218,9 +218,9 @@ class OverlayDriver(Driver):
         st = os.lstat(src)
         fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            from . import nativeapply
+            from .stack import copy_metadata
 
-            nativeapply._copy_metadata(os.fspath(src), fd, st)
+            copy_metadata(os.fspath(src), fd, st)
         finally:
             os.close(fd)
 

@@ -39,7 +39,7 @@ from lamina.core.layertar import apply as core_apply
 from lamina.core.layertar.apply import MergedWhiteouts, apply_tar
 from lamina.core.layertar.reader import DIR, HARDLINK, TarEntry
 
-from .stack import OPAQUE_XATTR, LayerStack, is_whiteout
+from .stack import OPAQUE_XATTR, LayerStack, copy_metadata, is_whiteout
 
 MAX_SYMLINK_HOPS = core_apply.MAX_SYMLINK_HOPS
 _WHITEOUT_DEV = os.makedev(0, 0)
@@ -119,14 +119,6 @@ class OverlayWhiteouts:
                         _set_opaque(pfd, name)
                     finally:
                         os.close(pfd)
-
-
-def _copy_metadata(src: str, dst_fd: int, st: os.stat_result) -> None:
-    os.fchown(dst_fd, st.st_uid, st.st_gid)
-    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
-    for key, value in read_xattrs(src).items():
-        os.setxattr(dst_fd, key, value)
-    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _copy_data(src_fd: int, dst_fd: int, size: int) -> None:
@@ -217,7 +209,7 @@ class _CopyUp:
         os.mkdir(self._upper(path), 0o700)
         fd = os.open(self._upper(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _copy_metadata(src, fd, st)
+            copy_metadata(src, fd, st)
         finally:
             os.close(fd)
 
@@ -248,7 +240,7 @@ class _CopyUp:
                               | os.O_CLOEXEC, 0o600)
                 try:
                     _copy_data(sfd, dfd, st.st_size)
-                    _copy_metadata(src, dfd, st)
+                    copy_metadata(src, dfd, st)
                 finally:
                     os.close(dfd)
             finally:

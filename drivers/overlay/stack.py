@@ -135,3 +135,15 @@ class LayerStack:
             except FileNotFoundError:
                 continue
         return out
+
+
+def copy_metadata(src: str, dst_fd: int, st: os.stat_result) -> None:
+    """Give ``dst_fd`` the owner, mode, xattrs (overlay's own left out) and times of
+    ``src``, whose stat is ``st``: what a copy-up of a directory keeps."""
+    from lamina.core.layers.changes import read_xattrs
+
+    os.fchown(dst_fd, st.st_uid, st.st_gid)
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+    for key, value in read_xattrs(src).items():
+        os.setxattr(dst_fd, key, value)
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
