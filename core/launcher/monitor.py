@@ -113,15 +113,17 @@ def run(store: Store, container: Container, stdio: Stdio,
             volumes=spec.volumes, files=[(str(path), f"/etc/{name}")
                                          for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp)
-        group = _cgroup(container)
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
         with forwarding(child.pid):
+            # recorded before the network: a sweep must see it alive (core/network/);
+            # and before the cgroup: a monitor killed after this is reconciled by the
+            # next command, which removes the group (made earlier, it leaked)
+            containers.mark_running(container.id, child.pid, process_identity())
+            group = _cgroup(container)
             if group is not None:
                 group.add(child.pid)
-            # recorded before the network: a sweep must see it alive (core/network/)
-            containers.mark_running(container.id, child.pid, process_identity())
             _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
                                 _hostname(container), settings=network))
             try:
