@@ -215,6 +215,18 @@ def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
 
 @engine_status
 def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
+    if args.network == "bridge" and not args.detach:
+        from ..network import links
+
+        links.start_worker()  # before the store opens: pyroute2 loads meanwhile
+        try:
+            return _run(args, engine)
+        finally:
+            links.stop_worker()
+    return _run(args, engine)
+
+
+def _run(args: argparse.Namespace, engine: Engine) -> int:
     from ..launcher import monitor
 
     with engine.open_store() as store:

@@ -105,8 +105,12 @@ def attach(
     from .addresses import BridgeNetwork
 
     network = BridgeNetwork.from_settings(settings or _default_settings())
-    address = _attach_bridge(store, network, container_id, pid, ports)
-    from .links import veth_name
+    try:
+        address = _attach_bridge(store, network, container_id, pid, ports)
+    finally:
+        from .links import stop_worker, veth_name
+
+        stop_worker()  # its part (creating links) is done; deleting them needs none
 
     return Attachment(
         mode, hosts_file(hostname, address), resolv_conf(mode, network.dns), address,

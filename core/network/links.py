@@ -4,7 +4,10 @@ pyroute2 costs ~115 ms to import whole: its package imports every part of it (ND
 IPDB, conntrack, ...). Only ``pyroute2.iproute.linux`` is needed here, and importing it
 below a stand-in for the package (removed again at once) takes ~75 ms of which asyncio,
 which pyroute2's netlink core is built on, is a third. Only a bridge set-up or a veth
-to delete imports it; naming and finding veths (:func:`host_veths`) does not.
+to delete imports it; naming and finding veths (:func:`host_veths`) does not. A command
+that knows early that it will need netlink calls :func:`start_worker`: a forked process
+(core/network/worker.py) then imports pyroute2 while this one goes on, and the calls
+below go to it.
 
 A container's host-side veth is named ``VETH_PREFIX`` + the first 12 characters of its
 id, so a crashed run's leftovers are found by name (:func:`host_veths`); its peer is
@@ -14,8 +17,11 @@ pair never exists with both ends on the host).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import socket
+import struct
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -24,8 +30,15 @@ from ..errors import NetworkError
 
 if TYPE_CHECKING:
     from .addresses import BridgeNetwork
+    from .worker import Worker
 
 VETH_PREFIX = "lmv"
+# rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h)
+NETLINK_ROUTE = 0
+RTM_DELLINK = 17
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+IFLA_IFNAME = 3
 _HINT = "setting up a bridge network needs root (CAP_NET_ADMIN)"
 
 
@@ -77,39 +90,70 @@ def _failed(what: str, exc: Exception) -> NetworkError:
     return NetworkError(f"cannot {what}: {reason}{exc}", hint=_HINT)
 
 
+_worker: Worker | None = None
+
+
+def start_worker() -> None:
+    """Do this process's netlink calls in a worker forked now (unless pyroute2 is loaded
+    here already). Call it before opening the store: the worker must not share a
+    database connection, and forking sooner hides more of the import."""
+    global _worker
+    if _worker is None and "pyroute2.iproute.linux" not in sys.modules:
+        from .worker import Worker
+
+        _worker = Worker(_iproute, {"ensure_bridge": _ensure_bridge, "add_veth": _add_veth})
+
+
+def stop_worker() -> None:
+    """End the worker, if any; later calls run here again. Idempotent."""
+    global _worker
+    if _worker is not None:
+        _worker.close()
+        _worker = None
+
+
 def ensure_bridge(network: BridgeNetwork) -> int:
     """Make the bridge with the gateway address and bring it up; its index. Idempotent.
 
     Several set-ups at once each try, and all but one find it made (EEXIST): that is
     success. An interface of the bridge's name that is not a bridge is an error.
     """
+    args = (network.name, str(network.gateway), network.subnet.prefixlen)
+    return _worker.call("ensure_bridge", *args) if _worker else _ensure_bridge(*args)
+
+
+def _ensure_bridge(name: str, gateway: str, prefixlen: int) -> int:
     IPRoute, NetlinkError = _iproute()
-    gateway = str(network.gateway)
     with IPRoute() as ipr:
         try:
-            ipr.link("add", ifname=network.name, kind="bridge")
+            ipr.link("add", ifname=name, kind="bridge")
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
-                raise _failed(f"create the bridge {network.name}", exc) from None
-        found = ipr.link("get", ifname=network.name)[0]
+                raise _failed(f"create the bridge {name}", exc) from None
+        found = ipr.link("get", ifname=name)[0]
         kind = found.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
         if kind != "bridge":
             raise NetworkError(
-                f"the interface {network.name} exists and is not a bridge ({kind or 'unknown'})",
+                f"the interface {name} exists and is not a bridge ({kind or 'unknown'})",
                 hint="name another bridge in lamina.toml's [network] table (bridge = ...)",
             )
-        index = found["index"]
+        index: int = found["index"]
         try:
-            ipr.addr("add", index=index, address=gateway, prefixlen=network.subnet.prefixlen)
+            ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
-                raise _failed(f"give {network.name} the address {gateway}", exc) from None
+                raise _failed(f"give {name} the address {gateway}", exc) from None
         ipr.link("set", index=index, state="up")
     return index
 
 
 def add_veth(container_id: str, pid: int, bridge_index: int) -> str:
     """A veth pair: the host end on the bridge and up, ``eth0`` in ``pid``'s namespace."""
+    args = (container_id, pid, bridge_index)
+    return _worker.call("add_veth", *args) if _worker else _add_veth(*args)
+
+
+def _add_veth(container_id: str, pid: int, bridge_index: int) -> str:
     IPRoute, NetlinkError = _iproute()
     name = veth_name(container_id)
     with IPRoute() as ipr:
@@ -121,31 +165,48 @@ def add_veth(container_id: str, pid: int, bridge_index: int) -> str:
         try:
             ipr.link("set", ifname=name, master=bridge_index, state="up")
         except NetlinkError as exc:
-            _delete(ipr, name)
+            with contextlib.suppress(NetworkError):
+                delete_veths([name])
             raise _failed(f"attach {name} to the bridge", exc) from None
     return name
 
 
 def delete_veths(names: list[str]) -> list[str]:
-    """Delete these host-side veths (their peers go with them); those deleted."""
-    IPRoute, _ = _iproute()
-    deleted = []
-    with IPRoute() as ipr:
-        for name in names:
-            if _delete(ipr, name):
-                deleted.append(name)
-    return deleted
+    """Delete these host-side veths (their peers go with them); those deleted.
+
+    Without pyroute2: deleting a link by name is one small fixed message, and a run's
+    end would otherwise wait ~75 ms on the import for a veth the kernel had not yet
+    taken away with the container's namespace.
+    """
+    if not names:
+        return []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        return [name for seq, name in enumerate(names, 1) if _delete_link(sock, name, seq)]
 
 
-def _delete(ipr: Any, name: str) -> bool:
-    _, NetlinkError = _iproute()
-    try:
-        ipr.link("del", ifname=name)
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return False  # gone already: its namespace went away
-        raise _failed(f"delete {name}", exc) from None
+def _delete_link(sock: socket.socket, name: str, seq: int) -> bool:
+    """RTM_DELLINK of the interface ``name``; False when there is none."""
+    ifname = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(ifname), IFLA_IFNAME) + ifname
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0) + attr  # ifinfomsg, index 0
+    sock.send(struct.pack("=IHHII", 16 + len(body), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
+                          seq, 0) + body)
+    while True:
+        reply = sock.recv(65536)
+        _, kind, _, got, _ = struct.unpack_from("=IHHII", reply)
+        if kind == NLMSG_ERROR and got == seq:
+            break
+    (error,) = struct.unpack_from("=i", reply, 16)
+    if error in (-errno.ENODEV, -errno.ENOENT):
+        return False  # gone already: its namespace went away
+    if error:
+        raise NetworkError(f"cannot delete {name}: {os.strerror(-error)}", hint=_HINT)
     return True
+
+
 
 
 def host_veths() -> list[str]:
