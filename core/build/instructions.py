@@ -75,6 +75,8 @@ class Run(NamedTuple):
         the shell whole, with each heredoc's body and terminator after it, so that the
         shell reads them: ``("cat <<EOF > f\\nhello\\nEOF", None)``.
         """
+        if not self.shell_form:
+            raise ValueError("an exec-form RUN has no shell script")
         text = self.command[0]
         if len(self.heredocs) == 1 and heredoc_from_word(text.strip()) is not None:
             return self.heredocs[0].content, self.heredocs[0]
