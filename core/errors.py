@@ -402,3 +402,29 @@ class NetworkError(ContainerError):
 
 class CgroupError(ContainerError):
     """A resource limit could not be applied."""
+
+
+# -- builds (core/build/) ----------------------------------------------------------------
+
+
+class BuildError(LaminaError):
+    """A build cannot go on: a Dockerfile step, its arguments or its context are wrong."""
+
+    hint = "see https://docs.docker.com/reference/dockerfile/ for what each instruction takes"
+
+
+class DockerfileSyntaxError(BuildError):
+    """A Dockerfile (or .dockerignore) is not valid; the message starts ``FILE:LINE:COLUMN:``.
+
+    ``filename``, ``line`` and ``column`` (1-based; None where unknown) say where,
+    ``reason`` what is wrong without the place.
+    """
+
+    def __init__(self, reason: str, *, filename: str | None = None, line: int | None = None,
+                 column: int | None = None, hint: str | None = None) -> None:
+        where = ":".join(str(part) for part in (filename, line, column) if part is not None)
+        super().__init__(f"{where}: {reason}" if where else reason, hint=hint)
+        self.reason = reason
+        self.filename = filename
+        self.line = line
+        self.column = column
