@@ -446,3 +446,29 @@ def test_volatile_layer_mounts_again_unless_the_system_went_down(store_root: Pat
             store.mount(rw)
         assert f"lamina layer rm {rw}" in (info.value.hint or "")
         assert not mounts.is_mountpoint(store_root / "overlay" / rw / "merged")
+
+
+def test_a_passed_support_probe_is_remembered_for_the_boot(tmp_path: Path, monkeypatch) -> None:
+    """The test mount runs once per boot, kernel and filesystem of a root that holds
+    overlay's home; any change of those, or a root without the home, probes again."""
+    if reason := support.probe_mount(tmp_path):
+        pytest.skip(reason)
+    probes: list[Path] = []
+    real = support.probe_mount
+
+    def counting(root: Path) -> str | None:
+        probes.append(root)
+        return real(root)
+
+    monkeypatch.setattr(support, "probe_mount", counting)
+    record = tmp_path / support.PROBE_RECORD
+    assert support.unsupported_reason(tmp_path) is None
+    assert not record.exists()  # no home: a root nobody uses gets no file
+    (tmp_path / "overlay").mkdir()
+    for _ in range(3):
+        assert support.unsupported_reason(tmp_path) is None
+    assert len(probes) == 2 and record.exists()
+    assert record.read_text().split()[1] == os.uname().release
+    record.write_text("another-boot " + record.read_text().split(" ", 1)[1])
+    assert support.unsupported_reason(tmp_path) is None
+    assert len(probes) == 3 and "another-boot" not in record.read_text()

@@ -152,6 +152,9 @@ def stored_data(root: Path) -> list[str]:
 
 def _holds_non_directory(path: str) -> bool:
     for _dirpath, dirnames, filenames in os.walk(path):
+        if _dirpath == path:  # a driver's short-lived probes in its home are dot names
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            filenames = [f for f in filenames if not f.startswith(".")]
         if filenames:
             return True
         # os.walk lists symlinks to directories among dirnames: a symlink is data

@@ -104,13 +104,13 @@ def _mount_probe(spec: mountapi.OverlaySpec, legacy: bool, probe: Path) -> int:
 
 
 #: beside the driver's home: the boot, kernel and filesystem a test mount last passed on
-PROBE_RECORD = ".overlay-probe"
+PROBE_RECORD = ".overlay-supported"
 
 
 def unsupported_reason(root: Path) -> str | None:
     """Why overlay cannot keep layers under ``root``, or None when a real test mount worked.
 
-    A passed test mount is remembered in ``root/.overlay-probe`` (only for a root that
+    A passed test mount is remembered in ``root/.overlay-supported`` (only for a root that
     already has overlay's home): until the next boot, the same kernel and the same
     filesystem under ``root`` give the same answer, and the probe costs ~3-10 ms and
     two imports of every command.
@@ -124,7 +124,7 @@ def unsupported_reason(root: Path) -> str | None:
             return None
     except OSError:
         pass
-    reason = _probe(root)
+    reason = probe_mount(root)
     if reason is None and (root / "overlay").is_dir():
         with contextlib.suppress(OSError):
             part = root / f"{PROBE_RECORD}.{os.getpid()}"
@@ -133,7 +133,8 @@ def unsupported_reason(root: Path) -> str | None:
     return reason
 
 
-def _probe(root: Path) -> str | None:
+def probe_mount(root: Path) -> str | None:
+    """The test mount under ``root`` itself (what :func:`unsupported_reason` remembers)."""
     import shutil
     import tempfile
 
