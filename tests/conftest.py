@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,37 @@ def pip_install_target(src: Path, target: Path) -> None:
          "--no-index", "--target", str(target), str(src)],
         check=True, capture_output=True,
     )
+
+
+def until(check: object, timeout: float = 10) -> None:
+    """Wait for ``check()`` to hold (polled every 50 ms); fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def host_netns() -> Iterator[list[str]]:
+    """The command prefix that runs something in a fresh network namespace (lo up).
+
+    lamina run under it (nsenter into a sleeping holder) sets up its bridge, veths and
+    nftables table there, never in the host's.
+    """
+    if not shutil.which("nsenter") or not shutil.which("unshare"):
+        pytest.skip("util-linux's unshare and nsenter are needed")
+    holder = subprocess.Popen(["unshare", "--net", "sh", "-c",
+                               "ip link set lo up; exec sleep 600"])
+    try:
+        prefix = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
+        until(lambda: subprocess.run([*prefix, "ip", "link", "show", "lo"], capture_output=True,
+                                     text=True).stdout.count("UP") > 0)
+        yield prefix
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture(scope="session")

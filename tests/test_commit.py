@@ -235,7 +235,7 @@ def test_interrupted_registration_leaves_no_layer_or_blob(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ImageStore, "register", interrupted)
+    monkeypatch.setattr(ImageStore, "record", interrupted)  # what register does, too
     with pytest.raises(KeyboardInterrupt):
         commit(store, images, layer_id=rw, base_image_id=base, created_by="x",
                names=["docker.io/test/half:1"])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LAMINA, needs_root, run_lamina
+from conftest import until as _until
 
 from lamina.core.host import mounts
 from lamina.core.images.store import is_init_layer
@@ -238,15 +239,6 @@ class _Reader:
         return token in self.data
 
 
-def _until(check: object, timeout: float = 10) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_containers_share_the_images_init_layer_and_prune_reclaims_it(site: Site) -> None:
     one = site("create", "--network", "none", IMAGE, "true").stdout.decode().strip()
     two = site("create", "--network", "none", IMAGE, "true").stdout.decode().strip()
@@ -408,26 +400,8 @@ def test_commit_then_run_the_committed_image(site: Site) -> None:
 
 # -- bridge networks ----------------------------------------------------------------------
 # lamina runs inside a network namespace the test makes (nsenter into a sleeping holder),
-# so the bridge, the veths and the nftables table it sets up never touch the host's.
-
-
-@pytest.fixture
-def host_netns() -> Iterator[list[str]]:
-    """The command prefix that runs something in a fresh network namespace (lo up)."""
-    import shutil
-
-    if not shutil.which("nsenter") or not shutil.which("unshare"):
-        pytest.skip("util-linux's unshare and nsenter are needed")
-    holder = subprocess.Popen(["unshare", "--net", "sh", "-c",
-                               "ip link set lo up; exec sleep 600"])
-    try:
-        prefix = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
-        _until(lambda: subprocess.run([*prefix, "ip", "link", "show", "lo"], capture_output=True,
-                                      text=True).stdout.count("UP") > 0)
-        yield prefix
-    finally:
-        holder.kill()
-        holder.wait()
+# so the bridge, the veths and the nftables table it sets up never touch the host's
+# (the fixture host_netns, in conftest.py).
 
 
 def test_two_containers_talk_over_the_bridge_and_a_port_is_published(
@@ -464,25 +438,8 @@ def test_two_containers_talk_over_the_bridge_and_a_port_is_published(
     assert "lmv" not in veths.stdout
 
 
-def test_parallel_runs_get_distinct_addresses_and_leave_nothing(site: Site,
-                                                               host_netns: list[str]) -> None:
-    if site.driver != "overlay":
-        pytest.skip("the launcher is the same for every driver: run once, on overlay")
-    batches, width = 8, 8
-    for _ in range(batches):
-        procs = [subprocess.Popen([*host_netns, *site.cmd(
-            "run", "--rm", IMAGE, "sh", "-c",
-            "ip -4 addr show eth0 | sed -n 's/.*inet \\([0-9.]*\\).*/\\1/p'; sleep 1")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(width)]
-        results = [p.communicate(timeout=120) for p in procs]
-        assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
-        addresses = [r[0].decode().strip() for r in results]
-        # the containers of a batch overlap (each sleeps a second): no address twice
-        assert len(set(addresses)) == width, addresses
-    assert site.out("ps", "-a", "-q") == ""
-    links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True, text=True)
-    assert "lmv" not in links.stdout
-    assert not mounts.mounts_under(site.root)
+# 200 runs in parallel (distinct addresses while in use, nothing left) and SIGKILL at any
+# moment of run, start, stop and commit: tests/test_container_crashes.py
 
 
 # -- per-container storage options ----------------------------------------------------------

@@ -15,10 +15,11 @@ With ``keep_blobs`` the temp file itself becomes the layer's blob (an
 uncompressed layer tar), so ``save`` and ``push`` send those very bytes.
 
 A failure (a full disk, an interrupt) leaves the store as it was: the temp file
-is deleted, a layer this commit applied is removed again unless an image uses it,
-and blobs no image references are removed. A SIGKILL between the layer and the
-image leaves an image layer that no image uses, which ``prune`` removes (as one
-an interrupted pull leaves), and a temp file the next ingest sweeps.
+is deleted, a layer this commit applied is removed again, and blobs no image
+references are removed. The image is recorded in the transaction that makes its
+new layer ready: a SIGKILL leaves the whole image or no image and an incomplete
+layer that the next command removes, at most blobs no image references, which
+``prune`` removes, and a temp file the next ingest sweeps.
 
 The caller (``lamina commit``) pauses or stops the container first: a layer
 written while it is exported gives a tar of some moment in between.
@@ -150,43 +151,52 @@ def _register(
     names: Sequence[str],
     keep_blobs: bool,
 ) -> str:
-    """Apply the tar at ``path`` as layer ``top`` and record the image; undo both on failure."""
+    """Apply the tar at ``path`` as layer ``top`` and record the image; undo both on failure.
+
+    The blobs go first; the image is recorded in the transaction that makes its new
+    layer ready, so that a commit killed in between leaves no layer that no image
+    uses (it did: only ``prune`` removed it), at most blobs that ``prune`` removes.
+    """
     diff_id = layers[-1].diff_id
     image_id = sha256_digest(config_bytes)
-
-    def open_tar() -> IO[bytes]:
-        return open(path, "rb")
-
-    applied = ensure_layer(store, top, parent, diff_id, open_tar,
-                           what="the container's changes")
+    config = parse_config(config_bytes)
     added: list[str] = []
+    source = path
     try:
         if keep_blobs and not images.blobs.has(diff_id):
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
             images.blobs.adopt(path, diff_id)  # the exported tar becomes the blob: no copy
             added.append(diff_id)
+            source = images.blobs.path(diff_id)
         if not images.blobs.has(image_id):
             images.blobs.ingest(io.BytesIO(config_bytes), digest=image_id,
                                 size=len(config_bytes))
             added.append(image_id)
-        images.register(image_id, parse_config(config_bytes), layers, manifest=None,
-                        manifest_type=None, names=names)
+
+        def record(_db: object) -> None:
+            images.record(image_id, config, layers, manifest=None, manifest_type=None,
+                          names=names)
+
+        def open_tar() -> IO[bytes]:
+            return open(source, "rb")
+
+        if not ensure_layer(store, top, parent, diff_id, open_tar,
+                            what="the container's changes", record=record):
+            # the layer was there already (an image of the same changes)
+            images.register(image_id, config, layers, manifest=None, manifest_type=None,
+                            names=names)
     except BaseException:
-        _undo(store, images, top if applied else None, added)
+        _undo(images, added)  # a layer applied here went with its failed transaction
         raise
     return image_id
 
 
-def _undo(store: Store, images: ImageStore, layer: str | None, blobs: list[str]) -> None:
-    """Remove what a failed commit added and no image uses (best effort: the first error
-    is the one the user sees; ``prune`` takes what is left)."""
+def _undo(images: ImageStore, blobs: list[str]) -> None:
+    """Remove the blobs a failed commit added that no image uses (best effort: the first
+    error is the one the user sees; ``prune`` takes what is left)."""
     with contextlib.suppress(LaminaError, OSError):
         used = images.referenced_blobs()
         for digest in blobs:
             if digest not in used:
                 images.blobs.remove(digest)
-    if layer is not None:
-        with contextlib.suppress(LaminaError, OSError):
-            if not images.images_using_layer(layer):
-                store.remove_layer(layer)

@@ -9,13 +9,14 @@ Contracts:
 - :meth:`create` makes the writable layer first, on the image's init layer (the
   launcher's mount points; made at the image's first container, shared by all of them,
   removed with the image: :func:`~lamina.core.images.store.init_layer_id`), and the
-  row second; a failure in between removes the writable layer again.
+  row in the transaction that makes that layer ready: a failure or a SIGKILL leaves
+  both or neither (an incomplete layer, which the next open removes).
 - State moves ``created -> running -> exited -> running ...``; only the process that
   started a run (its monitor) records its end. A row says ``running`` while its
   monitor lives: :meth:`stale` finds the rows whose monitor is gone (a monitor killed
   with SIGKILL takes its container with it) so the next command can clean up.
-- :meth:`remove` refuses a running container; the row goes before the layer (a crash
-  in between leaves a writable layer that ``lamina layer rm`` removes).
+- :meth:`remove` refuses a running container; the row goes in the transaction that
+  marks the layer removing (a crash after it leaves the layer to the next open).
 - Any unique prefix of an id (at least one hex digit) or the exact name finds one.
 """
 
@@ -136,23 +137,25 @@ class ContainerStore:
                                      hint="remove that container (lamina rm) or choose "
                                      "another --name")
         container_id = os.urandom(32).hex()
-        layer = self.store.create_layer(self._init_layer(top_layer), writable=True,
-                                        layer_id=container_id, options=layer_options or None)
+
+        def insert(db: sqlite3.Connection) -> None:
+            nonlocal name
+            if name is None:
+                name = self._free_name()
+            db.execute(
+                "INSERT INTO containers (id, image, layer, created, name, spec, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'created')",
+                (container_id, spec.image, container_id, time.time(), name, spec.to_json()))
+
+        # the row is written in the transaction that makes the layer ready: a create
+        # killed in between left a ready writable layer no container recorded
         try:
-            with self.store.lock, metadata.transaction(self._db):
-                if name is None:
-                    name = self._free_name()
-                self._db.execute(
-                    "INSERT INTO containers (id, image, layer, created, name, spec, state)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'created')",
-                    (container_id, spec.image, layer.id, time.time(), name, spec.to_json()))
+            self.store.create_layer(self._init_layer(top_layer), writable=True,
+                                    layer_id=container_id, options=layer_options or None,
+                                    record=insert)
         except sqlite3.IntegrityError:
-            self._remove_layers(layer.id)
             raise ContainerInUse(f"the container name {name!r} is already in use",
                                  hint="choose another --name") from None
-        except BaseException:
-            self._remove_layers(layer.id)
-            raise
         self.directory(container_id).mkdir(parents=True, mode=0o700, exist_ok=True)
         return self.get(container_id)
 
@@ -185,17 +188,27 @@ class ContainerStore:
             raise ContainerInUse(
                 f"container {container.name} is running",
                 hint=f"stop it first (lamina stop {container.name}) or force with rm -f")
-        with self.store.lock, metadata.transaction(self._db):
+
+        def forget(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM containers WHERE id = ?", (container.id,))
+
+        with self.store.lock:
             # checked under the lock before the record goes (the record holds the layer
             # by a foreign key): a failure leaves the container to retry rm with
             if self.store.mount_count(container.layer):
                 raise ContainerInUse(
                     f"container {container.name}'s root filesystem is still mounted",
                     hint=f"its monitor is ending it: retry, or lamina rm -f {container.name}")
-            self._db.execute("DELETE FROM containers WHERE id = ?", (container.id,))
-        self._remove_layers(container.layer)
-        with contextlib.suppress(LaminaError):  # the record and layers are gone: done
-            remove_tree(self.directory(container.id))
+            # its files before its record: a remove killed in between left a directory
+            # no container owned; a start makes it again
+            with contextlib.suppress(LaminaError):
+                remove_tree(self.directory(container.id))
+            # the record goes in the transaction that marks the layer removing: a remove
+            # killed after it left a writable layer no container recorded; now the
+            # next open finishes the remove
+            self.store.remove_layer(container.layer, record=forget)
+        with contextlib.suppress(LayerNotFound):  # the init layer of its own an older one had
+            self.store.remove_layer(hashlib.sha256(f"{container.layer}-init".encode()).hexdigest())
 
     def _init_layer(self, top_layer: str | None) -> str:
         """The image's init layer, made if it is not there yet.
@@ -221,13 +234,6 @@ class ContainerStore:
                                      "60 s", hint="run `lamina system repair`, then retry")
             self.store.recover()  # an init layer whose maker died goes
             time.sleep(0.01)
-
-    def _remove_layers(self, layer_id: str) -> None:
-        """The container's writable layer (and the init layer of its own that containers
-        made before init layers were shared had)."""
-        for layer in (layer_id, hashlib.sha256(f"{layer_id}-init".encode()).hexdigest()):
-            with contextlib.suppress(LayerNotFound):
-                self.store.remove_layer(layer)
 
 
 def _pick(words: tuple[str, ...]) -> str:

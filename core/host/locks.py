@@ -60,14 +60,19 @@ def boot_id() -> str:
         return UNKNOWN_BOOT
 
 
-def _start_time(pid: int) -> str | None:
+def _start_time(pid: int, *, zombie: bool = True) -> str | None:
+    """The process's start time; None when it is gone (or, unless ``zombie``, a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    # field 22 (starttime); the command name in field 2 may hold spaces and ')'
-    return stat.rpartition(b")")[2].split()[19].decode()
+    # field 3 (state), field 22 (starttime); the command name in field 2 may hold spaces
+    # and ')'
+    fields = stat.rpartition(b")")[2].split()
+    if not zombie and fields[0] == b"Z":
+        return None
+    return fields[19].decode()
 
 
 def process_identity(pid: int | None = None) -> str:
@@ -77,11 +82,17 @@ def process_identity(pid: int | None = None) -> str:
 
 
 def is_alive(identity: str) -> bool:
-    """Whether the process named by :func:`process_identity` still runs."""
+    """Whether the process named by :func:`process_identity` still runs.
+
+    A zombie does not: it has ended and holds nothing any more (no fd, no lock, no
+    work under way), and whose parent died under a pid 1 that does not reap (a
+    container's init, this machine kind's) stays one for good. Taken for alive, a
+    killed detached monitor kept its container's mount forever.
+    """
     try:
         boot, pid, start = identity.split(":")
     except ValueError:
         return False
     if boot != boot_id():
         return False
-    return _start_time(int(pid)) == start
+    return _start_time(int(pid), zombie=False) == start

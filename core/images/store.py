@@ -192,45 +192,62 @@ class ImageStore:
         ``names`` are full references (``registry/repository:tag``); each moves
         to this image. ``digests`` are ``(repository, manifest digest)`` pairs.
         """
+        with self.store.lock, metadata.transaction(self._db):
+            self.record(image_id, config, layers, manifest=manifest,
+                        manifest_type=manifest_type, names=names, digests=digests)
+
+    def record(
+        self,
+        image_id: str,
+        config: ImageConfig,
+        layers: Sequence[ImageLayer],
+        *,
+        manifest: str | None,
+        manifest_type: str | None,
+        names: Sequence[str] = (),
+        digests: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """:meth:`register` in the caller's transaction, under the store lock: the
+        ``record`` of :meth:`Store.apply_layer` that makes an image's top layer ready
+        (``commit``), so that a crash leaves both or neither."""
         now = time.time()
         size = 0
         for layer in layers:
             size += self.store.layer(layer.layer_id).size or 0
-        with self.store.lock, metadata.transaction(self._db):
-            if not self.exists(image_id):
-                self._db.execute(
-                    "INSERT INTO images (id, top_layer, created, manifest, manifest_type,"
-                    " layer_count, size, config_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (image_id, layers[-1].layer_id if layers else None, now, manifest,
-                     manifest_type, len(layers), size, config.created),
-                )
-                self._db.executemany(
-                    "INSERT INTO image_layers (image_id, position, layer_id, diff_id, blob,"
-                    " media_type, blob_size) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(image_id, n, *layer) for n, layer in enumerate(layers)],
-                )
-            elif manifest is not None:
-                # the newest manifest it came with: what a push sends unless asked otherwise
-                self._db.execute(
-                    "UPDATE images SET manifest = ?, manifest_type = ? WHERE id = ?",
-                    (manifest, manifest_type, image_id),
-                )
-                for n, layer in enumerate(layers):
-                    if layer.blob is not None:
-                        self._db.execute(
-                            "UPDATE image_layers SET blob = ?, media_type = ?, blob_size = ?"
-                            " WHERE image_id = ? AND position = ?",
-                            (layer.blob, layer.media_type, layer.blob_size, image_id, n),
-                        )
-            touched = {image_id}
-            for name in names:
-                touched |= self._set_name(name, image_id, now)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO image_digests (repository, digest, image_id)"
-                " VALUES (?, ?, ?)",
-                [(repo, digest, image_id) for repo, digest in digests],
+        if not self.exists(image_id):
+            self._db.execute(
+                "INSERT INTO images (id, top_layer, created, manifest, manifest_type,"
+                " layer_count, size, config_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (image_id, layers[-1].layer_id if layers else None, now, manifest,
+                 manifest_type, len(layers), size, config.created),
             )
-            self._write_records(touched)
+            self._db.executemany(
+                "INSERT INTO image_layers (image_id, position, layer_id, diff_id, blob,"
+                " media_type, blob_size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(image_id, n, *layer) for n, layer in enumerate(layers)],
+            )
+        elif manifest is not None:
+            # the newest manifest it came with: what a push sends unless asked otherwise
+            self._db.execute(
+                "UPDATE images SET manifest = ?, manifest_type = ? WHERE id = ?",
+                (manifest, manifest_type, image_id),
+            )
+            for n, layer in enumerate(layers):
+                if layer.blob is not None:
+                    self._db.execute(
+                        "UPDATE image_layers SET blob = ?, media_type = ?, blob_size = ?"
+                        " WHERE image_id = ? AND position = ?",
+                        (layer.blob, layer.media_type, layer.blob_size, image_id, n),
+                    )
+        touched = {image_id}
+        for name in names:
+            touched |= self._set_name(name, image_id, now)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO image_digests (repository, digest, image_id)"
+            " VALUES (?, ?, ?)",
+            [(repo, digest, image_id) for repo, digest in digests],
+        )
+        self._write_records(touched)
 
     def tag(self, name: str, image_id: str) -> None:
         self.image(image_id)

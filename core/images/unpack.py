@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..driver import ApplyResult
 from ..errors import DigestMismatch, ImageFormatError, LayerNotFound
 from ..host.locks import FileLock
 from ..layers.store import Store
+
+if TYPE_CHECKING:
+    import sqlite3
 
 CHUNK = 1 << 20
 
@@ -49,12 +52,15 @@ def ensure_layer(
     *,
     check: Callable[[], None] | None = None,
     what: str = "layer",
+    record: Callable[[sqlite3.Connection], None] | None = None,
 ) -> bool:
     """Apply the layer unless it is in the store already; return whether it was applied.
 
     ``open_stream`` is called only when the layer must be applied; ``check`` runs
     after the tar was applied, before the layer may become ready (the blob's
     digest verdict). ``what`` names the layer in errors ("layer 3 of busybox").
+    ``record`` runs in the transaction that makes the applied layer ready
+    (:meth:`Store.apply_layer`); not at all when the layer was there already.
     """
     with layer_lock(store, layer_id):
         if layer_ready(store, layer_id):
@@ -71,7 +77,7 @@ def ensure_layer(
 
         stream = open_stream()
         try:
-            store.apply_layer(stream, parent, layer_id=layer_id, verify=verify)
+            store.apply_layer(stream, parent, layer_id=layer_id, verify=verify, record=record)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:

@@ -305,7 +305,10 @@ def _monitor_main(engine: Engine, container_id: str, ready_w: int) -> None:
         os.close(null)
 
         def started() -> None:
-            os.write(ready_w, b"ok")
+            # the command waiting for this may have been killed (EPIPE): the container
+            # runs on; raising here made its own monitor kill it
+            with contextlib.suppress(OSError):
+                os.write(ready_w, b"ok")
             os.close(ready_w)
 
         with engine.open_store() as store:

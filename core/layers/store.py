@@ -468,14 +468,19 @@ class Store:
         writable: bool = False,
         layer_id: str | None = None,
         options: Mapping[str, str] | None = None,
+        record: Callable[[sqlite3.Connection], None] | None = None,
     ) -> Layer:
         """Create an empty layer on ``parent``; it is ready at once.
 
         ``options`` are per-layer options for the driver (``--storage-opt size=10G``):
         a key the driver does not declare in ``layer_options`` is refused with
-        :class:`LayerOptionError` before anything is made.
+        :class:`LayerOptionError` before anything is made. ``record`` runs in the
+        transaction that makes the layer ready (a container's row): a SIGKILL leaves
+        both or an incomplete layer the next open removes, never a ready layer that
+        nothing records; if it raises, the layer is removed again.
         """
-        layer_id, _ = self._begin(parent, writable, layer_id, empty=True, options=options)
+        layer_id, _ = self._begin(parent, writable, layer_id, empty=True, options=options,
+                                  record=record)
         return self.layer(layer_id)
 
     def apply_layer(
@@ -486,6 +491,7 @@ class Store:
         writable: bool = False,
         layer_id: str | None = None,
         verify: Callable[[ApplyResult], None] | None = None,
+        record: Callable[[sqlite3.Connection], None] | None = None,
     ) -> Layer:
         """Create a layer on ``parent`` from a layer tar (plain, gzip or zstd).
 
@@ -494,6 +500,9 @@ class Store:
         whose digest did not check out) removes the layer as any failure does.
         On any failure, KeyboardInterrupt included, the layer is removed again;
         a SIGKILL leaves an incomplete layer that the next open removes.
+        ``record`` runs in the transaction, under the store lock, that makes the
+        layer ready (a committed image's rows): a SIGKILL leaves both or that
+        incomplete layer, never a ready layer that nothing records.
         """
         from ..layertar.compression import open_layer_stream  # the tar path: not for every command
 
@@ -507,7 +516,11 @@ class Store:
             if verify is not None:
                 verify(result)
             self.driver.finalize(layer_id, writable=writable)
-            self._finish(layer_id, diff_id=result.diff_id, size=result.size)
+            lock = self._lock if record is not None else contextlib.nullcontext()
+            with lock, metadata.transaction(self._db):
+                self._finish(layer_id, diff_id=result.diff_id, size=result.size)
+                if record is not None:
+                    record(self._db)
         except BaseException:
             # what went wrong is the first error; a full disk that will not record
             # the removal leaves the row incomplete for the next open to finish
@@ -523,8 +536,15 @@ class Store:
         )
         return self.layer(layer_id)
 
-    def remove_layer(self, layer_id: str) -> None:
-        """Remove a ready, unmounted layer without children."""
+    def remove_layer(
+        self, layer_id: str, *, record: Callable[[sqlite3.Connection], None] | None = None
+    ) -> None:
+        """Remove a ready, unmounted layer without children.
+
+        ``record`` runs first in the transaction that marks the layer ``removing`` (a
+        container's row going): a SIGKILL leaves both or neither, and the next open
+        finishes the remove, never a ready layer that nothing records.
+        """
         started = time.monotonic()
         with self._lock:
             layer = self.layer(layer_id)
@@ -557,16 +577,18 @@ class Store:
                     hint="remove the image instead (lamina rmi), which removes the layers "
                     "no other image uses",
                 )
-            container = self._db.execute(
-                "SELECT name FROM containers WHERE layer = ? LIMIT 1", (layer_id,)
-            ).fetchone()
-            if container is not None:
-                raise LayerInUse(
-                    layer_id,
-                    f"layer {layer_id} is the writable layer of container {container[0]}",
-                    hint=f"remove the container instead: lamina rm {container[0]}",
-                )
             with metadata.transaction(self._db):
+                if record is not None:
+                    record(self._db)
+                container = self._db.execute(
+                    "SELECT name FROM containers WHERE layer = ? LIMIT 1", (layer_id,)
+                ).fetchone()
+                if container is not None:
+                    raise LayerInUse(
+                        layer_id,
+                        f"layer {layer_id} is the writable layer of container {container[0]}",
+                        hint=f"remove the container instead: lamina rm {container[0]}",
+                    )
                 self._db.execute(
                     "UPDATE layers SET state = 'removing', owner = ? WHERE id = ?",
                     (self._me, layer_id),
@@ -642,6 +664,7 @@ class Store:
         *,
         empty: bool = False,
         options: Mapping[str, str] | None = None,
+        record: Callable[[sqlite3.Connection], None] | None = None,
     ) -> tuple[str, list[str]]:
         """Record an incomplete layer and have the driver create it; return its id and parents.
 
@@ -684,6 +707,8 @@ class Store:
                     )
                     if empty:
                         self._finish(layer_id, diff_id=None, size=0)
+                    if record is not None:
+                        record(self._db)
             except BaseException:
                 with contextlib.suppress(LaminaError):
                     if self.driver.exists(layer_id):  # created, but not recorded
