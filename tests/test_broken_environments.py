@@ -77,6 +77,8 @@ COMMANDS: dict[str, list[str]] = {
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
+    # a context directory that does not exist: refused before the store is opened
+    "build": ["build", "--network", "none", "{output}-context"],
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
@@ -88,7 +90,8 @@ COMMANDS: dict[str, list[str]] = {
     "push": ["push", "127.0.0.1:9/nobody/img:1"],
 }
 #: commands that fail in every environment, on purpose (see COMMANDS)
-ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "run",
+ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
+               "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
                "commit"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL

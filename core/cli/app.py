@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
             "remove image layers and blobs no image uses, and dead pulls' leftovers",
             arguments="image:prune_arguments")
 
+    command(sub, "build", "build:cmd_build", "build an image from a Dockerfile",
+            arguments="build:build_arguments")
     command(sub, "run", "container:cmd_run", "run a command in a new container",
             arguments="container:run_arguments", add_help=False)
     command(sub, "create", "container:cmd_create", "create a container, print its id",

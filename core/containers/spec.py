@@ -42,7 +42,7 @@ class ContainerSpec(NamedTuple):
     """What a container runs and how, decided at ``create`` (a named tuple, not a
     dataclass: defining one costs ~1 ms of every ``run``'s start; docs/architecture.md)."""
 
-    image: str  # the image id (config digest)
+    image: str | None  # the image id (config digest); None for a build step's container
     image_name: str  # what the user called it, for `ps`
     argv: tuple[str, ...]  # entrypoint + command, as run
     env: tuple[str, ...]

@@ -1,0 +1,239 @@
+"""``lamina build`` end to end: real Dockerfiles, real containers for RUN, the real store.
+
+The builder is the same for every driver (it goes through the store and the launcher):
+most tests run on overlay; the reproducibility test builds on two drivers and compares.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import LAMINA, needs_root
+
+pytestmark = needs_root
+
+BASE = "base/busybox:1"
+
+
+class Site:
+    def __init__(self, root: Path, driver: str, work: Path) -> None:
+        self.root, self.driver, self.work = root, driver, work
+
+    def __call__(self, *args: str, check: bool = True, input: bytes | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*LAMINA, "--root", str(self.root), "--driver", self.driver,
+                               *args], capture_output=True, input=input, timeout=300,
+                              cwd=cwd)
+        if check:
+            assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+        return proc
+
+    def out(self, *args: str) -> str:
+        return self(*args).stdout.decode()
+
+    def context(self, name: str, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+        path = self.work / name
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "Dockerfile").write_text(dockerfile)
+        for rel, text in (files or {}).items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_text(text)
+        return path
+
+    def build(self, context: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self("build", "--network", "none", *args, str(context), check=check)
+
+    def config(self, image: str) -> dict:
+        return json.loads(self.out("inspect", image))[0]["Config"]
+
+    def run(self, image: str, *command: str) -> str:
+        return self.out("run", "--rm", "--network", "none", image, *command)
+
+
+def _site(root: Path, driver: str, work: Path, busybox_tar: Path | None = None,
+          archive: Path | None = None) -> Iterator[Site]:
+    site = Site(root, driver, work)
+    if archive is not None:
+        site("load", "-i", str(archive))  # the very image another store has
+    else:
+        site("import", "-c", 'CMD ["sh"]', str(busybox_tar), BASE)
+    yield site
+    assert site.out("ps", "-a", "-q") == ""  # every RUN's container went
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("build")
+    yield from _site(base / "store", "overlay", base / "work", busybox_tar)
+
+
+def test_run_steps_metadata_and_history(site: Site) -> None:
+    ctx = site.context("meta", f"""\
+# syntax=docker/dockerfile:1
+ARG BASE={BASE}
+FROM $BASE AS first
+ENV GREETING=hello \\
+    WHO=world
+WORKDIR /app
+ARG FLAVOR=plain
+RUN echo "$GREETING $WHO $FLAVOR" > greeting
+RUN <<EOF
+echo one > /app/heredoc
+echo two >> /app/heredoc
+EOF
+LABEL org.example.title="a title" other=1
+EXPOSE 8080 53/udp
+VOLUME /data
+STOPSIGNAL SIGQUIT
+HEALTHCHECK --interval=30s --retries=3 CMD true
+ONBUILD RUN echo child
+USER 1000:1000
+ENTRYPOINT ["cat"]
+CMD ["/app/greeting"]
+""")
+    out = site.build(ctx, "-t", "meta:1").stdout.decode()
+    assert "STEP 1/15: FROM $BASE AS first" in out and "Successfully tagged meta:1" in out
+    assert site.run("meta:1") == "hello world plain\n"
+    assert site.run("meta:1", "/app/heredoc") == "one\ntwo\n"
+    config = site.config("meta:1")
+    assert config["WorkingDir"] == "/app" and config["User"] == "1000:1000"
+    assert "GREETING=hello" in config["Env"] and "WHO=world" in config["Env"]
+    assert not any(e.startswith("FLAVOR=") for e in config["Env"])  # an ARG is not ENV
+    assert config["Labels"] == {"org.example.title": "a title", "other": "1"}
+    assert set(config["ExposedPorts"]) == {"8080/tcp", "53/udp"}
+    assert config["Volumes"] == {"/data": {}} and config["StopSignal"] == "SIGQUIT"
+    assert config["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]  # shell form, as Docker
+    assert config["Healthcheck"]["Interval"] == 30 * 10**9
+    assert config["OnBuild"] == ["RUN echo child"]
+    assert config["Entrypoint"] == ["cat"] and config["Cmd"] == ["/app/greeting"]
+    history = json.loads(site.out("history", "--format", "json", "meta:1"))
+    made = [h for h in history if h["Size"] > 0 and "lamina build" in h["Comment"]]
+    assert len(made) == 2  # the two RUNs; every other step is empty_layer
+    image = json.loads(site.out("inspect", "meta:1"))[0]
+    assert len(image["RootFS"]["Layers"]) == 3
+
+
+def test_cache_hits_and_misses(site: Site) -> None:
+    ctx = site.context("cache", f"""\
+FROM {BASE}
+ARG VERSION=1
+RUN echo "$VERSION $(cat /proc/sys/kernel/random/uuid)" > /stamp
+RUN cat /stamp > /copy
+CMD ["cat", "/copy"]
+""")
+    first = site.build(ctx, "-t", "cache:1").stdout.decode()
+    assert "CACHED" not in first
+    stamp = site.run("cache:1")
+    again = site.build(ctx, "-t", "cache:1").stdout.decode()
+    assert again.count("--> CACHED") == 2
+    assert site.run("cache:1") == stamp
+    # a build arg the RUN sees: a miss from that step on
+    changed = site.build(ctx, "-t", "cache:2", "--build-arg", "VERSION=2").stdout.decode()
+    assert "CACHED" not in changed
+    assert site.run("cache:2").startswith("2 ")
+    # an argument nobody uses changes nothing; --no-cache makes every layer again
+    site.build(ctx, "-t", "cache:3", "--build-arg", "VERSION=1")
+    assert site.run("cache:3") == stamp
+    fresh = site.build(ctx, "-t", "cache:4", "--no-cache").stdout.decode()
+    assert "CACHED" not in fresh and site.run("cache:4") != stamp
+    stamp = site.run("cache:4")  # the layers --no-cache made are the cache's now
+    # an earlier step changed: the later one runs again
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace(
+        "RUN cat /stamp > /copy", "RUN cat /stamp > /copy && echo x >> /copy"))
+    later = site.build(ctx, "-t", "cache:5").stdout.decode()
+    assert later.count("--> CACHED") == 1 and site.run("cache:5") == stamp + "x\n"
+
+
+def test_a_failing_run_shows_its_output_and_tags_nothing(site: Site) -> None:
+    ctx = site.context("fail", f"""\
+FROM {BASE}
+RUN echo before
+RUN echo the-output; exit 7
+""")
+    proc = site.build(ctx, "-t", "fail:1", check=False)
+    assert proc.returncode == 1
+    assert b"the-output" in proc.stdout
+    assert b"returned a non-zero code: 7" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"Dockerfile:3" in proc.stderr
+    assert "fail:1" not in site.out("images")
+    quiet = site.build(ctx, "-q", "-t", "fail:1", check=False)
+    assert quiet.returncode == 1 and b"the-output" in quiet.stderr  # shown when it fails
+    assert b"STEP" not in quiet.stdout
+
+
+def test_syntax_errors_name_file_line_and_column(site: Site) -> None:
+    ctx = site.context("syntax", f"FROM {BASE}\nRUN echo ok\nCOPPY a b\n")
+    proc = site.build(ctx, check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "Dockerfile:3" in err and "COPPY" in err and "COPY" in err, err
+    assert len(err.splitlines()) == 2 and "Traceback" not in err
+    ctx = site.context("heredoc", f"FROM {BASE}\nRUN <<EOF\necho never ends\n")
+    err = site.build(ctx, check=False).stderr.decode()
+    assert "Dockerfile:2" in err and "EOF" in err
+    ctx = site.context("remote", f"FROM {BASE}\nADD https://example.com/x /x\n")
+    err = site.build(ctx, check=False).stderr.decode()
+    assert "not supported" in err and "https://example.com/x" in err
+
+
+def test_dockerfile_from_stdin_quiet_and_target(site: Site) -> None:
+    ctx = site.context("stdin", "")
+    text = f"""\
+FROM {BASE} AS one
+RUN echo one > /which
+FROM {BASE} AS two
+RUN echo two > /which
+FROM two
+RUN echo three >> /which
+"""
+    proc = site("build", "--network", "none", "-q", "-f", "-", "-t", "stdin:1", str(ctx),
+                input=text.encode())
+    image_id = proc.stdout.decode().strip()
+    assert image_id.startswith("sha256:") and len(proc.stdout.splitlines()) == 1
+    assert site.run("stdin:1", "cat", "/which") == "two\nthree\n"
+    one = site("build", "--network", "none", "--target", "one", "-f", "-", "-t", "stdin:one",
+               str(ctx), input=text.encode()).stdout.decode()
+    assert "echo two" not in one  # a stage the target does not need is not built
+    assert site.run("stdin:one", "cat", "/which") == "one\n"
+    bad = site("build", "--target", "nine", "-f", "-", str(ctx), input=text.encode(),
+               check=False)
+    assert bad.returncode == 1 and b"no build stage named 'nine'" in bad.stderr
+
+
+def test_onbuild_triggers_run_in_the_child_build(site: Site) -> None:
+    parent = site.context("onbuild-parent", f"""\
+FROM {BASE}
+ONBUILD RUN echo triggered > /trigger
+""")
+    site.build(parent, "-t", "onbuild:parent")
+    child = site.context("onbuild-child", "FROM onbuild:parent\nRUN cat /trigger\n")
+    out = site.build(child, "-t", "onbuild:child").stdout.decode()
+    assert "ONBUILD RUN echo triggered" in out
+    assert site.run("onbuild:child", "cat", "/trigger") == "triggered\n"
+    assert not site.config("onbuild:child").get("OnBuild")  # not inherited further
+
+
+def test_reproducible_builds_give_one_digest(site: Site,
+                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    text = f"""\
+FROM {BASE}
+ENV A=1
+RUN mkdir -p /out && echo "$A" > /out/a && touch /out/b
+CMD ["cat", "/out/a"]
+"""
+    ctx = site.context("repro", text)
+    first = site.build(ctx, "-q", "--timestamp", "1700000000").stdout.decode().strip()
+    second = site.build(ctx, "-q", "--no-cache", "--timestamp", "1700000000").stdout.decode()
+    assert first == second.strip()
+    other = tmp_path_factory.mktemp("repro-vfs")
+    site("save", "-o", str(other / "base.tar"), BASE)
+    for vfs in _site(other / "store", "vfs", other / "work", archive=other / "base.tar"):
+        ctx2 = vfs.context("repro", text)
+        third = vfs.build(ctx2, "-q", "--timestamp", "1700000000").stdout.decode().strip()
+        assert third == first  # another driver, the same image
+    later = site.build(ctx, "-q", "--no-cache", "--timestamp", "1800000000").stdout.decode()
+    assert later.strip() != first
