@@ -7,6 +7,7 @@ most tests run on overlay; the reproducibility test builds on two drivers and co
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,121 @@ CMD ["cat", "/out/a"]
         assert third == first  # another driver, the same image
     later = site.build(ctx, "-q", "--no-cache", "--timestamp", "1800000000").stdout.decode()
     assert later.strip() != first
+
+
+# -- COPY and ADD ----------------------------------------------------------------------------
+
+
+def test_copy_add_dockerignore_chown_and_stages(site: Site) -> None:
+    import io
+    import tarfile
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        data = b"inside the archive\n"
+        info = tarfile.TarInfo("pkg/readme")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    ctx = site.context("copy", f"""\
+FROM {BASE} AS build
+RUN echo 'app:x:1234:1234:App:/home/app:/bin/sh' >> /etc/passwd && \\
+    echo 'app:x:1234:' >> /etc/group
+WORKDIR /src
+COPY --chown=app:app app/ ./
+COPY --chmod=0755 <<EOF /usr/local/bin/hello
+#!/bin/sh
+echo hello from the heredoc
+EOF
+ADD pkg.tar.gz /opt/
+FROM {BASE}
+COPY --from=build /src /final
+COPY --from=build /opt/pkg/readme /usr/local/bin/hello /bin2/
+""", {"app/main.txt": "main\n", "app/debug.log": "noise\n", "app/keep.log": "kept\n",
+      "app/sub/deep.txt": "deep\n", "secret.key": "do not send\n"})
+    (ctx / "pkg.tar.gz").write_bytes(archive.getvalue())
+    (ctx / ".dockerignore").write_text("secret.key\n**/*.log\n!app/keep.log\n")
+    site.build(ctx, "-t", "copy:1")
+    listing = site.run("copy:1", "sh", "-c",
+                       "cd /final && find . -type f | sort && stat -c '%u:%g %a %n' main.txt")
+    assert listing == "./keep.log\n./main.txt\n./sub/deep.txt\n1234:1234 644 main.txt\n"
+    assert site.run("copy:1", "cat", "/bin2/readme") == "inside the archive\n"
+    assert site.run("copy:1", "/bin2/hello") == "hello from the heredoc\n"
+    # content decides the cache, not times: a touched file hits, a changed one misses
+    os.utime(ctx / "app/main.txt", (1, 1))
+    assert "--> CACHED" in site.build(ctx, "-t", "copy:1").stdout.decode().split("COPY")[1]
+    (ctx / "app/main.txt").write_text("main, changed\n")
+    out = site.build(ctx, "-t", "copy:2").stdout.decode()
+    assert out.split("STEP 4/")[1].split("STEP")[0].count("CACHED") == 0
+    assert site.run("copy:2", "cat", "/final/main.txt") == "main, changed\n"
+
+
+def test_copy_refuses_what_leaves_the_context(site: Site) -> None:
+    outside = site.work / "outside-secret"
+    outside.write_text("secret\n")
+    ctx = site.context("escape", f"FROM {BASE}\nCOPY ../outside-secret /x\n")
+    err = site.build(ctx, check=False).stderr.decode()
+    assert "outside-secret" in err and "Traceback" not in err
+    ctx = site.context("escape-link", f"FROM {BASE}\nCOPY link /x\n")
+    (ctx / "link").symlink_to(outside)
+    proc = site.build(ctx, check=False)
+    assert proc.returncode == 1 and b"link" in proc.stderr
+    ctx = site.context("missing", f"FROM {BASE}\nCOPY nothere.txt /x\n")
+    err = site.build(ctx, check=False).stderr.decode()
+    assert "nothere.txt" in err and len(err.splitlines()) == 2
+
+
+# -- the cache is never stale ----------------------------------------------------------------
+
+
+PROPERTY_DOCKERFILE = f"""\
+FROM {BASE}
+ARG A=first
+COPY files/ /files/
+RUN cat /files/* > /all 2>/dev/null; echo "$A" >> /all
+ENV E=one
+RUN echo "$E $A" > /env
+"""
+
+
+def test_a_cached_build_equals_a_fresh_one(site: Site) -> None:
+    """Random edits of context files, build args and instructions: after each, a build
+    that may use the cache gives the same files as a --no-cache build of the same inputs."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    ctx = site.context("property", PROPERTY_DOCKERFILE, {"files/f0": "zero\n"})
+    edits = st.lists(st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 3), st.text("abc", max_size=5)),
+        st.tuples(st.just("touch"), st.integers(0, 3), st.just("")),
+        st.tuples(st.just("remove"), st.integers(0, 3), st.just("")),
+        st.tuples(st.just("arg"), st.just(0), st.sampled_from(["first", "second"])),
+        st.tuples(st.just("env"), st.just(0), st.sampled_from(["one", "two"])),
+    ), min_size=1, max_size=3)
+    state = {"arg": "first"}
+
+    def tree(image: str) -> str:
+        return site.run(image, "sh", "-c", "cd / && ls -ln files | sed 1d | awk '{print $1,$3,$4,"
+                        "$5,$9}'; md5sum files/* all env")
+
+    @settings(max_examples=6, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(edits)
+    def check(steps: list[tuple[str, int, str]]) -> None:
+        for kind, n, text in steps:
+            path = ctx / "files" / f"f{n}"
+            if kind == "write":
+                path.write_text(text)
+            elif kind == "touch" and path.exists():
+                os.utime(path, (n * 1000, n * 1000))
+            elif kind == "remove" and len(list((ctx / "files").iterdir())) > 1:
+                path.unlink(missing_ok=True)
+            elif kind == "arg":
+                state["arg"] = text
+            elif kind == "env":
+                (ctx / "Dockerfile").write_text(PROPERTY_DOCKERFILE.replace("E=one", f"E={text}"))
+        args = ("--build-arg", f"A={state['arg']}")
+        site.build(ctx, *args, "-t", "prop:cached")
+        site.build(ctx, *args, "-t", "prop:fresh", "--no-cache")
+        assert tree("prop:cached") == tree("prop:fresh")
+
+    check()

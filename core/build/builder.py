@@ -403,13 +403,16 @@ class Builder:
         workdir = state.run_config.get("WorkingDir") or "/"
         chown = step.flags.get("chown")
         chmod = step.flags.get("chmod")
+        exclude = step.flags.get("exclude") or ()
+        exclude = (exclude,) if isinstance(exclude, str) else tuple(map(str, exclude))
         with self._source_tree(source_ref, state) as (tree, tree_id):
-            digest = tree.digest(paths) if paths else ""
+            digest = tree.digest(paths, exclude=exclude) if paths else ""
             heredocs = [[s.name, s.content] for s in step.sources if not isinstance(s, str)]
             key = step_key(state.top, "add" if extract else "copy", tree=tree_id,
                            sources=[s if isinstance(s, str) else s.name for s in step.sources],
                            content=digest, heredocs=heredocs, dest=step.dest, workdir=workdir,
-                           chown=chown, chmod=chmod, timestamp=self.options.timestamp)
+                           chown=chown, chmod=chmod, exclude=exclude,
+                           timestamp=self.options.timestamp)
 
             def make(layer: str) -> None:
                 root = self.store.mount(layer, holder=self.store.process_holder)
@@ -417,7 +420,8 @@ class Builder:
                     copy_into(root, tree, step.sources, step.dest, workdir=workdir,
                               chown=chown if isinstance(chown, str) else None,
                               chmod=chmod if isinstance(chmod, str) else None,
-                              extract=extract, mtime=self.options.timestamp)
+                              extract=extract, mtime=self.options.timestamp,
+                              exclude=exclude)
                 finally:
                     self.store.unmount(layer, holder=self.store.process_holder)
 
@@ -428,7 +432,7 @@ class Builder:
     @contextlib.contextmanager
     def _source_tree(self, ref: object, state: _State) -> Iterator[tuple[Any, str]]:
         """What COPY reads: the context, or the root of a stage or image (mounted)."""
-        from .copy import SourceTree
+        from .context import SourceTree
 
         if not isinstance(ref, str) or not ref:
             yield SourceTree.context(self.options.context, self.options.ignore), "context"
