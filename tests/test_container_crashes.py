@@ -314,7 +314,7 @@ def test_sigkill_of_a_foreground_run_at_any_moment(site: Site, host_netns: list[
         world.check(f"a kill at {name}" if hit else f"a run that ended before {name}")
         missed += [] if hit else [name]
     assert len(missed) <= 2, f"the poller missed {missed}: the kills hit no phase"
-    for delay in _delays(duration, 12):
+    for delay in _delays(duration, 10):
         proc = world.popen(*args)
         time.sleep(delay)
         proc.kill()
@@ -415,7 +415,7 @@ def test_sigkill_of_a_detached_containers_monitor_at_any_moment(
         world.check(f"a kill of the monitor at {name}" if hit else f"a run ended before {name}")
         missed += [] if hit else [name]
     assert len(missed) <= 2, f"the poller missed {missed}: the kills hit no phase"
-    for delay in _delays(max(lifetime), 8):
+    for delay in _delays(max(lifetime), 6):
         monitor = Monitor(world.popen(*args))
         monitor.kill_after(delay)
         monitor.wait()
@@ -573,7 +573,7 @@ def test_sigkill_of_commit_leaves_no_half_image_and_no_layer(site: Site,
         hit = _kill_when(proc.pid, factory(), lambda p=proc: p.poll() is not None)
         proc.wait()
         verdict(f"a kill of commit at {name}" if hit else f"a commit ended before {name}")
-    for delay in _delays(max(took), 10):
+    for delay in _delays(max(took), 8):
         proc = world.popen(*commit)
         time.sleep(delay)
         proc.kill()
