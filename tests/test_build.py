@@ -356,3 +356,36 @@ def test_a_cached_build_equals_a_fresh_one(site: Site) -> None:
         assert tree("prop:cached") == tree("prop:fresh")
 
     check()
+
+
+def test_a_killed_build_leaves_no_container_mount_or_image(site: Site) -> None:
+    from lamina.core.host import mounts
+
+    ctx = site.context("killed", f"""\
+FROM {BASE}
+RUN echo done-before > /before
+RUN echo started; sleep 60
+""")
+    images = site.out("images", "-q")
+    layers_before = {lay["id"] for lay in json.loads(site.out("layer", "ls", "--format", "json"))}
+    proc = subprocess.Popen([*LAMINA, "--root", str(site.root), "--driver", site.driver,
+                             "build", "--network", "none", "-t", "killed:1", str(ctx)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == b"started":
+            break
+    proc.kill()
+    proc.wait()
+    site("ps", "-a")  # the next command cleans up
+    assert site.out("images", "-q") == images  # no half image
+    assert mounts.mounts_under(site.root) == []
+    assert not any(c.get("Labels") for c in json.loads(site.out("ps", "-a", "--format", "json")))
+    layers = json.loads(site.out("layer", "ls", "--format", "json"))
+    assert not [lay for lay in layers if lay["writable"]]  # the step's container went
+    # what the finished step made stays as cache: the next build uses it safely
+    new = {lay["id"] for lay in layers} - layers_before
+    assert len(new) <= 2  # the finished RUN's layer (and the image's init layer)
+    (ctx / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo done-before > /before\n")
+    out = site.build(ctx, "-t", "killed:2").stdout.decode()
+    assert "CACHED" in out and site.run("killed:2", "cat", "/before") == "done-before\n"

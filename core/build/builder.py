@@ -9,11 +9,13 @@ step first looks for its key in the build cache (core/build/cache.py); on a miss
   namespaces, hardening, network and limits as ``lamina run``) on the stage's top layer,
   with the stage's environment, ARGs, working directory, user and shell; its output is
   streamed, a non-zero exit ends the build with that output and status, tagging nothing;
-- COPY and ADD copy into a writable layer on the top layer (core/build/copy.py);
+- COPY and ADD copy into the writable layer of such a container, never started
+  (core/build/copy.py);
 
 then the writable layer's changes are exported once (the driver's native diff where it
-has one), applied as a read-only layer whose id is its ChainID, and the writable layer
-(and container) removed. The final stage's config, with the DiffIDs and history, is the
+has one), applied as a read-only layer whose id is its ChainID, and the container
+removed. Step containers carry the build's process identity (``BUILD_OWNER_LABEL``):
+``ps`` does not list them, and the next command removes those of a killed build. The final stage's config, with the DiffIDs and history, is the
 image; its id is the config's digest.
 
 With ``timestamp`` (``--timestamp``, ``SOURCE_DATE_EPOCH``) the build is reproducible:
@@ -38,9 +40,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from ..containers.spec import DEFAULT_PATH, ContainerSpec
+from ..containers.spec import BUILD_OWNER_LABEL, DEFAULT_PATH, ContainerSpec
 from ..containers.store import ContainerStore
 from ..errors import BuildError, LaminaError, host_error
+from ..host.locks import process_identity
 from ..images.formats import OCI_LAYER, canonical_json, chain_ids, parse_config, sha256_digest
 from ..images.formats import layer_id as store_id
 from ..images.rootfs import new_config, rfc3339
@@ -126,6 +129,7 @@ class Builder:
         self.out = out
         self.now = float(options.timestamp) if options.timestamp is not None else time.time()
         self.stages: dict[int, _State] = {}
+        self.owner = process_identity()
 
     # -- the build ---------------------------------------------------------------------
 
@@ -353,11 +357,9 @@ class Builder:
                        workdir=config.get("WorkingDir") or "/", user=config.get("User") or "",
                        network=network)
 
-        spec = ContainerSpec(
-            image=None, image_name="(build)", argv=tuple(argv),
-            env=tuple(f"{k}={v}" for k, v in env.items()),
-            workdir=config.get("WorkingDir") or "/", user=config.get("User") or "",
-            network=network)
+        spec = self._step_spec(argv=tuple(argv), env=tuple(f"{k}={v}" for k, v in env.items()),
+                               workdir=config.get("WorkingDir") or "/",
+                               user=config.get("User") or "", network=network)
 
         def make(layer: str) -> None:
             self._run_container(step, argv, layer)
@@ -427,7 +429,7 @@ class Builder:
 
             keyword = "ADD" if extract else "COPY"
             self._layer_step(state, key, f"{keyword} {' '.join(map(_name, step.sources))} "
-                             f"{step.dest}", make)
+                             f"{step.dest}", make, spec=self._step_spec(network="none"))
 
     @contextlib.contextmanager
     def _source_tree(self, ref: object, state: _State) -> Iterator[tuple[Any, str]]:
@@ -455,8 +457,15 @@ class Builder:
         finally:
             self.store.unmount(top, holder=self.store.process_holder)
 
+    def _step_spec(self, **fields: Any) -> ContainerSpec:
+        """A step's container: labelled with this build's process, so that the next
+        command removes it if the build is killed (core/launcher/monitor.py)."""
+        return ContainerSpec(image=None, image_name="(build step)", argv=("true",), env=(),
+                             labels={BUILD_OWNER_LABEL: self.owner}).\
+            _replace(**fields)
+
     def _layer_step(self, state: _State, key: str, created_by: str,
-                    make: Callable[[str], None], *, spec: ContainerSpec | None = None) -> None:
+                    make: Callable[[str], None], *, spec: ContainerSpec) -> None:
         """The cached layer of ``key``, or a new one made by ``make(writable layer id)``."""
         entry = None if self.options.no_cache else self.cache.get(key)
         if entry is not None:
@@ -472,17 +481,15 @@ class Builder:
         self._history(state, created_by, empty=False)
 
     def _new_layer(self, state: _State, make: Callable[[str], None],
-                   spec: ContainerSpec | None) -> CacheEntry:
-        """Run ``make`` on a fresh writable layer on the stage's top; export and apply its
-        changes as the next read-only layer; remove the writable layer.
+                   spec: ContainerSpec) -> CacheEntry:
+        """Run ``make`` on the writable layer of a new step container on the stage's top;
+        export and apply its changes as the next read-only layer; remove the container.
 
-        With ``spec`` the layer is a container's (RUN): the same init layer, record and
-        launcher as ``lamina run``'s, removed with the container.
+        The container has the same init layer, record and launcher as ``lamina run``'s
+        (a RUN runs in it, a COPY writes into its layer), so a killed build's leftovers
+        are found and removed like any container's.
         """
-        if spec is not None:
-            writable = self.containers.create(spec, state.top).id
-        else:
-            writable = self.store.create_layer(state.top, writable=True).id
+        writable = self.containers.create(spec, state.top).id
         try:
             make(writable)
             if self.options.timestamp is not None:
@@ -490,10 +497,7 @@ class Builder:
             return self._commit_layer(state, writable)
         finally:
             with contextlib.suppress(LaminaError):
-                if spec is not None:
-                    self.containers.remove(writable)
-                else:
-                    self.store.remove_layer(writable)
+                self.containers.remove(writable)
 
     def _clamp_times(self, layer: str, epoch: int) -> None:
         """Every changed path's times at most ``epoch`` (reproducible layer tars)."""

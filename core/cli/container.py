@@ -318,12 +318,15 @@ def container_row(c: Container, now: float) -> dict[str, Any]:
 
 
 def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.spec import BUILD_OWNER_LABEL
     from ..containers.store import ContainerStore
     from .image import since
 
     with engine.open_store() as store:
         _reconcile(store)
-        found = [c for c in ContainerStore(store).containers() if args.all or c.running]
+        # a running build's step containers are the build's, not the user's (as Docker's)
+        found = [c for c in ContainerStore(store).containers()
+                 if (args.all or c.running) and BUILD_OWNER_LABEL not in c.spec.labels]
     now = time.time()
     if args.format == "json":
         print_json([container_row(c, now) for c in found], listing=True)

@@ -334,14 +334,29 @@ def _monitor_main(engine: Engine, container_id: str, ready_w: int) -> None:
 
 
 def reconcile(store: Store) -> list[str]:
-    """Record containers whose monitor vanished as exited and free what they held."""
+    """Record containers whose monitor vanished as exited and free what they held; remove
+    the step containers of builds that were killed (they are nobody's to keep)."""
+    from ..containers.spec import BUILD_OWNER_LABEL
+    from ..host.locks import is_alive
+
     containers = ContainerStore(store)
     done = []
+    bridged = False
     for container in containers.stale():
         _remove_cgroup(container.id)
         containers.mark_exited(container.id, LOST_EXIT_CODE)
         done.append(container.id)
-    if any(c.spec.network == "bridge" for c in (containers.get(i) for i in done)):
+        bridged = bridged or container.spec.network == "bridge"
+    for container in containers.containers():
+        owner = container.spec.labels.get(BUILD_OWNER_LABEL)
+        killed_build = bool(owner) and not is_alive(owner)
+        # --rm asked for its removal; its monitor was killed before it could (as Docker
+        # removes such containers when its daemon comes back)
+        lost_rm = container.spec.auto_remove and container.id in done
+        if (killed_build or lost_rm) and not container.running:
+            with contextlib.suppress(LaminaError):
+                containers.remove(container.id)
+    if bridged:
         # leases, port rules and host veths of every container that is not running
         alive = [c.id for c in containers.containers() if c.running]
         with contextlib.suppress(LaminaError):
