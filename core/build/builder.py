@@ -15,8 +15,9 @@ step first looks for its key in the build cache (core/build/cache.py); on a miss
 then the writable layer's changes are exported once (the driver's native diff where it
 has one), applied as a read-only layer whose id is its ChainID, and the container
 removed. Step containers carry the build's process identity (``BUILD_OWNER_LABEL``):
-``ps`` does not list them, and the next command removes those of a killed build. The final stage's config, with the DiffIDs and history, is the
-image; its id is the config's digest.
+``ps`` does not list them, and the next command removes those of a killed build. The
+final stage's config, with the DiffIDs and history, is the image; its id is the config's
+digest.
 
 With ``timestamp`` (``--timestamp``, ``SOURCE_DATE_EPOCH``) the build is reproducible:
 every file a step changed gets its time clamped to at most that epoch before the export
