@@ -86,6 +86,10 @@ RUN <<EOF
 echo one > /app/heredoc
 echo two >> /app/heredoc
 EOF
+RUN <<EOF
+#!/bin/sh -e
+echo "run as a program: $0" > /app/program
+EOF
 LABEL org.example.title="a title" other=1
 EXPOSE 8080 53/udp
 VOLUME /data
@@ -97,9 +101,10 @@ ENTRYPOINT ["cat"]
 CMD ["/app/greeting"]
 """)
     out = site.build(ctx, "-t", "meta:1").stdout.decode()
-    assert "STEP 1/15: FROM $BASE AS first" in out and "Successfully tagged meta:1" in out
+    assert "STEP 1/16: FROM $BASE AS first" in out and "Successfully tagged meta:1" in out
     assert site.run("meta:1") == "hello world plain\n"
     assert site.run("meta:1", "/app/heredoc") == "one\ntwo\n"
+    assert site.run("meta:1", "/app/program") == "run as a program: /dev/.lamina-run-heredoc\n"
     config = site.config("meta:1")
     assert config["WorkingDir"] == "/app" and config["User"] == "1000:1000"
     assert "GREETING=hello" in config["Env"] and "WHO=world" in config["Env"]
@@ -113,9 +118,9 @@ CMD ["/app/greeting"]
     assert config["Entrypoint"] == ["cat"] and config["Cmd"] == ["/app/greeting"]
     history = json.loads(site.out("history", "--format", "json", "meta:1"))
     made = [h for h in history if h["Size"] > 0 and "lamina build" in h["Comment"]]
-    assert len(made) == 2  # the two RUNs; every other step is empty_layer
+    assert len(made) == 3  # the three RUNs; every other step is empty_layer
     image = json.loads(site.out("inspect", "meta:1"))[0]
-    assert len(image["RootFS"]["Layers"]) == 3
+    assert len(image["RootFS"]["Layers"]) == 4
 
 
 def test_cache_hits_and_misses(site: Site) -> None:

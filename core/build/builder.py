@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from ..containers.spec import BUILD_OWNER_LABEL, DEFAULT_PATH, ContainerSpec
+from ..containers.spec import BUILD_OWNER_LABEL, DEFAULT_PATH, ContainerSpec, Volume
 from ..containers.store import ContainerStore
 from ..errors import BuildError, LaminaError, host_error
 from ..host.locks import process_identity
@@ -61,6 +61,8 @@ from .variables import Variables, expand_from, global_values
 
 #: what a RUN in shell form runs when no SHELL was given (Docker's)
 DEFAULT_SHELL = ("/bin/sh", "-c")
+#: where a ``RUN <<EOF`` program with its own ``#!`` interpreter is bound in the container
+HEREDOC_PROGRAM = "/dev/.lamina-run-heredoc"
 
 
 class BuildOptions:
@@ -346,26 +348,48 @@ class Builder:
         else:
             argv = list(step.command)
             shown = json.dumps(argv)
-        if heredoc is not None and heredoc.content.startswith("#!"):
-            raise BuildError(
-                f"{_where(step)}: a RUN heredoc with its own interpreter (#!) is not "
-                "supported yet", hint="run the interpreter on a heredoc: RUN python3 <<EOF")
+        program = heredoc.content if heredoc is not None and heredoc.content.startswith(
+            "#!") else None
+        if program is not None:  # run as a file, by its own interpreter (BuildKit's way)
+            argv = [HEREDOC_PROGRAM]
+            shown = f"<<{heredoc.name} ({program.splitlines()[0]})"  # type: ignore[union-attr]
         env = state.variables.run_environment()
         env.setdefault("PATH", DEFAULT_PATH)
         network = str(step.flags.get("network") or self.options.network)
         config = state.run_config
         key = step_key(state.top, "run", argv=argv, env=sorted(env.items()),
                        workdir=config.get("WorkingDir") or "/", user=config.get("User") or "",
-                       network=network)
+                       network=network, program=program)
+        with self._program_file(program) as volumes:
+            spec = self._step_spec(argv=tuple(argv),
+                                   env=tuple(f"{k}={v}" for k, v in env.items()),
+                                   workdir=config.get("WorkingDir") or "/",
+                                   user=config.get("User") or "", network=network,
+                                   volumes=volumes)
 
-        spec = self._step_spec(argv=tuple(argv), env=tuple(f"{k}={v}" for k, v in env.items()),
-                               workdir=config.get("WorkingDir") or "/",
-                               user=config.get("User") or "", network=network)
+            def make(layer: str) -> None:
+                self._run_container(step, argv, layer)
 
-        def make(layer: str) -> None:
-            self._run_container(step, argv, layer)
+            self._layer_step(state, key, f"RUN {shown}", make, spec=spec)
 
-        self._layer_step(state, key, f"RUN {shown}", make, spec=spec)
+    @contextlib.contextmanager
+    def _program_file(self, program: str | None) -> Iterator[tuple[Volume, ...]]:
+        """A ``RUN <<EOF`` body starting with ``#!``, as an executable file bound read-only
+        at :data:`HEREDOC_PROGRAM` (on the container's /dev tmpfs: nothing of it reaches
+        the layer)."""
+        if program is None:
+            yield ()
+            return
+        tmp = self.store.root / "tmp"
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="build-program-", dir=tmp)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(program)
+            os.chmod(name, 0o755)
+            yield (Volume("bind", HEREDOC_PROGRAM, name, readonly=True),)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     def _run_container(self, step: ins.Run, argv: list[str], layer: str) -> None:
         from ..launcher import monitor
