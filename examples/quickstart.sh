@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The main job: set everything up, start a real OCI registry (Debian's docker-registry)
 # on 127.0.0.1, build a small image locally from the static busybox and put it in that
-# registry, pull it with the automatically chosen driver, list it and its layers, then
-# run containers from it: `lamina run --rm IMAGE echo hello`, an interactive shell (its
-# input piped here; add -t on a terminal for a real one), and a detached container to
-# list, exec into, read the logs of and remove.
+# registry, pull it with the automatically chosen driver, list it and its layers, build
+# an image on it from a Dockerfile and run that, then run containers from it:
+# `lamina run --rm IMAGE echo hello`, an interactive shell (its input piped here; add -t
+# on a terminal for a real one), and a detached container to list, exec into, read the
+# logs of and remove.
 #
 # QUICKSTART_ROOT=DIR keeps the store in DIR (default: a temporary store, removed at
 # the end with the registry). Containers get the default bridge network, lamina0.
@@ -58,6 +59,19 @@ lamina --root "$root" history "$image"
 lamina --root "$root" layer ls
 echo "== lamina system df -v"
 lamina --root "$root" system df -v
+
+echo "== lamina build: an image of our own on it, from a Dockerfile"
+mkdir -p "$work/app"
+echo "a file from the build context" > "$work/app/message.txt"
+cat > "$work/app/Dockerfile" <<EOF
+FROM $image
+WORKDIR /app
+COPY message.txt .
+RUN echo "built by lamina on \$(uname -m)" > built.txt
+CMD ["cat", "/app/message.txt", "/app/built.txt"]
+EOF
+lamina --root "$root" build -t demo/app:1 "$work/app"
+lamina --root "$root" run --rm demo/app:1
 
 echo "== lamina run --rm $image echo hello"
 lamina --root "$root" run --rm "$image" echo "hello from $image"

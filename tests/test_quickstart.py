@@ -29,6 +29,8 @@ def test_quickstart_pulls_lists_and_runs(tmp_path: Path) -> None:
     assert "demo/busybox" in out and "SHARED SIZE" in out
     # a container's output, the interactive shell's view and status, a detached one's log
     assert "\nhello from 127.0.0.1:" in out
+    assert "Successfully tagged demo/app:1" in out
+    assert "a file from the build context\nbuilt by lamina on " in out
     assert "I am demo, pid 1, user 0, in /" in out
     assert "my address on the bridge: 10.87." in out
     assert "the shell's exit status came back: 3" in out
@@ -40,6 +42,6 @@ def test_quickstart_pulls_lists_and_runs(tmp_path: Path) -> None:
     assert containers.stdout == ""  # --rm and rm -f left none
     images = subprocess.run([str(REPO / ".venv/bin/lamina"), "--root", str(tmp_path / "store"),
                              "images", "-q"], capture_output=True, text=True, check=True)
-    assert len(images.stdout.split()) == 1
+    assert len(images.stdout.split()) == 2  # the pulled image and the one built on it
     assert not (tmp_path / "store" / "tmp").exists() or not list(
         (tmp_path / "store" / "tmp").glob("pull-*.part"))
