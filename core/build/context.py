@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 from ..errors import BuildError
 from .dockerignore import Dockerignore
+from .globs import match_regex
 
 #: symlinks followed while resolving one path (Linux's limit too)
 MAX_SYMLINKS = 40
@@ -84,55 +85,8 @@ def has_wildcards(component: str) -> bool:
 def glob_regex(component: str) -> re.Pattern[str] | None:
     """Go's ``filepath.Match`` for one component as a regex; None for a bad pattern
     (BuildKit ignores the error: a bad pattern matches nothing)."""
-    out = []
-    i, n = 0, len(component)
-    while i < n:
-        ch = component[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "\\":
-            i += 1
-            if i >= n:
-                return None
-            out.append(re.escape(component[i]))
-        elif ch == "[":
-            i += 1
-            negate = i < n and component[i] == "^"
-            if negate:
-                i += 1
-            body = []
-            while i < n and (component[i] != "]" or not body):
-                lo = component[i]
-                if lo == "\\":
-                    i += 1
-                    if i >= n:
-                        return None
-                    lo = component[i]
-                elif lo == "]":
-                    return None  # an empty class
-                i += 1
-                if i + 1 < n and component[i] == "-" and component[i + 1] != "]":
-                    hi = component[i + 1]
-                    if hi == "\\":
-                        i += 1
-                        if i + 1 >= n:
-                            return None
-                        hi = component[i + 1]
-                    if hi < lo:
-                        return None
-                    body.append(f"{re.escape(lo)}-{re.escape(hi)}")
-                    i += 2
-                else:
-                    body.append(re.escape(lo))
-            if i >= n or not body:
-                return None  # unterminated
-            out.append("[" + ("^" if negate else "") + "".join(body) + "]")
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
+    source = match_regex(component)
+    return None if source is None else re.compile(source, re.DOTALL)
 
 
 class SourceTree:

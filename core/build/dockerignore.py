@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..errors import DockerfileSyntaxError
+from .globs import match_regex
 
 
 class Pattern(NamedTuple):
@@ -141,35 +142,18 @@ def _could_reach_below(pattern: tuple[str, ...], directory: tuple[str, ...]) -> 
 
 
 def _regex(pattern: str) -> str:
-    """A cleaned pattern as a regular expression for ``fullmatch`` (patternmatcher's rules)."""
+    """A cleaned pattern as a regular expression for ``fullmatch`` (patternmatcher's rules:
+    Go's ``filepath.Match`` for each piece, and ``**`` for any number of directories)."""
     out = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*" and pattern.startswith("**", i):
-            i += 2
-            if pattern.startswith("/", i):
-                i += 1  # **/ is **
+    pieces = pattern.split("**")
+    for index, piece in enumerate(pieces):
+        if index:  # a ** before this piece
+            if piece.startswith("/"):
+                piece = piece[1:]  # **/ is **
             # at the end, anything (a/** is everything beneath a); else any directories
-            out.append(".*" if i >= n else "(?:.*/)?")
-            continue
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "\\":
-            i += 1
-            out.append(re.escape(pattern[i]) if i < n else re.escape("\\"))
-        elif ch == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                raise ValueError("unterminated character class")
-            body = pattern[i + 1:end]  # Go's classes: ^ negates, ! is a character
-            negate = body.startswith("^")
-            body = re.sub(r"([\\\[\]^])", r"\\\1", body[1:] if negate else body)
-            out.append("[" + ("^" if negate else "") + body + "]")
-            i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
+            out.append(".*" if not piece and index == len(pieces) - 1 else "(?:.*/)?")
+        source = match_regex(piece)
+        if source is None:
+            raise ValueError("a bad pattern (an unterminated [ class, or a trailing \\)")
+        out.append(source)
     return "".join(out)
