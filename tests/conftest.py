@@ -6,8 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,27 @@ def faulty_basic(basic_registry: object) -> Iterator[object]:
                            basic_registry.storage)  # type: ignore[attr-defined]
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """podman with a store of its own under ``tmp_path`` (runc: crun refuses these hosts'
+    cgroups)."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (.ci/setup installs it)")
+    conf = Path("/etc/containers/containers.conf")
+    if not conf.exists():  # what podman needs on these hosts (docs: this-machine)
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
+    root = tmp_path / "podman-root"
+    runroot = Path(tempfile.mkdtemp(prefix="lamina-podman-"))  # podman: at most 50 characters
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}  # the tests' empty one
+        return subprocess.run(["podman", "--root", str(root), "--runroot", str(runroot), *args],
+                              capture_output=True, text=True, timeout=300, check=False, env=env)
+
+    yield run
+    run("rmi", "-af")
+    subprocess.run(["umount", "-R", str(root / "overlay")], capture_output=True, check=False)
+    shutil.rmtree(runroot, ignore_errors=True)

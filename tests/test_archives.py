@@ -12,11 +12,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -243,28 +241,6 @@ def test_save_refuses_a_terminal_and_an_unknown_image(loaded: str, store_root: P
 
 
 # -- podman ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def podman(tmp_path: Path):
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (.ci/setup installs it)")
-    conf = Path("/etc/containers/containers.conf")
-    if not conf.exists():  # what podman needs on these hosts (docs: this-machine)
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
-    root = tmp_path / "podman-root"
-    runroot = Path(tempfile.mkdtemp(prefix="lamina-podman-"))  # podman: at most 50 characters
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}  # the tests' empty one
-        return subprocess.run(["podman", "--root", str(root), "--runroot", str(runroot), *args],
-                              capture_output=True, text=True, timeout=300, check=False, env=env)
-
-    yield run
-    run("rmi", "-af")
-    subprocess.run(["umount", "-R", str(root / "overlay")], capture_output=True, check=False)
-    shutil.rmtree(runroot, ignore_errors=True)
 
 
 @pytest.mark.parametrize("source", ["loaded", "imported"])

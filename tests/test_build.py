@@ -394,3 +394,26 @@ RUN echo started; sleep 60
     (ctx / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo done-before > /before\n")
     out = site.build(ctx, "-t", "killed:2").stdout.decode()
     assert "CACHED" in out and site.run("killed:2", "cat", "/before") == "done-before\n"
+
+
+def test_podman_runs_a_lamina_built_image_alike(site: Site, tmp_path: Path, podman) -> None:
+    """Images others accept: saved by lamina, loaded by podman, the same output."""
+    ctx = site.context("interop", f"""\
+FROM {BASE}
+ENV WHO=podman
+WORKDIR /srv
+COPY hello.txt .
+RUN echo "made in a RUN" > made.txt
+USER 65534:65534
+ENTRYPOINT ["sh", "-c", "cat hello.txt made.txt; echo \\"$WHO $(id -u) $(pwd)\\"", "--"]
+""", {"hello.txt": "hello from the context\n"})
+    site.build(ctx, "-t", "interop/app:1")
+    expected = site.run("interop/app:1")
+    assert expected == "hello from the context\nmade in a RUN\npodman 65534 /srv\n"
+    archive = tmp_path / "app.tar"
+    site("save", "-o", str(archive), "interop/app:1")
+    loaded = podman("load", "-i", str(archive))
+    assert loaded.returncode == 0, loaded.stderr
+    ran = podman("run", "--rm", "--pull", "never", "--net", "none", "docker.io/interop/app:1")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == expected
