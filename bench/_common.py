@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the Debian minbase fixture, timing, the result table.
+"""What the benchmark scripts share: the Debian minbase fixture, timing, the result table,
+and podman side by side (namespaces of the script's own, an isolated store and config).
 
 The fixture is a real Debian rootfs made by debootstrap once and cached under
 /var/tmp/lamina-fixtures (override with LAMINA_FIXTURES), so every benchmark
@@ -13,6 +14,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -209,3 +211,148 @@ def report(title: str, lamina: Contender, reference: Contender, target: float,
     console.print(f"ratio (best / best): [bold]{ratio:.2f}x[/bold], target <= {target}x: {verdict}"
                   f"; median / median: {lamina.median / reference.median:.2f}x")
     return ok
+
+
+# -- podman side by side: namespaces, config, measured commands (bench_run, bench_build) --
+
+#: set in the environment of the re-executed script (inside the namespaces) to the
+#: network namespace it was started in
+NS_MARK = "LAMINA_BENCH_RUN_IN_NETNS"
+#: podman's host-wide state, mounted over with an empty tmpfs in the private mount namespace
+PODMAN_HOST_STATE = ("/dev/shm", "/var/lib/containers", "/run/netns")
+
+
+def isolate(tools: tuple[str, ...] = ()) -> None:
+    """Check the tools; re-execute the script in namespaces of its own, then prepare them.
+
+    The first call (in the host's namespaces) never returns: it runs the script again
+    under ``unshare --net --mount``. In the re-executed script it brings the loopback up
+    and hides podman's host-wide state (:data:`PODMAN_HOST_STATE`) behind empty tmpfs.
+    """
+    for tool in ("podman", "runc", "unshare", "ip", *tools):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: apt-get install -y podman runc util-linux "
+                     "iproute2 nftables")
+    if not os.environ.get(NS_MARK):
+        reexec_in_namespaces()
+    prepare_namespaces()
+
+
+def reexec_in_namespaces() -> None:
+    """Run this script again in a new network and mount namespace (never returns)."""
+    env = {**os.environ, NS_MARK: os.readlink("/proc/self/ns/net")}
+    argv = ["unshare", "--net", "--mount", "--propagation", "private", "--",
+            sys.executable, *sys.argv]
+    os.execvpe(argv[0], argv, env)
+
+
+def prepare_namespaces() -> None:
+    """Loopback up; podman's host-wide state paths hidden behind empty tmpfs."""
+    if os.readlink("/proc/self/ns/net") == os.environ[NS_MARK]:
+        sys.exit("refusing to run: still in the network namespace the script started in")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for path in PODMAN_HOST_STATE:
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", path], check=True)
+
+
+def busybox_tar(out: Path) -> Path:
+    """``out``: a busybox rootfs tar made by examples/busybox-rootfs.sh (busybox-static)."""
+    busybox = Path(os.environ.get("BUSYBOX", "/bin/busybox"))
+    if not busybox.is_file():
+        sys.exit("no static busybox: apt-get install -y busybox-static")
+    subprocess.run(["bash", str(REPO / "examples" / "busybox-rootfs.sh"), str(out)],
+                   check=True, env={**os.environ, "BUSYBOX": str(busybox)})
+    return out
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` (stdout discarded, stderr kept for errors); its peak RSS in bytes."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err.decode(errors='replace')}")
+    return usage.ru_maxrss * 1024
+
+
+class Podman:
+    """podman with a store, runroot and configuration of its own (overlay, runc).
+
+    The graph root is ``workdir/podman``; the runroot a short directory under /tmp
+    (podman refuses a runroot path longer than 50 characters). ``containers.conf`` and
+    ``storage.conf`` are the script's (``CONTAINERS_CONF``, ``CONTAINERS_STORAGE_CONF``:
+    runc, no default ulimits, its tmp_dir and network config in the scratch directory),
+    so the host's ``/etc/containers`` is not read.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.runroot = Path(tempfile.mkdtemp(prefix="lbr-", dir="/tmp"))
+        conf = workdir / "podman-conf"
+        conf.mkdir()
+        (conf / "containers.conf").write_text(
+            '[containers]\ndefault_ulimits = []\n\n'
+            f'[engine]\nruntime = "runc"\ntmp_dir = "{self.runroot / "libpod"}"\n\n'
+            f'[network]\nnetwork_config_dir = "{workdir / "podman-networks"}"\n')
+        (conf / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{workdir / "podman"}"\n'
+            f'runroot = "{self.runroot / "storage"}"\n')
+        env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
+        env["CONTAINERS_CONF"] = str(conf / "containers.conf")
+        env["CONTAINERS_STORAGE_CONF"] = str(conf / "storage.conf")
+        self.env = env
+        self.argv = ["podman", "--root", str(workdir / "podman"), "--runroot",
+                     str(self.runroot / "storage"), "--storage-driver", "overlay"]
+
+    def run(self, *args: str) -> int:
+        """``podman ARGS`` measured (:func:`run_measured`)."""
+        return run_measured([*self.argv, *args], env=self.env)
+
+    @staticmethod
+    def version() -> str:
+        return subprocess.run(["podman", "--version"], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+
+def lamina_argv(root: Path) -> list[str]:
+    """The ``lamina`` command on the overlay driver and the store at ``root``."""
+    return [sys.executable, "-m", "lamina.core.cli", "--driver", "overlay", "--root", str(root)]
+
+
+def fresh_workdir(workdir: Path) -> None:
+    """``workdir`` empty: mounts under it detached, its contents removed."""
+    from lamina.core.host.treecopy import remove_tree
+
+    subprocess.run(["umount", "-R", str(workdir)], capture_output=True, check=False)
+    remove_tree(workdir)
+    workdir.mkdir(parents=True)
+
+
+def cleanup(*paths: Path) -> None:
+    """Detach every mount under ``paths`` (deepest first) and remove them."""
+    from lamina.core.host.treecopy import remove_tree
+
+    for path in paths:
+        subprocess.run(["umount", "-R", str(path)], capture_output=True, check=False)
+    for point in sorted(mounts_under(*paths), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    for path in paths:
+        remove_tree(path)
+
+
+def mounts_under(*paths: Path) -> list[str]:
+    prefixes = tuple(str(p) for p in paths)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(prefixes)]
+
+
+def spread(c: Contender, unit: float = 1e3, suffix: str = "ms") -> str:
+    """Median, interquartile range and min-max of ``c``'s times, in ``suffix``."""
+    q = statistics.quantiles(c.times, n=4) if len(c.times) > 1 else [c.median] * 3
+    return (f"{c.median * unit:7.1f} {suffix} median, IQR {q[0] * unit:.1f}-{q[2] * unit:.1f}, "
+            f"min-max {min(c.times) * unit:.1f}-{max(c.times) * unit:.1f}")

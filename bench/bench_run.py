@@ -41,27 +41,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import FIXTURES, REPO, Contender, precompile, race
-
-from lamina.core.host.treecopy import remove_tree
+from _common import (
+    FIXTURES,
+    Contender,
+    Podman,
+    busybox_tar,
+    cleanup,
+    fresh_workdir,
+    isolate,
+    lamina_argv,
+    precompile,
+    race,
+    run_measured,
+    spread,
+)
 
 NONE_TARGET = 0.6
 BRIDGE_TARGET = 0.5
 MAX_RSS_MB = 60
-#: set in the environment of the re-executed script (inside the namespaces) to the
-#: network namespace it was started in
-NS_MARK = "LAMINA_BENCH_RUN_IN_NETNS"
 IMAGE = "bench/busybox:1"
 PODMAN_IMAGE = f"localhost/{IMAGE}"  # what `podman import` names it
-#: mounted over with an empty tmpfs inside the private mount namespace
-PODMAN_HOST_STATE = ("/dev/shm", "/var/lib/containers", "/run/netns")
 FLOOR_SCRIPT = """\
 mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" || exit 1
 unshare --mount --pid --uts --ipc --net --fork chroot "$4" true
@@ -71,100 +75,22 @@ exit $status
 """
 
 
-# -- the namespaces ------------------------------------------------------------------------
-
-
-def reexec_in_namespaces() -> None:
-    """Run this script again in a new network and mount namespace (never returns)."""
-    env = {**os.environ, NS_MARK: os.readlink("/proc/self/ns/net")}
-    argv = ["unshare", "--net", "--mount", "--propagation", "private", "--",
-            sys.executable, *sys.argv]
-    os.execvpe(argv[0], argv, env)
-
-
-def prepare_namespaces() -> None:
-    """Loopback up; podman's host-wide state paths hidden behind empty tmpfs."""
-    if os.readlink("/proc/self/ns/net") == os.environ[NS_MARK]:
-        sys.exit("refusing to run: still in the network namespace the script started in")
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    for path in PODMAN_HOST_STATE:
-        os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", path], check=True)
-
-
-# -- running the contenders ----------------------------------------------------------------
-
-
-def run_measured(argv: list[str], env: dict[str, str] | None = None) -> int:
-    """Run ``argv`` (stdout discarded, stderr kept for errors); its peak RSS in bytes."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err.decode(errors='replace')}")
-    return usage.ru_maxrss * 1024
-
-
-def podman_env(workdir: Path, runroot: Path) -> dict[str, str]:
-    """podman's environment: config files of its own, nothing read from /etc/containers."""
-    conf = workdir / "podman-conf"
-    conf.mkdir()
-    (conf / "containers.conf").write_text(
-        '[containers]\ndefault_ulimits = []\n\n'
-        f'[engine]\nruntime = "runc"\ntmp_dir = "{runroot / "libpod"}"\n\n'
-        f'[network]\nnetwork_config_dir = "{workdir / "podman-networks"}"\n')
-    (conf / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{workdir / "podman"}"\n'
-        f'runroot = "{runroot / "storage"}"\n')
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
-    env["CONTAINERS_CONF"] = str(conf / "containers.conf")
-    env["CONTAINERS_STORAGE_CONF"] = str(conf / "storage.conf")
-    return env
-
-
-def spread(c: Contender) -> str:
-    q = statistics.quantiles(c.times, n=4) if len(c.times) > 1 else [c.median] * 3
-    return (f"{c.median * 1e3:7.1f} ms median, IQR {q[0] * 1e3:.1f}-{q[2] * 1e3:.1f}, "
-            f"min-max {min(c.times) * 1e3:.1f}-{max(c.times) * 1e3:.1f}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs of each (default 15)")
     parser.add_argument("--workdir", type=Path, default=FIXTURES / "bench-run",
                         help="scratch directory: both stores, the image tar, the floor's dirs")
     args = parser.parse_args()
-    for tool in ("podman", "runc", "unshare", "ip", "nft", "chroot"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing: apt-get install -y podman runc util-linux "
-                     "iproute2 nftables")
-    busybox = Path(os.environ.get("BUSYBOX", "/bin/busybox"))
-    if not busybox.is_file():
-        sys.exit("no static busybox: apt-get install -y busybox-static")
-    if not os.environ.get(NS_MARK):
-        reexec_in_namespaces()
-    prepare_namespaces()
+    isolate(tools=("nft", "chroot"))
     precompile()
-    subprocess.run(["umount", "-R", str(args.workdir)], capture_output=True, check=False)
-    remove_tree(args.workdir)
-    args.workdir.mkdir(parents=True)
-    # podman refuses a runroot path longer than 50 characters
-    runroot = Path(tempfile.mkdtemp(prefix="lbr-", dir="/tmp"))
+    fresh_workdir(args.workdir)
+    podman = Podman(args.workdir)
     ok = False
     try:
-        tar = args.workdir / "busybox.tar"
-        subprocess.run(["bash", str(REPO / "examples" / "busybox-rootfs.sh"), str(tar)],
-                       check=True, env={**os.environ, "BUSYBOX": str(busybox)})
-        lamina = [sys.executable, "-m", "lamina.core.cli", "--driver", "overlay", "--root",
-                  str(args.workdir / "lamina")]
+        tar = busybox_tar(args.workdir / "busybox.tar")
+        lamina = lamina_argv(args.workdir / "lamina")
         run_measured([*lamina, "import", str(tar), IMAGE])
-        env = podman_env(args.workdir, runroot)
-        podman = ["podman", "--root", str(args.workdir / "podman"), "--runroot",
-                  str(runroot / "storage"), "--storage-driver", "overlay"]
-        run_measured([*podman, "import", "-q", str(tar), IMAGE], env=env)
+        podman.run("import", "-q", str(tar), IMAGE)
         floor_dir = args.workdir / "floor"
         lower = floor_dir / "lower"
         lower.mkdir(parents=True)
@@ -183,9 +109,8 @@ def main() -> int:
             flags = ["--network", "none"] if network == "none" else []
             name = ("podman run --rm --network none IMAGE true" if flags
                     else "podman run --rm IMAGE true (netavark bridge)")
-            return Contender(name, lambda i: run_measured(
-                [*podman, "run", "--rm", *flags, "--runtime", "runc", PODMAN_IMAGE, "true"],
-                env=env))
+            return Contender(name, lambda i: podman.run(
+                "run", "--rm", *flags, "--runtime", "runc", PODMAN_IMAGE, "true"))
 
         def floor_prepare(i: int) -> None:
             for part in ("upper", "work", "merged"):
@@ -212,8 +137,7 @@ def main() -> int:
         race(contenders, args.runs)
         load_after = os.getloadavg()
 
-        version = subprocess.run(["podman", "--version"], capture_output=True, text=True,
-                                 check=False).stdout.strip()
+        version = Podman.version()
         print(f"\nbusybox image ({tar.stat().st_size / 1e6:.1f} MB tar), {args.runs} runs each, "
               f"interleaved, after one warm-up each; {os.cpu_count()} cpus; load average "
               f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; {version}, runc, overlay; "
@@ -244,19 +168,8 @@ def main() -> int:
                   f"{statistics.median(values) / 1e6:.1f}), target < {MAX_RSS_MB} MB: "
                   f"{'OK' if good else 'MISSED'}")
     finally:
-        subprocess.run(["umount", "-R", str(args.workdir)], capture_output=True, check=False)
-        for point in sorted(_mounts_under(args.workdir, runroot), reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        remove_tree(args.workdir)
-        remove_tree(runroot)
+        cleanup(args.workdir, podman.runroot)
     return 0 if ok else 1
-
-
-def _mounts_under(*paths: Path) -> list[str]:
-    prefixes = tuple(str(p) for p in paths)
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p.startswith(prefixes)]
 
 
 if __name__ == "__main__":
