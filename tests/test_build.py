@@ -417,3 +417,13 @@ ENTRYPOINT ["sh", "-c", "cat hello.txt made.txt; echo \\"$WHO $(id -u) $(pwd)\\"
     ran = podman("run", "--rm", "--pull", "never", "--net", "none", "docker.io/interop/app:1")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == expected
+
+
+def test_an_unchanged_build_gives_the_same_image(site: Site) -> None:
+    """As Docker's cached builds: the same inputs, the same image id, also without
+    --timestamp; any change (here a label) gives another."""
+    ctx = site.context("same-id", f"FROM {BASE}\nRUN echo x > /x\nLABEL a=1\n")
+    first = site.build(ctx, "-q").stdout.decode().strip()
+    assert site.build(ctx, "-q").stdout.decode().strip() == first
+    (ctx / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo x > /x\nLABEL a=2\n")
+    assert site.build(ctx, "-q").stdout.decode().strip() != first

@@ -93,7 +93,7 @@ class BuildOptions:
 class _State:
     """A stage as it is built: its top layer, image config and variables."""
 
-    __slots__ = ("cmd_set", "config", "layers", "name", "top", "variables")
+    __slots__ = ("base_history", "cmd_set", "config", "layers", "name", "top", "variables")
 
     def __init__(self, name: str | None, config: dict[str, Any], layers: list[ImageLayer],
                  variables: Variables) -> None:
@@ -103,6 +103,8 @@ class _State:
         self.top = layers[-1].layer_id if layers else None
         self.variables = variables
         self.cmd_set = False  # a CMD of this stage (an ENTRYPOINT then keeps it)
+        #: how many history entries came with the base (the rest are this build's)
+        self.base_history = len(config.get("history") or [])
 
     @property
     def run_config(self) -> dict[str, Any]:
@@ -578,10 +580,10 @@ class Builder:
 
     def _finish(self, state: _State) -> str:
         doc = state.config
-        doc["created"] = rfc3339(self.now)
         doc["rootfs"] = {"type": "layers", "diff_ids": state.diff_ids}
         for key in ("container", "container_config"):
             doc.pop(key, None)
+        self._stamp(state, doc)
         config_bytes = canonical_json(doc)
         image_id = sha256_digest(config_bytes)
         config = parse_config(config_bytes)
@@ -592,6 +594,25 @@ class Builder:
             self.images.register(image_id, config, state.layers, manifest=None,
                                  manifest_type=None, names=self.options.tags)
         return image_id
+
+    def _stamp(self, state: _State, doc: dict[str, Any]) -> None:
+        """Give the config and this build's history entries their time.
+
+        The same inputs give the same image again, as Docker's cached builds do: the
+        time of the first build of a config (keyed by the config without this build's
+        times) is kept in the cache and used again. With ``--timestamp`` it is that.
+        """
+        ours = doc.get("history", [])[state.base_history:]
+        stamp = rfc3339(self.now)
+        if self.options.timestamp is None:
+            for entry in ours:
+                entry["created"] = ""
+            doc["created"] = ""
+            key = step_key(None, "image", config=canonical_json(doc).decode())
+            stamp = self.cache.stamp(key, stamp)
+        for entry in ours:
+            entry["created"] = stamp
+        doc["created"] = stamp
 
     def _say(self, line: str) -> None:
         if not self.options.quiet:

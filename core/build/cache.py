@@ -71,6 +71,21 @@ class BuildCache:
             part.write_text(json.dumps(entry._asdict()))
             os.replace(part, self.directory / f"{key}.json")
 
+    def stamp(self, key: str, now: str) -> str:
+        """The time first recorded under ``key``, or ``now`` recorded there (an image's
+        creation time, kept so that an unchanged build gives the same image id)."""
+        path = self.directory / f"{key}.time"
+        with contextlib.suppress(OSError):
+            recorded = path.read_text().strip()
+            if recorded:
+                return recorded
+        with contextlib.suppress(OSError):
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            part = self.directory / f".{key}.{os.getpid()}"
+            part.write_text(now)
+            os.replace(part, path)
+        return now
+
     def prune(self) -> int:
         """Remove entries whose layer is gone; how many."""
         removed = 0
