@@ -413,12 +413,14 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
+    from ..build.cache import BuildCache
     from ..images.space import prune
     from ..images.store import ImageStore
     from .sizes import human_size
 
     with engine.open_store() as store:
         result = prune(ImageStore(store), layer_blobs=args.blobs)
+        BuildCache(store).prune()  # the build cache's entries whose layers just went
     for layer in result.layers:
         print(f"Deleted layer: {layer}")
     for blob in result.blobs:
