@@ -444,3 +444,44 @@ def test_prune_reclaims_the_build_cache(site: Site) -> None:
     after = entries()
     assert len(after) < len(before) and all(layer in layers for layer in after)
     assert "CACHED" not in site.build(ctx, "-t", "prune:1").stdout.decode()
+
+
+def test_shell_maintainer_and_copy_from_an_image(site: Site) -> None:
+    ctx = site.context("shell", f"""\
+FROM {BASE}
+MAINTAINER someone@example.com
+SHELL ["/bin/sh", "-e", "-c"]
+RUN echo "via $0" > /shell
+COPY --from={BASE} /etc/passwd /copied-passwd
+CMD cat /shell
+""")
+    site.build(ctx, "-t", "shell:1")
+    assert site.run("shell:1") == "via /bin/sh\n"
+    assert site.run("shell:1", "cat", "/copied-passwd").startswith("root:x:0:0:")
+    config = site.config("shell:1")
+    assert config["Shell"] == ["/bin/sh", "-e", "-c"]
+    assert config["Cmd"] == ["/bin/sh", "-e", "-c", "cat /shell"]  # shell form, SHELL's
+    image = json.loads(site.out("inspect", "shell:1"))[0]
+    assert image["Author"] == "someone@example.com"
+
+
+def test_ctrl_c_mid_build_tags_nothing_and_leaves_nothing(site: Site) -> None:
+    import signal
+
+    from lamina.core.host import mounts
+
+    ctx = site.context("interrupted", f"FROM {BASE}\nRUN echo started; sleep 60\n")
+    proc = subprocess.Popen([*LAMINA, "--root", str(site.root), "--driver", site.driver,
+                             "build", "--network", "none", "-t", "interrupted:1", str(ctx)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == b"started":
+            break
+    proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the build
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"Traceback" not in err
+    assert "interrupted:1" not in site.out("images")
+    assert mounts.mounts_under(site.root) == []
+    assert not [lay for lay in json.loads(site.out("layer", "ls", "--format", "json"))
+                if lay["writable"]]

@@ -400,7 +400,8 @@ class Builder:
         stdio = monitor.Stdio("log" if self.options.quiet else "inherit", False)
         if not self.options.quiet:
             self.out.flush()
-        code = monitor.run(self.store, container, stdio, network=self.options.network_settings)
+        code = monitor.run(self.store, container, stdio, network=self.options.network_settings,
+                           stop_on_signal=True)
         if code != 0:
             output = ""
             if self.options.quiet:

@@ -83,8 +83,12 @@ def _fill(files: dict[str, Path], attachment: Attachment) -> None:
 
 def run(store: Store, container: Container, stdio: Stdio,
         started: Callable[[], None] | None = None, *,
-        network: dict[str, Any] | None = None) -> int:
+        network: dict[str, Any] | None = None, stop_on_signal: bool = False) -> int:
     """Run ``container`` to its end; return its exit code (128+N for signal N).
+
+    With ``stop_on_signal`` (a build's RUN) SIGINT, SIGTERM and the others end the
+    container instead of reaching it, and the run raises KeyboardInterrupt once all is
+    freed: the build is cancelled, as Ctrl-C cancels Docker's.
 
     ``network``: the ``[network]`` settings of the config (core/network/).
     """
@@ -96,6 +100,7 @@ def run(store: Store, container: Container, stdio: Stdio,
     child = None
     tty_parent = tty_child = None
     ended: tuple[int, bool] | None = None  # (exit code, OOM-killed) once waited for
+    stopped: list[int] | None = [] if stop_on_signal else None
     try:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         stdin = 0 if stdio.interactive else devnull
@@ -116,7 +121,7 @@ def run(store: Store, container: Container, stdio: Stdio,
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
-        with forwarding(child.pid):
+        with forwarding(child.pid, stopped):
             # recorded before the network: a sweep must see it alive (core/network/);
             # and before the cgroup: a monitor killed after this is reconciled by the
             # next command, which removes the group (made earlier, it leaked)
@@ -157,6 +162,8 @@ def run(store: Store, container: Container, stdio: Stdio,
         # stop) then finds the layer unmounted and the address and veth gone
         _teardown(store, container, holder)
         _record_exit(containers, container.id, ended)
+        if stopped:  # everything is freed: now the caller may stop too
+            raise KeyboardInterrupt(f"stopped by signal {stopped[0]}")
 
 
 def _record_exit(containers: ContainerStore, container_id: str,
@@ -224,13 +231,18 @@ def _exit_code(status: int) -> int:
 
 
 @contextlib.contextmanager
-def forwarding(pid: int) -> Iterator[None]:
+def forwarding(pid: int, stopped: list[int] | None = None) -> Iterator[None]:
     """Pass the signals this process gets on to ``pid`` (the container's first process).
 
     Installed before the child is released: a SIGTERM arriving while it starts must
-    reach it, not end the monitor.
+    reach it, not end the monitor. With ``stopped`` (a build's step) a signal is not
+    passed on but ends the container (SIGKILL: a shell as its pid 1 ignores SIGINT),
+    and is appended there.
     """
     def forward(sig: int, _frame: object) -> None:
+        if stopped is not None:
+            stopped.append(sig)
+            sig = signal.SIGKILL
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
