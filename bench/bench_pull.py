@@ -63,6 +63,7 @@ from _common import (
     fresh_first,
     precompile,
     race,
+    run_measured,
 )
 
 from lamina.core.host.treecopy import remove_tree
@@ -279,19 +280,6 @@ def stop_registry(process: subprocess.Popen) -> None:
 
 
 # -- running the contenders ----------------------------------------------------------------
-
-
-def run_measured(argv: list[str]) -> int:
-    """Run ``argv`` (stdout discarded); its peak RSS in bytes, from ``wait4``."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err.decode(errors='replace')}")
-    return usage.ru_maxrss * 1024
 
 
 def ensure_podman_conf() -> None:
