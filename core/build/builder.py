@@ -41,14 +41,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from ..containers.commit import export_changes, layer_id_of
 from ..containers.spec import BUILD_OWNER_LABEL, DEFAULT_PATH, ContainerSpec, Volume
 from ..containers.store import ContainerStore
-from ..errors import BuildError, LaminaError, host_error
+from ..errors import BuildError, LaminaError
 from ..host.locks import process_identity
-from ..images.formats import OCI_LAYER, canonical_json, chain_ids, parse_config, sha256_digest
-from ..images.formats import layer_id as store_id
+from ..images.formats import OCI_LAYER, canonical_json, parse_config, sha256_digest
 from ..images.rootfs import new_config, rfc3339
-from ..images.save import HashingFile
 from ..images.space import images_lock
 from ..images.store import ImageLayer, ImageStore
 from ..images.unpack import ensure_layer
@@ -551,15 +550,8 @@ class Builder:
             fd, name = tempfile.mkstemp(prefix="ingest-build-", dir=tmp)
             path = Path(name)
             try:
-                out = HashingFile(fd)
-                try:
-                    self.store.diff(writable, out)  # type: ignore[arg-type]
-                except OSError as exc:
-                    raise host_error(exc, "write the step's changes to", path) from exc
-                finally:
-                    os.close(fd)
-                diff_id = "sha256:" + out.sha.hexdigest()
-                top = store_id(chain_ids([*state.diff_ids, diff_id])[-1])
+                diff_id, size = export_changes(self.store, writable, fd, path)
+                top = layer_id_of(state.diff_ids, diff_id)
                 if self.options.keep_blobs and not self.images.blobs.has(diff_id):
                     with open(path, "rb") as f:
                         os.fsync(f.fileno())
@@ -573,7 +565,7 @@ class Builder:
 
                 ensure_layer(self.store, top, state.top, diff_id, open_tar,
                              what="the build step's changes")
-                return CacheEntry(top, diff_id, out.size)
+                return CacheEntry(top, diff_id, size)
             finally:
                 path.unlink(missing_ok=True)
 

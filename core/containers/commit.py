@@ -101,7 +101,7 @@ def commit(
         fd, name = tempfile.mkstemp(prefix="ingest-commit-", dir=tmp)
         path = Path(name)
         try:
-            diff_id, size = _export(store, layer_id, fd, path)
+            diff_id, size = export_changes(store, layer_id, fd, path)
             now = time.time()
             doc = {key: value for key, value in base.items() if key not in _BASE_ONLY}
             doc["created"] = rfc3339(now)
@@ -126,7 +126,7 @@ def layer_id_of(base_diff_ids: Sequence[str], diff_id: str) -> str:
     return store_id(chain_ids([*base_diff_ids, diff_id])[-1])
 
 
-def _export(store: Store, source: str, fd: int, path: Path) -> tuple[str, int]:
+def export_changes(store: Store, source: str, fd: int, path: Path) -> tuple[str, int]:
     """Write the layer's changes to ``fd`` (closed here); return its DiffID and size."""
     try:
         out = HashingFile(fd)
