@@ -81,10 +81,10 @@ def load_driver_class(name: str) -> type[Driver]:
         if not (isinstance(obj, type) and issubclass(obj, Driver)):
             raise pytest.UsageError(f"--lamina-driver {name} is not a Driver subclass")
         return obj
-    from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+    from lamina.core.plugins.discovery import collect_drivers, load_plugins
 
     try:
-        return collect_drivers(plugin_manager()).get(name)
+        return collect_drivers(load_plugins()).get(name)
     except LaminaError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
         raise pytest.UsageError(f"--lamina-driver: {exc}{hint}") from exc

@@ -13,13 +13,11 @@ import functools
 import sqlite3
 from pathlib import Path
 
-import pluggy
-
 from .config import Config
 from .driver import Driver
 from .errors import StoreError
 from .layers.store import Store, ensure_root, open_metadata, recorded_drivers
-from .plugins.discovery import collect_drivers, plugin_manager
+from .plugins.discovery import Plugins, collect_drivers, load_plugins
 from .plugins.registry import DriverRegistry
 from .plugins.selection import Choice, choose_driver
 
@@ -35,8 +33,8 @@ class Engine:
         self._recorded: list[str] = []
 
     @functools.cached_property
-    def plugins(self) -> pluggy.PluginManager:
-        return plugin_manager(self._extra_plugins)
+    def plugins(self) -> Plugins:
+        return load_plugins(self._extra_plugins)
 
     @functools.cached_property
     def registry(self) -> DriverRegistry:

@@ -26,7 +26,7 @@ from lamina.core.errors import (
 )
 from lamina.core.layers.changes import compare_trees
 from lamina.core.layers.store import Store
-from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, load_plugins
 
 pytestmark = [
     pytest.mark.root,
@@ -91,7 +91,7 @@ def wait_for_cleaner(path: Path, timeout: float = 30) -> None:
 
 
 def test_registered_through_the_entry_point() -> None:
-    assert collect_drivers(plugin_manager()).get("btrfs") is BtrfsDriver
+    assert collect_drivers(load_plugins()).get("btrfs") is BtrfsDriver
 
 
 def test_check_support_on_btrfs_and_elsewhere(btrfs_fs: Path, tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_check_support_on_btrfs_and_elsewhere(btrfs_fs: Path, tmp_path: Path) ->
 def test_importing_lamina_does_not_import_btrfsutil() -> None:
     code = (
         "import sys; import lamina.drivers.btrfs; from lamina.core.plugins.discovery import "
-        "collect_drivers, plugin_manager; collect_drivers(plugin_manager()); "
+        "collect_drivers, load_plugins; collect_drivers(load_plugins()); "
         "print('btrfsutil' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

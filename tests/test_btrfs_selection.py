@@ -10,7 +10,7 @@ from conftest import run_lamina
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 from lamina.core.config import DEFAULT_PRIORITY, Config
-from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, load_plugins
 from lamina.core.plugins.selection import choose_driver
 
 pytestmark = [
@@ -22,7 +22,7 @@ pytestmark = [
 def test_default_priority_on_btrfs_picks_the_first_supported(btrfs_root: Path) -> None:
     """overlay first when it is installed and works here, else btrfs (holds before and after
     the overlay driver is registered)."""
-    registry = collect_drivers(plugin_manager())
+    registry = collect_drivers(load_plugins())
     assert DEFAULT_PRIORITY[:2] == ("overlay", "btrfs")
     expected = next(
         name for name in DEFAULT_PRIORITY
@@ -37,7 +37,7 @@ def test_default_priority_on_btrfs_picks_the_first_supported(btrfs_root: Path) -
 
 
 def test_btrfs_when_configured(btrfs_root: Path) -> None:
-    registry = collect_drivers(plugin_manager())
+    registry = collect_drivers(load_plugins())
     by_priority = choose_driver(
         Config(root=btrfs_root, driver_priority=("btrfs", "overlay", "vfs")), registry
     )

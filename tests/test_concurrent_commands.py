@@ -24,7 +24,7 @@ from conftest import needs_root, run_lamina
 
 from lamina.core.host import mounts
 from lamina.core.layers.store import Store
-from lamina.core.plugins.discovery import plugin_manager
+from lamina.core.plugins.discovery import load_plugins
 from lamina.core.plugins.hookspec import hookimpl
 from lamina.drivers.overlay import OverlayDriver, mountapi, support
 
@@ -199,7 +199,7 @@ def test_a_mount_not_yet_recorded_is_out_of_recoverys_reach(store_root: Path) ->
     witness = LockWitness(store_root)
     home = store_root / "overlay"
     home.mkdir(parents=True)
-    hooks = plugin_manager(extra_plugins=(witness,)).hook
+    hooks = load_plugins(extra_plugins=(witness,)).hook
     with Store(store_root, OverlayDriver(home), hooks=hooks) as store:
         store.create_layer(layer_id="base")
         store.create_layer("base", layer_id="child")

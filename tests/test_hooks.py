@@ -9,6 +9,8 @@ tests/test_docs.py checks that a test implements each.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from conftest import needs_root
 
 from lamina.core.errors import PluginError
 from lamina.core.layers.store import Store
-from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+from lamina.core.plugins import hookspec
+from lamina.core.plugins.discovery import collect_drivers, load_plugins
 from lamina.core.plugins.hookspec import hookimpl
 from lamina.drivers.vfs.driver import VfsDriver
 
@@ -66,7 +69,7 @@ def one_file_tar() -> bytes:
 @needs_root
 def test_observer_hooks_fire_once_per_operation(tmp_path: Path) -> None:
     recorder = Recorder()
-    pm = plugin_manager(extra_plugins=(recorder,))
+    pm = load_plugins(extra_plugins=(recorder,))
     home = tmp_path / "vfs"
     home.mkdir(mode=0o700)
     data = one_file_tar()
@@ -102,7 +105,7 @@ def test_register_drivers_hook_hands_classes_to_the_registry() -> None:
         def lamina_register_drivers(self, registry) -> None:
             registry.register(Named)
 
-    registry = collect_drivers(plugin_manager(extra_plugins=(Plugin(),)))
+    registry = collect_drivers(load_plugins(extra_plugins=(Plugin(),)))
     assert registry.get("hook-test-driver") is Named
     assert registry.get("vfs") is VfsDriver
 
@@ -117,4 +120,42 @@ def test_register_drivers_hook_refuses_a_name_twice() -> None:
             registry.register(Clash)
 
     with pytest.raises(PluginError, match="registered twice"):
-        collect_drivers(plugin_manager(extra_plugins=(Plugin(),)))
+        collect_drivers(load_plugins(extra_plugins=(Plugin(),)))
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"tryfirst": True}, {"trylast": True, "specname": "lamina_layer_removed"},
+    {"hookwrapper": True, "optionalhook": True}, {"wrapper": True},
+])
+def test_markers_write_what_pluggys_own_write(options: dict) -> None:
+    """lamina's markers spare pluggy's import; pluggy must still read them as its own."""
+    import pluggy
+
+    def ours() -> None: ...
+
+    def theirs() -> None: ...
+
+    (hookimpl(**options) if options else hookimpl)(ours)
+    marker = pluggy.HookimplMarker(hookspec.PROJECT)
+    (marker(**options) if options else marker)(theirs)
+    assert ours.lamina_impl == theirs.lamina_impl
+
+    def spec() -> None: ...
+
+    pluggy.HookspecMarker(hookspec.PROJECT)(spec)
+    assert spec.lamina_spec == hookspec.lamina_layer_removed.lamina_spec
+
+
+def test_pluggy_is_imported_only_when_an_observer_needs_it() -> None:
+    """Loading the drivers calls no pluggy; an observer plugin brings in the real manager."""
+    code = (
+        "import sys\n"
+        "from lamina.core.plugins.discovery import collect_drivers, load_plugins\n"
+        "plugins = load_plugins()\n"
+        "assert collect_drivers(plugins).get('vfs')\n"
+        "assert plugins.hook is None and 'pluggy' not in sys.modules, sorted(plugins.loaded)\n"
+        "from lamina.core.plugins.trace import Tracer\n"
+        "traced = load_plugins(extra_plugins=(Tracer(),))\n"
+        "assert traced.hook.lamina_layer_removed.get_hookimpls()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

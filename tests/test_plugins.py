@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, needs_root, pip_install_target, run_lamina
 
-from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, load_plugins
 
 PLUGIN_SRC = REPO / "tests" / "plugins" / "lamina-dircopy"
 
@@ -31,7 +31,7 @@ def test_builtin_driver_found_through_the_entry_point_group() -> None:
 
     names = {ep.name for ep in importlib.metadata.entry_points(group="lamina.drivers")}
     assert "vfs" in names
-    registry = collect_drivers(plugin_manager())
+    registry = collect_drivers(load_plugins())
     assert registry.get("vfs").__module__.startswith("lamina.drivers.vfs")
     assert registry.origins["vfs"].startswith("lamina ")
 

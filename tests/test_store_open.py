@@ -21,7 +21,7 @@ from conftest import needs_root, run_lamina
 from tarmaker import TarBuilder
 
 from lamina.core.host import mounts
-from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, load_plugins
 
 pytestmark = needs_root
 
@@ -40,7 +40,7 @@ def driver_env(name: str) -> dict[str, str]:
 @pytest.fixture(params=DRIVERS)
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     name = request.param
-    driver_class = collect_drivers(plugin_manager()).drivers[name]
+    driver_class = collect_drivers(load_plugins()).drivers[name]
     reason = driver_class.check_support(tmp_path)
     if reason:
         pytest.skip(f"{name} does not work here: {reason}")
@@ -291,7 +291,7 @@ def test_a_read_with_another_driver_does_not_wedge_the_root(tmp_path: Path,
     root = tmp_path / "root"
     make_store(root, driver)
     other = "vfs" if driver == "overlay" else "overlay"
-    if collect_drivers(plugin_manager()).drivers[other].check_support(tmp_path):
+    if collect_drivers(load_plugins()).drivers[other].check_support(tmp_path):
         pytest.skip(f"{other} does not work here")
     before = tree(root)
     for args in READS:
@@ -306,7 +306,7 @@ def test_a_read_with_another_driver_does_not_wedge_the_root(tmp_path: Path,
 def test_an_empty_home_left_by_an_older_lamina_is_not_prior_state(tmp_path: Path) -> None:
     """`--driver vfs info` of an older lamina left vfs/{dir,mnt,meta} on an overlay root."""
     root = tmp_path / "root"
-    driver_class = collect_drivers(plugin_manager()).drivers["overlay"]
+    driver_class = collect_drivers(load_plugins()).drivers["overlay"]
     if driver_class.check_support(tmp_path):
         pytest.skip("overlay does not work here")
     make_store(root, "overlay")

@@ -20,7 +20,7 @@ from lamina.core.errors import (
 )
 from lamina.core.host import mounts
 from lamina.core.host.fsinfo import filesystem_type
-from lamina.core.plugins.discovery import collect_drivers, plugin_manager
+from lamina.core.plugins.discovery import collect_drivers, load_plugins
 from lamina.drivers.vfs import VfsDriver
 
 pytestmark = [
@@ -64,7 +64,7 @@ def _write_fails_with_erofs(path: Path) -> None:
 
 
 def test_registered_through_the_entry_point() -> None:
-    registry = collect_drivers(plugin_manager())
+    registry = collect_drivers(load_plugins())
     assert registry.drivers["vfs"] is VfsDriver
 
 

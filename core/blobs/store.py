@@ -9,7 +9,6 @@ size, so an endless stream cannot fill the disk.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -84,6 +83,8 @@ class BlobStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._sweep()
+        import hashlib  # ~3 ms (OpenSSL's start): for an ingest, not every open store
+
         hasher = hashlib.sha256()
         written = 0
         fd, tmp_name = tempfile.mkstemp(prefix="ingest-", dir=self.tmp)

@@ -19,17 +19,19 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import sys
 import termios
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..containers.spec import Volume
 from ..containers.users import resolve_user
 from ..errors import CommandNotExecutable, CommandNotFound, LaminaError, LaunchError
 from ..network.ifconfig import loopback_up
 from . import capabilities, fds, rootfs, seccomp, syscalls, terminal
+
+if TYPE_CHECKING:
+    import socket
 
 #: namespaces a container gets (cgroup's is entered after the cgroup is joined)
 NEW_NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWUTS
@@ -169,7 +171,7 @@ def _child(launch: Launch, go_r: int, err_w: int,
             rootfs.enter(launch.rootfs, volumes=launch.volumes, files=launch.files,
                          read_only=launch.read_only, mount_sys=launch.network != "host")
             if launch.hostname:
-                socket.sethostname(launch.hostname)
+                syscalls.sethostname(launch.hostname)
             if launch.network != "host":
                 loopback_up()
         if os.read(go_r, 1) != b"1":

@@ -74,6 +74,12 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
+def sethostname(name: str) -> None:
+    """socket.sethostname without importing socket (~4 ms of every container start)."""
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(ctypes.c_long(_number(_SYS_PIVOT_ROOT)), os.fsencode(new_root),
                          os.fsencode(put_old)), "pivot_root")

@@ -14,11 +14,14 @@ import fcntl
 import os
 import select
 import signal
-import socket
 import struct
 import termios
 import tty
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 _CHUNK = 65536
 
@@ -45,12 +48,20 @@ def open_pty() -> tuple[int, int]:
 
 
 def send_master(sock: socket.socket, master: int) -> None:
-    """Hand the pty's master to the monitor over its socket (SCM_RIGHTS)."""
+    """Hand the pty's master to the monitor over its socket (SCM_RIGHTS).
+
+    ``socket`` is imported here, not at the top (~4 ms of every start): whoever made
+    ``sock`` imported it already, so in a container's child this costs a dict lookup.
+    """
+    import socket
+
     socket.send_fds(sock, [b"m"], [master])
 
 
 def receive_master(sock: socket.socket) -> int:
     """The master the container's process sent; its window size set from ours."""
+    import socket
+
     _, fds, _, _ = socket.recv_fds(sock, 1, 1)
     if not fds:
         raise OSError("the container's process sent no terminal")

@@ -1,7 +1,7 @@
 """Interface set-up through the classic ``ioctl`` calls: no netlink, no pyroute2.
 
 These work in whatever network namespace the calling thread is in, need nothing but
-``socket`` and ``fcntl``, and cost microseconds. :func:`loopback_up` is what a
+``_socket`` and ``fcntl``, and cost microseconds. :func:`loopback_up` is what a
 container's child runs before ``exec`` (its own namespace, ``--network none`` or any
 other); the rest configures a container's ``eth0`` from the parent, inside
 :func:`lamina.core.network.netns.entered`.
@@ -9,8 +9,8 @@ other); the rest configures a container's ``eth0`` from the parent, inside
 
 from __future__ import annotations
 
+import _socket  # socket's C half: socket.py costs ~4 ms (selectors, enum conversions)
 import fcntl
-import socket
 import struct
 
 SIOCADDRT = 0x890B
@@ -32,12 +32,15 @@ def _ifreq(name: str, payload: bytes = b"") -> bytes:
 
 
 def _sockaddr_in(address: str) -> bytes:
-    return struct.pack("=HH4s8x", socket.AF_INET, 0, socket.inet_aton(address))
+    return struct.pack("=HH4s8x", _socket.AF_INET, 0, _socket.inet_aton(address))
 
 
 def _ioctl(request: int, arg: bytes) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
         return fcntl.ioctl(sock.fileno(), request, arg)
+    finally:
+        sock.close()
 
 
 def link_up(name: str) -> None:
@@ -50,14 +53,14 @@ def loopback_up() -> None:
     """Bring up ``lo`` in the calling thread's network namespace (a new one has it down).
 
     Runs in a container's child before ``exec``: import this module before
-    ``pivot_root`` (it needs only ``socket``, ``fcntl`` and ``struct``).
+    ``pivot_root`` (it needs only ``_socket``, ``fcntl`` and ``struct``).
     """
     link_up("lo")
 
 
 def set_address(name: str, address: str, prefixlen: int) -> None:
     """Give ``name`` the IPv4 ``address``/``prefixlen`` (replacing its primary one)."""
-    netmask = socket.inet_ntoa(struct.pack("!I", (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF))
+    netmask = _socket.inet_ntoa(struct.pack("!I", (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF))
     _ioctl(SIOCSIFADDR, _ifreq(name, _sockaddr_in(address)))
     _ioctl(SIOCSIFNETMASK, _ifreq(name, _sockaddr_in(netmask)))
 

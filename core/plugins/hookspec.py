@@ -18,17 +18,59 @@ one is not.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import pluggy
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .registry import DriverRegistry
 
 PROJECT = "lamina"
 
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def hookspec(function: _F) -> _F:
+    """Mark a hook specification, as ``pluggy.HookspecMarker("lamina")`` does.
+
+    The markers write the same options, under the same attribute, as pluggy's own
+    (tests/test_hooks.py compares them with the installed pluggy's), so pluggy reads
+    them unchanged; what they save is pluggy's import (~10 ms: it imports ``inspect``)
+    in every command that loads a driver but has no observer to call
+    (:mod:`lamina.core.plugins.discovery`).
+    """
+    setattr(function, f"{PROJECT}_spec", {
+        "firstresult": False, "historic": False, "warn_on_impl": None,
+        "warn_on_impl_args": None,
+    })
+    return function
+
+
+def hookimpl(
+    function: _F | None = None, *, hookwrapper: bool = False, optionalhook: bool = False,
+    tryfirst: bool = False, trylast: bool = False, specname: str | None = None,
+    wrapper: bool = False,
+) -> Any:
+    """Mark a plugin's function as implementing a hook: ``pluggy.HookimplMarker("lamina")``.
+
+    Used bare (``@hookimpl``) or with pluggy's options (``@hookimpl(tryfirst=True)``);
+    see :func:`hookspec` for why it is not pluggy's own marker.
+    """
+    options = {"wrapper": wrapper, "hookwrapper": hookwrapper, "optionalhook": optionalhook,
+               "tryfirst": tryfirst, "trylast": trylast, "specname": specname}
+
+    def mark(func: _F) -> _F:
+        setattr(func, f"{PROJECT}_impl", options)
+        return func
+
+    return mark if function is None else mark(function)
+
+
+def implemented_hook(function: object) -> str | None:
+    """The hook ``function`` is marked to implement (its name, or its ``specname``), or None."""
+    options = getattr(function, f"{PROJECT}_impl", None)
+    if not isinstance(options, dict):
+        return None
+    return options.get("specname") or getattr(function, "__name__", None)
 
 
 @hookspec
