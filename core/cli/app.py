@@ -257,13 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; ``argv`` None means the process's own (the ``lamina`` command).
 
-    Run as the command, the process ends when this returns: everything it made is
-    handed to ``gc.freeze()`` first, so that the interpreter's exit does not search
+    Run as the command, the modules loaded so far are handed to ``gc.freeze()`` at
+    once (collections during the command do not walk them), and the process ends when
+    this returns: everything it made is handed to ``gc.freeze()`` first, so that the interpreter's exit does not search
     it all for reference cycles again (~9 ms of a `layer apply`, a tenth of it).
     Exit handlers still run and files are still flushed, except after the commands of
     :data:`QUICK_EXIT`, which end the process at once (:func:`_exit_now`).
     """
     code = 1
+    if argv is None:
+        # What the imports made is not garbage: later collections skip it. A command
+        # makes mostly objects that live until it ends, so young-object collections
+        # (every 700 allocations by default: ~4 ms of a `run`) are made rarer.
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
     try:
         code = _run(argv)
         return code
