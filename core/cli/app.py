@@ -259,8 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Run as the command, the modules loaded so far are handed to ``gc.freeze()`` at
     once (collections during the command do not walk them), and the process ends when
-    this returns: everything it made is handed to ``gc.freeze()`` first, so that the interpreter's exit does not search
-    it all for reference cycles again (~9 ms of a `layer apply`, a tenth of it).
+    this returns: everything it made is handed to ``gc.freeze()`` first, so that the
+    interpreter's exit does not search it all for reference cycles again (~9 ms of a
+    `layer apply`, a tenth of it).
     Exit handlers still run and files are still flushed, except after the commands of
     :data:`QUICK_EXIT`, which end the process at once (:func:`_exit_now`).
     """

@@ -12,6 +12,7 @@ process that is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import signal
@@ -95,19 +96,25 @@ def _env(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _resolve_image(engine: Engine, text: str, pull: str) -> str:
-    """The id of the image ``text`` names, pulled first when missing (Docker's habit)."""
-    from ..images.platform import host_platform
+def _resolve_image(engine: Engine, text: str, pull: str, store: Store | None = None) -> str:
+    """The id of the image ``text`` names, pulled first when missing (Docker's habit).
+
+    Looked up in ``store`` when the caller has one open, else in a read-only one.
+    """
     from ..images.store import ImageStore
     from .image import _reference, find_image, pull_reference
 
     if pull != "always":
-        with engine.open_store(readonly=True) as store:
+        with contextlib.ExitStack() as stack:
+            if store is None:
+                store = stack.enter_context(engine.open_store(readonly=True))
             try:
                 return find_image(ImageStore(store), text, engine)
             except ImageNotFound:
                 if pull == "never":
                     raise
+    from ..images.platform import host_platform
+
     ref = _reference(text, engine)
     if pull != "always":
         print(f"Unable to find image '{ref.familiar}' locally", file=sys.stderr, flush=True)
@@ -169,7 +176,7 @@ def _create(args: argparse.Namespace, engine: Engine, store: Store) -> Container
     from ..containers.store import ContainerStore
     from ..images.store import ImageStore
 
-    image_id = _resolve_image(engine, args.image, args.pull)
+    image_id = _resolve_image(engine, args.image, args.pull, store)
     spec = _spec(args, engine, image_id, store)
     top = ImageStore(store).image(image_id).top_layer
     return ContainerStore(store).create(spec, top, args.name,
