@@ -658,3 +658,23 @@ def test_entries_come_out_of_a_pipe_before_it_is_closed(read_ahead: bool) -> Non
             first_seen.set()
             reader.close()
     assert reader.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+def test_read_ahead_reuses_a_buffer_only_once_its_hash_is_done(limit: int) -> None:
+    """The hash runs on another thread: a buffer read into again before its hash was
+    done would change the digest (each read fills the buffer with new bytes)."""
+    from lamina.core.layertar import source
+
+    data = os.urandom(9 * source._AHEAD_CHUNK + 12345)
+    stream = io.BytesIO(data)
+    ahead = source.ReadAhead(lambda view: stream.readinto(view), limit=limit)
+    out = bytearray()
+    try:
+        while (got := ahead.take()) is not None:
+            buffer, n = got
+            out += buffer[source.RESERVE:source.RESERVE + n]
+    finally:
+        ahead.close()
+    assert out == data
+    assert ahead.hexdigest() == hashlib.sha256(data).hexdigest()

@@ -405,7 +405,7 @@ class TarReader:
         if self._mapped is not None:
             return "sha256:" + self._mapped.hexdigest()
         if self._ahead is not None:
-            return "sha256:" + self._ahead.sha.hexdigest()
+            return "sha256:" + self._ahead.hexdigest()
         return "sha256:" + self._hasher.hexdigest()
 
     def _fill(self) -> bool:
@@ -444,7 +444,7 @@ class TarReader:
         return True
 
     def _fill_ahead(self, carry: bytes) -> bool:
-        """:meth:`_fill` from the read-ahead thread's next buffer (already hashed)."""
+        """:meth:`_fill` from the read-ahead thread's next buffer (its hash is under way)."""
         got = self._ahead.take()  # type: ignore[union-attr]
         if got is None:
             self._buf = memoryview(carry)
