@@ -1,10 +1,12 @@
-"""lamina's core: the driver contract, the layer store, safe apply and export.
+"""lamina's core: the driver contract, the stores, and everything built on them.
 
-The data path, each step a module: blob (:mod:`.blobs`) -> layer tar stream
-(:mod:`.compression`, :mod:`.tarstream`) -> applied into a driver's layer
-(:mod:`.apply`, :mod:`.driver`) -> recorded in the store (:mod:`.store`,
-:mod:`.metadata`) -> compared and exported again (:mod:`.changes`,
-:mod:`.export`).
+One package per step of the data path, each importing only from the steps below it:
+blobs (:mod:`.blobs`) -> layer tars read, applied and exported (:mod:`.layertar`) ->
+layers in the store (:mod:`.layers`, the contract in :mod:`.driver`) -> images
+(:mod:`.images`) -> containers (:mod:`.containers`, with :mod:`.network`) -> the
+launcher (:mod:`.launcher`) -> builds (:mod:`.build`); :mod:`.host` wraps the host
+beneath them all, :mod:`.plugins` finds the drivers, :mod:`.engine` wires them to a
+store, and :mod:`.cli` is the command line.
 """
 
 __version__ = "0.1.0"
