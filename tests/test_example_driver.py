@@ -4,8 +4,9 @@ The package in examples/lamina-fuse-overlayfs is installed with pip into a
 private directory (no index, no dependencies: lamina itself comes from this
 checkout) and used only from that directory on the path, as an installed plugin
 is. Its own tests (the whole conformance suite through ``lamina.conformance.run``,
-and its behaviour tests) then run on the machine's disk (ext4) and on a tmpfs,
-each outcome read from pytest's reports, and the matrix runner shows it as a row.
+and its behaviour tests) then run on the machine's disk (ext4), each outcome read
+from pytest's reports, and the matrix runner shows it as a row (the whole matrix,
+tests/test_full_matrix.py, runs it on every backing filesystem).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import REPO, needs_root, run_lamina
 
-from lamina.conformance.backing import BackingUnavailable, backing_filesystem
 from lamina.conformance.suite import CaseResult, Collector
 
 EXAMPLE = REPO / "examples" / "lamina-fuse-overlayfs"
@@ -84,17 +84,6 @@ def test_suite_passes_on_the_machines_disk(site: Path, monkeypatch: pytest.Monke
         run_example_tests(site, root, monkeypatch)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-@needs_root
-@needs_fuse_overlayfs
-def test_suite_passes_on_tmpfs(site: Path, tmp_path: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        with backing_filesystem("tmpfs", tmp_path / "backing", size_mb=2048) as fs:
-            run_example_tests(site, fs.path, monkeypatch)
-    except BackingUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @needs_root

@@ -4,7 +4,9 @@ All installed drivers (overlay, btrfs, vfs and the fuse-overlayfs example,
 installed as a third-party package) on ext4, xfs, btrfs and tmpfs made on
 loop devices, plus two filesystems without d_type: xfs with ftype=0 (which
 kernels without XFS V4 support cannot mount at all) and ext4 without the
-filetype feature. Every cell must pass or be not applicable with a reason.
+filetype feature. Every cell must pass or be not applicable with a reason,
+and every cell that runs is checked case by case from the JUnit report (the
+per-driver test files run the suite on the machine's own disk).
 The property test (case 44) runs inside each cell with 25 examples, and
 separately with 200 examples per driver on the machine's own filesystem
 (btrfs, which cannot work on it, on a loop btrfs).
@@ -17,20 +19,63 @@ import os
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from conftest import needs_root, run_lamina
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
+from lamina.conformance.suite import CaseResult
 from lamina.core.host.fsinfo import filesystem_type
 
 pytestmark = [needs_root, pytest.mark.slow]
 
 DRIVERS = {"overlay", "btrfs", "vfs", "fuse-overlayfs"}
 FILESYSTEMS = ["ext4", "xfs", "btrfs", "tmpfs", "xfs-noftype", "ext4-nodtype"]
-#: the cases issue 2 requires of every driver; each must pass wherever it is not skipped
+#: the cases issue 2 requires of every driver; each must pass in every cell that runs
 REQUIRED = {*range(1, 25), *range(26, 34), *range(36, 44)}
+#: what each built-in driver's capabilities add, in every cell it runs in: case -> outcome
+#: and the start of its message (25 renames a lower directory, 34 depends on no
+#: capability, 35 and 46 need quotas); each reads the 500-deep chain whole
+BY_CAPABILITY = {
+    "overlay": {
+        "test_25_rename_lower_dir": ("skipped", "driver declares rename_lower_dir=False"),
+        "test_34_open_fd_across_copy_up": ("passed", ""),
+        "test_35_quota": ("skipped", "driver declares quota=False"),
+    },
+    "vfs": {
+        "test_25_rename_lower_dir": ("passed", ""),
+        "test_34_open_fd_across_copy_up": ("passed", ""),
+        "test_35_quota": ("skipped", "driver declares quota=False"),
+    },
+    "btrfs": {
+        "test_25_rename_lower_dir": ("passed", ""),
+        "test_34_open_fd_across_copy_up": ("passed", ""),
+        "test_35_quota": ("passed", ""),
+        "test_46_layer_quota": ("passed", ""),
+    },
+}
+DEEP_READ = "test_32_base_file_through_deep_chain[500]"
+
+
+def case_outcomes(junit: Path) -> dict[str, list[CaseResult]]:
+    """Every cell's cases (``driver@fs`` -> results), from the matrix's JUnit report."""
+    cells: dict[str, list[CaseResult]] = {}
+    for suite in ET.parse(junit).getroot().iter("testsuite"):
+        cases = cells.setdefault(suite.get("name", ""), [])
+        for case in suite.iter("testcase"):
+            kinds = {child.tag: child for child in case}
+            marker = kinds.get("failure", kinds.get("error", kinds.get("skipped")))
+            if {"failure", "error"} & kinds.keys():
+                outcome = "failed"
+            else:
+                outcome = "skipped" if "skipped" in kinds else "passed"
+            message = marker.get("message", "") if marker is not None else ""
+            cases.append(CaseResult(name=case.get("name", ""),
+                                    module=case.get("classname", ""),
+                                    outcome=outcome, message=message))
+    return cells
 
 
 def property_env(examples: int) -> dict[str, str]:
@@ -79,6 +124,21 @@ def test_every_cell_passes_or_says_why_not(example_site: Path, tmp_path: Path) -
     else:
         assert by_cell["overlay", "xfs-noftype"]["status"] == "n/a"
         assert "d_type" in by_cell["overlay", "xfs-noftype"]["reason"]
+    # case by case: what the issue requires of every driver, and what each built-in
+    # driver's capabilities add, in every cell that ran
+    cases_by_cell = case_outcomes(tmp_path / "matrix.xml")
+    for cell in cells:
+        if cell["status"] != "passed":
+            continue
+        cases = cases_by_cell[f"{cell['driver']}@{cell['fs']}"]
+        passed = {n for c in cases if c.outcome == "passed" and (n := c.number) is not None}
+        assert not REQUIRED - passed, (cell["driver"], cell["fs"], sorted(REQUIRED - passed))
+        named = {c.name: c for c in cases}
+        if cell["driver"] in BY_CAPABILITY:
+            assert named[DEEP_READ].outcome == "passed", (cell, named[DEEP_READ])
+        for name, (outcome, message) in BY_CAPABILITY.get(cell["driver"], {}).items():
+            case = named[name]
+            assert case.outcome == outcome and case.message.startswith(message), (cell, case)
     assert proc.returncode == 0, output
 
 
