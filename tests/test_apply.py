@@ -16,6 +16,7 @@ from tarmaker import TarBuilder
 
 from lamina.core.errors import CorruptArchive, DriverError, NoSpace, UnsafeArchive
 from lamina.core.host.treecopy import remove_at
+from lamina.core.layertar import ApplyResult
 from lamina.core.layertar import apply as apply_module
 from lamina.core.layertar.apply import MergedWhiteouts, apply_tar, can_make_devices
 from lamina.core.layertar.compression import open_layer_stream
@@ -135,6 +136,20 @@ def test_sparse_files_are_written_with_holes(tmp_path: Path, fmt: str) -> None:
     assert data.count(0) == size - 4096 - 100 - 3
 
 
+def extract_both(layer: Path, tmp_path: Path) -> tuple[Path, Path, ApplyResult]:
+    """``layer`` extracted by GNU tar into ``by-tar`` and applied by lamina into ``by-us``."""
+    by_tar, by_us = tmp_path / "by-tar", tmp_path / "by-us"
+    by_tar.mkdir()
+    by_us.mkdir()
+    subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(layer),
+         "-C", str(by_tar)],
+        check=True,
+    )  # fmt: skip
+    with open(layer, "rb") as f:
+        return by_tar, by_us, apply_tar(f, by_us)
+
+
 @pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
 def test_same_tree_as_gnu_tar_extracts(tmp_path: Path) -> None:
     src = tmp_path / "src"
@@ -164,17 +179,7 @@ def test_same_tree_as_gnu_tar_extracts(tmp_path: Path) -> None:
          "-C", str(src), "."],
         check=True,
     )  # fmt: skip
-    by_tar = tmp_path / "by-tar"
-    by_us = tmp_path / "by-us"
-    by_tar.mkdir()
-    by_us.mkdir()
-    subprocess.run(
-        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(layer),
-         "-C", str(by_tar)],
-        check=True,
-    )  # fmt: skip
-    with open(layer, "rb") as f:
-        apply_tar(f, by_us)
+    by_tar, by_us, _ = extract_both(layer, tmp_path)
     assert tree(by_us) == tree(by_tar)
 
 
@@ -217,16 +222,7 @@ def test_a_real_debian_system_tree_like_gnu_tar(tmp_path: Path) -> None:
          "-C", "/", "-cf", str(layer), "-T", str(listing)],
     )  # fmt: skip
     assert done.returncode in (0, 1), "tar could not archive the host's system files"
-    by_tar, by_us = tmp_path / "by-tar", tmp_path / "by-us"
-    by_tar.mkdir()
-    by_us.mkdir()
-    subprocess.run(
-        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(layer),
-         "-C", str(by_tar)],
-        check=True,
-    )  # fmt: skip
-    with open(layer, "rb") as f:
-        result = apply_tar(f, by_us)
+    by_tar, by_us, result = extract_both(layer, tmp_path)
     assert result.size == layer.stat().st_size
     assert len(tree(by_us)) > 1000
     assert tree(by_us) == tree(by_tar)

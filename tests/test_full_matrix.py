@@ -20,13 +20,17 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import test_conformance_btrfs
+import test_conformance_overlay
+import test_conformance_vfs
 from conftest import needs_root, run_lamina
 
 from lamina.conformance.backing import BackingUnavailable, backing_filesystem
-from lamina.conformance.suite import CaseResult
+from lamina.conformance.suite import CaseResult, SuiteResult
 from lamina.core.host.fsinfo import filesystem_type
 
 pytestmark = [needs_root, pytest.mark.slow]
@@ -35,35 +39,21 @@ DRIVERS = {"overlay", "btrfs", "vfs", "fuse-overlayfs"}
 FILESYSTEMS = ["ext4", "xfs", "btrfs", "tmpfs", "xfs-noftype", "ext4-nodtype"]
 #: the cases issue 2 requires of every driver; each must pass in every cell that runs
 REQUIRED = {*range(1, 25), *range(26, 34), *range(36, 44)}
-#: what each built-in driver's capabilities add, in every cell it runs in: case -> outcome
-#: and the start of its message (25 renames a lower directory, 34 depends on no
-#: capability, 35 and 46 need quotas); each reads the 500-deep chain whole
-BY_CAPABILITY = {
-    "overlay": {
-        "test_25_rename_lower_dir": ("skipped", "driver declares rename_lower_dir=False"),
-        "test_34_open_fd_across_copy_up": ("passed", ""),
-        "test_35_quota": ("skipped", "driver declares quota=False"),
-    },
-    "vfs": {
-        "test_25_rename_lower_dir": ("passed", ""),
-        "test_34_open_fd_across_copy_up": ("passed", ""),
-        "test_35_quota": ("skipped", "driver declares quota=False"),
-    },
-    "btrfs": {
-        "test_25_rename_lower_dir": ("passed", ""),
-        "test_34_open_fd_across_copy_up": ("passed", ""),
-        "test_35_quota": ("passed", ""),
-        "test_46_layer_quota": ("passed", ""),
-    },
+#: each built-in driver's own checks of a suite run (its test file's, on the machine's
+#: disk), applied to every cell it runs in
+DRIVER_CHECKS: dict[str, Callable[[SuiteResult], None]] = {
+    "overlay": test_conformance_overlay.check_passes,
+    "vfs": test_conformance_vfs.check_passes,
+    "btrfs": test_conformance_btrfs.check_passes,
 }
-DEEP_READ = "test_32_base_file_through_deep_chain[500]"
 
 
-def case_outcomes(junit: Path) -> dict[str, list[CaseResult]]:
-    """Every cell's cases (``driver@fs`` -> results), from the matrix's JUnit report."""
-    cells: dict[str, list[CaseResult]] = {}
+def cell_results(junit: Path) -> dict[str, SuiteResult]:
+    """Every cell's run (``driver@fs`` -> its cases), from the matrix's JUnit report."""
+    cells: dict[str, SuiteResult] = {}
     for suite in ET.parse(junit).getroot().iter("testsuite"):
-        cases = cells.setdefault(suite.get("name", ""), [])
+        name = suite.get("name", "")
+        result = cells[name] = SuiteResult(driver=name.partition("@")[0], root=name)
         for case in suite.iter("testcase"):
             kinds = {child.tag: child for child in case}
             marker = kinds.get("failure", kinds.get("error", kinds.get("skipped")))
@@ -72,9 +62,9 @@ def case_outcomes(junit: Path) -> dict[str, list[CaseResult]]:
             else:
                 outcome = "skipped" if "skipped" in kinds else "passed"
             message = marker.get("message", "") if marker is not None else ""
-            cases.append(CaseResult(name=case.get("name", ""),
-                                    module=case.get("classname", ""),
-                                    outcome=outcome, message=message))
+            result.cases.append(CaseResult(name=case.get("name", ""),
+                                           module=case.get("classname", ""),
+                                           outcome=outcome, message=message))
     return cells
 
 
@@ -124,21 +114,17 @@ def test_every_cell_passes_or_says_why_not(example_site: Path, tmp_path: Path) -
     else:
         assert by_cell["overlay", "xfs-noftype"]["status"] == "n/a"
         assert "d_type" in by_cell["overlay", "xfs-noftype"]["reason"]
-    # case by case: what the issue requires of every driver, and what each built-in
-    # driver's capabilities add, in every cell that ran
-    cases_by_cell = case_outcomes(tmp_path / "matrix.xml")
+    # case by case, in every cell that ran: what the issue requires of every driver, and
+    # each built-in driver's own checks (capability cases, the 500-deep read)
+    results = cell_results(tmp_path / "matrix.xml")
     for cell in cells:
         if cell["status"] != "passed":
             continue
-        cases = cases_by_cell[f"{cell['driver']}@{cell['fs']}"]
-        passed = {n for c in cases if c.outcome == "passed" and (n := c.number) is not None}
-        assert not REQUIRED - passed, (cell["driver"], cell["fs"], sorted(REQUIRED - passed))
-        named = {c.name: c for c in cases}
-        if cell["driver"] in BY_CAPABILITY:
-            assert named[DEEP_READ].outcome == "passed", (cell, named[DEEP_READ])
-        for name, (outcome, message) in BY_CAPABILITY.get(cell["driver"], {}).items():
-            case = named[name]
-            assert case.outcome == outcome and case.message.startswith(message), (cell, case)
+        result = results[f"{cell['driver']}@{cell['fs']}"]
+        missing = REQUIRED - result.numbers("passed")
+        assert not missing, (cell["driver"], cell["fs"], sorted(missing))
+        if cell["driver"] in DRIVER_CHECKS:
+            DRIVER_CHECKS[cell["driver"]](result)
     assert proc.returncode == 0, output
 
 
