@@ -33,9 +33,8 @@ from .credentials import Credentials
 from .transport import Transport, _reason
 
 if TYPE_CHECKING:
-    import urllib3
-
     from ...config import Config
+    from .connections import Response
 
 #: default cap of a manifest or index body
 MAX_MANIFEST_SIZE = 4 << 20
@@ -73,7 +72,7 @@ class BlobStream:
     :class:`RegistryUnavailable`. Never returns bytes beyond ``length``.
     """
 
-    def __init__(self, opener: Callable[[int], urllib3.BaseHTTPResponse], first: Any,
+    def __init__(self, opener: Callable[[int], Response], first: Any,
                  offset: int, length: int | None, what: str, host: str) -> None:
         self._open = opener
         self._response = first
@@ -91,14 +90,14 @@ class BlobStream:
             if left <= 0:
                 return b""
             n = left if n < 0 else min(n, left)
-        import urllib3
+        from .connections import HTTP_ERRORS
 
         while True:
             try:
                 if self._response is None:
                     self._reopen()
-                data = self._response.read(n if n >= 0 else None, decode_content=False)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                data = self._response.read(n if n >= 0 else None)
+            except HTTP_ERRORS as exc:
                 self._drop()
                 if self.length is None or self.resumes >= BLOB_RESUMES:
                     raise RegistryUnavailable(
@@ -111,7 +110,7 @@ class BlobStream:
                 time.sleep(min(0.25 * 2 ** (self.resumes - 1), 4.0))
                 continue
             if not data and self.length is not None and self.position < self.length:
-                # the connection ended early without urllib3 noticing (no Content-Length)
+                # the connection ended early (a body without Content-Length)
                 self._drop()
                 if self.resumes >= BLOB_RESUMES:
                     raise RegistryUnavailable(
@@ -134,7 +133,7 @@ class BlobStream:
         else:  # the whole blob again: skip what was handed out already
             skip = self.position
             while skip:
-                chunk = response.read(min(skip, 1 << 20), decode_content=False)
+                chunk = response.read(min(skip, 1 << 20))
                 if not chunk:
                     raise OSError("connection ended while skipping to the resume point")
                 skip -= len(chunk)
@@ -568,7 +567,7 @@ def _read_capped(response: Any, cap: int) -> bytes | None:
     """The body, or None if it is longer than ``cap`` (reading at most ``cap + 1`` bytes)."""
     parts, total = [], 0
     while True:
-        chunk = response.read(min(1 << 16, cap + 1 - total), decode_content=False)
+        chunk = response.read(min(1 << 16, cap + 1 - total))
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)

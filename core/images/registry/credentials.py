@@ -15,9 +15,6 @@ import base64
 import binascii
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -117,6 +114,9 @@ def _from_auths(path: Path, data: dict[str, Any], host: str) -> Credentials | No
 
 def _helper(name: str, host: str) -> Credentials | None:
     """Ask ``docker-credential-NAME get`` for ``host``'s credentials (None if it has none)."""
+    import shutil  # here: most pulls never run a helper, and subprocess costs ~4 ms
+    import subprocess
+
     program = f"docker-credential-{name}"
     if not isinstance(name, str) or not name or shutil.which(program) is None:
         raise CredentialsError(
@@ -201,6 +201,8 @@ def remove(host: str) -> bool:
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` atomically with ``data``, readable by its owner only."""
+    import tempfile
+
     try:
         if not path.parent.is_dir():
             path.parent.mkdir(mode=0o700, parents=True)

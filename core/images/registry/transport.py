@@ -1,11 +1,11 @@
 """HTTP to one registry host: the scheme, pooled connections, retries, redirects, timeouts.
 
-urllib3 is imported here, lazily (~60 ms): only commands that talk to a registry pay.
-Its own retries and redirects are off: we retry connection errors, 429 (honouring
-``Retry-After``) and 5xx with exponential back-off, and follow redirects ourselves so
-that the ``Authorization`` header never reaches another origin (blobs are often a 307
-to a storage host). Every request has a connect and a read timeout: a stalled
-registry ends in an error, never a hang.
+The connections are :mod:`.connections`' (http.client), imported on the first
+request: only commands that talk to a registry pay for it. We retry connection
+errors, 429 (honouring ``Retry-After``) and 5xx with exponential back-off, and follow
+redirects ourselves so that the ``Authorization`` header never reaches another origin
+(blobs are often a 307 to a storage host). Every request has a connect and a read
+timeout: a stalled registry ends in an error, never a hang.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 from ...errors import RegistryError, RegistryUnavailable
 
 if TYPE_CHECKING:
-    import urllib3
+    from .connections import Pool, Response
 
 #: attempts of one request that fails transiently (connection error, 429, 5xx)
 ATTEMPTS = 4
@@ -38,19 +38,14 @@ _POOLS: dict[bool, Any] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def pool(verify: bool) -> urllib3.PoolManager:
+def pool(verify: bool) -> Pool:
     """The process's connection pool (one per certificate policy); thread-safe."""
     with _POOLS_LOCK:
         found = _POOLS.get(verify)
         if found is None:
-            import urllib3
+            from .connections import Pool
 
-            found = urllib3.PoolManager(
-                num_pools=32, maxsize=16, block=False, retries=False,
-                cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE")
-            if not verify:
-                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            _POOLS[verify] = found
+            found = _POOLS[verify] = Pool(verify=verify)
         return found
 
 
@@ -120,15 +115,10 @@ class Transport:
     def same_origin(self, url: str) -> bool:
         return origin(url) == origin(self.base)
 
-    def _timeout(self) -> urllib3.Timeout:
-        import urllib3
-
-        return urllib3.Timeout(connect=min(self.timeout, 15.0), read=self.timeout)
-
     def send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
              body: bytes | Iterable[bytes] | None = None, stream: bool = False,
              retry: bool = True, what: str = "",
-             auth_origin: str | None = None) -> urllib3.BaseHTTPResponse:
+             auth_origin: str | None = None) -> Response:
         """One request with retries of transient failures, redirects followed.
 
         ``Authorization`` goes only to the registry's origin (or ``auth_origin``'s: a
@@ -139,7 +129,9 @@ class Transport:
         Raises :class:`RegistryUnavailable` after the last attempt; any status the
         registry answers, 4xx included, is returned.
         """
-        import urllib3
+        import ssl
+
+        from .connections import HTTP_ERRORS
 
         hdrs = {"User-Agent": self.user_agent, **(headers or {})}
         retry = retry and (body is None or isinstance(body, bytes))
@@ -149,15 +141,15 @@ class Transport:
         for attempt in range(attempts):
             try:
                 response = self._follow(method, url, hdrs, body, stream, auth_origin)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+            except HTTP_ERRORS as exc:
                 if self.insecure and self.scheme == "https" and url.startswith(self.base) and \
-                        isinstance(exc, urllib3.exceptions.SSLError):
+                        isinstance(exc, ssl.SSLError):
                     # an insecure registry that speaks plain http: use it from now on
                     old, self.scheme = self.base, "http"
                     self.base = "http" + self.base[len("https"):]
                     url = self.base + url[len(old):]
                     continue
-                if isinstance(exc, urllib3.exceptions.SSLError) or "CERTIFICATE" in str(exc):
+                if isinstance(exc, ssl.SSLError) or "CERTIFICATE" in str(exc):
                     raise RegistryError(
                         f"registry {self.host}: TLS failed{_for(what)}: {_reason(exc)}",
                         hint=f"if {self.host} is meant to be used without a valid certificate, "
@@ -183,7 +175,7 @@ class Transport:
 
     def _follow(self, method: str, url: str, headers: dict[str, str],
                 body: bytes | Iterable[bytes] | None, stream: bool,
-                auth_origin: str | None) -> urllib3.BaseHTTPResponse:
+                auth_origin: str | None) -> Response:
         """``method url``, following up to :data:`MAX_REDIRECTS` redirects by hand."""
         verify = not self.insecure
         trusted = True
@@ -194,9 +186,8 @@ class Transport:
             sent = headers if trusted else {k: v for k, v in headers.items()
                                             if k.lower() != "authorization"}
             response = pool(verify).request(
-                method, url, headers=sent, body=body, preload_content=not stream,
-                redirect=False, retries=False, timeout=self._timeout(),
-                decode_content=False)
+                method, url, headers=sent, body=body, preload=not stream,
+                connect_timeout=min(self.timeout, 15.0), read_timeout=self.timeout)
             location = response.headers.get("Location")
             if response.status not in (301, 302, 303, 307, 308) or not location or \
                     method not in ("GET", "HEAD"):
