@@ -95,12 +95,15 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
     # the registry first: a pull that cannot start creates nothing
     resolved = resolve(registry, ref, platform=platform, explicit_platform=explicit_platform)
-    with engine.open_store() as store, pull_events(quiet=quiet, out=out) as events:
-        result = pull(
-            ImageStore(store), registry, resolved,
-            keep_blobs=engine.config.images["keep_blobs"],
-            max_downloads=engine.config.images["max_concurrent_downloads"], events=events,
-        )
+    try:
+        with engine.open_store() as store, pull_events(quiet=quiet, out=out) as events:
+            result = pull(
+                ImageStore(store), registry, resolved,
+                keep_blobs=engine.config.images["keep_blobs"],
+                max_downloads=engine.config.images["max_concurrent_downloads"], events=events,
+            )
+    finally:
+        resolved.close()  # the first layer's blob, if the store could not be opened
     if quiet:
         return result
     print(f"Digest: {result.digest}", file=out)

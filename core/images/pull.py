@@ -50,7 +50,7 @@ from .store import ImageLayer, ImageStore, short_id
 from .unpack import ensure_layer, layer_ready
 
 if TYPE_CHECKING:
-    from .registry.client import Registry
+    from .registry.client import BlobStream, Registry
 
 
 class PullEvents(Protocol):
@@ -168,6 +168,58 @@ def fetch_config(registry: Registry, ref: Reference,
     return config, data
 
 
+class FirstBlob:
+    """The first layer's blob, asked for while the config is fetched and the store opens.
+
+    docker-registry takes ~10 ms to answer a blob request on loopback; asked for only
+    once the store was open, that wait came before the first byte could be applied.
+    The stream waits, unread, for the download of that layer (:meth:`take`); if the
+    layer is in the store already, or the pull fails first, it is closed unread (one
+    request for nothing). A failure to open it is raised where the download would
+    have met it.
+    """
+
+    def __init__(self, registry: Registry, repository: str, digest: str) -> None:
+        self.digest = digest
+        self._lock = threading.Lock()
+        self._stream: BlobStream | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._open, args=(registry, repository),
+                                        daemon=True, name=f"first-blob-{digest[7:19]}")
+        self._thread.start()
+
+    def _open(self, registry: Registry, repository: str) -> None:
+        try:
+            stream = registry.open_blob(repository, self.digest)
+        except BaseException as exc:  # raised by take()
+            self._error = exc
+            return
+        with self._lock:
+            if not self._closed:
+                self._stream = stream
+                return
+        stream.close()
+
+    def take(self) -> BlobStream:
+        """The open stream, once; raises what opening it raised."""
+        self._thread.join()
+        with self._lock:
+            stream, self._stream = self._stream, None
+            self._closed = True
+        if stream is None:
+            raise self._error or ImageError(f"blob {self.digest} was taken already")
+        return stream
+
+    def close(self) -> None:
+        """Close the stream unless it was taken; never waits for the registry."""
+        with self._lock:
+            stream, self._stream = self._stream, None
+            self._closed = True
+        if stream is not None:
+            stream.close()
+
+
 class Resolved(NamedTuple):
     """What the registry says the image is, fetched and checked before the store is touched."""
 
@@ -180,6 +232,13 @@ class Resolved(NamedTuple):
     documents: list[tuple[str, bytes]]
     config: ImageConfig
     config_bytes: bytes
+    #: the first layer's blob, already asked for (see :class:`FirstBlob`)
+    first_blob: FirstBlob | None = None
+
+    def close(self) -> None:
+        """Let go of what :func:`resolve` asked for and :func:`pull` did not use."""
+        if self.first_blob is not None:
+            self.first_blob.close()
 
 
 def resolve(registry: Registry, ref: Reference, *, platform: Platform,
@@ -187,20 +246,30 @@ def resolve(registry: Registry, ref: Reference, *, platform: Platform,
     """Manifest and config from the registry, every check on them done; nothing stored.
 
     Run before the store is opened: a registry that is down or an image that is
-    wrong fails the pull without creating anything.
+    wrong fails the pull without creating anything. The first layer's blob is asked
+    for meanwhile (:class:`FirstBlob`); :meth:`Resolved.close` lets go of it when the
+    result is not pulled.
     """
     manifest, manifest_digest, _, top_digest, documents = resolve_manifest(
         registry, ref, platform, explicit_platform=explicit_platform
     )
-    config, config_bytes = fetch_config(registry, ref, manifest)
-    if explicit_platform and (config.os, config.architecture) != (platform.os,
-                                                                   platform.architecture):
-        raise ImageError(
-            f"{ref.familiar}: the image is for {config.os}/{config.architecture}, not "
-            f"{format_platform(platform)}",
-            hint="drop --platform, or pull a tag built for that platform",
-        )
-    return Resolved(ref, manifest, manifest_digest, top_digest, documents, config, config_bytes)
+    first = FirstBlob(registry, ref.repository, manifest.layers[0].digest) \
+        if manifest.layers else None
+    try:
+        config, config_bytes = fetch_config(registry, ref, manifest)
+        if explicit_platform and (config.os, config.architecture) != (platform.os,
+                                                                       platform.architecture):
+            raise ImageError(
+                f"{ref.familiar}: the image is for {config.os}/{config.architecture}, not "
+                f"{format_platform(platform)}",
+                hint="drop --platform, or pull a tag built for that platform",
+            )
+    except BaseException:
+        if first is not None:
+            first.close()
+        raise
+    return Resolved(ref, manifest, manifest_digest, top_digest, documents, config, config_bytes,
+                    first)
 
 
 def pull(
@@ -215,9 +284,12 @@ def pull(
     """Store the image :func:`resolve` found; see the module docstring for the steps."""
     from .space import images_lock
 
-    with images_lock(images.store):
-        return _pull(images, registry, resolved, keep_blobs=keep_blobs,
-                     max_downloads=max_downloads, events=events or NoEvents())
+    try:
+        with images_lock(images.store):
+            return _pull(images, registry, resolved, keep_blobs=keep_blobs,
+                         max_downloads=max_downloads, events=events or NoEvents())
+    finally:
+        resolved.close()
 
 
 def _pull(
@@ -254,11 +326,14 @@ def _pull(
         return PullResult(image_id, name, top_digest, new=renamed)
 
     missing = [n for n, c in enumerate(chains) if not layer_ready(images.store, c)]
+    if all(manifest.layers[n].digest != manifest.layers[0].digest for n in missing):
+        resolved.close()  # the first layer is here: its blob is not needed
     for n, descriptor in enumerate(manifest.layers):
         if n not in missing:
             events.layer(short_id(descriptor.digest), "Already exists")
     _import_tar_path()
-    downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events)
+    downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events,
+                          first=resolved.first_blob)
     ok = False
     full = False
     try:
@@ -315,11 +390,12 @@ class Downloads:
 
     def __init__(self, images: ImageStore, registry: Registry, ref: Reference,
                  manifest: Manifest, positions: Sequence[int], limit: int,
-                 events: PullEvents) -> None:
+                 events: PullEvents, *, first: FirstBlob | None = None) -> None:
         self.images = images
         self.registry = registry
         self.ref = ref
         self.events = events
+        self.first = first
         tmp = images.store.root / "tmp"
         self.spools: dict[int, Spool] = {}
         for n in positions:
@@ -378,8 +454,13 @@ class Downloads:
             answered.set()
 
     def _download(self, spool: Spool, short: str, answered: threading.Event) -> None:
-        with self.registry.open_blob(self.ref.repository, spool.digest,
-                                     offset=spool.written) as stream:
+        first = self.first
+        if first is not None and first.digest == spool.digest and not spool.written:
+            opened = first.take()  # asked for while the store opened
+        else:
+            opened = self.registry.open_blob(self.ref.repository, spool.digest,
+                                             offset=spool.written)
+        with opened as stream:
             answered.set()
             if stream.offset != spool.written:
                 spool.restart()  # the registry ignored the Range: from the start
