@@ -83,7 +83,7 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
                    explicit_platform: bool = False, quiet: bool = False,
                    out: TextIO = sys.stdout) -> PullResult:
     """Pull ``ref`` with Docker's messages on ``out`` (``run`` sends them to stderr)."""
-    from ..images.pull import pull, resolve
+    from ..images.pull import Resolving, pull
     from ..images.registry.client import Registry
     from ..images.store import ImageStore
     from .progress import pull_events
@@ -93,17 +93,20 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
         if not ref.tag and not ref.digest:
             print("Using default tag: latest", file=out)
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
-    # the registry first: a pull that cannot start creates nothing
-    resolved = resolve(registry, ref, platform=platform, explicit_platform=explicit_platform)
+    # the registry answers while the store opens; a pull it refuses stores nothing
+    resolving = Resolving(registry, ref, platform=platform, explicit_platform=explicit_platform)
     try:
-        with engine.open_store() as store, pull_events(quiet=quiet, out=out) as events:
-            result = pull(
-                ImageStore(store), registry, resolved,
-                keep_blobs=engine.config.images["keep_blobs"],
-                max_downloads=engine.config.images["max_concurrent_downloads"], events=events,
-            )
+        with engine.open_store() as store:
+            resolved = resolving.result()
+            with pull_events(quiet=quiet, out=out) as events:
+                result = pull(
+                    ImageStore(store), registry, resolved,
+                    keep_blobs=engine.config.images["keep_blobs"],
+                    max_downloads=engine.config.images["max_concurrent_downloads"],
+                    events=events,
+                )
     finally:
-        resolved.close()  # the first layer's blob, if the store could not be opened
+        resolving.close()  # what it found, if the store could not be opened
     if quiet:
         return result
     print(f"Digest: {result.digest}", file=out)

@@ -2,12 +2,14 @@
 
 The pipeline (docs/architecture.md, "Pulling"):
 
-1. the manifest (an index picks the platform's), then the config blob; every
-   check on them (size caps, media types, the config's diff ids against the
-   layers) runs before any layer is fetched;
-2. the missing layers' blobs download in parallel threads, each into a
-   :class:`~.spool.Spool` file (resumed from a dead pull's part with a Range
-   request);
+1. the manifest (an index picks the platform's), then the config blob, on a
+   thread while the caller opens the store (:class:`Resolving`); every check on
+   them (size caps, media types, the config's diff ids against the layers) runs
+   before any layer is stored. The first layer's blob is asked for meanwhile
+   (:class:`FirstBlob`);
+2. the missing layers' blobs download in parallel threads, started in layer order,
+   each into a :class:`~.spool.Spool` file (resumed from a dead pull's part with a
+   Range request);
 3. the main thread applies the layers base first, each reading its spool as it
    grows: the first layer is decompressed and applied while it downloads, and
    the others have downloaded meanwhile. A layer becomes ready only once its
@@ -245,10 +247,10 @@ def resolve(registry: Registry, ref: Reference, *, platform: Platform,
             explicit_platform: bool = False) -> Resolved:
     """Manifest and config from the registry, every check on them done; nothing stored.
 
-    Run before the store is opened: a registry that is down or an image that is
-    wrong fails the pull without creating anything. The first layer's blob is asked
-    for meanwhile (:class:`FirstBlob`); :meth:`Resolved.close` lets go of it when the
-    result is not pulled.
+    Needs no store: a registry that is down or an image that is wrong fails the
+    pull before anything is stored. The first layer's blob is asked for meanwhile
+    (:class:`FirstBlob`); :meth:`Resolved.close` lets go of it when the result is
+    not pulled.
     """
     manifest, manifest_digest, _, top_digest, documents = resolve_manifest(
         registry, ref, platform, explicit_platform=explicit_platform
@@ -270,6 +272,53 @@ def resolve(registry: Registry, ref: Reference, *, platform: Platform,
         raise
     return Resolved(ref, manifest, manifest_digest, top_digest, documents, config, config_bytes,
                     first)
+
+
+class Resolving:
+    """:func:`resolve` on a thread of its own: the registry answers while the caller
+    opens the store (~20 ms of a pull's start: the store's opening and the requests
+    mostly wait, on the disk and on the registry). :meth:`result` waits for it and
+    raises what it raised; :meth:`close` lets go of a result nobody will pull.
+    """
+
+    def __init__(self, registry: Registry, ref: Reference, *, platform: Platform,
+                 explicit_platform: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._found: Resolved | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, args=(registry, ref, platform, explicit_platform), daemon=True,
+            name="resolve")
+        self._thread.start()
+
+    def _run(self, registry: Registry, ref: Reference, platform: Platform,
+             explicit_platform: bool) -> None:
+        try:
+            found = resolve(registry, ref, platform=platform,
+                            explicit_platform=explicit_platform)
+        except BaseException as exc:  # raised by result()
+            self._error = exc
+            return
+        with self._lock:
+            if not self._closed:
+                self._found = found
+                return
+        found.close()
+
+    def result(self) -> Resolved:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._found is not None
+        return self._found
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            found, self._found = self._found, None
+        if found is not None:
+            found.close()
 
 
 def pull(
