@@ -59,7 +59,7 @@ class Recorder:
                 if recorder.mode == "close-after":
                     self.close_connection = True
 
-            do_GET = do_PUT = _answer
+            do_GET = do_PUT = do_POST = _answer
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -112,6 +112,17 @@ def test_a_request_dropped_on_a_reused_connection_is_sent_again(server: Recorder
     assert _get(pool, f"{server.url}/a") == b"/a 0"
     assert _get(pool, f"{server.url}/b", body=b"abc") == b"/b 3"
     assert server.requests == [(1, "/a", b""), (2, "/b", b"abc")]
+
+
+@pytest.mark.parametrize("server", ["drop-second"], indirect=True)
+def test_a_dropped_post_is_not_sent_again(server: Recorder) -> None:
+    """The server may have carried out a POST (an upload session) before dropping it."""
+    pool = Pool()
+    assert _get(pool, f"{server.url}/a") == b"/a 0"
+    with pytest.raises(HTTP_ERRORS):
+        pool.request("POST", f"{server.url}/b", headers={}, body=b"x", connect_timeout=5,
+                     read_timeout=5)
+    assert server.requests == [(1, "/a", b"")]
 
 
 @pytest.mark.parametrize("server", ["drop-second"], indirect=True)

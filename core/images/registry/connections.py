@@ -32,6 +32,9 @@ DRAIN_LIMIT = 1 << 20
 #: errors of a reused connection the server had closed before the request reached it
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
+#: methods whose request may be sent twice with the same effect (RFC 9110, 9.2.2)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
 Origin = tuple[str, str, int]
 
 
@@ -152,8 +155,9 @@ class Pool:
         ``preload``). Raises one of :data:`HTTP_ERRORS` when the exchange fails.
 
         A pooled connection the server has closed meanwhile is replaced by a new one,
-        and a request it failed on before any answer is sent again on a new one when
-        its body can be sent again (bytes or none).
+        and an idempotent request (GET, HEAD, PUT, DELETE) it failed on before any
+        answer is sent again on a new one when its body can be sent again (bytes or
+        none): a POST or PATCH the server may have carried out is not repeated.
         """
         parts = urlsplit(url)
         scheme = parts.scheme
@@ -162,7 +166,7 @@ class Pool:
         host = parts.hostname or ""
         key = (scheme, host, parts.port or (443 if scheme == "https" else 80))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        replayable = body is None or isinstance(body, bytes)
+        replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
         while True:
             connection, reused = self._get(key, connect_timeout, read_timeout)
             try:
