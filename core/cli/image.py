@@ -83,7 +83,7 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
                    explicit_platform: bool = False, quiet: bool = False,
                    out: TextIO = sys.stdout) -> PullResult:
     """Pull ``ref`` with Docker's messages on ``out`` (``run`` sends them to stderr)."""
-    from ..images.pull import Resolving, pull
+    from ..images.pull import pull, resolve_meanwhile
     from ..images.registry.client import Registry
     from ..images.store import ImageStore
     from .progress import pull_events
@@ -94,7 +94,8 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
             print("Using default tag: latest", file=out)
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
     # the registry answers while the store opens; a pull it refuses stores nothing
-    resolving = Resolving(registry, ref, platform=platform, explicit_platform=explicit_platform)
+    resolving = resolve_meanwhile(registry, ref, platform=platform,
+                                  explicit_platform=explicit_platform)
     try:
         with engine.open_store() as store:
             resolved = resolving.result()

@@ -3,10 +3,10 @@
 The pipeline (docs/architecture.md, "Pulling"):
 
 1. the manifest (an index picks the platform's), then the config blob, on a
-   thread while the caller opens the store (:class:`Resolving`); every check on
+   thread while the caller opens the store (:func:`resolve_meanwhile`); every check on
    them (size caps, media types, the config's diff ids against the layers) runs
    before any layer is stored. The first layer's blob is asked for meanwhile
-   (:class:`FirstBlob`);
+   (:attr:`Resolved.first_blob`);
 2. the missing layers' blobs download in parallel threads, started in layer order,
    each into a :class:`~.spool.Spool` file (resumed from a dead pull's part with a
    Range request);
@@ -29,8 +29,8 @@ half-downloaded blob stays as a part file for the next pull to resume.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 from ..errors import DigestMismatch, ImageError, ImageFormatError, LaminaError, NoSpace
 from .formats import (
@@ -53,6 +53,8 @@ from .unpack import ensure_layer, layer_ready
 
 if TYPE_CHECKING:
     from .registry.client import BlobStream, Registry
+
+T = TypeVar("T")
 
 
 class PullEvents(Protocol):
@@ -170,56 +172,53 @@ def fetch_config(registry: Registry, ref: Reference,
     return config, data
 
 
-class FirstBlob:
-    """The first layer's blob, asked for while the config is fetched and the store opens.
+class Background(Generic[T]):
+    """``call()`` on a thread of its own, started at once, for a result needed a little
+    later: what waits on the registry while the caller does something else.
 
-    docker-registry takes ~10 ms to answer a blob request on loopback; asked for only
-    once the store was open, that wait came before the first byte could be applied.
-    The stream waits, unread, for the download of that layer (:meth:`take`); if the
-    layer is in the store already, or the pull fails first, it is closed unread (one
-    request for nothing). A failure to open it is raised where the download would
-    have met it.
+    :meth:`result` waits for the call and returns what it returned (once) or raises
+    what it raised. :meth:`close` lets go without waiting: ``release`` is applied to a
+    result nobody took, now or when the call ends.
     """
 
-    def __init__(self, registry: Registry, repository: str, digest: str) -> None:
-        self.digest = digest
+    def __init__(self, call: Callable[[], T], release: Callable[[T], None], *,
+                 name: str) -> None:
+        self._release = release
         self._lock = threading.Lock()
-        self._stream: BlobStream | None = None
+        self._value: T | None = None
         self._error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._open, args=(registry, repository),
-                                        daemon=True, name=f"first-blob-{digest[7:19]}")
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True, name=name)
         self._thread.start()
 
-    def _open(self, registry: Registry, repository: str) -> None:
+    def _run(self, call: Callable[[], T]) -> None:
         try:
-            stream = registry.open_blob(repository, self.digest)
-        except BaseException as exc:  # raised by take()
+            value = call()
+        except BaseException as exc:  # raised by result()
             self._error = exc
             return
         with self._lock:
             if not self._closed:
-                self._stream = stream
+                self._value = value
                 return
-        stream.close()
+        self._release(value)
 
-    def take(self) -> BlobStream:
-        """The open stream, once; raises what opening it raised."""
+    def result(self) -> T:
         self._thread.join()
         with self._lock:
-            stream, self._stream = self._stream, None
+            value, self._value = self._value, None
             self._closed = True
-        if stream is None:
-            raise self._error or ImageError(f"blob {self.digest} was taken already")
-        return stream
+        if self._error is not None:
+            raise self._error
+        assert value is not None, "a result is taken once"
+        return value
 
     def close(self) -> None:
-        """Close the stream unless it was taken; never waits for the registry."""
         with self._lock:
-            stream, self._stream = self._stream, None
+            value, self._value = self._value, None
             self._closed = True
-        if stream is not None:
-            stream.close()
+        if value is not None:
+            self._release(value)
 
 
 class Resolved(NamedTuple):
@@ -234,8 +233,11 @@ class Resolved(NamedTuple):
     documents: list[tuple[str, bytes]]
     config: ImageConfig
     config_bytes: bytes
-    #: the first layer's blob, already asked for (see :class:`FirstBlob`)
-    first_blob: FirstBlob | None = None
+    #: the first layer's blob, asked for as soon as the manifest named it: docker-registry
+    #: takes ~10 ms to answer a blob request, which came before the first byte could be
+    #: applied when it was asked for only once the store was open. Left unread for that
+    #: layer's download; closed unread if the layer is in the store already.
+    first_blob: Background[BlobStream] | None = None
 
     def close(self) -> None:
         """Let go of what :func:`resolve` asked for and :func:`pull` did not use."""
@@ -249,14 +251,17 @@ def resolve(registry: Registry, ref: Reference, *, platform: Platform,
 
     Needs no store: a registry that is down or an image that is wrong fails the
     pull before anything is stored. The first layer's blob is asked for meanwhile
-    (:class:`FirstBlob`); :meth:`Resolved.close` lets go of it when the result is
-    not pulled.
+    (:attr:`Resolved.first_blob`); :meth:`Resolved.close` lets go of it when the
+    result is not pulled.
     """
     manifest, manifest_digest, _, top_digest, documents = resolve_manifest(
         registry, ref, platform, explicit_platform=explicit_platform
     )
-    first = FirstBlob(registry, ref.repository, manifest.layers[0].digest) \
-        if manifest.layers else None
+    first = None
+    if manifest.layers:
+        digest = manifest.layers[0].digest
+        first = Background(lambda: registry.open_blob(ref.repository, digest),
+                           lambda stream: stream.close(), name=f"first-blob-{digest[7:19]}")
     try:
         config, config_bytes = fetch_config(registry, ref, manifest)
         if explicit_platform and (config.os, config.architecture) != (platform.os,
@@ -274,51 +279,14 @@ def resolve(registry: Registry, ref: Reference, *, platform: Platform,
                     first)
 
 
-class Resolving:
+def resolve_meanwhile(registry: Registry, ref: Reference, *, platform: Platform,
+                      explicit_platform: bool = False) -> Background[Resolved]:
     """:func:`resolve` on a thread of its own: the registry answers while the caller
-    opens the store (~20 ms of a pull's start: the store's opening and the requests
-    mostly wait, on the disk and on the registry). :meth:`result` waits for it and
-    raises what it raised; :meth:`close` lets go of a result nobody will pull.
-    """
-
-    def __init__(self, registry: Registry, ref: Reference, *, platform: Platform,
-                 explicit_platform: bool = False) -> None:
-        self._lock = threading.Lock()
-        self._found: Resolved | None = None
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, args=(registry, ref, platform, explicit_platform), daemon=True,
-            name="resolve")
-        self._thread.start()
-
-    def _run(self, registry: Registry, ref: Reference, platform: Platform,
-             explicit_platform: bool) -> None:
-        try:
-            found = resolve(registry, ref, platform=platform,
-                            explicit_platform=explicit_platform)
-        except BaseException as exc:  # raised by result()
-            self._error = exc
-            return
-        with self._lock:
-            if not self._closed:
-                self._found = found
-                return
-        found.close()
-
-    def result(self) -> Resolved:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._found is not None
-        return self._found
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            found, self._found = self._found, None
-        if found is not None:
-            found.close()
+    opens the store (~20 ms of a pull's start: both mostly wait, on the registry and
+    on the disk). ``close()`` the result's holder when done with it."""
+    return Background(lambda: resolve(registry, ref, platform=platform,
+                                      explicit_platform=explicit_platform),
+                      Resolved.close, name="resolve")
 
 
 def pull(
@@ -381,8 +349,9 @@ def _pull(
         if n not in missing:
             events.layer(short_id(descriptor.digest), "Already exists")
     _import_tar_path()
+    first = resolved.first_blob
     downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events,
-                          first=resolved.first_blob)
+                          first=(manifest.layers[0].digest, first) if first else None)
     ok = False
     full = False
     try:
@@ -439,7 +408,8 @@ class Downloads:
 
     def __init__(self, images: ImageStore, registry: Registry, ref: Reference,
                  manifest: Manifest, positions: Sequence[int], limit: int,
-                 events: PullEvents, *, first: FirstBlob | None = None) -> None:
+                 events: PullEvents, *,
+                 first: tuple[str, Background[BlobStream]] | None = None) -> None:
         self.images = images
         self.registry = registry
         self.ref = ref
@@ -503,9 +473,8 @@ class Downloads:
             answered.set()
 
     def _download(self, spool: Spool, short: str, answered: threading.Event) -> None:
-        first = self.first
-        if first is not None and first.digest == spool.digest and not spool.written:
-            opened = first.take()  # asked for while the store opened
+        if self.first is not None and self.first[0] == spool.digest and not spool.written:
+            opened = self.first[1].result()  # asked for while the store opened
         else:
             opened = self.registry.open_blob(self.ref.repository, spool.digest,
                                              offset=spool.written)

@@ -89,14 +89,6 @@ class Response:
             return data
         return self._raw.read(amt)
 
-    def readinto(self, buffer: Any) -> int:
-        if self._data is not None:
-            view = memoryview(buffer).cast("B")
-            data = self.read(len(view))
-            view[: len(data)] = data
-            return len(data)
-        return self._raw.readinto(buffer)
-
     @property
     def data(self) -> bytes:
         """The whole body (what is left of it), read once and kept."""
@@ -226,14 +218,6 @@ class Pool:
                 context.verify_mode = ssl.CERT_NONE
             self._context = context
         return self._context
-
-    def clear(self) -> None:
-        """Close every idle connection."""
-        with self._lock:
-            idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            for connection in connections:
-                connection.close()
 
 
 def _usable(connection: http.client.HTTPConnection) -> bool:
