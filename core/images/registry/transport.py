@@ -1,7 +1,7 @@
 """HTTP to one registry host: the scheme, pooled connections, retries, redirects, timeouts.
 
-The connections are :mod:`.connections`' (http.client), imported on the first
-request: only commands that talk to a registry pay for it. We retry connection
+The connections are :mod:`.connections`', imported on the first request: only
+commands that talk to a registry pay for it. We retry connection
 errors, 429 (honouring ``Retry-After``) and 5xx with exponential back-off, and follow
 redirects ourselves so that the ``Authorization`` header never reaches another origin
 (blobs are often a 307 to a storage host). Every request has a connect and a read
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -129,8 +130,6 @@ class Transport:
         Raises :class:`RegistryUnavailable` after the last attempt; any status the
         registry answers, 4xx included, is returned.
         """
-        import ssl
-
         from .connections import HTTP_ERRORS
 
         hdrs = {"User-Agent": self.user_agent, **(headers or {})}
@@ -142,14 +141,15 @@ class Transport:
             try:
                 response = self._follow(method, url, hdrs, body, stream, auth_origin)
             except HTTP_ERRORS as exc:
+                tls_failed = _is_tls_error(exc)
                 if self.insecure and self.scheme == "https" and url.startswith(self.base) and \
-                        isinstance(exc, ssl.SSLError):
+                        tls_failed:
                     # an insecure registry that speaks plain http: use it from now on
                     old, self.scheme = self.base, "http"
                     self.base = "http" + self.base[len("https"):]
                     url = self.base + url[len(old):]
                     continue
-                if isinstance(exc, ssl.SSLError) or "CERTIFICATE" in str(exc):
+                if tls_failed or "CERTIFICATE" in str(exc):
                     raise RegistryError(
                         f"registry {self.host}: TLS failed{_for(what)}: {_reason(exc)}",
                         hint=f"if {self.host} is meant to be used without a valid certificate, "
@@ -197,6 +197,12 @@ class Transport:
             url = urljoin(url, location)
         raise RegistryError(f"registry {self.host}: more than {MAX_REDIRECTS} redirects",
                             hint="the registry (or its storage) is misconfigured", host=self.host)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a TLS failure (:mod:`ssl` is only imported for https origins)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def _for(what: str) -> str:
