@@ -325,8 +325,9 @@ def test_a_body_cut_short_gives_what_came_then_fails(scripted) -> None:
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n" * 101 + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
 ], ids=["not-http", "bad-status", "bad-length", "two-lengths", "bad-header", "many-headers",
-        "long-line", "unknown-coding", "bad-chunk-size", "chunk-overrun"])
+        "long-line", "unknown-coding", "bad-chunk-size", "chunk-overrun", "endless-1xx"])
 def test_a_malformed_answer_is_an_http_error(scripted, answer: bytes) -> None:
     server = scripted([answer], close_after=True)
     with pytest.raises(HTTP_ERRORS):

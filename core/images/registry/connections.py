@@ -136,8 +136,8 @@ class Connection:
 
     def read_head(self) -> tuple[str, int, str, list[tuple[str, str]]]:
         """The version, status, reason and header lines of the next final answer
-        (informational 1xx answers are skipped)."""
-        while True:
+        (informational 1xx answers are skipped, up to :data:`MAX_HEADERS` of them)."""
+        for _ in range(MAX_HEADERS):
             line = self._line()
             if not line:
                 raise Disconnected("the server closed the connection without answering")
@@ -149,6 +149,7 @@ class Connection:
             status = int(code)
             if status >= 200 or status == 101:
                 return version, status, reason.strip(), headers
+        raise ProtocolError(f"the server sent more than {MAX_HEADERS} informational answers")
 
     def _line(self) -> bytes:
         line = self.file.readline(MAX_LINE + 1)
