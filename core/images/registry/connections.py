@@ -381,7 +381,13 @@ class Pool:
             except BaseException:
                 connection.close()
                 raise
-            return response.preload() if preload else response
+            if not preload:
+                return response
+            try:
+                return response.preload()
+            except BaseException:
+                response.close()  # a body cut short: the connection is no use
+                raise
 
     def _get(self, key: Origin, connect_timeout: float,
              read_timeout: float) -> tuple[Connection, bool]:
