@@ -167,8 +167,8 @@ def test_pull_twice_is_up_to_date_and_stores_each_layer_once(pushed: str,
     assert out.count("Already exists") == 3
     layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
     assert len(layers) == 3
-    # the first layer's blob starts downloading before the pull knows it is stored:
-    # that download was stopped and its file deleted
+    # the first layer's blob is asked for before the pull knows it is stored: nothing of
+    # it is left behind
     assert not list((store_root / "tmp").glob("pull-*"))
     images = json.loads(lamina(store_root, "images", "--format", "json").stdout)
     assert {r["Tag"] for r in images} == {"gzip", "zstd"}

@@ -95,8 +95,7 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
     # the registry answers while the store opens; a pull it refuses stores nothing
     resolving = resolve_meanwhile(registry, ref, platform=platform,
-                                  explicit_platform=explicit_platform,
-                                  spools=engine.root / "tmp")
+                                  explicit_platform=explicit_platform)
     try:
         with engine.open_store() as store:
             resolved = resolving.result()

@@ -5,8 +5,8 @@ The pipeline (docs/architecture.md, "Pulling"):
 1. the manifest (an index picks the platform's), then the config blob, on a
    thread while the caller opens the store (:func:`resolve_meanwhile`); every check on
    them (size caps, media types, the config's diff ids against the layers) runs
-   before any layer is stored. The first layer's blob starts downloading meanwhile
-   (:class:`HeadStart`);
+   before any layer is stored. The first layer's blob is asked for meanwhile
+   (:attr:`Resolved.first_blob`);
 2. the missing layers' blobs download in parallel threads, started in layer order,
    each into a :class:`~.spool.Spool` file (resumed from a dead pull's part with a
    Range request);
@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 from ..errors import DigestMismatch, ImageError, ImageFormatError, LaminaError, NoSpace
-from ..layers.store import ensure_root
 from .formats import (
     ACCEPTED_MANIFESTS,
     MAX_CONFIG_SIZE,
@@ -58,11 +56,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: bytes of the first layer's blob fetched before the pull knows the store lacks that
-#: layer (:class:`HeadStart`): ~40 ms of a loopback download, and all that is fetched
-#: in vain when the layer turns out to be stored already
-HEAD_START_LIMIT = 32 << 20
-
 
 class PullEvents(Protocol):
     """What a pull reports as it goes (the CLI draws it: bars, plain lines, or nothing)."""
@@ -83,38 +76,6 @@ class NoEvents:
 
     def progress(self, layer: str, done: int, total: int) -> None:
         pass
-
-
-class Relay:
-    """Pull events passed on to a target set later (:meth:`attach`); the last layer status
-    sent before that is passed on then, progress is not (the next report carries it)."""
-
-    def __init__(self) -> None:
-        self._target: PullEvents | None = None
-        self._last: tuple[str, str, int | None] | None = None
-        self._lock = threading.Lock()
-
-    def attach(self, target: PullEvents) -> None:
-        with self._lock:
-            self._target, last = target, self._last
-        if last is not None:
-            target.layer(*last)
-
-    def status(self, text: str) -> None:
-        if self._target is not None:
-            self._target.status(text)
-
-    def layer(self, layer: str, status: str, total: int | None = None) -> None:
-        with self._lock:
-            target = self._target
-            if target is None:
-                self._last = (layer, status, total)
-        if target is not None:
-            target.layer(layer, status, total)
-
-    def progress(self, layer: str, done: int, total: int) -> None:
-        if self._target is not None:
-            self._target.progress(layer, done, total)
 
 
 class PullResult(NamedTuple):
@@ -272,33 +233,35 @@ class Resolved(NamedTuple):
     documents: list[tuple[str, bytes]]
     config: ImageConfig
     config_bytes: bytes
-    #: the first layer's blob, downloading since the manifest named it (None when
-    #: :func:`resolve` was given no spool directory, or the image has no layers)
-    head_start: HeadStart | None = None
+    #: the first layer's blob, asked for as soon as the manifest named it: docker-registry
+    #: takes ~10 ms to answer a blob request, which came before the first byte could be
+    #: applied when it was asked for only once the store was open. Left unread for that
+    #: layer's download; closed unread if the layer is in the store already.
+    first_blob: Background[BlobStream] | None = None
 
     def close(self) -> None:
-        """Let go of what :func:`resolve` started and :func:`pull` did not take over."""
-        if self.head_start is not None:
-            self.head_start.close()
+        """Let go of what :func:`resolve` asked for and :func:`pull` did not use."""
+        if self.first_blob is not None:
+            self.first_blob.close()
 
 
 def resolve(registry: Registry, ref: Reference, *, platform: Platform,
-            explicit_platform: bool = False, spools: Path | None = None) -> Resolved:
-    """Manifest and config from the registry, every check on them done; no layer stored.
+            explicit_platform: bool = False) -> Resolved:
+    """Manifest and config from the registry, every check on them done; nothing stored.
 
     Needs no store: a registry that is down or an image that is wrong fails the
-    pull before anything is stored. With ``spools`` (the store's ``tmp`` directory)
-    the first layer's blob starts downloading there meanwhile
-    (:attr:`Resolved.head_start`); :meth:`Resolved.close` stops it and deletes what
-    it wrote when the result is not pulled.
+    pull before anything is stored. The first layer's blob is asked for meanwhile
+    (:attr:`Resolved.first_blob`); :meth:`Resolved.close` lets go of it when the
+    result is not pulled.
     """
     manifest, manifest_digest, _, top_digest, documents = resolve_manifest(
         registry, ref, platform, explicit_platform=explicit_platform
     )
     first = None
-    if manifest.layers and spools is not None:
-        first = HeadStart(registry, ref, manifest.layers[0].digest, manifest.layers[0].size,
-                          spools)
+    if manifest.layers:
+        digest = manifest.layers[0].digest
+        first = Background(lambda: registry.open_blob(ref.repository, digest),
+                           lambda stream: stream.close(), name=f"first-blob-{digest[7:19]}")
     try:
         config, config_bytes = fetch_config(registry, ref, manifest)
         if explicit_platform and (config.os, config.architecture) != (platform.os,
@@ -317,13 +280,12 @@ def resolve(registry: Registry, ref: Reference, *, platform: Platform,
 
 
 def resolve_meanwhile(registry: Registry, ref: Reference, *, platform: Platform,
-                      explicit_platform: bool = False,
-                      spools: Path | None = None) -> Background[Resolved]:
-    """:func:`resolve` on a thread of its own: the registry answers (and the first layer
-    downloads) while the caller opens the store, ~25 ms of a pull's start. ``close()``
-    the result's holder when done with it."""
+                      explicit_platform: bool = False) -> Background[Resolved]:
+    """:func:`resolve` on a thread of its own: the registry answers while the caller
+    opens the store (~20 ms of a pull's start: both mostly wait, on the registry and
+    on the disk). ``close()`` the result's holder when done with it."""
     return Background(lambda: resolve(registry, ref, platform=platform,
-                                      explicit_platform=explicit_platform, spools=spools),
+                                      explicit_platform=explicit_platform),
                       Resolved.close, name="resolve")
 
 
@@ -386,9 +348,10 @@ def _pull(
     for n, descriptor in enumerate(manifest.layers):
         if n not in missing:
             events.layer(short_id(descriptor.digest), "Already exists")
-    downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events,
-                          head_start=resolved.head_start)
     _import_tar_path()
+    first = resolved.first_blob
+    downloads = Downloads(images, registry, ref, manifest, missing, max_downloads, events,
+                          first=(manifest.layers[0].digest, first) if first else None)
     ok = False
     full = False
     try:
@@ -440,157 +403,24 @@ def _store_documents(images: ImageStore, documents: Sequence[tuple[str, bytes]],
             images.blobs.ingest(io.BytesIO(body), digest=digest, size=len(body))
 
 
-class HeadStart:
-    """The first layer's blob, downloading into its spool while the store opens.
-
-    Applying starts ~25 ms after the manifest arrives (the store opens, the apply's
-    code loads, on one core). Downloading meanwhile leaves less of the blob to fetch
-    while the layer is applied, which each fetched byte slows down (network and page
-    cache work: docs/performance.md, "Pull"). At most :data:`HEAD_START_LIMIT` bytes
-    are fetched before the pull says the store lacks the layer (:meth:`take`); a
-    head start nobody takes is stopped and its file deleted (:meth:`close`).
-    """
-
-    def __init__(self, registry: Registry, ref: Reference, digest: str, size: int,
-                 spools: Path) -> None:
-        self.spool = Spool(spools, digest, size)
-        #: set once the registry answered the blob's request (or the download ended)
-        self.answered = threading.Event()
-        self.events = Relay()
-        self._needed = threading.Event()
-        self._lock = threading.Lock()
-        self._taken = self._closed = self._ended = self._discarded = False
-        self.thread = threading.Thread(target=self._run, args=(registry, ref), daemon=True,
-                                       name=f"download-{self.spool.hex[:12]}")
-        self.thread.start()
-
-    def _run(self, registry: Registry, ref: Reference) -> None:
-        opened = None
-        try:
-            if not self.spool.resumable():
-                # asked for at once: the registry answers (and its first bytes wait in
-                # the socket) while the file is made
-                opened = registry.open_blob(ref.repository, self.spool.digest)
-            ensure_root(self.spool.tmp.parent)  # the store may be new: it opens meanwhile
-            if self.spool.open_for_writing() == self.spool.size:
-                self.spool.finish()  # a complete part file from a dead pull: verify only
-            else:
-                opened, stream = None, opened
-                fetch(self.spool, registry, ref, self.events, self.answered, gate=self._gate,
-                      opened=stream)
-        except BaseException as exc:  # the applier reports it, if the layer is needed
-            self.spool.fail(download_error(ref, self.spool, exc))
-        finally:
-            if opened is not None:
-                opened.close()
-            self.answered.set()
-            with self._lock:
-                self._ended = True
-                orphan = self._closed
-        if orphan:
-            self._discard()
-
-    def _gate(self, written: int) -> None:
-        if written >= HEAD_START_LIMIT:
-            self._needed.wait()
-
-    def take(self, events: PullEvents) -> Spool:
-        """The pull needs this layer: the download goes on for it, reporting to ``events``."""
-        with self._lock:
-            self._taken = True
-        self.events.attach(events)
-        self._needed.set()
-        return self.spool
-
-    def close(self) -> None:
-        """Stop the download unless a pull took it, and delete its file.
-
-        Waits a little for the thread to end (at its next chunk); a thread that
-        does not deletes the file itself when it does, or leaves it, if the process
-        ends first, as a part file for the next pull to resume.
-        """
-        with self._lock:
-            if self._taken or self._closed:
-                return
-            self._closed = True
-        self.spool.cancel()
-        self._needed.set()  # a download waiting at the limit ends at its next write
-        self.thread.join(timeout=2)
-        with self._lock:
-            ended = self._ended
-        if ended:
-            self._discard()
-
-    def _discard(self) -> None:
-        with self._lock:
-            if self._discarded:
-                return
-            self._discarded = True
-        self.spool.discard()
-
-
-def fetch(spool: Spool, registry: Registry, ref: Reference, events: PullEvents,
-          answered: threading.Event, *, gate: Callable[[int], None] | None = None,
-          opened: BlobStream | None = None) -> None:
-    """Download ``spool``'s blob from where the spool stands to its end, then verify it.
-
-    ``answered`` is set once the registry answered; ``gate`` is called with the bytes
-    written before each read (it may wait); ``opened`` is the blob asked for already
-    (from byte 0; closed here). Raises what the download met; the caller hands it to
-    the spool.
-    """
-    short = spool.hex[:12]
-    events.layer(short, "Downloading", spool.size)
-    if opened is not None and opened.offset != spool.written:
-        opened.close()  # a dead pull's part turned up meanwhile: resume it instead
-        opened = None
-    if opened is None:
-        opened = registry.open_blob(ref.repository, spool.digest, offset=spool.written)
-    with opened as stream:
-        answered.set()
-        if stream.offset != spool.written:
-            spool.restart()  # the registry ignored the Range: from the start
-        while spool.written < spool.size:
-            if gate is not None:
-                gate(spool.written)
-            chunk = stream.read(1 << 20)
-            if not chunk:
-                break
-            spool.write(chunk)
-            events.progress(short, spool.written, spool.size)
-    spool.finish()
-    events.layer(short, "Download complete")
-
-
-def download_error(ref: Reference, spool: Spool, exc: BaseException) -> BaseException:
-    """What a download thread met, as the error its layer's applier raises."""
-    if isinstance(exc, LaminaError):
-        return exc
-    return ImageError(f"{ref.familiar}: downloading {spool.digest} failed: {exc}",
-                      hint="pull again: the download resumes where it stopped")
-
-
 class Downloads:
     """The layer blobs of one pull, downloading in threads into spools."""
 
     def __init__(self, images: ImageStore, registry: Registry, ref: Reference,
                  manifest: Manifest, positions: Sequence[int], limit: int,
-                 events: PullEvents, *, head_start: HeadStart | None = None) -> None:
+                 events: PullEvents, *,
+                 first: tuple[str, Background[BlobStream]] | None = None) -> None:
         self.images = images
         self.registry = registry
         self.ref = ref
         self.events = events
+        self.first = first
         tmp = images.store.root / "tmp"
         self.spools: dict[int, Spool] = {}
-        #: the spool downloading since before the pull began, and its thread
-        self._head: tuple[Spool, HeadStart] | None = None
         for n in positions:
             d = manifest.layers[n]
             # a blob twice in one image (an empty layer repeated) downloads once
             same = next((s for s in self.spools.values() if s.digest == d.digest), None)
-            if same is None and head_start is not None and head_start.spool.digest == d.digest:
-                same = head_start.take(events)
-                self._head = (same, head_start)
             self.spools[n] = same or Spool(tmp, d.digest, d.size)
         self._slots = threading.Semaphore(limit)
         self._threads: list[threading.Thread] = []
@@ -610,11 +440,6 @@ class Downloads:
             if id(spool) in seen:
                 continue
             seen.add(id(spool))
-            if self._head is not None and spool is self._head[0]:
-                head = self._head[1]
-                self._threads.append(head.thread)
-                previous = head.answered
-                continue
             spool.open_for_writing()
             if spool.written == spool.size:
                 spool.finish()  # a complete part file from a dead pull: verify only
@@ -628,17 +453,41 @@ class Downloads:
 
     def _run(self, spool: Spool, after: threading.Event | None,
              answered: threading.Event) -> None:
+        short = spool.hex[:12]
         try:
             if after is not None:
                 after.wait()
             with self._slots:
                 if spool.cancelled:
                     raise Cancelled("not needed")
-                fetch(spool, self.registry, self.ref, self.events, answered)
+                self.events.layer(short, "Downloading", spool.size)
+                self._download(spool, short, answered)
+            spool.finish()
+            self.events.layer(short, "Download complete")
         except BaseException as exc:  # the reader reports it; the thread just ends
-            spool.fail(download_error(self.ref, spool, exc))
+            if not isinstance(exc, LaminaError):
+                exc = ImageError(f"{self.ref.familiar}: downloading {spool.digest} failed: {exc}",
+                                 hint="pull again: the download resumes where it stopped")
+            spool.fail(exc)
         finally:
             answered.set()
+
+    def _download(self, spool: Spool, short: str, answered: threading.Event) -> None:
+        if self.first is not None and self.first[0] == spool.digest and not spool.written:
+            opened = self.first[1].result()  # asked for while the store opened
+        else:
+            opened = self.registry.open_blob(self.ref.repository, spool.digest,
+                                             offset=spool.written)
+        with opened as stream:
+            answered.set()
+            if stream.offset != spool.written:
+                spool.restart()  # the registry ignored the Range: from the start
+            while spool.written < spool.size:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                spool.write(chunk)
+                self.events.progress(short, spool.written, spool.size)
 
     def stop(self, *, keep: bool, resumable: bool = True) -> None:
         """Stop what still runs; keep verified blobs (or delete them); leave resumable parts.

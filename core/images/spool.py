@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ class Spool:
 
         Returns the offset to download from (the bytes already there, hashed).
         """
-        self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         adopted = self._adopt()
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -92,31 +91,25 @@ class Spool:
                 self._cond.notify_all()
         return self.written
 
-    def resumable(self) -> bool:
-        """Whether a dead pull left a part file of this blob (:meth:`open_for_writing`
-        would resume it)."""
-        return next(self._dead_parts(), None) is not None
-
     def _adopt(self) -> bool:
         """Take over the part file of a pull that died with this blob half-downloaded."""
-        for name in self._dead_parts():
+        try:
+            entries = os.listdir(self.tmp)
+        except FileNotFoundError:
+            return False
+        stem = f"{PREFIX}{self.hex}~"
+        for name in entries:
+            if not (name.startswith(stem) and name.endswith(SUFFIX)):
+                continue
+            owner = name[len(stem):-len(SUFFIX)].replace("_", ":")
+            if is_alive(owner):
+                continue
             try:
                 os.rename(self.tmp / name, self.path)  # one adopter wins
             except FileNotFoundError:
                 continue
             return True
         return False
-
-    def _dead_parts(self) -> Iterator[str]:
-        try:
-            entries = os.listdir(self.tmp)
-        except FileNotFoundError:
-            return
-        stem = f"{PREFIX}{self.hex}~"
-        for name in entries:
-            if name.startswith(stem) and name.endswith(SUFFIX) and \
-                    not is_alive(name[len(stem):-len(SUFFIX)].replace("_", ":")):
-                yield name
 
     def restart(self) -> None:
         """The source ignored our Range request: start over from byte 0."""
