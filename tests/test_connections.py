@@ -348,3 +348,19 @@ def test_a_streamed_body_without_a_length_is_sent_chunked(scripted) -> None:
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head and b"Host: 127.0.0.1:" in head
     assert body == b"1\r\na\r\n2\r\nbc\r\n0\r\n\r\n"
+
+
+def test_a_request_that_cannot_be_sent_fails_at_once_without_retries(scripted) -> None:
+    """A token with a line break is the registry's fault, not a passing network failure."""
+    from lamina.core.errors import RegistryProtocolError
+    from lamina.core.images.registry.transport import Transport
+
+    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    transport = Transport(server.url.removeprefix("http://"), timeout=5)
+    started = time.monotonic()
+    with pytest.raises(RegistryProtocolError, match="cannot send a request") as err:
+        transport.send("GET", transport.url("/v2/"),
+                       headers={"Authorization": "Bearer x\r\nEvil: 1"})
+    assert time.monotonic() - started < 0.2  # no back-off between attempts
+    assert "report it" in (err.value.hint or "")
+    assert server.requests == []

@@ -46,6 +46,11 @@ class ProtocolError(Exception):
     one it can send): a malformed head, a body that ends early, a bad chunk."""
 
 
+class UnsendableRequest(ProtocolError):
+    """The request cannot be written as HTTP/1.1 (a header value with a line break, a
+    target with a space): sending it again cannot help."""
+
+
 class Disconnected(ConnectionResetError):
     """The server closed the connection without answering (an idle keep-alive
     connection it had closed, or a request it dropped)."""
@@ -104,15 +109,14 @@ class Connection:
             elif method in _WITH_BODY:
                 lines.append("Content-Length: 0")
         lines.extend(f"{name}: {value}" for name, value in headers.items())
-        text = "\r\n".join(lines)
-        if text.count("\r") != len(lines) - 1 or "\n" in text.replace("\r\n", "") or \
-                "\0" in text or " " in target or not target.isascii():
-            raise ProtocolError(f"refusing to send a request with a control character or a "
-                                f"space in its target or headers: {method} {target!r}")
+        if " " in target or not target.isascii() or \
+                any(c in line for line in lines for c in "\r\n\0"):
+            raise UnsendableRequest(f"refusing to send a request with a control character or "
+                                    f"a space in its target or headers: {method} {target!r}")
         try:
-            head = (text + "\r\n\r\n").encode("latin-1")
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         except UnicodeEncodeError:
-            raise ProtocolError(f"a header of {method} {target} is not Latin-1 text") from None
+            raise UnsendableRequest(f"a header of {method} {target} is not Latin-1 text") from None
         if body is None or isinstance(body, bytes | bytearray | memoryview):
             if body and len(body) < 1 << 16:
                 self.sock.sendall(head + bytes(body))  # one segment: no delayed-ACK wait

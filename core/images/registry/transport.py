@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from ...errors import RegistryError, RegistryUnavailable
+from ...errors import RegistryError, RegistryProtocolError, RegistryUnavailable
 
 if TYPE_CHECKING:
     from .connections import Pool, Response
@@ -130,7 +130,7 @@ class Transport:
         Raises :class:`RegistryUnavailable` after the last attempt; any status the
         registry answers, 4xx included, is returned.
         """
-        from .connections import HTTP_ERRORS
+        from .connections import HTTP_ERRORS, UnsendableRequest
 
         hdrs = {"User-Agent": self.user_agent, **(headers or {})}
         retry = retry and (body is None or isinstance(body, bytes))
@@ -140,6 +140,12 @@ class Transport:
         for attempt in range(attempts):
             try:
                 response = self._follow(method, url, hdrs, body, stream, auth_origin)
+            except UnsendableRequest as exc:
+                raise RegistryProtocolError(
+                    f"registry {self.host}: cannot send a request{_for(what)}: {exc}",
+                    hint="a value the registry or its token server sent (a token, a "
+                    "Location) cannot go into an HTTP header; report it to the registry's "
+                    "operator", host=self.host) from None
             except HTTP_ERRORS as exc:
                 tls_failed = _is_tls_error(exc)
                 if self.insecure and self.scheme == "https" and url.startswith(self.base) and \
