@@ -3,8 +3,14 @@
 Two images, made here and pushed with skopeo to a ``docker-registry`` this script
 starts on 127.0.0.1 (storage in the workdir, on the machine's disk):
 
-- **minbase**: the Debian minbase fixture as one gzip layer (``minbase.tar.gz``,
-  level 6: 93 MB here, as the fixture keeps apt's lists and .debs; 211 MB of tar);
+- **minbase**: the Debian minbase fixture as one gzip layer, the way Debian's
+  container images ship it: without the downloaded packages debootstrap leaves in
+  ``/var/cache/apt/archives`` (the ``apt-get clean`` every base image does). 61 MB
+  gzip (level 6), the issue's "one 63 MB gzip layer"; 179 MB of tar. Made once and
+  cached next to the fixture (``pull-minbase/``);
+- **minbase-debs** (only when asked for; no target of its own): the fixture as
+  debootstrap leaves it, .debs included (``minbase.tar.gz``: 93 MB gzip, 211 MB of
+  tar): a third more to download for about the same apply;
 - **layers**: six gzip layers, 256 MB of tar (110 MB gzip) in all: the minbase
   tar cut into five parts of about equal size (members in their order, a file
   going where its middle byte falls; a hard link whose target went into an
@@ -25,13 +31,14 @@ Per image, interleaved, each timed run on a new ext4 (a loop image in
 
 Targets (issue 11): minbase pull <= 0.35x podman and <= 1.15x the apply of
 the same ``.tar.gz``; layers pull <= 0.35x podman and faster than the six
-applies; peak RSS of every pull < 100 MB. Ratios are best / best, as in the
+applies; peak RSS of every pull < 100 MB (minbase-debs is held to minbase's
+targets in the report, not in the exit status). Ratios are best / best, as in the
 other benchmarks (medians printed too). Exit 1 when a target is missed.
 podman needs /etc/containers/containers.conf with no default ulimits and runc
 here: written when absent. When other work loads the machine, run it under
 ``nice -n -10`` (every contender inherits it).
 
-    .venv/bin/python bench/bench_pull.py [--runs 5] [--image minbase|layers|both]
+    .venv/bin/python bench/bench_pull.py [--runs 5] [--image minbase|minbase-debs|layers|both]
 """
 
 from __future__ import annotations
@@ -149,6 +156,36 @@ def generated_layer(tar: Path, out_path: Path) -> None:
             info = tarfile.TarInfo(f"opt/generated/d{n // 100:02d}/f{n:04d}.bin")
             info.size, info.mode, info.mtime = length, 0o644, 1767225600
             out.addfile(info, io.BytesIO(data))
+
+
+def ensure_minbase_image() -> list[tuple[Path, str, int]]:
+    """The minbase image's one ``.tar.gz``, diff id and tar size (the module docstring),
+    made once under FIXTURES."""
+    rootfs, _ = ensure_minbase()
+    home = FIXTURES / "pull-minbase"
+    index = home / "layer.json"
+    with open(FIXTURES / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not index.is_file():
+            tmp = FIXTURES / f"pull-minbase.tmp-{os.getpid()}"
+            remove_tree(tmp)
+            tmp.mkdir()
+            tar = tmp / "minbase.tar"
+            subprocess.run(
+                ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                 "--exclude=./var/cache/apt/archives/*.deb", "-C", str(rootfs),
+                 "-cf", str(tar), "."],
+                check=True,
+            )
+            gzip_file(tar, tmp / "minbase.tar.gz")
+            entry = {"file": "minbase.tar.gz", "diff_id": sha256_file(tar),
+                     "tar_size": tar.stat().st_size}
+            tar.unlink()
+            (tmp / "layer.json").write_text(json.dumps(entry, indent=1))
+            remove_tree(home)
+            os.rename(tmp, home)
+    entry = json.loads(index.read_text())
+    return [(home / entry["file"], entry["diff_id"], entry["tar_size"])]
 
 
 def ensure_layers() -> list[tuple[Path, str, int]]:
@@ -334,16 +371,19 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=FIXTURES / "bench-pull",
                         help="scratch directory (registry storage, OCI layout; the fresh "
                              "filesystems are mounted at WORKDIR/mnt)")
-    parser.add_argument("--image", choices=("minbase", "layers", "both"), default="both")
+    parser.add_argument("--image", choices=("minbase", "minbase-debs", "layers", "both"),
+                        default="both", help="both: minbase and layers (default)")
     args = parser.parse_args()
     for tool in ("podman", "skopeo", "docker-registry"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: apt-get install -y {tool}")
     images: dict[str, list[tuple[Path, str, int]]] = {}
     if args.image in ("minbase", "both"):
+        images["minbase"] = ensure_minbase_image()
+    if args.image == "minbase-debs":
         _, tar = ensure_minbase()
         gz = ensure_minbase_gz()
-        images["minbase"] = [(gz, sha256_file(tar), tar.stat().st_size)]
+        images["minbase-debs"] = [(gz, sha256_file(tar), tar.stat().st_size)]
     if args.image in ("layers", "both"):
         images["layers"] = ensure_layers()
     ensure_podman_conf()
@@ -390,7 +430,7 @@ def main() -> int:
             ]
             for label, best, median, target in checks:
                 good = best <= target if target != 1.0 else best < target
-                ok &= good
+                ok &= good or name == "minbase-debs"  # for information
                 print(f"  {label:<54} {best:.2f}x (medians {median:.2f}x), target "
                       f"{'<=' if target != 1.0 else '<'} {target}x: {'OK' if good else 'MISSED'}")
             print(f"  {'pull / skopeo copy (for information)':<54} "
