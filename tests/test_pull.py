@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LAMINA, needs_root, run_lamina
-from images import push_layout, skopeo, skopeo_copy, write_oci_layout
+from images import push_layout, skopeo, skopeo_copy, skopeo_inspect, write_oci_layout
 
 from lamina.conformance.trees import compare, snapshot
 
@@ -161,7 +161,13 @@ def test_pull_twice_is_up_to_date_and_stores_each_layer_once(pushed: str,
                                                               store_root: Path) -> None:
     lamina(store_root, "pull", f"{pushed}:gzip")
     out = lamina(store_root, "pull", f"{pushed}:gzip").stdout
-    assert "Status: Image is up to date" in out
+    # Docker's lines for a manifest pulled before: no layer lines, no default-tag line
+    assert out.splitlines() == [
+        "gzip: Pulling from test/pull",
+        f"Digest: {manifest_digest(pushed, 'gzip')}",
+        f"Status: Image is up to date for {pushed}:gzip",
+        f"{pushed}:gzip",
+    ]
     # the same layers compressed another way are the same layers: nothing new is applied
     out = lamina(store_root, "pull", f"{pushed}:zstd").stdout
     assert out.count("Already exists") == 3
@@ -173,6 +179,25 @@ def test_pull_twice_is_up_to_date_and_stores_each_layer_once(pushed: str,
     images = json.loads(lamina(store_root, "images", "--format", "json").stdout)
     assert {r["Tag"] for r in images} == {"gzip", "zstd"}
     assert len({r["ID"] for r in images}) == 1  # one config: one image, two names
+
+
+def manifest_digest(pushed: str, tag: str) -> str:
+    return skopeo_inspect(f"docker://{pushed}:{tag}")["Digest"]
+
+
+def test_a_pull_without_tag_says_it_takes_latest(pushed: str, store_root: Path) -> None:
+    skopeo_copy(f"docker://{pushed}:gzip", f"docker://{pushed}:latest",
+                extra=("--preserve-digests",))
+    out = lamina(store_root, "pull", pushed).stdout.splitlines()
+    assert out[:2] == ["Using default tag: latest", "latest: Pulling from test/pull"]
+    assert out[-2:] == [f"Status: Downloaded newer image for {pushed}:latest",
+                        f"{pushed}:latest"]
+    # a tag or a digest given: no such line
+    out = lamina(store_root, "pull", f"{pushed}:latest").stdout.splitlines()
+    assert out[0] == "latest: Pulling from test/pull"
+    digest = manifest_digest(pushed, "latest")
+    out = lamina(store_root, "pull", f"{pushed}@{digest}").stdout.splitlines()
+    assert out[0] == f"{digest}: Pulling from test/pull"
 
 
 def test_quiet_pull_prints_the_image_id(pushed: str, store_root: Path, layout: Path) -> None:

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     from ..images.store import ImageStore
 
 
-def _reference(text: str, engine: Engine) -> Reference:
+def _reference(text: str, engine: Engine, default_tag: str | None = "latest") -> Reference:
     from ..images.reference import parse_reference
 
-    return parse_reference(text, default_registry=engine.config.images["default_registry"])
+    return parse_reference(text, default_registry=engine.config.images["default_registry"],
+                           default_tag=default_tag)
 
 
 def find_image(images: ImageStore, text: str, engine: Engine) -> str:
@@ -69,11 +70,14 @@ def pull_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
     from ..images.platform import host_platform, parse_platform
 
-    ref = _reference(args.reference, engine)
+    ref = _reference(args.reference, engine, default_tag=None)
+    implied_tag = ref.tag is None and ref.digest is None
+    if implied_tag:
+        ref = ref._replace(tag="latest")
     platform = parse_platform(args.platform) if args.platform else host_platform()
     result = pull_reference(engine, ref, platform=platform,
                             explicit_platform=args.platform is not None,
-                            quiet=args.quiet, out=sys.stdout)
+                            quiet=args.quiet, implied_tag=implied_tag, out=sys.stdout)
     if args.quiet:
         print(result.image_id)
     return 0
@@ -81,8 +85,11 @@ def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
 
 def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
                    explicit_platform: bool = False, quiet: bool = False,
-                   out: TextIO = sys.stdout) -> PullResult:
-    """Pull ``ref`` with Docker's messages on ``out`` (``run`` sends them to stderr)."""
+                   implied_tag: bool = False, out: TextIO = sys.stdout) -> PullResult:
+    """Pull ``ref`` with Docker's messages on ``out`` (``run`` sends them to stderr).
+
+    ``implied_tag``: the user named no tag and ``latest`` was taken (Docker says so).
+    """
     from ..images.pull import pull, resolve_meanwhile
     from ..images.registry.client import Registry
     from ..images.store import ImageStore
@@ -90,7 +97,7 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
 
     registry = Registry.from_config(ref.registry, engine.config)
     if not quiet:
-        if not ref.tag and not ref.digest:
+        if implied_tag:
             print("Using default tag: latest", file=out)
         print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
     # the registry answers while the store opens; a pull it refuses stores nothing

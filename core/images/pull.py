@@ -334,8 +334,10 @@ def _pull(
     if up_to_date:
         # new when the name did not name this image yet (Docker's "Downloaded newer image")
         renamed = bool(names) and images.by_name(name) != image_id
-        for descriptor in manifest.layers:
-            events.layer(short_id(descriptor.digest), "Already exists")
+        if images.by_digest(repository, top_digest) != image_id:
+            # another manifest of layers stored already; the same one: no layer lines (Docker)
+            for descriptor in manifest.layers:
+                events.layer(short_id(descriptor.digest), "Already exists")
         _store_documents(images, documents, config_bytes, image_id)
         images.register(image_id, config, layers, manifest=manifest_digest,
                         manifest_type=manifest.media_type, names=names,
