@@ -231,6 +231,28 @@ def test_shared_base_is_stored_once_and_df_shows_it(busybox_tar: bytes, registry
     assert "SHARED SIZE" in text and "UNIQUE SIZE" in text
 
 
+def test_df_does_not_count_an_image_a_container_uses_as_reclaimable(
+        busybox_tar: bytes, registry, store_root: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_oci_layout(a, [busybox_tar, tar_bytes([("file", "a.txt", b"a" * 5000)])])
+    write_oci_layout(b, [busybox_tar, tar_bytes([("file", "b.txt", b"b" * 7000)])])
+    skopeo_copy(f"oci:{a}:latest", f"docker://{registry.host}/dfc/a:1")
+    skopeo_copy(f"oci:{b}:latest", f"docker://{registry.host}/dfc/b:1")
+    lamina(store_root, "pull", f"{registry.host}/dfc/a:1")
+    lamina(store_root, "pull", f"{registry.host}/dfc/b:1")
+    df = json.loads(lamina(store_root, "system", "df", "--format", "json").stdout)
+    assert df["reclaimable_images_size"] == df["image_layers_size"]  # nothing uses them
+    lamina(store_root, "create", "--name", "user", f"{registry.host}/dfc/a:1", "true")
+    df = json.loads(lamina(store_root, "system", "df", "--format", "json").stdout)
+    by_name = {i["names"][0].rsplit("/", 1)[1]: i for i in df["images"]}
+    assert by_name["a:1"]["containers"] == 1 and by_name["b:1"]["containers"] == 0
+    # the base and a's own layer stay with the container: only b's own layer is reclaimable
+    assert df["reclaimable_images_size"] == by_name["b:1"]["unique"]
+    text = lamina(store_root, "system", "df").stdout.splitlines()
+    assert text[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    assert text[1].split()[:3] == ["Images", "2", "1"]
+
+
 def test_rmi_keeps_what_another_image_uses(busybox_tar: bytes, registry,
                                            store_root: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"

@@ -396,15 +396,15 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
     def part(size: int, whole: int) -> str:
         return f"{human_size(size)} ({round(100 * size / whole) if whole else 0}%)"
 
-    unique_total = sum(u.unique for u in found.images)
-    print_table(None, ["TYPE", "TOTAL", "SIZE", "RECLAIMABLE"], [
-        ["Images", len(found.images), human_size(found.image_layers_size),
-         part(unique_total, found.image_layers_size)],
-        ["Other layers", found.other_layers, human_size(found.other_layers_size),
+    active = sum(1 for u in found.images if u.containers)
+    print_table(None, ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], [
+        ["Images", len(found.images), active, human_size(found.image_layers_size),
+         part(found.reclaimable_images_size, found.image_layers_size)],
+        ["Other layers", found.other_layers, "", human_size(found.other_layers_size),
          part(found.reclaimable_layers_size, found.other_layers_size)],
-        ["Layer blobs (kept)", found.layer_blobs, human_size(found.layer_blobs_size),
+        ["Layer blobs (kept)", found.layer_blobs, "", human_size(found.layer_blobs_size),
          part(found.layer_blobs_size, found.layer_blobs_size)],
-        ["Other blobs", found.blobs - found.layer_blobs,
+        ["Other blobs", found.blobs - found.layer_blobs, "",
          human_size(found.blobs_size - found.layer_blobs_size),
          part(found.unreferenced_blobs_size, found.blobs_size - found.layer_blobs_size)],
     ])
@@ -415,9 +415,10 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
             for name in u.names or ("<none>:<none>",):
                 repo, _, tag = (_familiar(name) if u.names else name).rpartition(":")
                 rows.append([repo, tag, short_id(u.image_id), since(u.created),
-                             human_size(u.size), human_size(u.shared), human_size(u.unique)])
+                             human_size(u.size), human_size(u.shared), human_size(u.unique),
+                             u.containers])
         print_table(None, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
-                           "UNIQUE SIZE"], rows)
+                           "UNIQUE SIZE", "CONTAINERS"], rows)
     return 0
 
 

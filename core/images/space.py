@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -42,12 +43,17 @@ class ImageUsage(NamedTuple):
     shared: int
     unique: int
     created: str | None
+    #: containers made from the image (it cannot be removed while there are any)
+    containers: int
 
 
 class Usage(NamedTuple):
     images: list[ImageUsage]
     #: every layer images use, counted once
     image_layers_size: int
+    #: of those, what removing every image no container uses would free (Docker's
+    #: "reclaimable": the layers of images with containers stay)
+    reclaimable_images_size: int
     #: ready layers no image uses (a container's, a plumbing layer, a dead pull's)
     other_layers: int
     other_layers_size: int
@@ -87,14 +93,22 @@ def usage(images: ImageStore) -> Usage:
     for row in store.db.execute("SELECT image_id, layer_id FROM image_layers"):
         users.setdefault(row[1], set()).add(row[0])
         per_image.setdefault(row[0], []).append(row[1])
+    containers: dict[str, int] = {}
+    with contextlib.suppress(sqlite3.OperationalError):  # a store that never had one
+        for row in store.db.execute("SELECT image, COUNT(*) FROM containers GROUP BY image"):
+            containers[row[0]] = row[1]
     result_images = []
+    kept: set[str] = set()  # layers of images that containers use
     for image in images.images():
         ids = per_image.get(image.id, [])
         size = sum(layers[i].size or 0 for i in ids if i in layers)
         shared = sum(layers[i].size or 0 for i in ids if i in layers and len(users[i]) > 1)
         result_images.append(ImageUsage(image.id, image.names, size, shared, size - shared,
-                                        image.config_created))
+                                        image.config_created, containers.get(image.id, 0)))
+        if containers.get(image.id):
+            kept.update(ids)
     used = set(users)
+    used_size = sum(layers[i].size or 0 for i in used if i in layers)
     other = [layer for i, layer in layers.items() if i not in used]
     garbage = prunable_layers(store, used)
     referenced = images.referenced_blobs()
@@ -113,7 +127,8 @@ def usage(images: ImageStore) -> Usage:
             counts["unref"][1] += size
     return Usage(
         result_images,
-        sum(layers[i].size or 0 for i in used if i in layers),
+        used_size,
+        used_size - sum(layers[i].size or 0 for i in kept if i in layers),
         len(other), sum(layer.size or 0 for layer in other),
         len(garbage), sum(layer.size or 0 for layer in garbage),
         *counts["all"], *counts["layer"], *counts["unref"],
