@@ -253,6 +253,34 @@ def test_df_does_not_count_an_image_a_container_uses_as_reclaimable(
     assert text[1].split()[:3] == ["Images", "2", "1"]
 
 
+def test_image_prune_removes_untagged_images_and_with_all_every_unused_one(
+        busybox_tar: bytes, registry, store_root: Path, tmp_path: Path) -> None:
+    images = {}
+    for name in ("a", "b", "c"):
+        layout = tmp_path / name
+        write_oci_layout(layout, [busybox_tar, tar_bytes([("file", f"{name}.txt", b"x")])])
+        skopeo_copy(f"oci:{layout}:latest", f"docker://{registry.host}/ip/{name}:1")
+        lamina(store_root, "pull", f"{registry.host}/ip/{name}:1")
+        images[name] = json.loads(lamina(store_root, "inspect", f"{registry.host}/ip/{name}:1")
+                                  .stdout)[0]["Id"]
+    # a's only name moves to b: a is left untagged (Docker's dangling image)
+    lamina(store_root, "tag", f"{registry.host}/ip/b:1", f"{registry.host}/ip/a:1")
+    lamina(store_root, "create", f"{registry.host}/ip/c:1", "true")
+
+    def ids() -> set[str]:
+        return {i["ID"] for i in json.loads(
+            lamina(store_root, "image", "ls", "--format", "json").stdout)}
+
+    out = lamina(store_root, "image", "prune").stdout
+    assert f"deleted: {images['a']}" in out and "Total reclaimed space: " in out
+    assert ids() == {images["b"], images["c"]}
+    out = lamina(store_root, "image", "prune", "-a", "-f").stdout
+    assert f"untagged: {registry.host}/ip/b:1" in out and f"deleted: {images['b']}" in out
+    assert ids() == {images["c"]}  # a container stands on it
+    # the base layer stays with c; the layers only a and b used are gone
+    assert len(json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)) == 4
+
+
 def test_rmi_keeps_what_another_image_uses(busybox_tar: bytes, registry,
                                            store_root: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"

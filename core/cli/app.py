@@ -144,7 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_, description=help_, arguments=add_arguments,
                               **kwargs)
         p.set_defaults(handler=handler)
+        if parent is sub:
+            registered[name] = (handler, help_, formats, arguments, kwargs)
         return p
+
+    #: the top-level commands, for their aliases in the ``container`` and ``image`` groups
+    registered: dict[str, tuple[Ref, str, bool, Ref | None, dict[str, Any]]] = {}
+
+    def alias(parent: Any, name: str, short: str) -> None:
+        """``lamina <group> <name>``: the same command as ``lamina <short>`` (Docker's
+        management commands, ``docker image ls`` for ``docker images``)."""
+        handler, help_, formats, arguments, kwargs = registered[short]
+        command(parent, name, handler, help_, formats=formats, arguments=arguments, **kwargs)
 
     command(sub, "info", "system:cmd_info", "show the chosen driver, why, and its status",
             formats=True)
@@ -213,10 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
             formats=True, arguments="container:diff_arguments")
     command(sub, "commit", "container:cmd_commit", "make an image of a container's changes",
             arguments="container:commit_arguments")
-    container = sub.add_parser("container", help="manage containers")
+    container = sub.add_parser("container", help="manage containers (Docker's `container` "
+                               "commands: the same as the short ones)")
     csub = container.add_subparsers(dest="container_command", metavar="COMMAND", required=True)
     command(csub, "prune", "container:cmd_container_prune", "remove every stopped container",
             arguments="container:prune_arguments")
+    for name, short in [("ls", "ps"), ("create", "create"), ("run", "run"), ("start", "start"),
+                        ("stop", "stop"), ("kill", "kill"), ("wait", "wait"), ("rm", "rm"),
+                        ("logs", "logs"), ("exec", "exec"), ("diff", "diff"),
+                        ("commit", "commit"), ("inspect", "inspect")]:
+        alias(csub, name, short)
+
+    image = sub.add_parser("image", help="manage images (Docker's `image` commands: the same "
+                           "as the short ones, and `image prune`)")
+    isub = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    command(isub, "prune", "image:cmd_image_prune",
+            "remove untagged images no container uses (-a: every image no container uses)",
+            arguments="image:image_prune_arguments")
+    for name, short in [("ls", "images"), ("rm", "rmi"), ("pull", "pull"), ("push", "push"),
+                        ("tag", "tag"), ("inspect", "inspect"), ("history", "history"),
+                        ("save", "save"), ("load", "load"), ("import", "import"),
+                        ("build", "build")]:
+        alias(isub, name, short)
 
     layer = sub.add_parser("layer", help="layer plumbing for driver authors and tests")
     lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND", required=True)

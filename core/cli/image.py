@@ -284,6 +284,47 @@ def cmd_rmi(args: argparse.Namespace, engine: Engine) -> int:
     return status
 
 
+def image_prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true",
+                   help="remove every image no container uses, not only untagged ones")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+
+
+def cmd_image_prune(args: argparse.Namespace, engine: Engine) -> int:
+    """Docker's ``image prune``: untagged images (``-a``: all) that no container uses.
+
+    Unlike ``prune``, which collects layers and blobs no image references, this
+    removes images, as ``rmi`` would, with the layers only they use.
+    """
+    from ..errors import ImageInUse
+    from ..images.store import ImageStore
+    from .sizes import human_size
+
+    deleted: list[str] = []
+    reclaimed = 0
+    with engine.open_store() as store:
+        images = ImageStore(store)
+        sizes = {layer.id: layer.size or 0 for layer in store.layers()}
+        for image in images.images():
+            if image.names and not args.all:
+                continue
+            try:
+                images.check_unused(image.id)
+            except ImageInUse:
+                continue
+            deleted += [f"untagged: {_familiar(name)}" for name in image.names]
+            removed = images.remove(image.id)
+            deleted.append(f"deleted: {image.id}")
+            deleted += [f"deleted: sha256:{layer}" for layer in removed]
+            reclaimed += sum(sizes.get(layer, 0) for layer in removed)
+    if deleted:
+        print("Deleted Images:")
+        print("\n".join(deleted))
+        print()
+    print(f"Total reclaimed space: {human_size(reclaimed)}")
+    return 0
+
+
 def _familiar(name: str) -> str:
     repo, tag = _split_name(name)
     return f"{repo}:{tag}"
