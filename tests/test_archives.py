@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -450,3 +451,42 @@ def test_gzip_of_a_docker_archive_with_old_layout_loads(busybox_bytes: bytes,
         import hashlib
 
         assert (store_root / "blobs/sha256" / hashlib.sha256(layer).hexdigest()).exists()
+
+
+def test_images_filters_as_dockers(busybox_tar: Path, store_root: Path) -> None:
+    def make(name: str | None, *labels: str) -> str:
+        args = [a for label in labels for a in ("--change", f"LABEL {label}")]
+        return run_lamina("import", *args, str(busybox_tar), *([name] if name else []),
+                          root=store_root).stdout.decode().strip()
+
+    # an image's creation time has whole seconds: one second apart, before and since
+    # have an order to go by
+    a = make("local/a:1", "tier=web")
+    time.sleep(1.05)
+    b = make("local/b:1", "tier=db")
+    time.sleep(1.05)
+    c = make("other/c:2")
+    dangling = make(None, "tier=web", "other=1")
+
+    def ids(*filters: str) -> set[str]:
+        args = [a for f in filters for a in ("--filter", f)]
+        return {r["ID"] for r in json.loads(
+            lamina(store_root, "images", "--format", "json", *args).stdout)}
+
+    assert ids("dangling=true") == {dangling}
+    assert ids("dangling=false") == {a, b, c}
+    assert ids("reference=local/*") == {a, b}
+    assert ids("reference=local/*:1", "reference=other/c") == {a, b, c}  # alternatives
+    assert ids("reference=*") == set()  # * stays within one path component
+    assert ids("label=tier") == {a, b, dangling}
+    assert ids("label=tier=web") == {a, dangling}
+    assert ids("label=tier=web", "dangling=false") == {a}  # different keys: both hold
+    assert ids("before=local/b:1") == {a}
+    assert ids("since=local/b:1") == {c, dangling}
+    quiet = lamina(store_root, "image", "ls", "-q", "-f", "dangling=true").stdout.split()
+    assert quiet == [dangling[7:19]]
+    for bad, message in (("nope=1", "invalid filter 'nope=1'"), ("dangling", "invalid filter"),
+                         ("dangling=maybe", "invalid value for the dangling filter"),
+                         ("since=local/nosuch:1", "no such image")):
+        proc = lamina(store_root, "images", "-f", bad, check=False)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..images.platform import Platform
     from ..images.pull import PullResult
     from ..images.reference import Reference
-    from ..images.store import ImageStore
+    from ..images.store import Image, ImageStore
 
 
 def _reference(text: str, engine: Engine, default_tag: str | None = "latest") -> Reference:
@@ -135,6 +135,74 @@ def images_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p.add_argument("--digests", action="store_true", help="show the manifest digests")
     p.add_argument("--no-trunc", action="store_true", help="full image ids")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="; ".join(f"{k}: {v}" for k, v in IMAGE_FILTERS.items()))
+
+
+#: ``images --filter`` keys, as Docker's
+IMAGE_FILTERS = {
+    "dangling": "true for untagged images, false for tagged ones",
+    "reference": "a NAME[:TAG] pattern (* and ? within a path component)",
+    "before": "images created before this one",
+    "since": "images created after this one",
+    "label": "KEY or KEY=VALUE of the image's labels",
+}
+
+
+def _filtered(rows: list[dict[str, Any]], given: list[str], images: ImageStore,
+              engine: Engine) -> list[dict[str, Any]]:
+    """The rows ``--filter`` keeps (module :mod:`.filters` for how filters combine)."""
+    import re
+
+    from ..build.globs import match_regex
+    from .filters import InvalidFilter, parse_filters, truth
+
+    filters = parse_filters(given, IMAGE_FILTERS)
+    if "dangling" in filters:
+        dangling = truth("dangling", filters["dangling"])
+        rows = [r for r in rows if (r["Name"] is None) == dangling]
+    if "reference" in filters:
+        patterns = []
+        for pattern in filters["reference"]:
+            parts = [match_regex(part) for part in pattern.split("/")]
+            if any(part is None for part in parts):
+                raise InvalidFilter(f"invalid reference pattern {pattern!r}",
+                                    hint="* and ? match within one path component")
+            patterns.append(re.compile("/".join(p for p in parts if p is not None)))
+        rows = [r for r in rows if r["Name"] is not None and any(
+            p.fullmatch(f"{r['Repository']}:{r['Tag']}") or p.fullmatch(r["Repository"])
+            for p in patterns)]
+    for key, keep in (("before", lambda mine, theirs: mine < theirs),
+                      ("since", lambda mine, theirs: mine > theirs)):
+        for text in filters.get(key, []):
+            other = _created(images.image(find_image(images, text, engine)))
+            rows = [r for r in rows if keep(_created_row(r), other)]
+    for wanted in filters.get("label", []):
+        name, eq, value = wanted.partition("=")
+        labels = {}
+        for image_id in {r["ID"] for r in rows}:
+            config = images.config_json(image_id).get("config") or {}
+            labels[image_id] = config.get("Labels") or {}
+        rows = [r for r in rows if name in labels[r["ID"]]
+                and (not eq or labels[r["ID"]][name] == value)]
+    return rows
+
+
+def _created(image: Image) -> float:
+    """When ``image`` was created (its config's time; when it was stored, without one)."""
+    return _created_row({"Created": image.config_created, "Stored": image.created})
+
+
+def _created_row(row: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    created = row["Created"]
+    if created:
+        try:
+            return datetime.fromisoformat(created.replace("Z", "+00:00")[:32]).timestamp()
+        except ValueError:
+            pass
+    return float(row["Stored"])
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -168,7 +236,10 @@ def cmd_images(args: argparse.Namespace, engine: Engine) -> int:
     from .sizes import human_size
 
     with engine.open_store(readonly=True) as store:
-        rows = image_rows(ImageStore(store))
+        images = ImageStore(store)
+        rows = image_rows(images)
+        if args.filter:
+            rows = _filtered(rows, args.filter, images, engine)
     if args.repository:
         wanted = _split_name(str(_reference(args.repository, engine)))[0]
         rows = [r for r in rows if r["Repository"] == wanted]
