@@ -463,3 +463,21 @@ def test_storage_opt_size_is_the_writable_layers_quota(site: Site) -> None:
     bad = site("run", "--rm", "--network", "none", "--storage-opt", "size=lots", IMAGE, "true",
                check=False)
     assert bad.returncode == 125 and b"10G" in bad.stderr
+
+
+def test_forced_rmi_of_an_image_a_container_uses_untags_it_only(site: Site,
+                                                                busybox_tar: Path) -> None:
+    site("import", "-c", 'CMD ["echo", "still here"]', str(busybox_tar), "local/forced:1")
+    ident = json.loads(site.out("inspect", "local/forced:1"))[0]["Id"]
+    site("create", "--name", "forced-user", "--network", "none", "local/forced:1")
+    refused = site("rmi", "local/forced:1", check=False)
+    assert refused.returncode == 1 and b"is used by container" in refused.stderr
+    # Docker's -f: the names go, the image stays (dangling) while a container uses it
+    forced = site("rmi", "-f", "local/forced:1")
+    assert forced.stdout.decode() == "Untagged: local/forced:1\n"
+    rows = json.loads(site.out("images", "--format", "json", "-f", "dangling=true"))
+    assert [r["ID"] for r in rows] == [ident]
+    assert site.out("start", "-a", "forced-user") == "still here\n"
+    site("rm", "forced-user")
+    assert f"deleted: {ident}" in site.out("image", "prune")
+    assert ident not in site.out("images", "-q", "--no-trunc")

@@ -343,6 +343,13 @@ def cmd_rmi(args: argparse.Namespace, engine: Engine) -> int:
                     )
                 if not args.force:
                     images.check_unused(image_id)
+                elif images.containers_using(image_id):
+                    # forced: its names go, the image stays for its containers (Docker's
+                    # dangling image, removed with the last of them by `image prune`)
+                    for name in image.names:
+                        images.untag(name)
+                        print(f"Untagged: {_familiar(name)}")
+                    continue
                 for name in image.names:
                     print(f"Untagged: {_familiar(name)}")
                 removed = images.remove(image_id)

@@ -317,20 +317,21 @@ class ImageStore:
                 removed.append(layer.layer_id)
         return removed
 
+    def containers_using(self, image_id: str) -> list[str]:
+        """The ids of the containers made from the image."""
+        with contextlib.suppress(sqlite3.OperationalError):  # a store that never had one
+            return [row[0] for row in self._db.execute(
+                "SELECT id FROM containers WHERE image = ? ORDER BY id", (image_id,))]
+        return []
+
     def check_unused(self, image_id: str) -> None:
         """Refuse to remove an image a container's layer stands on."""
-        top = self.image(image_id).top_layer
-        if top is None:
-            return
-        with contextlib.suppress(sqlite3.OperationalError):
-            row = self._db.execute(
-                "SELECT id FROM containers WHERE image = ? LIMIT 1", (image_id,)
-            ).fetchone()
-            if row is not None:
-                raise ImageInUse(
-                    f"image {image_id} is used by container {row[0]}",
-                    hint="remove the container first, or force with -f",
-                )
+        users = self.containers_using(image_id)
+        if users:
+            raise ImageInUse(
+                f"image {image_id} is used by container {users[0]}",
+                hint="remove the container first, or force with -f",
+            )
 
 
 def init_layer_id(top_layer: str | None) -> str:
