@@ -490,3 +490,22 @@ def test_images_filters_as_dockers(busybox_tar: Path, store_root: Path) -> None:
                          ("since=local/nosuch:1", "no such image")):
         proc = lamina(store_root, "images", "-f", bad, check=False)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_format_templates_of_images_and_inspect(busybox_tar: Path, store_root: Path) -> None:
+    ident = run_lamina("import", "--change", "LABEL tier=web", str(busybox_tar), "local/t:1",
+                       root=store_root).stdout.decode().strip()
+    lamina(store_root, "tag", "local/t:1", "local/t:2")
+    out = lamina(store_root, "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
+    assert out.splitlines() == [f"local/t:1 {ident[7:19]}", f"local/t:2 {ident[7:19]}"]
+    table = lamina(store_root, "image", "ls", "--format", r"table {{.Tag}}\t{{.Size}}").stdout
+    assert [line.split() for line in table.splitlines()] == [
+        ["TAG", "SIZE"], ["1", *table.splitlines()[1].split()[1:]],
+        ["2", *table.splitlines()[2].split()[1:]]]
+    out = lamina(store_root, "inspect", "-f",
+                 "{{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{.Config.Labels.tier}}|"
+                 "{{json .RootFS.Type}}", "local/t:1").stdout
+    assert out == f"{ident}|local/t:1,local/t:2,|web|\"layers\"\n"
+    bad = lamina(store_root, "inspect", "--format", "{{.Id", "local/t:1", check=False)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "bad --format template" in bad.stderr and "Traceback" not in bad.stderr

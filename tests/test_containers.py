@@ -481,3 +481,17 @@ def test_forced_rmi_of_an_image_a_container_uses_untags_it_only(site: Site,
     site("rm", "forced-user")
     assert f"deleted: {ident}" in site.out("image", "prune")
     assert ident not in site.out("images", "-q", "--no-trunc")
+
+
+def test_ps_and_inspect_format_templates(site: Site) -> None:
+    site("create", "--name", "formatted", "--network", "none", IMAGE, "sh", "-c", "exit 4")
+    site("start", "-a", "formatted", check=False)
+    out = site.out("ps", "-a", "--format", "{{.Names}} {{.State}} {{.Command}}")
+    assert 'formatted exited "sh -c exit 4"' in out.splitlines()
+    table = site.out("container", "ls", "-a", "--format", r"table {{.Names}}\t{{.Status}}")
+    assert table.splitlines()[0].split() == ["NAMES", "STATUS"]
+    assert any(line.startswith("formatted ") and "Exited (4)" in line
+               for line in table.splitlines())
+    assert site.out("inspect", "-f", "{{.State.ExitCode}} {{.Name}}", "formatted") \
+        == "4 /formatted\n"
+    site("rm", "formatted")

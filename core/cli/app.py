@@ -133,10 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_CommandParser)
 
     def command(parent: Any, name: str, handler: Ref, help_: str, *,
-                formats: bool = False, arguments: Ref | None = None,
+                formats: bool | str = False, arguments: Ref | None = None,
                 **kwargs: Any) -> argparse.ArgumentParser:
         def add_arguments(p: argparse.ArgumentParser) -> None:
-            if formats:
+            if formats == "template":
+                p.add_argument("--format", default="table",
+                               help="table (default), json, or a Go template as Docker's: "
+                               "'{{.ID}} {{.Names}}', 'table {{.ID}}\\t{{.Status}}'")
+            elif formats:
                 p.add_argument("--format", choices=["table", "json"], default="table")
             if arguments is not None:
                 _resolve(arguments)(p)
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     #: the top-level commands, for their aliases in the ``container`` and ``image`` groups
-    registered: dict[str, tuple[Ref, str, bool, Ref | None, dict[str, Any]]] = {}
+    registered: dict[str, tuple[Ref, str, bool | str, Ref | None, dict[str, Any]]] = {}
 
     def alias(parent: Any, name: str, short: str) -> None:
         """``lamina <group> <name>``: the same command as ``lamina <short>`` (Docker's
@@ -173,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="image:pull_arguments")
     command(sub, "push", "push:cmd_push", "push an image to a registry",
             arguments="push:push_arguments")
-    command(sub, "images", "image:cmd_images", "list images", formats=True,
+    command(sub, "images", "image:cmd_images", "list images", formats="template",
             arguments="image:images_arguments")
     command(sub, "tag", "image:cmd_tag", "give an image another name",
             arguments="image:tag_arguments")
@@ -206,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:create_arguments", add_help=False)
     command(sub, "start", "container:cmd_start", "start stopped containers",
             arguments="container:start_arguments")
-    command(sub, "ps", "container:cmd_ps", "list containers", formats=True,
+    command(sub, "ps", "container:cmd_ps", "list containers", formats="template",
             arguments="container:ps_arguments")
     command(sub, "stop", "container:cmd_stop", "stop containers (SIGTERM, then SIGKILL)",
             arguments="container:stop_arguments")

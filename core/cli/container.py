@@ -302,6 +302,19 @@ def ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
 
 
+#: the column names of ``ps --format 'table ...'``, by field
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+              "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+              "State": "STATE", "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS",
+              "Networks": "NETWORKS"}
+
+
+def _command_text(c: Container, whole: bool) -> str:
+    """The command as ``ps`` shows it: cut at 20 characters unless ``whole``."""
+    command = " ".join(c.spec.argv)
+    return command if whole or len(command) <= 20 else command[:19] + "…"
+
+
 def _status(c: Container, now: float) -> str:
     from .image import since
 
@@ -342,13 +355,25 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         for c in found:
             print(c.id if args.no_trunc else c.id[:12])
         return 0
+    if args.format != "table":
+        from .gotemplate import render_rows
+        from .image import go_time
+
+        sys.stdout.write(render_rows(args.format, [
+            {"ID": c.id if args.no_trunc else c.id[:12], "Image": c.spec.image_name,
+             "Command": f'"{_command_text(c, args.no_trunc)}"',
+             "CreatedAt": go_time(c.created), "RunningFor": since(c.created),
+             "Ports": _ports(c), "State": c.state, "Status": _status(c, now),
+             "Names": c.name, "Labels": ",".join(f"{k}={v}" for k, v in
+                                                 sorted(c.spec.labels.items())),
+             "Networks": c.spec.network}
+            for c in found], PS_HEADERS))
+        return 0
     table = []
     for c in found:
-        command = " ".join(c.spec.argv)
-        if not args.no_trunc and len(command) > 20:
-            command = command[:19] + "…"
         table.append([c.id if args.no_trunc else c.id[:12], c.spec.image_name,
-                      f'"{command}"', since(c.created), _status(c, now), _ports(c), c.name])
+                      f'"{_command_text(c, args.no_trunc)}"', since(c.created),
+                      _status(c, now), _ports(c), c.name])
     print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
                        "NAMES"], table)
     return 0

@@ -139,6 +139,20 @@ def images_arguments(p: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in IMAGE_FILTERS.items()))
 
 
+#: the column names of ``images --format 'table ...'``, by field
+IMAGE_HEADERS = {"ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG",
+                 "Digest": "DIGEST", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                 "Size": "SIZE", "Containers": "CONTAINERS"}
+
+
+def go_time(stamp: float) -> str:
+    """A time as Go's ``time.Time`` prints itself, which Docker's ``CreatedAt`` is."""
+    from datetime import datetime
+
+    local = datetime.fromtimestamp(stamp).astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S %z ") + (local.tzname() or "")
+
+
 #: ``images --filter`` keys, as Docker's
 IMAGE_FILTERS = {
     "dangling": "true for untagged images, false for tagged ones",
@@ -245,6 +259,16 @@ def cmd_images(args: argparse.Namespace, engine: Engine) -> int:
         rows = [r for r in rows if r["Repository"] == wanted]
     if args.format == "json":
         print_json(rows, listing=True)
+        return 0
+    if args.format != "table" and not args.quiet:
+        from .gotemplate import render_rows
+
+        sys.stdout.write(render_rows(args.format, [
+            {"ID": r["ID"] if args.no_trunc else short_id(r["ID"]),
+             "Repository": r["Repository"], "Tag": r["Tag"], "Digest": r["Digest"],
+             "CreatedSince": since(r["Created"]), "CreatedAt": go_time(_created_row(r)),
+             "Size": human_size(r["Size"]), "Containers": "N/A"}
+            for r in rows], IMAGE_HEADERS))
         return 0
     if args.quiet:
         seen = []

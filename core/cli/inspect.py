@@ -7,6 +7,7 @@ image, as Docker does (``--type`` to choose).
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from ..errors import LaminaError
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 def inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--type", choices=["container", "image"],
                    help="look only for this kind (default: a container first, then an image)")
+    p.add_argument("-f", "--format", help="a Go template applied to each object, as "
+                   "Docker's: '{{.Id}}', '{{json .Config}}', '{{range .RepoTags}}{{.}} {{end}}'")
     p.add_argument("images", nargs="+", metavar="NAME|ID")
 
 
@@ -29,6 +32,11 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
     from .container import inspect_container
     from .image import find_image, inspect_image
 
+    template = None
+    if args.format:
+        from .gotemplate import Template
+
+        template = Template(args.format)  # a bad one fails before anything is read
     out = []
     status = 0
     with engine.open_store(readonly=True) as store:
@@ -47,5 +55,8 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
             except LaminaError as exc:
                 report(exc)
                 status = exc.exit_status
-    print_json(out)
+    if template is None:
+        print_json(out)
+    else:
+        sys.stdout.write("".join(template.render(o) + "\n" for o in out))
     return status
