@@ -495,3 +495,32 @@ def test_ps_and_inspect_format_templates(site: Site) -> None:
     assert site.out("inspect", "-f", "{{.State.ExitCode}} {{.Name}}", "formatted") \
         == "4 /formatted\n"
     site("rm", "formatted")
+
+
+def test_ps_filters_as_dockers(site: Site) -> None:
+    site("create", "--name", "filt-ok", "--network", "none", IMAGE, "true")
+    site("create", "--name", "filt-bad", "--label", "role=batch", "--network", "none", IMAGE,
+         "sh", "-c", "exit 3")
+    site("create", "--name", "filt-new", "--network", "none", IMAGE, "true")
+    site("start", "-a", "filt-ok")
+    site("start", "-a", "filt-bad", check=False)
+
+    def names(*filters: str) -> set[str]:
+        args = [a for f in filters for a in ("-f", f)]
+        return set(site.out("ps", "-a", "--format", "{{.Names}}", *args).split()) & {
+            "filt-ok", "filt-bad", "filt-new"}
+
+    assert names("status=exited") == {"filt-ok", "filt-bad"}
+    assert names("status=created") == {"filt-new"}
+    assert names("exited=3") == {"filt-bad"}
+    assert names("exited=0", "exited=3") == {"filt-ok", "filt-bad"}  # alternatives
+    assert names("name=^filt-(ok|new)$") == {"filt-ok", "filt-new"}
+    assert names("label=role") == names("label=role=batch") == {"filt-bad"}
+    assert names("status=exited", "label=role=other") == set()  # keys all hold
+    assert names(f"ancestor={IMAGE}") == {"filt-ok", "filt-bad", "filt-new"}
+    ident = site.out("ps", "-a", "-q", "--no-trunc", "-f", "name=filt-new").strip()
+    assert names(f"id={ident[:8]}") == {"filt-new"}
+    bad = site("ps", "-f", "status=sleepy", check=False)
+    assert bad.returncode != 0 and b"invalid status filter" in bad.stderr
+    for name in ("filt-ok", "filt-bad", "filt-new"):
+        site("rm", name)

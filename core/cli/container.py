@@ -43,6 +43,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="set an environment variable (NAME alone: the host's value)")
     p.add_argument("--env-file", action="append", default=[], metavar="FILE",
                    help="read NAME=VALUE lines from a file")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="set a label on the container (over the image's)")
     p.add_argument("-w", "--workdir", help="working directory inside the container")
     p.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] from the container's /etc/passwd")
     p.add_argument("-h", "--hostname", help="the container's host name")
@@ -168,8 +170,20 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         ports=tuple(map(parse_port, args.publish)),
         memory=memory, pids_limit=pids, cpus=args.cpus or None, storage_opts=storage,
         auto_remove=args.rm, stop_signal=config.get("StopSignal") or "SIGTERM",
-        seccomp=seccomp, labels=dict(config.get("Labels") or {}),
+        seccomp=seccomp, labels=_labels(config.get("Labels") or {}, args.label),
     )
+
+
+def _labels(image: dict[str, str], given: list[str]) -> dict[str, str]:
+    """The image's labels with ``--label KEY[=VALUE]`` over them (no value: empty, as
+    Docker's)."""
+    labels = dict(image)
+    for text in given:
+        key, _, value = text.partition("=")
+        if not key:
+            raise ContainerError(f"invalid label {text!r}", hint="--label KEY[=VALUE]")
+        labels[key] = value
+    return labels
 
 
 def _create(args: argparse.Namespace, engine: Engine, store: Store) -> Container:
@@ -300,6 +314,64 @@ def ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="also containers not running")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="; ".join(f"{k}: {v}" for k, v in PS_FILTERS.items()))
+
+
+#: ``ps --filter`` keys, as Docker's
+PS_FILTERS = {
+    "id": "an id or the start of one",
+    "name": "a regular expression the name contains",
+    "status": "created, running or exited",
+    "exited": "the exit code",
+    "label": "KEY or KEY=VALUE of the container's labels",
+    "ancestor": "the image (name or id) it was made from",
+}
+
+
+def _ps_filtered(found: list[Container], given: list[str], store: Store,
+                 engine: Engine) -> list[Container]:
+    """The containers ``--filter`` keeps (:mod:`.filters` for how filters combine)."""
+    import re
+
+    from ..images.store import ImageStore
+    from .filters import InvalidFilter, parse_filters
+    from .image import find_image
+
+    filters = parse_filters(given, PS_FILTERS)
+    checks: list[Callable[[Container], bool]] = []
+    if "id" in filters:
+        checks.append(lambda c: any(c.id.startswith(v) for v in filters["id"]))
+    if "name" in filters:
+        try:
+            names = [re.compile(v) for v in filters["name"]]
+        except re.error as exc:
+            raise InvalidFilter(f"invalid name filter: {exc}",
+                                hint="name=TEXT or a regular expression") from None
+        checks.append(lambda c: any(p.search(c.name) for p in names))
+    if "status" in filters:
+        states = {"created", "running", "exited"}
+        wrong = [v for v in filters["status"] if v not in states]
+        if wrong:
+            raise InvalidFilter(f"invalid status filter: {', '.join(wrong)}",
+                                hint="status is one of: " + ", ".join(sorted(states)))
+        checks.append(lambda c: c.state in filters["status"])
+    if "exited" in filters:
+        try:
+            codes = {int(v) for v in filters["exited"]}
+        except ValueError:
+            raise InvalidFilter("the exited filter takes an exit code",
+                                hint="exited=0, exited=137") from None
+        checks.append(lambda c: c.state == "exited" and c.exit_code in codes)
+    for wanted in filters.get("label", []):
+        key, eq, value = wanted.partition("=")
+        checks.append(lambda c, key=key, eq=eq, value=value: key in c.spec.labels
+                      and (not eq or c.spec.labels[key] == value))
+    if "ancestor" in filters:
+        images = ImageStore(store)
+        ancestors = {find_image(images, text, engine) for text in filters["ancestor"]}
+        checks.append(lambda c: c.image in ancestors)
+    return [c for c in found if all(check(c) for check in checks)]
 
 
 #: the column names of ``ps --format 'table ...'``, by field
@@ -347,6 +419,8 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         # a running build's step containers are the build's, not the user's (as Docker's)
         found = [c for c in ContainerStore(store).containers()
                  if (args.all or c.running) and BUILD_OWNER_LABEL not in c.spec.labels]
+        if args.filter:
+            found = _ps_filtered(found, args.filter, store, engine)
     now = time.time()
     if args.format == "json":
         print_json([container_row(c, now) for c in found], listing=True)
