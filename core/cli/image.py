@@ -208,15 +208,8 @@ def _created(image: Image) -> float:
 
 
 def _created_row(row: dict[str, Any]) -> float:
-    from datetime import datetime
-
-    created = row["Created"]
-    if created:
-        try:
-            return datetime.fromisoformat(created.replace("Z", "+00:00")[:32]).timestamp()
-        except ValueError:
-            pass
-    return float(row["Stored"])
+    stamp = timestamp(row["Created"])
+    return float(row["Stored"]) if stamp is None else stamp
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -289,19 +282,24 @@ def cmd_images(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
+def timestamp(created: str | float | None) -> float | None:
+    """An RFC 3339 time (an image config's ``created``) or a timestamp, as a timestamp;
+    None when there is none or it cannot be read."""
+    if created is None or not isinstance(created, str):
+        return created
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00")[:32]).timestamp()
+    except ValueError:
+        return None
+
+
 def since(created: str | float | None) -> str:
     """Docker's "2 weeks ago" from an RFC 3339 time or a timestamp."""
-    if created is None:
+    stamp = timestamp(created)
+    if stamp is None:
         return "N/A"
-    if isinstance(created, str):
-        from datetime import datetime
-
-        try:
-            stamp = datetime.fromisoformat(created.replace("Z", "+00:00")[:32]).timestamp()
-        except ValueError:
-            return "N/A"
-    else:
-        stamp = created
     seconds = time.time() - stamp
     for unit, length in (("year", 31536000), ("month", 2592000), ("week", 604800),
                          ("day", 86400), ("hour", 3600), ("minute", 60)):
