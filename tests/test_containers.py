@@ -477,6 +477,9 @@ def test_forced_rmi_of_an_image_a_container_uses_untags_it_only(site: Site,
     assert forced.stdout.decode() == "Untagged: local/forced:1\n"
     rows = json.loads(site.out("images", "--format", "json", "-f", "dangling=true"))
     assert [r["ID"] for r in rows] == [ident]
+    # the name no longer means its image: ps shows the image's id, as Docker's
+    shown = site.out("ps", "-a", "-f", "name=^forced-user$", "--format", "{{.Image}}")
+    assert shown == ident[7:19] + "\n"
     assert site.out("start", "-a", "forced-user") == "still here\n"
     site("rm", "forced-user")
     assert f"deleted: {ident}" in site.out("image", "prune")

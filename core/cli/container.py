@@ -402,6 +402,23 @@ def _ports(c: Container) -> str:
                      for p in c.spec.ports)
 
 
+def _image_names(found: list[Container], store: Store, engine: Engine) -> dict[str, str]:
+    """What ``ps`` shows as each container's image: the name it was made from while that
+    name still means its image, else the image's short id (Docker's rule)."""
+    from ..images.store import ImageStore
+    from .image import find_image
+
+    images = ImageStore(store)
+    means: dict[str, str | None] = {}
+    for name in {c.spec.image_name for c in found}:
+        try:
+            means[name] = find_image(images, name, engine)
+        except LaminaError:
+            means[name] = None
+    return {c.id: c.spec.image_name if means[c.spec.image_name] == c.image
+            else c.image.removeprefix("sha256:")[:12] for c in found}
+
+
 def container_row(c: Container, now: float) -> dict[str, Any]:
     return {"ID": c.id, "Names": c.name, "Image": c.spec.image_name, "ImageID": c.image,
             "Command": " ".join(c.spec.argv), "Created": c.created, "State": c.state,
@@ -421,6 +438,7 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
                  if (args.all or c.running) and BUILD_OWNER_LABEL not in c.spec.labels]
         if args.filter:
             found = _ps_filtered(found, args.filter, store, engine)
+        shown = _image_names(found, store, engine)
     now = time.time()
     if args.format == "json":
         print_json([container_row(c, now) for c in found], listing=True)
@@ -434,7 +452,7 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         from .image import go_time
 
         sys.stdout.write(render_rows(args.format, [
-            {"ID": c.id if args.no_trunc else c.id[:12], "Image": c.spec.image_name,
+            {"ID": c.id if args.no_trunc else c.id[:12], "Image": shown[c.id],
              "Command": f'"{_command_text(c, args.no_trunc)}"',
              "CreatedAt": go_time(c.created), "RunningFor": since(c.created),
              "Ports": _ports(c), "State": c.state, "Status": _status(c, now),
@@ -445,7 +463,7 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         return 0
     table = []
     for c in found:
-        table.append([c.id if args.no_trunc else c.id[:12], c.spec.image_name,
+        table.append([c.id if args.no_trunc else c.id[:12], shown[c.id],
                       f'"{_command_text(c, args.no_trunc)}"', since(c.created),
                       _status(c, now), _ports(c), c.name])
     print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
