@@ -480,6 +480,9 @@ def test_forced_rmi_of_an_image_a_container_uses_untags_it_only(site: Site,
     # the name no longer means its image: ps shows the image's id, as Docker's
     shown = site.out("ps", "-a", "-f", "name=^forced-user$", "--format", "{{.Image}}")
     assert shown == ident[7:19] + "\n"
+    # nameless and in use: nothing -f may take, said so
+    again = site("rmi", "-f", ident, check=False)
+    assert again.returncode == 1 and b"has no names" in again.stderr
     assert site.out("start", "-a", "forced-user") == "still here\n"
     site("rm", "forced-user")
     assert f"deleted: {ident}" in site.out("image", "prune")

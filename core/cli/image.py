@@ -365,9 +365,14 @@ def cmd_rmi(args: argparse.Namespace, engine: Engine) -> int:
                     )
                 if not args.force:
                     images.check_unused(image_id)
-                elif images.containers_using(image_id):
+                elif users := images.containers_using(image_id):
                     # forced: its names go, the image stays for its containers (Docker's
                     # dangling image, removed with the last of them by `image prune`)
+                    if not image.names:
+                        raise ImageInUse(
+                            f"image {image_id} is used by container {users[0]} and has no "
+                            "names: -f removes the names of an image in use, not the image",
+                            hint="remove the container first (lamina rm), then the image")
                     for name in image.names:
                         images.untag(name)
                         print(f"Untagged: {_familiar(name)}")
