@@ -506,6 +506,9 @@ def test_format_templates_of_images_and_inspect(busybox_tar: Path, store_root: P
                  "{{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{.Config.Labels.tier}}|"
                  "{{json .RootFS.Type}}", "local/t:1").stdout
     assert out == f"{ident}|local/t:1,local/t:2,|web|\"layers\"\n"
+    history = lamina(store_root, "history", "--format", "{{.ID}} {{.CreatedBy}} {{.Size}}",
+                     "local/t:1").stdout
+    assert history.split(" ", 2)[:2] == [ident[7:19], "lamina"] and history.endswith("B\n")
     bad = lamina(store_root, "inspect", "--format", "{{.Id", "local/t:1", check=False)
     assert bad.returncode == 1 and bad.stdout == ""
     assert "bad --format template" in bad.stderr and "Traceback" not in bad.stderr

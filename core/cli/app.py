@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "inspect", "inspect:cmd_inspect", "show containers' or images' details as JSON",
             arguments="inspect:inspect_arguments")
     command(sub, "history", "image:cmd_history", "show how an image's layers were made",
-            formats=True, arguments="image:history_arguments")
+            formats="template", arguments="image:history_arguments")
 
     command(sub, "save", "archive:cmd_save",
             "write images to a docker save archive or an OCI layout (tar or directory)",

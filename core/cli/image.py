@@ -502,18 +502,34 @@ def cmd_history(args: argparse.Namespace, engine: Engine) -> int:
     if args.format == "json":
         print_json(rows, listing=True)
         return 0
+    def ident(row: dict[str, Any]) -> str:
+        return row["ID"] if args.no_trunc or row["ID"] == "<missing>" else short_id(row["ID"])
+
     if args.quiet:
-        print("\n".join(r["ID"] if args.no_trunc or r["ID"] == "<missing>" else short_id(r["ID"])
-                        for r in rows))
+        print("\n".join(ident(r) for r in rows))
+        return 0
+    if args.format != "table":
+        from .gotemplate import render_rows
+
+        sys.stdout.write(render_rows(args.format, [
+            {"ID": ident(r), "CreatedSince": since(r["Created"]),
+             "CreatedAt": go_time(_created_row({"Created": r["Created"], "Stored": 0})),
+             "CreatedBy": r["CreatedBy"] if args.no_trunc else _truncate(r["CreatedBy"], 45),
+             "Size": human_size(r["Size"]), "Comment": r["Comment"]}
+            for r in rows], HISTORY_HEADERS))
         return 0
     print_table(None, ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], [
-        [r["ID"] if args.no_trunc or r["ID"] == "<missing>" else short_id(r["ID"]),
-         since(r["Created"]),
+        [ident(r), since(r["Created"]),
          r["CreatedBy"] if args.no_trunc else _truncate(r["CreatedBy"], 45),
          human_size(r["Size"]), r["Comment"]]
         for r in rows
     ])
     return 0
+
+
+#: the column names of ``history --format 'table ...'``, by field
+HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                   "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
 
 
 def _truncate(text: str, width: int) -> str:
