@@ -59,6 +59,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
@@ -158,54 +159,27 @@ def generated_layer(tar: Path, out_path: Path) -> None:
             out.addfile(info, io.BytesIO(data))
 
 
-def ensure_minbase_image() -> list[tuple[Path, str, int]]:
-    """The minbase image's one ``.tar.gz``, diff id and tar size (the module docstring),
-    made once under FIXTURES."""
-    rootfs, _ = ensure_minbase()
-    home = FIXTURES / "pull-minbase"
-    index = home / "layer.json"
-    with open(FIXTURES / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not index.is_file():
-            tmp = FIXTURES / f"pull-minbase.tmp-{os.getpid()}"
-            remove_tree(tmp)
-            tmp.mkdir()
-            tar = tmp / "minbase.tar"
-            subprocess.run(
-                ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                 "--exclude=./var/cache/apt/archives/*.deb", "-C", str(rootfs),
-                 "-cf", str(tar), "."],
-                check=True,
-            )
-            gzip_file(tar, tmp / "minbase.tar.gz")
-            entry = {"file": "minbase.tar.gz", "diff_id": sha256_file(tar),
-                     "tar_size": tar.stat().st_size}
-            tar.unlink()
-            (tmp / "layer.json").write_text(json.dumps(entry, indent=1))
-            remove_tree(home)
-            os.rename(tmp, home)
-    entry = json.loads(index.read_text())
-    return [(home / entry["file"], entry["diff_id"], entry["tar_size"])]
+def cached_layers(name: str, make_tars: Callable[[Path], list[Path]],
+                  note: str | None = None) -> list[tuple[Path, str, int]]:
+    """An image's gzip layers, made once under ``FIXTURES/name``: their ``.tar.gz`` files,
+    diff ids and tar sizes.
 
-
-def ensure_layers() -> list[tuple[Path, str, int]]:
-    """The six-layer image's ``.tar.gz`` files, diff ids and tar sizes, made once under
-    FIXTURES."""
-    _, tar = ensure_minbase()
-    home = FIXTURES / "pull-layers"
+    ``make_tars(tmp)`` writes the plain tars into ``tmp``; each is gzip'ed and listed in
+    ``layers.json``. Built under a temporary name and renamed, under the fixtures' lock, so
+    that a killed run never leaves half an image and two runs never build it twice.
+    """
+    home = FIXTURES / name
     index = home / "layers.json"
     with open(FIXTURES / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not index.is_file():
-            print("making the six-layer image (~1 min)", file=sys.stderr)
-            tmp = FIXTURES / f"pull-layers.tmp-{os.getpid()}"
+            if note:
+                print(note, file=sys.stderr)
+            tmp = FIXTURES / f"{name}.tmp-{os.getpid()}"
             remove_tree(tmp)
             tmp.mkdir()
-            tars = split_minbase(tar, tmp, LAYER_PARTS)
-            tars.append(tmp / f"part{LAYER_PARTS + 1}.tar")
-            generated_layer(tar, tars[-1])
             entries = []
-            for t in tars:
+            for t in make_tars(tmp):
                 gz = t.with_name(t.name + ".gz")
                 gzip_file(t, gz)
                 entries.append({"file": gz.name, "diff_id": sha256_file(t),
@@ -215,6 +189,36 @@ def ensure_layers() -> list[tuple[Path, str, int]]:
             remove_tree(home)
             os.rename(tmp, home)
     return [(home / e["file"], e["diff_id"], e["tar_size"]) for e in json.loads(index.read_text())]
+
+
+def ensure_minbase_image() -> list[tuple[Path, str, int]]:
+    """The minbase image's one layer (the module docstring), made once."""
+    rootfs, _ = ensure_minbase()
+
+    def make(tmp: Path) -> list[Path]:
+        tar = tmp / "minbase.tar"
+        subprocess.run(
+            ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "--exclude=./var/cache/apt/archives/*.deb", "-C", str(rootfs),
+             "-cf", str(tar), "."],
+            check=True,
+        )
+        return [tar]
+
+    return cached_layers("pull-minbase", make)
+
+
+def ensure_layers() -> list[tuple[Path, str, int]]:
+    """The six-layer image's layers (the module docstring), made once."""
+    _, tar = ensure_minbase()
+
+    def make(tmp: Path) -> list[Path]:
+        tars = split_minbase(tar, tmp, LAYER_PARTS)
+        tars.append(tmp / f"part{LAYER_PARTS + 1}.tar")
+        generated_layer(tar, tars[-1])
+        return tars
+
+    return cached_layers("pull-layers", make, note="making the six-layer image (~1 min)")
 
 
 def write_layout(layout: Path, tag: str, layers: list[tuple[Path, str, int]]) -> None:

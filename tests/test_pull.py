@@ -209,15 +209,23 @@ def test_quiet_pull_prints_the_image_id(pushed: str, store_root: Path, layout: P
     assert out == manifest["config"]["digest"]
 
 
+def on_busybox(busybox_tar: bytes, registry, tmp_path: Path, name: str,
+               file: str, data: bytes) -> str:
+    """An image of busybox and one more file, pushed to the registry as ``name``; its
+    reference there."""
+    layout = tmp_path / name.replace("/", "_").replace(":", "_")
+    write_oci_layout(layout, [busybox_tar, tar_bytes([("file", file, data)])])
+    reference = f"{registry.host}/{name}"
+    skopeo_copy(f"oci:{layout}:latest", f"docker://{reference}")
+    return reference
+
+
 def test_shared_base_is_stored_once_and_df_shows_it(busybox_tar: bytes, registry,
                                                     store_root: Path, tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    write_oci_layout(a, [busybox_tar, tar_bytes([("file", "a.txt", b"a" * 5000)])])
-    write_oci_layout(b, [busybox_tar, tar_bytes([("file", "b.txt", b"b" * 7000)])])
-    skopeo_copy(f"oci:{a}:latest", f"docker://{registry.host}/share/a:1")
-    skopeo_copy(f"oci:{b}:latest", f"docker://{registry.host}/share/b:1")
-    lamina(store_root, "pull", f"{registry.host}/share/a:1")
-    out = lamina(store_root, "pull", f"{registry.host}/share/b:1").stdout
+    a = on_busybox(busybox_tar, registry, tmp_path, "share/a:1", "a.txt", b"a" * 5000)
+    b = on_busybox(busybox_tar, registry, tmp_path, "share/b:1", "b.txt", b"b" * 7000)
+    lamina(store_root, "pull", a)
+    out = lamina(store_root, "pull", b).stdout
     assert "Already exists" in out
     layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
     assert len(layers) == 3  # the base once, one top layer each
@@ -233,16 +241,13 @@ def test_shared_base_is_stored_once_and_df_shows_it(busybox_tar: bytes, registry
 
 def test_df_does_not_count_an_image_a_container_uses_as_reclaimable(
         busybox_tar: bytes, registry, store_root: Path, tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    write_oci_layout(a, [busybox_tar, tar_bytes([("file", "a.txt", b"a" * 5000)])])
-    write_oci_layout(b, [busybox_tar, tar_bytes([("file", "b.txt", b"b" * 7000)])])
-    skopeo_copy(f"oci:{a}:latest", f"docker://{registry.host}/dfc/a:1")
-    skopeo_copy(f"oci:{b}:latest", f"docker://{registry.host}/dfc/b:1")
-    lamina(store_root, "pull", f"{registry.host}/dfc/a:1")
-    lamina(store_root, "pull", f"{registry.host}/dfc/b:1")
+    a = on_busybox(busybox_tar, registry, tmp_path, "dfc/a:1", "a.txt", b"a" * 5000)
+    b = on_busybox(busybox_tar, registry, tmp_path, "dfc/b:1", "b.txt", b"b" * 7000)
+    lamina(store_root, "pull", a)
+    lamina(store_root, "pull", b)
     df = json.loads(lamina(store_root, "system", "df", "--format", "json").stdout)
     assert df["reclaimable_images_size"] == df["image_layers_size"]  # nothing uses them
-    lamina(store_root, "create", "--name", "user", f"{registry.host}/dfc/a:1", "true")
+    lamina(store_root, "create", "--name", "user", a, "true")
     df = json.loads(lamina(store_root, "system", "df", "--format", "json").stdout)
     by_name = {i["names"][0].rsplit("/", 1)[1]: i for i in df["images"]}
     assert by_name["a:1"]["containers"] == 1 and by_name["b:1"]["containers"] == 0
@@ -257,9 +262,7 @@ def test_image_prune_removes_untagged_images_and_with_all_every_unused_one(
         busybox_tar: bytes, registry, store_root: Path, tmp_path: Path) -> None:
     images = {}
     for name in ("a", "b", "c"):
-        layout = tmp_path / name
-        write_oci_layout(layout, [busybox_tar, tar_bytes([("file", f"{name}.txt", b"x")])])
-        skopeo_copy(f"oci:{layout}:latest", f"docker://{registry.host}/ip/{name}:1")
+        on_busybox(busybox_tar, registry, tmp_path, f"ip/{name}:1", f"{name}.txt", b"x")
         lamina(store_root, "pull", f"{registry.host}/ip/{name}:1")
         images[name] = json.loads(lamina(store_root, "inspect", f"{registry.host}/ip/{name}:1")
                                   .stdout)[0]["Id"]
@@ -283,18 +286,15 @@ def test_image_prune_removes_untagged_images_and_with_all_every_unused_one(
 
 def test_rmi_keeps_what_another_image_uses(busybox_tar: bytes, registry,
                                            store_root: Path, tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    write_oci_layout(a, [busybox_tar, tar_bytes([("file", "a.txt", b"a")])])
-    write_oci_layout(b, [busybox_tar, tar_bytes([("file", "b.txt", b"b")])])
-    skopeo_copy(f"oci:{a}:latest", f"docker://{registry.host}/rmi/a:1")
-    skopeo_copy(f"oci:{b}:latest", f"docker://{registry.host}/rmi/b:1")
-    lamina(store_root, "pull", f"{registry.host}/rmi/a:1")
-    lamina(store_root, "pull", f"{registry.host}/rmi/b:1")
-    out = lamina(store_root, "rmi", f"{registry.host}/rmi/a:1").stdout
+    a = on_busybox(busybox_tar, registry, tmp_path, "rmi/a:1", "a.txt", b"a")
+    b = on_busybox(busybox_tar, registry, tmp_path, "rmi/b:1", "b.txt", b"b")
+    lamina(store_root, "pull", a)
+    lamina(store_root, "pull", b)
+    out = lamina(store_root, "rmi", a).stdout
     assert out.count("Deleted: sha256:") == 2  # the image and its own top layer
     layers = json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)
     assert len(layers) == 2
-    lamina(store_root, "rmi", f"{registry.host}/rmi/b:1")
+    lamina(store_root, "rmi", b)
     assert json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout) == []
     assert list((store_root / "blobs/sha256").iterdir()) == []
 

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_CommandParser)
 
+    #: the top-level commands, for their aliases in the ``container`` and ``image`` groups
+    registered: dict[str, tuple[Ref, str, bool | str, Ref | None, dict[str, Any]]] = {}
+
     def command(parent: Any, name: str, handler: Ref, help_: str, *,
                 formats: bool | str = False, arguments: Ref | None = None,
                 **kwargs: Any) -> argparse.ArgumentParser:
@@ -151,9 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
         if parent is sub:
             registered[name] = (handler, help_, formats, arguments, kwargs)
         return p
-
-    #: the top-level commands, for their aliases in the ``container`` and ``image`` groups
-    registered: dict[str, tuple[Ref, str, bool | str, Ref | None, dict[str, Any]]] = {}
 
     def alias(parent: Any, name: str, short: str) -> None:
         """``lamina <group> <name>``: the same command as ``lamina <short>`` (Docker's

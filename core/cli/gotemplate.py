@@ -135,7 +135,6 @@ def _slice(value: Any, *bounds: int) -> Any:
 
 def _printf(fmt: str, *args: Any) -> str:
     """Go's ``printf`` for the verbs templates use (%s %v %d %q %x %f %%, widths)."""
-    out = []
     values = iter(args)
 
     def convert(match: re.Match[str]) -> str:
@@ -154,8 +153,7 @@ def _printf(fmt: str, *args: Any) -> str:
             return ("%" + flags + verb) % value
         return f"%!{verb}({go_string(value)})"
 
-    out.append(re.sub(r"%([-+# 0]*\d*(?:\.\d+)?)([a-zA-Z%])", convert, fmt))
-    return "".join(out)
+    return re.sub(r"%([-+# 0]*\d*(?:\.\d+)?)([a-zA-Z%])", convert, fmt)
 
 
 def _compare(op: Callable[[Any, Any], bool]) -> Callable[..., bool]:
@@ -249,12 +247,9 @@ class _Parser:
             if match.group(1):
                 before = before.rstrip()
             self.items.append(("text", before))
-            body = match.group(2)
+            self.items.append(("action", match.group(2)))
             if match.group(3):
-                self.items.append(("action", body))
                 self.items.append(("trim", None))
-            else:
-                self.items.append(("action", body))
             pos = match.end()
         rest = text[pos:]
         if "{{" in rest:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..images.platform import Platform
     from ..images.pull import PullResult
     from ..images.reference import Reference
-    from ..images.store import Image, ImageStore
+    from ..images.store import ImageStore
 
 
 def _reference(text: str, engine: Engine, default_tag: str | None = "latest") -> Reference:
@@ -189,8 +189,9 @@ def _filtered(rows: list[dict[str, Any]], given: list[str], images: ImageStore,
     for key, keep in (("before", lambda mine, theirs: mine < theirs),
                       ("since", lambda mine, theirs: mine > theirs)):
         for text in filters.get(key, []):
-            other = _created(images.image(find_image(images, text, engine)))
-            rows = [r for r in rows if keep(_created_row(r), other)]
+            image = images.image(find_image(images, text, engine))
+            other = _created_at(image.config_created, image.created)
+            rows = [r for r in rows if keep(_created_at(r["Created"], r["Stored"]), other)]
     for wanted in filters.get("label", []):
         name, eq, value = wanted.partition("=")
         labels = {}
@@ -202,14 +203,10 @@ def _filtered(rows: list[dict[str, Any]], given: list[str], images: ImageStore,
     return rows
 
 
-def _created(image: Image) -> float:
-    """When ``image`` was created (its config's time; when it was stored, without one)."""
-    return _created_row({"Created": image.config_created, "Stored": image.created})
-
-
-def _created_row(row: dict[str, Any]) -> float:
-    stamp = timestamp(row["Created"])
-    return float(row["Stored"]) if stamp is None else stamp
+def _created_at(created: str | None, stored: float) -> float:
+    """When an image was created: its config's time, or when it was stored without one."""
+    stamp = timestamp(created)
+    return stored if stamp is None else stamp
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -259,7 +256,8 @@ def cmd_images(args: argparse.Namespace, engine: Engine) -> int:
         sys.stdout.write(render_rows(args.format, [
             {"ID": r["ID"] if args.no_trunc else short_id(r["ID"]),
              "Repository": r["Repository"], "Tag": r["Tag"], "Digest": r["Digest"],
-             "CreatedSince": since(r["Created"]), "CreatedAt": go_time(_created_row(r)),
+             "CreatedSince": since(r["Created"]),
+             "CreatedAt": go_time(_created_at(r["Created"], r["Stored"])),
              "Size": human_size(r["Size"]), "Containers": "N/A"}
             for r in rows], IMAGE_HEADERS))
         return 0
@@ -513,7 +511,7 @@ def cmd_history(args: argparse.Namespace, engine: Engine) -> int:
 
         sys.stdout.write(render_rows(args.format, [
             {"ID": ident(r), "CreatedSince": since(r["Created"]),
-             "CreatedAt": go_time(_created_row({"Created": r["Created"], "Stored": 0})),
+             "CreatedAt": go_time(_created_at(r["Created"], 0)),
              "CreatedBy": r["CreatedBy"] if args.no_trunc else _truncate(r["CreatedBy"], 45),
              "Size": human_size(r["Size"]), "Comment": r["Comment"]}
             for r in rows], HISTORY_HEADERS))

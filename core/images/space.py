@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -93,10 +92,7 @@ def usage(images: ImageStore) -> Usage:
     for row in store.db.execute("SELECT image_id, layer_id FROM image_layers"):
         users.setdefault(row[1], set()).add(row[0])
         per_image.setdefault(row[0], []).append(row[1])
-    containers: dict[str, int] = {}
-    with contextlib.suppress(sqlite3.OperationalError):  # a store that never had one
-        for row in store.db.execute("SELECT image, COUNT(*) FROM containers GROUP BY image"):
-            containers[row[0]] = row[1]
+    containers = images.container_counts()
     result_images = []
     kept: set[str] = set()  # layers of images that containers use
     for image in images.images():

@@ -69,7 +69,7 @@ class Spool:
 
         Returns the offset to download from (the bytes already there, hashed).
         """
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         adopted = self._adopt()
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
