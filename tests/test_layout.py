@@ -20,6 +20,7 @@ CORE = REPO / "core"
 #: store that calls it); a module listed by itself overrides its package's rank.
 RANKS: dict[str, int] = {
     "errors": 0,
+    "gotime": 0,  # Go's time syntax: plain text in, numbers out
     "host": 1,
     "blobs": 2,
     "layertar": 2,

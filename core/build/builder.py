@@ -404,9 +404,10 @@ class Builder:
         if code != 0:
             output = ""
             if self.options.quiet:
+                from ..containers import logs
+
                 with contextlib.suppress(OSError):
-                    output = Path(monitor.log_path(self.containers, container.id)).read_text(
-                        errors="replace")[-4000:]
+                    output = logs.text(self.containers.directory(container.id))[-4000:]
             raise BuildError(
                 f"{_where(step)}: RUN {' '.join(argv)!r} returned a non-zero code: {code}"
                 + (f"\n{output.rstrip()}" if output else ""),

@@ -20,14 +20,12 @@ import re
 from typing import NamedTuple
 
 from ..errors import DockerfileSyntaxError
+from ..gotime import parse_duration
 from .parser import Heredoc, Node, heredoc_from_word, parse_lines
 from .words import json_array, split_words
 
 #: a stage name: what ``FROM ... AS name`` accepts (lower-cased first, as BuildKit)
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9-_.]*")
-_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
-          "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 #: the shortest HEALTHCHECK interval Docker accepts (1 ms)
 MIN_DURATION_NS = 1_000_000
 
@@ -640,23 +638,17 @@ def _healthcheck(node: Node, location: Location, flags: dict[str, object],
 
 def _duration(node: Node, flag: str, text: str) -> int:
     """Go's ``time.ParseDuration`` (``1m30s``, ``1.5h``, ``250ms``) in nanoseconds."""
-    total = 0.0
-    pos = 0
-    if text == "0":
-        pos = 1
-    while pos < len(text):
-        match = _DURATION.match(text, pos)
-        if not match or match.group(1) in ("", "."):
-            raise _error(node, f"--{flag}={text} is not a duration",
-                         hint="a duration is a number and a unit: 30s, 1m30s, 500ms, 1h")
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
     if not text:
         raise _error(node, f"--{flag} needs a duration")
+    try:
+        total = parse_duration(text)
+    except ValueError:
+        raise _error(node, f"--{flag}={text} is not a duration",
+                     hint="a duration is a number and a unit: 30s, 1m30s, 500ms, 1h") from None
     if total < MIN_DURATION_NS:
         raise _error(node, f"--{flag}={text} is shorter than 1ms",
                      hint="give at least 1ms, or leave the option out for Docker's default")
-    return int(total)
+    return total
 
 
 def _onbuild(node: Node, location: Location, flags: dict[str, object], escape: str) -> Onbuild:

@@ -603,36 +603,67 @@ def cmd_wait(args: argparse.Namespace, engine: Engine) -> int:
 
 def logs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("-n", "--tail", default="all", type=_tail, metavar="N",
+                   help="only the last N lines (default: all)")
+    p.add_argument("-t", "--timestamps", action="store_true",
+                   help="begin each line with its time (RFC 3339, nanoseconds, UTC)")
+    p.add_argument("--since", type=_moment, metavar="TIME",
+                   help="only lines from this time on: 2026-12-07T10:15:00Z, a Unix time, "
+                   "or a duration back from now (10m, 1h30m)")
+    p.add_argument("--until", type=_moment, metavar="TIME",
+                   help="only lines up to this time (the same forms as --since)")
     p.add_argument("container", metavar="CONTAINER")
 
 
+def _tail(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lines (or all)")
+    return int(text)
+
+
+def _moment(text: str) -> int:
+    from ..gotime import parse_timestamp
+
+    try:
+        return parse_timestamp(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc}: give an RFC 3339 time (2026-12-07T10:15:00Z), a Unix time, or a "
+            "duration (10m, 1h30m)") from None
+
+
 def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
+    """Each line to the stream it came from, as ``docker logs``."""
+    from ..containers import logs
     from ..containers.store import ContainerStore
-    from ..launcher.monitor import log_path
+    from ..gotime import rfc3339_nano
 
     with engine.open_store() as store:
         _reconcile(store)
         containers = ContainerStore(store)
         container = containers.get(args.container)
-        path = log_path(containers, container.id)
+        directory = containers.directory(container.id)
+        running = (lambda: containers.get(container.id).running) if args.follow else None
+        window = logs.Window(args.tail, args.since, args.until)
+        outputs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        last = None
         try:
-            f = open(path, "rb")  # noqa: SIM115 - read while the container writes
-        except FileNotFoundError:
-            return 0  # nothing written yet, or a foreground run: its output went to the terminal
-        with f:
-            out = sys.stdout.buffer
-            while True:
-                chunk = f.read(65536)
-                if chunk:
-                    out.write(chunk)
+            for record in logs.read(directory, window, running=running):
+                out = outputs[record.stream]
+                if last is not None and last is not out:
+                    last.flush()  # the two streams keep their order on one terminal
+                if args.timestamps and record.nanos:
+                    out.write(rfc3339_nano(record.nanos).encode() + b" ")
+                out.write(record.data)
+                if args.follow:
                     out.flush()
-                    continue
-                if not args.follow or not containers.get(container.id).running:
-                    if args.follow:
-                        out.write(f.read())
-                        out.flush()
-                    return 0
-                time.sleep(0.1)
+                last = out
+        finally:
+            for out in outputs.values():
+                out.flush()
+    return 0
 
 
 def prune_arguments(p: argparse.ArgumentParser) -> None:

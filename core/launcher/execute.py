@@ -47,7 +47,7 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
             if tty_parent is not None:
                 master = terminal.receive_master(tty_parent)
             stdio = monitor.Stdio("tty" if tty else "inherit", interactive)
-            return monitor.supervise(child.pid, stdio, master, -1)
+            return monitor.supervise(child.pid, stdio, master)
     finally:
         for fd in (master, devnull):
             if fd >= 0:

@@ -21,12 +21,14 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..containers import logs
 from ..containers.store import Container, ContainerStore
 from ..engine import Engine
-from ..errors import ContainerError, LaminaError
+from ..errors import ContainerError, LaminaError, host_error
 from ..host.locks import process_identity
 from ..layers.store import Store
 from ..network.attachment import Attachment, attach, detach, sweep
@@ -44,16 +46,24 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 class Stdio(NamedTuple):
     """How the container's standard streams are connected.
 
-    ``inherit``: this process's own (``run`` in the foreground, no pty); ``tty``: a pty
-    relayed to this process's terminal; ``log``: the container's log file (detached).
+    ``inherit``: its output relayed to this process's stdout and stderr (``run`` in the
+    foreground, no pty), stdin this process's own when ``interactive``; ``tty``: a pty
+    relayed to this process's terminal; ``log``: nowhere but the log (detached). The
+    output goes to the container's log in every mode (core/containers/logs.py).
     """
 
     mode: str = "inherit"
     interactive: bool = False
 
 
-def log_path(containers: ContainerStore, container_id: str) -> str:
-    return str(containers.directory(container_id) / "container.log")
+def _open_log(containers: ContainerStore, container_id: str) -> int:
+    directory = containers.directory(container_id)
+    directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+    try:
+        return os.open(logs.path(directory),
+                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise host_error(exc, "open the container's log", logs.path(directory)) from exc
 
 
 def _etc_files(containers: ContainerStore, container: Container) -> dict[str, Path]:
@@ -96,18 +106,27 @@ def run(store: Store, container: Container, stdio: Stdio,
     holder = store.process_holder
     rootfs = store.mount(container.layer, holder=holder)
     master = log_fd = devnull = -1
+    pipes: dict[int, str] = {}  # read end -> stream, for a container without a pty
+    child_ends: list[int] = []
     child = None
     tty_parent = tty_child = None
     ended: tuple[int, bool] | None = None  # (exit code, OOM-killed) once waited for
     stopped: list[int] | None = [] if stop_on_signal else None
     try:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        stdin = 0 if stdio.interactive else devnull
+        stdin = 0 if stdio.interactive and stdio.mode != "log" else devnull
+        # every run is logged, in the foreground too (``logs`` of it works, as Docker's);
+        # without a pty the container writes to pipes, as under Docker: not to the
+        # terminal of the command that started it
+        log_fd = _open_log(containers, container.id)
+        log = logs.LogWriter(log_fd)
         io = (stdin, 1, 2)
-        if stdio.mode == "log":
-            log_fd = os.open(log_path(containers, container.id),
-                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            io = (devnull, log_fd, log_fd)
+        if not spec.tty:
+            for stream in logs.STREAMS:
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                pipes[read_end] = stream
+                child_ends.append(write_end)
+            io = (stdin, child_ends[0], child_ends[1])
         if spec.tty:
             import socket  # ~3 ms with selectors: for a pty only
 
@@ -122,6 +141,9 @@ def run(store: Store, container: Container, stdio: Stdio,
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
+        for fd in child_ends:  # the container holds them now: their end is its end
+            os.close(fd)
+        child_ends.clear()
         with forwarding(child.pid, stopped):
             # recorded before the network: a sweep must see it alive (core/network/);
             # and before the cgroup: a monitor killed after this is reconciled by the
@@ -142,7 +164,7 @@ def run(store: Store, container: Container, stdio: Stdio,
                 master = terminal.receive_master(tty_parent)
             if started is not None:
                 started()
-            code = supervise(child.pid, stdio, master, log_fd)
+            code = supervise(child.pid, stdio, master, log, pipes)
         child = None
         ended = (code, group is not None and group.oom_killed())
         return code
@@ -153,7 +175,7 @@ def run(store: Store, container: Container, stdio: Stdio,
                 os.waitpid(child.pid, 0)
         raise
     finally:
-        for fd in (master, log_fd, devnull):
+        for fd in (master, log_fd, devnull, *pipes, *child_ends):
             if fd >= 0:
                 os.close(fd)
         for sock in (tty_parent, tty_child):
@@ -255,8 +277,16 @@ def forwarding(pid: int, stopped: list[int] | None = None) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def supervise(pid: int, stdio: Stdio, master: int, log_fd: int) -> int:
-    """Relay ``pid``'s pty (if it has one) until it exits; its exit code."""
+def supervise(pid: int, stdio: Stdio, master: int, log: logs.LogWriter | None = None,
+              pipes: dict[int, str] | None = None) -> int:
+    """Relay ``pid``'s output until it exits; its exit code.
+
+    Its pty (``master``, one stream: stdout), if it has one, or its ``pipes`` (read
+    end -> stream) go to ``log`` and, unless detached (``stdio.mode == "log"``), to
+    this process's stdout and stderr. Without either, ``pid`` writes where it was
+    given to (``exec``) and is only waited for.
+    """
+    sink = _sink(log, echo=stdio.mode != "log")
     if master >= 0:
         status: list[int] = []
 
@@ -267,13 +297,81 @@ def supervise(pid: int, stdio: Stdio, master: int, log_fd: int) -> int:
                     status.append(st)
             return bool(status)
 
-        out = log_fd if stdio.mode == "log" else 1
         stdin = 0 if stdio.interactive and stdio.mode == "tty" else None
         with terminal.raw_terminal(0) if stdin is not None else contextlib.nullcontext():
-            terminal.relay(master, stdin=stdin, stdout=out, done=done)
+            terminal.relay(master, stdin=stdin, output=partial(sink, "stdout"), done=done)
+        if log is not None:
+            log.end("stdout")
         if status:
             return _exit_code(status[0])
+    elif pipes:
+        return _exit_code(_relay_pipes(pid, pipes, sink, log))
     return _wait(pid)
+
+
+def _sink(log: logs.LogWriter | None, *, echo: bool) -> Callable[[str, bytes], None]:
+    """Where a container's output goes: its log and (``echo``) our stdout and stderr.
+
+    Once our end of a stream is gone (``run ... | head -1``), that stream is only
+    logged: the container runs on, as under Docker.
+    """
+    gone: set[str] = set()
+
+    def sink(stream: str, data: bytes) -> None:
+        if echo and stream not in gone:
+            try:
+                terminal.write_all(1 if stream == "stdout" else 2, data)
+            except OSError:  # EPIPE, or a closed descriptor
+                gone.add(stream)
+        if log is not None:
+            log.feed(stream, data)
+
+    return sink
+
+
+#: how long the pipes may stay open once the container's first process has exited
+#: (its pid namespace ends every other process at once: only a descriptor passed
+#: out of the container can hold them longer)
+DRAIN_SECONDS = 2.0
+
+
+def _relay_pipes(pid: int, pipes: dict[int, str], sink: Callable[[str, bytes], None],
+                 log: logs.LogWriter | None) -> int:
+    """Pass what the container writes to ``pipes`` to ``sink`` until they close; its wait
+    status."""
+    import select
+
+    pidfd = os.pidfd_open(pid)
+    status: int | None = None
+    deadline = 0.0
+    open_pipes = dict(pipes)
+    try:
+        while open_pipes or status is None:
+            watched = [*open_pipes, *([pidfd] if status is None else [])]
+            timeout = None if status is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                break
+            ready, _, _ = select.select(watched, [], [], timeout)
+            for fd in ready:
+                if fd == pidfd:
+                    _, status = os.waitpid(pid, 0)
+                    deadline = time.monotonic() + DRAIN_SECONDS
+                    continue
+                data = os.read(fd, 1 << 16)
+                if data:
+                    sink(open_pipes[fd], data)
+                else:
+                    stream = open_pipes.pop(fd)
+                    if log is not None:
+                        log.end(stream)
+        if log is not None:
+            for stream in open_pipes.values():
+                log.end(stream)
+        if status is None:
+            _, status = os.waitpid(pid, 0)
+        return status
+    finally:
+        os.close(pidfd)
 
 
 # -- detached runs ----------------------------------------------------------------------

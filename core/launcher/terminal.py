@@ -89,8 +89,9 @@ def raw_terminal(fd: int = 0) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
 
-def relay(master: int, *, stdin: int | None, stdout: int, done: Callable[[], bool]) -> None:
-    """Copy ``stdin`` -> ``master`` and ``master`` -> ``stdout`` until the pty closes.
+def relay(master: int, *, stdin: int | None, output: Callable[[bytes], None],
+          done: Callable[[], bool]) -> None:
+    """Copy ``stdin`` -> ``master`` and ``master`` -> ``output`` until the pty closes.
 
     ``done`` says whether the container has exited; output still in the pty is copied
     before returning. A SIGWINCH resizes the container's terminal.
@@ -110,11 +111,11 @@ def relay(master: int, *, stdin: int | None, stdout: int, done: Callable[[], boo
                     data = b""
                 if not data:
                     return
-                _write_all(stdout, data)
+                output(data)
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, _CHUNK)
                 if data:
-                    _write_all(master, data)
+                    write_all(master, data)
                 else:
                     readers.remove(stdin)
                     stdin = None
@@ -124,7 +125,7 @@ def relay(master: int, *, stdin: int | None, stdout: int, done: Callable[[], boo
         signal.signal(signal.SIGWINCH, previous)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:

@@ -1,0 +1,273 @@
+"""Containers' logs: Go's time syntax, the json-file records, and ``lamina logs`` on real
+containers (detached and in the foreground) as Docker's users know it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import LAMINA, needs_root, run_lamina
+
+from lamina.core import gotime
+from lamina.core.containers import logs
+
+SECOND = 1_000_000_000
+
+
+# -- Go's durations and times -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "nanos"), [
+    ("1m30s", 90 * SECOND), ("1.5h", 5400 * SECOND), ("250ms", 250_000_000),
+    ("-5s", -5 * SECOND), ("0", 0), ("1h2m3s4ms5us6ns", 3723 * SECOND + 4_005_006),
+    ("2µs", 2000), (".5s", SECOND // 2),
+])
+def test_go_durations(text: str, nanos: int) -> None:
+    assert gotime.parse_duration(text) == nanos
+
+
+@pytest.mark.parametrize("text", ["", "5", "1x", ".", "s", "1m 2s", "--1s"])
+def test_what_is_not_a_go_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        gotime.parse_duration(text)
+
+
+def test_the_times_docker_since_takes() -> None:
+    base = int(datetime.fromisoformat("2026-12-07T10:15:30+00:00").timestamp()) * SECOND
+    assert gotime.parse_timestamp("2026-12-07T10:15:30Z") == base
+    assert gotime.parse_timestamp("2026-12-07T10:15:30.5Z") == base + SECOND // 2
+    assert gotime.parse_timestamp("2026-12-07T10:15:30.000000007Z") == base + 7
+    assert gotime.parse_timestamp("2026-12-07T11:15:30+01:00") == base
+    assert gotime.parse_timestamp("2026-12-07T09:15:30-01:00") == base
+    # without a zone: the host's local time
+    local = int(datetime(2026, 12, 7, 10, 15).timestamp()) * SECOND
+    assert gotime.parse_timestamp("2026-12-07T10:15") == local
+    assert gotime.parse_timestamp("2026-12-07") == int(datetime(2026, 12, 7).timestamp()) * SECOND
+    assert gotime.parse_timestamp("1607337600") == 1607337600 * SECOND
+    assert gotime.parse_timestamp("1607337600.25") == 1607337600 * SECOND + SECOND // 4
+    assert gotime.parse_timestamp("10m", now_ns=base) == base - 600 * SECOND
+    for wrong in ("nope", "2026-13-07", "2026-12-07T25:00Z", "yesterday"):
+        with pytest.raises(ValueError):
+            gotime.parse_timestamp(wrong)
+
+
+def test_rfc3339_with_nanoseconds_round_trips() -> None:
+    stamp = 1796624978 * SECOND + 130036231
+    assert gotime.rfc3339_nano(stamp) == "2026-12-07T06:29:38.130036231Z"
+    assert gotime.parse_rfc3339_nano(gotime.rfc3339_nano(stamp)) == stamp
+    assert gotime.rfc3339_nano(1796624978 * SECOND) == "2026-12-07T06:29:38.000000000Z"
+    with pytest.raises(ValueError):
+        gotime.parse_rfc3339_nano("2026-12-07T06:29:38")  # no zone: not this format
+
+
+# -- the records --------------------------------------------------------------------------
+
+
+def _writer(directory: Path) -> logs.LogWriter:
+    fd = os.open(logs.path(directory), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return logs.LogWriter(fd)
+
+
+def test_records_have_dockers_json_file_shape_and_keep_every_byte(tmp_path: Path) -> None:
+    log = _writer(tmp_path)
+    log.feed("stdout", b"one\ntw")
+    log.feed("stderr", b"\xff\xfe binary \x00\x1b[31m\n")
+    log.feed("stdout", b"o\nthree without end")
+    log.end("stdout")
+    log.end("stderr")  # nothing pending: no record
+    lines = logs.path(tmp_path).read_bytes().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [(e["stream"], e["log"]) for e in entries] == [
+        ("stdout", "one\n"), ("stderr", "\udcff\udcfe binary \x00\x1b[31m\n"),
+        ("stdout", "two\n"), ("stdout", "three without end")]
+    for e in entries:
+        assert set(e) == {"log", "stream", "time"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", e["time"])
+    records = list(logs.read(tmp_path))
+    assert [r.data for r in records] == [b"one\n", b"\xff\xfe binary \x00\x1b[31m\n", b"two\n",
+                                         b"three without end"]
+    assert all(a.nanos <= b.nanos for a, b in itertools.pairwise(records))
+
+
+def test_a_long_line_is_logged_in_pieces(tmp_path: Path) -> None:
+    log = _writer(tmp_path)
+    line = b"x" * (logs.MAX_LINE * 2 + 100) + b"\n"
+    log.feed("stdout", line[:5000])
+    log.feed("stdout", line[5000:])
+    log.feed("stderr", b"y" * (logs.MAX_LINE + 1))  # no newline yet: cut at the limit
+    records = list(logs.read(tmp_path))
+    assert [len(r.data) for r in records] == [logs.MAX_LINE, logs.MAX_LINE, 101,
+                                              logs.MAX_LINE]
+    assert b"".join(r.data for r in records if r.stream == "stdout") == line
+
+
+def test_tail_and_time_window(tmp_path: Path) -> None:
+    log = _writer(tmp_path)
+    for n in range(5):
+        log.feed("stdout" if n % 2 else "stderr", b"line %d\n" % n)
+        time.sleep(0.002)
+    # a monitor killed mid-write leaves a torn record: skipped, also by --tail
+    with open(logs.path(tmp_path), "ab") as f:
+        f.write(b'{"log":"torn')
+    records = list(logs.read(tmp_path))
+    assert [r.data for r in records] == [b"line %d\n" % n for n in range(5)]
+    tail = lambda n: [r.data for r in logs.read(tmp_path, logs.Window(tail=n))]  # noqa: E731
+    assert tail(2) == [b"line 3\n", b"line 4\n"]
+    assert tail(0) == []
+    assert tail(99) == [r.data for r in records]
+    since = records[2].nanos
+    assert [r.data for r in logs.read(tmp_path, logs.Window(since=since))] == [
+        b"line 2\n", b"line 3\n", b"line 4\n"]
+    assert [r.data for r in logs.read(tmp_path, logs.Window(until=since))] == [
+        b"line 0\n", b"line 1\n", b"line 2\n"]
+    assert [r.data for r in logs.read(tmp_path, logs.Window(tail=3, until=since))] == [
+        b"line 2\n"]
+
+
+def test_tail_of_a_log_larger_than_a_read(tmp_path: Path) -> None:
+    log = _writer(tmp_path)
+    log.feed("stdout", b"".join(b"%07d\n" % n for n in range(50_000)))  # ~4 MB of records
+    assert [r.data for r in logs.read(tmp_path, logs.Window(tail=3))] == [
+        b"0049997\n", b"0049998\n", b"0049999\n"]
+    assert len(list(logs.read(tmp_path, logs.Window(tail=20_000)))) == 20_000
+
+
+def test_following_reads_what_comes_until_the_container_stops(tmp_path: Path) -> None:
+    log = _writer(tmp_path)
+    log.feed("stdout", b"before\n")
+    running = threading.Event()
+    running.set()
+
+    def later() -> None:
+        for n in range(3):
+            time.sleep(0.05)
+            log.feed("stderr", b"later %d\n" % n)
+        running.clear()  # stopped: the reader reads once more, then ends
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    seen = [r.data for r in logs.read(tmp_path, running=running.is_set, poll=0.01)]
+    thread.join()
+    assert seen == [b"before\n", b"later 0\n", b"later 1\n", b"later 2\n"]
+
+
+def test_a_log_of_raw_output_is_still_shown(tmp_path: Path) -> None:
+    (tmp_path / logs.RAW_FILE).write_bytes(b"a\nb\nc\n")
+    assert [r.data for r in logs.read(tmp_path)] == [b"a\nb\nc\n"]
+    assert [r.data for r in logs.read(tmp_path, logs.Window(tail=1))] == [b"c\n"]
+    assert list(logs.read(tmp_path, logs.Window(since=1))) == []  # no times to cut by
+
+
+# -- lamina logs on real containers ----------------------------------------------------
+
+IMAGE = "bb:1"
+
+
+class Site:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_lamina(*args, root=self.root, check=check, timeout=60)
+
+    def out(self, *args: str) -> str:
+        return self(*args).stdout.decode()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[Site]:
+    s = Site(tmp_path_factory.mktemp("logs") / "store")
+    s("import", str(busybox_tar), IMAGE)
+    yield s
+    s("container", "prune", "-f")
+
+
+@needs_root
+def test_logs_sends_each_line_back_to_its_stream(site: Site) -> None:
+    site("run", "-d", "--network", "none", "--name", "streams", IMAGE, "sh", "-c",
+         "echo out1; echo err1 >&2; printf 'no end'; sleep 0.2; echo ' now'; echo err2 >&2")
+    site("wait", "streams")
+    shown = site("logs", "streams")
+    assert shown.stdout == b"out1\nno end now\n"
+    assert shown.stderr == b"err1\nerr2\n"
+    assert site("logs", "--tail", "1", "streams").stderr == b"err2\n"
+    stamped = site("logs", "-t", "streams").stdout.decode().splitlines()
+    assert [re.fullmatch(r"(\S+Z) (.*)", line).group(2) for line in stamped] == [
+        "out1", "no end now"]
+    times = [gotime.parse_rfc3339_nano(line.split()[0]) for line in stamped]
+    assert abs(times[0] - time.time_ns()) < 60 * SECOND
+    assert times[1] - times[0] >= 150_000_000  # the second line came after the sleep
+    # the window: from the first line's time up to a moment before the second
+    until = gotime.rfc3339_nano(times[0] + 100_000_000)
+    assert site("logs", "--until", until, "streams").stdout == b"out1\n"
+    assert site("logs", "--since", gotime.rfc3339_nano(times[1]), "streams").stdout == \
+        b"no end now\n"
+    assert site("logs", "--since", "1h", "streams").stdout == b"out1\nno end now\n"
+    assert site("logs", "--until", "1h", "streams").stdout == b""
+
+
+@needs_root
+def test_follow_prints_as_it_comes_and_ends_with_the_container(site: Site) -> None:
+    site("run", "-d", "--network", "none", "--name", "ticker", IMAGE, "sh", "-c",
+         "for i in 1 2 3; do echo tick $i; sleep 0.3; done; echo done >&2")
+    follower = subprocess.Popen([*LAMINA, "--root", str(site.root), "logs", "-f", "ticker"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = follower.stdout.readline()
+    assert first == b"tick 1\n"
+    assert site.out("inspect", "-f", "{{.State.Running}}", "ticker").strip() == "true"
+    out, err = follower.communicate(timeout=20)
+    assert follower.returncode == 0
+    assert first + out == b"tick 1\ntick 2\ntick 3\n"
+    assert err == b"done\n"
+
+
+@needs_root
+def test_a_foreground_run_is_logged_and_writes_to_pipes_not_the_terminal(site: Site) -> None:
+    ran = site("run", "--network", "none", "--name", "fg", IMAGE, "sh", "-c",
+               "echo hello; echo oops >&2; test -t 1 && echo tty || echo pipe; exit 3",
+               check=False)
+    assert ran.returncode == 3
+    assert (ran.stdout, ran.stderr) == (b"hello\npipe\n", b"oops\n")
+    logged = site("logs", "fg")
+    assert (logged.stdout, logged.stderr) == (b"hello\npipe\n", b"oops\n")
+    # with a pty, one stream: stdout (as Docker's)
+    site("run", "-d", "-t", "--network", "none", "--name", "tty", IMAGE, "sh", "-c",
+         "echo to-err >&2")
+    site("wait", "tty")
+    assert site("logs", "tty").stdout == b"to-err\r\n"
+
+
+@needs_root
+def test_a_reader_that_goes_away_does_not_stop_the_container(site: Site) -> None:
+    """``lamina run ... | head -1``: the container runs on, its output still logged."""
+    run = subprocess.Popen(
+        [*LAMINA, "--root", str(site.root), "run", "--network", "none", "--name", "headed",
+         IMAGE, "sh", "-c", "echo first; sleep 0.3; i=0; while [ $i -lt 2000 ]; do "
+         "echo more $i; i=$((i+1)); done; exit 5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert run.stdout.readline() == b"first\n"
+    run.stdout.close()
+    assert run.wait(timeout=30) == 5
+    logged = site("logs", "headed").stdout.splitlines()
+    assert logged[0] == b"first" and logged[-1] == b"more 1999" and len(logged) == 2001
+
+
+@needs_root
+def test_logs_refuses_what_is_not_a_time_or_a_count(site: Site) -> None:
+    site("create", "--name", "idle", IMAGE, "true")
+    for args, words in ((["--since", "yesterday"], b"neither a time nor a duration"),
+                        (["--until", "2026-13-01"], b"not a valid date"),
+                        (["--tail", "-3"], b"not a number of lines")):
+        refused = site("logs", *args, "idle", check=False)
+        assert refused.returncode != 0
+        assert words in refused.stderr and b"Traceback" not in refused.stderr
+    assert site("logs", "idle").stdout == b""  # never started: nothing logged
