@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:wait_arguments")
     command(sub, "rm", "container:cmd_rm", "remove containers",
             arguments="container:rm_arguments")
-    command(sub, "logs", "container:cmd_logs", "print a detached container's output",
+    command(sub, "logs", "container:cmd_logs", "print a container's output",
             arguments="container:logs_arguments")
     command(sub, "exec", "container:cmd_exec", "run a command in a running container",
             arguments="container:exec_arguments")
