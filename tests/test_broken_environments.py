@@ -75,6 +75,10 @@ COMMANDS: dict[str, list[str]] = {
     "wait": ["wait", "nosuch"],
     "rm": ["rm", "nosuch"],
     "logs": ["logs", "nosuch"],
+    "restart": ["restart", "nosuch"],
+    "rename": ["rename", "nosuch", "other"],
+    "port": ["port", "nosuch"],
+    "top": ["top", "nosuch"],
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
@@ -94,7 +98,7 @@ COMMANDS: dict[str, list[str]] = {
 ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
-               "commit"}
+               "commit", "restart", "rename", "port", "top"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 

@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import LAMINA, needs_root, run_lamina
+from conftest import LAMINA, needs_root
+from containersite import IMAGE, Site, busybox_site
 
 from lamina.core import gotime
 from lamina.core.containers import logs
@@ -169,26 +170,9 @@ def test_a_log_of_raw_output_is_still_shown(tmp_path: Path) -> None:
 
 # -- lamina logs on real containers ----------------------------------------------------
 
-IMAGE = "bb:1"
-
-
-class Site:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run_lamina(*args, root=self.root, check=check, timeout=60)
-
-    def out(self, *args: str) -> str:
-        return self(*args).stdout.decode()
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[Site]:
-    s = Site(tmp_path_factory.mktemp("logs") / "store")
-    s("import", str(busybox_tar), IMAGE)
-    yield s
-    s("container", "prune", "-f")
+    yield from busybox_site(tmp_path_factory.mktemp("logs") / "store", busybox_tar)
 
 
 @needs_root

@@ -220,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:wait_arguments")
     command(sub, "rm", "container:cmd_rm", "remove containers",
             arguments="container:rm_arguments")
+    command(sub, "restart", "container:cmd_restart", "stop containers, then start them",
+            arguments="container:restart_arguments")
+    command(sub, "rename", "container:cmd_rename", "give a container another name",
+            arguments="container:rename_arguments")
+    command(sub, "port", "container:cmd_port", "list a running container's published ports",
+            arguments="container:port_arguments")
+    command(sub, "top", "container:cmd_top", "list a running container's processes (ps)",
+            arguments="container:top_arguments")
     command(sub, "logs", "container:cmd_logs", "print a container's output",
             arguments="container:logs_arguments")
     command(sub, "exec", "container:cmd_exec", "run a command in a running container",
@@ -236,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, short in [("ls", "ps"), ("create", "create"), ("run", "run"), ("start", "start"),
                         ("stop", "stop"), ("kill", "kill"), ("wait", "wait"), ("rm", "rm"),
                         ("logs", "logs"), ("exec", "exec"), ("diff", "diff"),
-                        ("commit", "commit"), ("inspect", "inspect")]:
+                        ("commit", "commit"), ("inspect", "inspect"), ("restart", "restart"),
+                        ("rename", "rename"), ("port", "port"), ("top", "top")]:
         alias(csub, name, short)
 
     image = sub.add_parser("image", help="manage images (Docker's `image` commands: the same "

@@ -556,6 +556,135 @@ def cmd_stop(args: argparse.Namespace, engine: Engine) -> int:
     return _each(args, engine, stop)
 
 
+def restart_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", type=float, default=10,
+                   help="seconds to wait before killing it (default 10)")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def cmd_restart(args: argparse.Namespace, engine: Engine) -> int:
+    """Stop (if running) and start each container, detached, as ``docker restart``."""
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    status = 0
+    for ref in args.containers:
+        try:
+            with engine.open_store() as store:
+                _reconcile(store)
+                container = ContainerStore(store).get(ref)
+                monitor.stop(store, container.id, args.time)
+            monitor.start_detached(engine, container.id)
+            print(ref)
+        except LaminaError as exc:
+            report(exc)
+            status = exc.exit_status
+    return status
+
+
+def rename_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("name", metavar="NEW_NAME")
+
+
+def cmd_rename(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+
+    with engine.open_store() as store:
+        containers = ContainerStore(store)
+        container = containers.get(args.container)
+        if container.name == args.name:
+            raise ContainerError(f"container {container.name} has that name already",
+                                 hint="give a different name")
+        containers.rename(container.id, args.name)
+    return 0
+
+
+def port_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("port", nargs="?", metavar="PRIVATE_PORT[/PROTO]",
+                   help="only this port of the container (tcp unless /udp)")
+
+
+def cmd_port(args: argparse.Namespace, engine: Engine) -> int:
+    """A running container's published ports, as ``docker port`` prints them."""
+    from ..containers.store import ContainerStore
+
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = ContainerStore(store).get(args.container)
+    mappings = container.spec.ports if container.running else ()
+    if args.port is None:
+        for m in mappings:
+            print(f"{m.container_port}/{m.protocol} -> {m.host_ip or '0.0.0.0'}:{m.host_port}")
+        return 0
+    number, _, protocol = args.port.partition("/")
+    protocol = protocol or "tcp"
+    if not number.isdigit() or protocol not in ("tcp", "udp"):
+        raise ContainerError(f"invalid port {args.port!r}",
+                             hint="give the container's port as PORT or PORT/tcp or PORT/udp")
+    found = [m for m in mappings if (m.container_port, m.protocol) == (int(number), protocol)]
+    if not found:
+        raise ContainerError(f"no public port {number}/{protocol} is published for "
+                             f"{container.name}", hint="see lamina port " + container.name)
+    for m in found:
+        print(f"{m.host_ip or '0.0.0.0'}:{m.host_port}")
+    return 0
+
+
+def top_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("ps_options", nargs=argparse.REMAINDER, metavar="PS_OPTIONS",
+                   help="options of the host's ps (default -ef)")
+
+
+def cmd_top(args: argparse.Namespace, engine: Engine) -> int:
+    """The container's processes: the host's ``ps``, only the rows of processes in the
+    container's pid namespace (its first process's, which ``exec`` joins too)."""
+    import subprocess
+
+    from ..containers.store import ContainerStore
+
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = ContainerStore(store).get(args.container)
+    if not container.running or container.pid is None:
+        raise ContainerError(f"container {container.name} is not running",
+                             hint=f"start it first: lamina start {container.name}")
+    try:
+        namespace = os.readlink(f"/proc/{container.pid}/ns/pid")
+    except OSError as exc:
+        raise ContainerError(f"container {container.name} is not running",
+                             hint="it exited a moment ago") from exc
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
+                    pids.add(entry)
+    try:
+        ps = subprocess.run(["ps", *(args.ps_options or ["-ef"])], capture_output=True,
+                            text=True, check=False)
+    except FileNotFoundError:
+        raise ContainerError("there is no ps on this host",
+                             hint="install it (Debian: apt-get install procps)") from None
+    if ps.returncode != 0:
+        raise ContainerError(f"ps {' '.join(args.ps_options)} failed: {ps.stderr.strip()}",
+                             hint="give options of the host's ps, such as -ef or aux")
+    header, *rows = ps.stdout.splitlines()
+    columns = header.split()
+    if "PID" not in columns:
+        raise ContainerError(f"ps {' '.join(args.ps_options)} shows no PID column",
+                             hint="give options whose output has one, such as -ef or aux")
+    at = columns.index("PID")
+    print(header)
+    for row in rows:
+        fields = row.split(None, at + 1)
+        if len(fields) > at and fields[at] in pids:
+            print(row)
+    return 0
+
+
 def kill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
@@ -692,6 +821,8 @@ def cmd_container_prune(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def exec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="return once the command runs; its output is discarded")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
     p.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]")
@@ -716,10 +847,17 @@ def cmd_exec(args: argparse.Namespace, engine: Engine) -> int:
         raise ContainerError(f"container {container.name} is not running",
                              hint=f"start it first: lamina start {container.name}")
     spec = container.spec
-    return execute.exec_in(
-        container, args.command, env=merge_env(spec.env, _env(args)),
+    run = functools.partial(
+        execute.exec_in, container, args.command, env=merge_env(spec.env, _env(args)),
         user=args.user if args.user is not None else spec.user,
-        workdir=args.workdir or spec.workdir, tty=args.tty, interactive=args.interactive)
+        workdir=args.workdir or spec.workdir)
+    if args.detach:
+        from ..launcher import monitor
+
+        monitor.in_background(lambda started: run(tty=False, interactive=False,
+                                                  started=started))
+        return 0
+    return run(tty=args.tty, interactive=args.interactive)
 
 
 def diff_arguments(p: argparse.ArgumentParser) -> None:

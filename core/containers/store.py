@@ -175,6 +175,16 @@ class ContainerStore:
         self._update(container_id, state="exited", pid=None, process=None, exit_code=exit_code,
                      oom_killed=int(oom_killed), finished=time.time())
 
+    def rename(self, container_id: str, name: str) -> None:
+        """Give the container ``name`` (Docker's ``rename``); its old name is free then."""
+        _check_name(name)
+        try:
+            self._update(container_id, name=name)
+        except sqlite3.IntegrityError:
+            raise ContainerInUse(f"the container name {name!r} is already in use",
+                                 hint="remove that container (lamina rm) or choose another "
+                                 "name") from None
+
     def _update(self, container_id: str, **values: object) -> None:
         columns = ", ".join(f"{k} = ?" for k in values)
         with self.store.lock, metadata.transaction(self._db):

@@ -3,7 +3,8 @@
 The process joins the container's namespaces (see :mod:`.process`), gets the same
 hardening as the container's first process and its own user and working directory.
 It is a child of this command, not of the container's monitor: its exit status is
-this command's.
+this command's. With ``exec -d`` this command returns once it runs, and a process of
+its own session (:func:`.monitor.in_background`) waits for it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..containers.store import Container
 from ..errors import LaminaError
@@ -19,8 +20,12 @@ from . import cgroups, monitor, process, terminal
 
 
 def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], user: str,
-            workdir: str, tty: bool, interactive: bool) -> int:
-    """Run ``argv`` in ``container``; its exit code (128+N for signal N)."""
+            workdir: str, tty: bool, interactive: bool,
+            started: Callable[[], None] | None = None) -> int:
+    """Run ``argv`` in ``container``; its exit code (128+N for signal N).
+
+    ``started`` is called once the process runs (``exec -d`` returns then).
+    """
     assert container.pid is not None
     master = devnull = -1
     tty_parent = tty_child = None
@@ -44,6 +49,8 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, 0)
                 raise
+            if started is not None:
+                started()
             if tty_parent is not None:
                 master = terminal.receive_master(tty_parent)
             stdio = monitor.Stdio("tty" if tty else "inherit", interactive)

@@ -380,15 +380,34 @@ def _relay_pipes(pid: int, pipes: dict[int, str], sink: Callable[[str, bytes], N
 def start_detached(engine: Engine, container_id: str) -> None:
     """Fork a monitor for the container and return once its process has started.
 
-    The monitor opens its own store (a database connection must not cross a fork),
-    leaves this process's session and runs the container with its output in the log.
-    A failure to start is raised here, as it would be in the foreground.
+    The monitor opens its own store (a database connection must not cross a fork) and
+    runs the container with its output in the log. A failure to start is raised here,
+    as it would be in the foreground.
+    """
+    def monitor(started: Callable[[], None]) -> int:
+        with engine.open_store() as store:
+            container = ContainerStore(store).get(container_id)
+            code = run(store, container, Stdio("log", interactive=False), started,
+                       network=engine.config.network)
+            if container.spec.auto_remove:
+                remove(store, container.id)
+        return code
+
+    in_background(monitor)
+
+
+def in_background(body: Callable[[Callable[[], None]], int]) -> None:
+    """Run ``body(started)`` in a forked process of its own session, stdio on /dev/null,
+    and return once it calls ``started()``; what it raised before that is raised here.
+
+    The detached monitor of ``run -d``/``start`` and the waiter of ``exec -d``: a
+    process that outlives this command and reaps what it started.
     """
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(ready_r)
-        _monitor_main(engine, container_id, ready_w)
+        _background_main(body, ready_w)
     os.close(ready_w)
     data = b""
     while chunk := os.read(ready_r, 65536):
@@ -406,7 +425,7 @@ def start_detached(engine: Engine, container_id: str) -> None:
     raise error
 
 
-def _monitor_main(engine: Engine, container_id: str, ready_w: int) -> None:
+def _background_main(body: Callable[[Callable[[], None]], int], ready_w: int) -> None:
     code = 1
     try:
         os.setsid()
@@ -422,12 +441,7 @@ def _monitor_main(engine: Engine, container_id: str, ready_w: int) -> None:
                 os.write(ready_w, b"ok")
             os.close(ready_w)
 
-        with engine.open_store() as store:
-            container = ContainerStore(store).get(container_id)
-            stdio = Stdio("log", interactive=False)
-            code = run(store, container, stdio, started, network=engine.config.network)
-            if container.spec.auto_remove:
-                remove(store, container.id)
+        code = body(started)
     except LaminaError as exc:
         with contextlib.suppress(OSError):
             kind = {127: "not_found", 126: "not_executable"}.get(exc.exit_status, "setup")
