@@ -79,6 +79,7 @@ COMMANDS: dict[str, list[str]] = {
     "rename": ["rename", "nosuch", "other"],
     "port": ["port", "nosuch"],
     "top": ["top", "nosuch"],
+    "cp": ["cp", "nosuch:/etc/hostname", "{output}"],
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
@@ -98,7 +99,7 @@ COMMANDS: dict[str, list[str]] = {
 ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
-               "commit", "restart", "rename", "port", "top"}
+               "commit", "restart", "rename", "port", "top", "cp"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 

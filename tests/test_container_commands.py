@@ -3,6 +3,8 @@ through the real CLI on real containers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +104,109 @@ def test_port_lists_published_ports_of_a_running_container(
         assert site.out("port", "web") == ""  # as Docker's: only while it runs
     finally:
         site("rm", "-f", "web")
+
+
+# -- cp -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def running(site: Site, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A running container with /data (a file, a tree, a symlink to /) and a volume."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    site("run", "-d", "--network", "none", "--name", "files", "-v", f"{volume}:/vol", IMAGE,
+         "sh", "-c", "mkdir -p /data/sub && echo hello > /data/f && echo deep > /data/sub/x "
+         "&& ln -s / /data/escape && ln -s /etc/passwd /data/pw && chown 7:8 /data/f "
+         "&& touch /ready; trap 'exit 0' TERM; while true; do sleep 0.1; done")
+    _until(lambda: site("exec", "files", "test", "-e", "/ready", check=False).returncode == 0)
+    yield "files", volume
+    site("rm", "-f", "files")
+
+
+def test_cp_out_of_a_container_by_dockers_rules(site: Site, running: tuple[str, Path],
+                                                tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    done = site("cp", "files:/data", str(out))  # an existing directory: copied into it
+    assert done.stderr.startswith(b"Successfully copied ")
+    assert (out / "data/f").read_text() == "hello\n"
+    assert (out / "data/sub/x").read_text() == "deep\n"
+    assert os.readlink(out / "data/escape") == "/"  # a symlink is copied as one
+    assert (out / "data/f").stat().st_uid == 0  # the invoking user's, without -a
+    site("cp", "-q", "files:/data/f", str(out / "renamed"))  # a new name: the file as it
+    assert (out / "renamed").read_text() == "hello\n"
+    site("cp", "-a", "files:/data/f", str(out / "owned"))
+    assert ((out / "owned").stat().st_uid, (out / "owned").stat().st_gid) == (7, 8)
+    site("cp", "files:/data/.", str(out / "contents"))  # a new directory of its contents
+    assert sorted(os.listdir(out / "contents")) == ["escape", "f", "pw", "sub"]
+    site("cp", "-L", "files:/data/pw", str(out / "passwd"))  # the link's target, the
+    assert (out / "passwd").read_text().startswith("root:x:0:0:")  # container's own
+    # paths resolve inside the container: its /etc/hostname, never the host's
+    site("cp", "files:/data/escape/etc/hostname", str(out / "hostname"))
+    assert (out / "hostname").read_text() == site.out("exec", "files", "cat", "/etc/hostname")
+    for source, dest, words in (
+            ("files:/nosuch", str(out), b"no such file or directory in container files"),
+            ("files:/data/escape/etc/shadow", str(out), b"no such file"),
+            ("files:/data", str(out / "renamed"), b"cannot copy the directory"),
+            ("files:/data/f", str(out / "missing") + "/", b"does not exist"),
+            ("files:/data/f", str(out / "no/such/dir/f"), b"no such directory on this host"),
+            (str(out), str(out / "x"), b"exactly one of"),
+            ("files:/data", "files:/tmp", b"exactly one of")):
+        refused = site("cp", source, dest, check=False)
+        assert refused.returncode != 0 and words in refused.stderr, (source, refused.stderr)
+        assert b"Traceback" not in refused.stderr
+
+
+def test_cp_into_a_container_stays_inside_it(site: Site, running: tuple[str, Path],
+                                             tmp_path: Path) -> None:
+    _, volume = running
+    src = tmp_path / "src"
+    (src / "tree/sub").mkdir(parents=True)
+    (src / "tree/a").write_text("one\n")
+    (src / "tree/sub/b").write_text("two\n")
+    os.symlink("/etc/hostname", src / "tree/link")
+    os.chown(src / "tree/a", 1234, 5678)
+    (src / "file").write_text("file\n")
+    site("cp", str(src / "tree"), "files:/data/")
+    assert site.out("exec", "files", "cat", "/data/tree/a", "/data/tree/sub/b") == "one\ntwo\n"
+    assert site.out("exec", "files", "readlink", "/data/tree/link") == "/etc/hostname\n"
+    assert site.out("exec", "files", "stat", "-c", "%u:%g", "/data/tree/a") == "0:0\n"
+    site("cp", "-a", str(src / "tree"), "files:/kept")  # a new name; owners kept
+    assert site.out("exec", "files", "stat", "-c", "%u:%g", "/kept/a") == "1234:5678\n"
+    site("cp", f"{src}/tree/.", "files:/data/sub")  # the contents, merged
+    assert site.out("exec", "files", "ls", "/data/sub").split() == ["a", "link", "sub", "x"]
+    # through the container's symlink to its /: the container's /tmp, not the host's
+    site("cp", str(src / "file"), "files:/data/escape/tmp/lamina-cp-escape")
+    assert site.out("exec", "files", "cat", "/tmp/lamina-cp-escape") == "file\n"
+    assert not os.path.exists("/tmp/lamina-cp-escape")
+    # a volume is part of the container's view
+    site("cp", str(src / "file"), "files:/vol/")
+    assert (volume / "file").read_text() == "file\n"
+    # a tar on stdin, unpacked into a directory; a tar of a path on stdout
+    packed = subprocess.run(["tar", "-C", str(src), "-c", "file"], capture_output=True,
+                            check=True).stdout
+    site("cp", "-", "files:/data/escape/home", input=packed)
+    assert site.out("exec", "files", "cat", "/home/file") == "file\n"
+    listing = subprocess.run(["tar", "-t"], input=site("cp", "files:/data/sub", "-").stdout,
+                             capture_output=True, check=True).stdout.decode().split()
+    assert sorted(listing) == ["sub/", "sub/a", "sub/link", "sub/sub/", "sub/sub/b", "sub/x"]
+    (src / ".wh.hidden").write_text("x")
+    for source, dest, words in (
+            (str(src / "tree"), "files:/data/f", b"cannot copy the directory"),
+            (str(src / "file"), "files:/nodir/", b"does not exist"),
+            (str(src / "file"), "files:/no/such/dir", b"no such directory in container"),
+            (str(src / "nosuch"), "files:/tmp", b"no such file or directory on this host"),
+            ("-", "files:/data/f", b"no such directory in container"),
+            (str(src / ".wh.hidden"), "files:/tmp", b"names beginning with .wh.")):
+        refused = site("cp", source, dest, check=False, input=b"")
+        assert refused.returncode != 0 and words in refused.stderr, (source, refused.stderr)
+
+
+def test_cp_with_a_stopped_container(site: Site, tmp_path: Path) -> None:
+    site("create", "--name", "parked", IMAGE, "true")
+    (tmp_path / "in").write_text("parked\n")
+    site("cp", str(tmp_path / "in"), "parked:/etc/in")
+    site("cp", "parked:/etc/in", str(tmp_path / "out"))
+    assert (tmp_path / "out").read_text() == "parked\n"
+    assert site.out("diff", "parked").splitlines() == ["C /etc", "A /etc/in"]
+    site("rm", "parked")  # its layer was unmounted again: rm works

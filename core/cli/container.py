@@ -685,6 +685,123 @@ def cmd_top(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
+def cp_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--archive", action="store_true",
+                   help="keep the owners (default: the receiving side's root)")
+    p.add_argument("-L", "--follow-link", action="store_true",
+                   help="copy what a symlink at the end of SRC points to, not the link")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("source", metavar="SRC", help="CONTAINER:PATH, a host path, or - (a tar "
+                   "on stdin)")
+    p.add_argument("destination", metavar="DEST", help="CONTAINER:PATH, a host path, or - "
+                   "(a tar on stdout)")
+
+
+def _cp_side(arg: str) -> tuple[str | None, str]:
+    """(container, path) of a ``cp`` argument; a host path has no container. A path that
+    starts with / or . is the host's even with a colon in it (Docker's rule)."""
+    if arg == "-" or arg.startswith(("/", ".")) or ":" not in arg:
+        return None, arg
+    container, _, path = arg.partition(":")
+    return container, path or "/"
+
+
+def cmd_cp(args: argparse.Namespace, engine: Engine) -> int:
+    """Docker's ``cp``: a path into or out of a container (core/launcher/copy.py)."""
+    from ..containers.store import ContainerStore
+    from ..launcher import copy
+
+    source_container, source = _cp_side(args.source)
+    dest_container, dest = _cp_side(args.destination)
+    if (source_container is None) == (dest_container is None):
+        raise ContainerError("cp copies between a container and this host: exactly one of "
+                             "SRC and DEST is CONTAINER:PATH",
+                             hint="lamina cp web:/etc/hosts ./hosts, or lamina cp ./app web:/app")
+    owner = None if args.archive else (os.getuid(), os.getgid())
+    with engine.open_store() as store:
+        _reconcile(store)
+        name = source_container or dest_container
+        assert name is not None
+        container = ContainerStore(store).get(name)
+        with copy.Inside(store, container) as inside:
+            if source_container is not None:
+                copied = _cp_out(copy, inside, source, dest, args.follow_link, owner)
+            else:
+                copied = _cp_in(copy, inside, source, dest, args.follow_link,
+                                None if args.archive else (0, 0))
+    if copied is not None and not args.quiet:
+        from .sizes import human_size
+
+        print(f"Successfully copied {human_size(copied)} to {args.destination}",
+              file=sys.stderr)
+    return 0
+
+
+def _cp_out(copy: Any, inside: Any, path: str, dest: str, follow: bool,
+            owner: tuple[int, int] | None) -> int | None:
+    where = f"in container {inside.container.name}"
+    source = copy.Source(*inside.run(lambda: copy.look_up(path, follow=follow, where=where)))
+    with_top = not (source.directory and copy.contents_only(path))
+    if dest == "-":
+        sys.stdout.flush()
+        inside.run(lambda: copy.write_tar(source, os.fdopen(1, "wb", closefd=False),
+                                          with_top=with_top))
+        return None
+    exists, is_dir = copy.describe(dest)
+    target = copy.target_for(dest, exists, is_dir, source, path)
+    if not copy.describe(target.directory)[1]:
+        raise ContainerError(f"{target.directory}: no such directory on this host",
+                             hint="make it first")
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    running = inside.start(lambda: copy.write_tar(source, os.fdopen(write_end, "wb"),
+                                                  with_top=with_top), keep=(write_end,),
+                           drop=(read_end,))
+    try:
+        with os.fdopen(read_end, "rb") as stream:
+            size = copy.unpack(stream, target, source.name, owner=owner)
+    except BaseException:
+        with contextlib.suppress(LaminaError):
+            running.result()
+        raise
+    running.result()
+    return size
+
+
+def _cp_in(copy: Any, inside: Any, path: str, dest: str, follow: bool,
+           owner: tuple[int, int] | None) -> int | None:
+    exists, is_dir = inside.run(lambda: copy.describe(dest))
+    if path == "-":
+        if not is_dir:
+            raise ContainerError(f"{dest}: no such directory in container "
+                                 f"{inside.container.name}",
+                                 hint="a tar from stdin is unpacked into an existing directory")
+        inside.run(lambda: copy.unpack(os.fdopen(0, "rb", closefd=False),
+                                       copy.Target(dest, ""), "", owner=owner))
+        return None
+    source = copy.look_up(path, follow=follow, where="on this host")
+    target = copy.target_for(dest, exists, is_dir, source, path)
+    if not inside.run(lambda: copy.describe(target.directory))[1]:
+        raise ContainerError(f"{target.directory}: no such directory in container "
+                             f"{inside.container.name}", hint="make it first (lamina exec)")
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    running = inside.start(lambda: copy.unpack(os.fdopen(read_end, "rb"), target, source.name,
+                                               owner=owner), keep=(read_end,),
+                            drop=(write_end,))
+    try:
+        with os.fdopen(write_end, "wb") as stream:
+            size = copy.write_tar(source, stream, with_top=not (
+                source.directory and copy.contents_only(path)))
+    except BrokenPipeError:
+        running.result()  # the child's own error says why it stopped reading
+        raise
+    except BaseException:
+        with contextlib.suppress(LaminaError):
+            running.result()
+        raise
+    running.result()
+    return size
+
+
 def kill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")

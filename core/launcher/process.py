@@ -200,7 +200,7 @@ def _child(launch: Launch, go_r: int, err_w: int,
         _report(err_w, "setup", f"container setup failed: {exc}", None, 125)
 
 
-def _namespace_fd(pid: int, kind: str) -> int | None:
+def namespace_fd(pid: int, kind: str) -> int | None:
     try:
         return os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -211,7 +211,7 @@ def _namespace_fd(pid: int, kind: str) -> int | None:
 
 
 def _enter_pid_namespace(pid: int) -> None:
-    fd = _namespace_fd(pid, "pid")
+    fd = namespace_fd(pid, "pid")
     assert fd is not None
     try:
         syscalls.setns(fd)
@@ -222,7 +222,7 @@ def _enter_pid_namespace(pid: int) -> None:
 def _join(pid: int) -> None:
     """Enter the running container's other namespaces (the pid one came with the fork)."""
     fds = [fd for kind in JOIN_ORDER if kind != "pid"
-           and (fd := _namespace_fd(pid, kind)) is not None]
+           and (fd := namespace_fd(pid, kind)) is not None]
     for fd in fds:
         syscalls.setns(fd)
         os.close(fd)
