@@ -196,6 +196,9 @@ def test_logs_sends_each_line_back_to_its_stream(site: Site) -> None:
     assert site("logs", "--since", gotime.rfc3339_nano(times[1]), "streams").stdout == \
         b"no end now\n"
     assert site("logs", "--since", "1h", "streams").stdout == b"out1\nno end now\n"
+    # Docker's LogPath: the json-file itself
+    log_path = Path(site.out("inspect", "-f", "{{.LogPath}}", "streams").strip())
+    assert json.loads(log_path.read_bytes().splitlines()[0])["log"] == "out1\n"
     assert site("logs", "--until", "1h", "streams").stdout == b""
 
 

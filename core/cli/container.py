@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ContainerError, ImageNotFound, LaminaError, host_error
@@ -471,13 +472,19 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
-def inspect_container(c: Container) -> dict[str, Any]:
-    """Docker's ``container inspect`` shape, for the fields lamina has."""
+def inspect_container(c: Container, directory: Path) -> dict[str, Any]:
+    """Docker's ``container inspect`` shape, for the fields lamina has; ``directory`` is
+    the container's own (its /etc files and log)."""
+    from ..containers import logs
+
     spec = c.spec
     iso = _iso
     return {
         "Id": c.id, "Name": "/" + c.name, "Created": iso(c.created), "Image": c.image,
         "Path": spec.argv[0], "Args": list(spec.argv[1:]),
+        "ResolvConfPath": str(directory / "resolv.conf"),
+        "HostnamePath": str(directory / "hostname"), "HostsPath": str(directory / "hosts"),
+        "LogPath": str(logs.path(directory)),
         "State": {"Status": c.state, "Running": c.running, "Pid": c.pid or 0,
                   "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed,
                   "StartedAt": iso(c.started), "FinishedAt": iso(c.finished)},

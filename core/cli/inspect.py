@@ -46,7 +46,9 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
             try:
                 if args.type != "image":
                     try:
-                        out.append(inspect_container(containers.get(text)))
+                        container = containers.get(text)
+                        out.append(inspect_container(container,
+                                                     containers.directory(container.id)))
                         continue
                     except ContainerNotFound:
                         if args.type == "container":
