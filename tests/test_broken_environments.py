@@ -80,6 +80,7 @@ COMMANDS: dict[str, list[str]] = {
     "port": ["port", "nosuch"],
     "top": ["top", "nosuch"],
     "cp": ["cp", "nosuch:/etc/hostname", "{output}"],
+    "export": ["export", "-o", "{output}", "nosuch"],
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
@@ -99,7 +100,7 @@ COMMANDS: dict[str, list[str]] = {
 ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
-               "commit", "restart", "rename", "port", "top", "cp"}
+               "commit", "restart", "rename", "port", "top", "cp", "export"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 

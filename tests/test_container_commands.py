@@ -3,8 +3,10 @@ through the real CLI on real containers."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +212,29 @@ def test_cp_with_a_stopped_container(site: Site, tmp_path: Path) -> None:
     assert (tmp_path / "out").read_text() == "parked\n"
     assert site.out("diff", "parked").splitlines() == ["C /etc", "A /etc/in"]
     site("rm", "parked")  # its layer was unmounted again: rm works
+
+
+def test_export_flattens_the_container_without_its_volumes(
+        site: Site, running: tuple[str, Path], tmp_path: Path) -> None:
+    _, volume = running
+    (volume / "in-volume").write_text("not exported\n")
+    site("exec", "files", "rm", "/bin/true")
+    site("export", "-o", str(tmp_path / "files.tar"), "files")
+    names = subprocess.run(["tar", "-tf", str(tmp_path / "files.tar")], capture_output=True,
+                           check=True, text=True).stdout.split()
+    assert {"data/f", "data/sub/x", "bin/busybox", "vol/", "proc/"} <= set(names)
+    assert "bin/true" not in names and "vol/in-volume" not in names
+    assert not [n for n in names if n.startswith(("proc/", "sys/")) and n not in ("proc/",
+                                                                                 "sys/")]
+    # what docker export | docker import does: one layer, the container's tree
+    site("import", str(tmp_path / "files.tar"), "flat:1")
+    assert site.out("run", "--rm", "--network", "none", "flat:1", "cat", "/data/f") == "hello\n"
+    refused = site("run", "--rm", "--network", "none", "flat:1", "true", check=False)
+    assert refused.returncode == 127
+    site("rmi", "flat:1")
+    # to standard output too; never to a terminal, never a half file
+    streamed = site("export", "files").stdout
+    with tarfile.open(fileobj=io.BytesIO(streamed)) as archive:
+        assert {m.name + ("/" if m.isdir() else "") for m in archive} == set(names)
+    missing = site("export", "-o", str(tmp_path / "nope.tar"), "nosuch", check=False)
+    assert missing.returncode != 0 and not (tmp_path / "nope.tar").exists()

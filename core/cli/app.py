@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:wait_arguments")
     command(sub, "rm", "container:cmd_rm", "remove containers",
             arguments="container:rm_arguments")
+    command(sub, "export", "container:cmd_export", "write a container's files as one tar",
+            arguments="container:export_arguments")
     command(sub, "cp", "container:cmd_cp", "copy files between a container and this host",
             arguments="container:cp_arguments")
     command(sub, "restart", "container:cmd_restart", "stop containers, then start them",
@@ -247,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("stop", "stop"), ("kill", "kill"), ("wait", "wait"), ("rm", "rm"),
                         ("logs", "logs"), ("exec", "exec"), ("diff", "diff"),
                         ("commit", "commit"), ("inspect", "inspect"), ("restart", "restart"),
-                        ("rename", "rename"), ("port", "port"), ("top", "top"), ("cp", "cp")]:
+                        ("rename", "rename"), ("port", "port"), ("top", "top"), ("cp", "cp"),
+                        ("export", "export")]:
         alias(csub, name, short)
 
     image = sub.add_parser("image", help="manage images (Docker's `image` commands: the same "

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,8 @@ def cmd_save(args: argparse.Namespace, engine: Engine) -> int:
         if args.format == "oci-dir":
             save(images, wanted, args.format, directory=Path(args.output), warn=warn)
         elif args.output:
-            _save_to_file(images, wanted, args.format, Path(args.output), warn)
+            to_file(Path(args.output),
+                    lambda fd: save(images, wanted, args.format, fd=fd, warn=warn))
         else:
             sys.stdout.flush()
             save(images, wanted, args.format, fd=sys.stdout.fileno(), warn=warn)
@@ -79,10 +81,9 @@ def _name_of(text: str, image_id: str, images: object, engine: Engine) -> list[s
         else []  # type: ignore[attr-defined]
 
 
-def _save_to_file(images: object, wanted: list, fmt: str, target: Path, warn: object) -> None:
-    """Write ``FILE.tmp-PID`` then rename: a failed save leaves no half archive."""
-    from ..images.save import save
-
+def to_file(target: Path, write: Callable[[int], None]) -> None:
+    """``write(fd)`` into ``FILE.tmp-PID``, then fsync and rename: a failed save or export
+    leaves no half archive."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -93,7 +94,7 @@ def _save_to_file(images: object, wanted: list, fmt: str, target: Path, warn: ob
         raise host_error(exc, "write", target) from None
     try:
         try:
-            save(images, wanted, fmt, fd=fd, warn=warn)  # type: ignore[arg-type]
+            write(fd)
             os.fsync(fd)
         except OSError as exc:
             raise host_error(exc, "write", target) from None

@@ -809,6 +809,40 @@ def _cp_in(copy: Any, inside: Any, path: str, dest: str, follow: bool,
     return size
 
 
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="file to write (default: standard output)")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def cmd_export(args: argparse.Namespace, engine: Engine) -> int:
+    """The container's whole file tree as one tar, as ``docker export``: its image's
+    layers and its own changes flattened, volumes not included (``import`` reads it)."""
+    from pathlib import Path
+
+    from ..containers.store import ContainerStore
+    from ..launcher import copy
+    from .archive import to_file
+
+    if not args.output and sys.stdout.isatty():
+        raise ContainerError("refusing to write a tar to a terminal",
+                             hint="give a file with -o, or redirect standard output")
+    root = copy.Source("/", "", True)
+    with engine.open_store() as store:
+        _reconcile(store)
+        container = ContainerStore(store).get(args.container)
+        with copy.Inside(store, container, layer_only=True) as inside:
+            def export(fd: int) -> None:
+                inside.run(lambda: copy.write_tar(root, os.fdopen(fd, "wb", closefd=False),
+                                                  with_top=False))
+
+            if args.output:
+                to_file(Path(args.output), export)
+            else:
+                sys.stdout.flush()
+                export(sys.stdout.fileno())
+    return 0
+
+
 def kill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")

@@ -181,17 +181,18 @@ class Inside:
     """A child process in the container's view of its files, running one function.
 
     A running container's mount namespace is joined (its volumes and tmpfs are
-    there); a stopped container's layer is mounted and becomes the child's root.
+    there); a stopped container's layer is mounted and becomes the child's root, as
+    any container's does with ``layer_only`` (``export``: its files, not its volumes).
     The function's JSON-able result, or the :class:`LaminaError` it raised, comes
     back through a pipe. Everything the function needs must be imported before:
     inside, the host's Python files are not there.
     """
 
-    def __init__(self, store: Store, container: Container) -> None:
+    def __init__(self, store: Store, container: Container, *, layer_only: bool = False) -> None:
         self.store = store
         self.container = container
         self.rootfs: str | None = None
-        if not container.running or container.pid is None:
+        if layer_only or not container.running or container.pid is None:
             self.rootfs = str(store.mount(container.layer, holder=store.process_holder))
 
     def close(self) -> None:
