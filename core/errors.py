@@ -380,6 +380,14 @@ class ContainerInUse(ContainerError):
     """A running container asked to be removed, or a name already taken."""
 
 
+class VolumeNotFound(ContainerError):
+    """No volume has that name."""
+
+
+class VolumeInUse(ContainerError):
+    """A container uses the volume that was asked to be removed."""
+
+
 class LaunchError(ContainerError):
     """The container's process could not be started (namespaces, mounts, exec)."""
 

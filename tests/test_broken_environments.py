@@ -81,6 +81,11 @@ COMMANDS: dict[str, list[str]] = {
     "top": ["top", "nosuch"],
     "cp": ["cp", "nosuch:/etc/hostname", "{output}"],
     "export": ["export", "-o", "{output}", "nosuch"],
+    "volume create": ["volume", "create", "made"],
+    "volume ls": ["volume", "ls"],
+    "volume inspect": ["volume", "inspect", "nosuch"],
+    "volume rm": ["volume", "rm", "nosuch"],
+    "volume prune": ["volume", "prune", "-f"],  # anonymous ones: "made" stays
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
@@ -100,7 +105,8 @@ COMMANDS: dict[str, list[str]] = {
 ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
-               "commit", "restart", "rename", "port", "top", "cp", "export"}
+               "commit", "restart", "rename", "port", "top", "cp", "export",
+               "volume inspect", "volume rm"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 
@@ -244,7 +250,8 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
     # repair finds nothing to do on a healthy store, full disk or not
     return Env("full-disk", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
-                   "inspect", "history", "prune", "ps", "container prune", "image prune"},
+                   "inspect", "history", "prune", "ps", "container prune", "image prune",
+                   "volume ls", "volume prune"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 
@@ -310,7 +317,7 @@ def make_driver_home_deleted(workdir: Path, stack: list) -> Env:
     # `system repair` as the way out (it forgets the layers whose data is gone)
     return Env("driver-home-deleted", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
-                   "inspect", "history"},
+                   "inspect", "history", "volume ls"},
                output=str(workdir / "x.tar"),
                data_kept=False, layers=layers)
 

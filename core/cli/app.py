@@ -253,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
                         ("export", "export")]:
         alias(csub, name, short)
 
+    volume = sub.add_parser("volume", help="manage volumes: directories the store keeps for "
+                            "containers (-v NAME:/path)")
+    vsub = volume.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)
+    command(vsub, "create", "volume:cmd_create", "make a volume, print its name",
+            arguments="volume:create_arguments")
+    command(vsub, "ls", "volume:cmd_ls", "list volumes", formats=True,
+            arguments="volume:ls_arguments")
+    command(vsub, "inspect", "volume:cmd_inspect", "show volumes' details as JSON",
+            arguments="volume:inspect_arguments")
+    command(vsub, "rm", "volume:cmd_rm", "remove volumes no container uses",
+            arguments="volume:rm_arguments")
+    command(vsub, "prune", "volume:cmd_prune",
+            "remove the anonymous volumes no container uses (-a: every unused one)",
+            arguments="volume:prune_arguments")
+
     image = sub.add_parser("image", help="manage images (Docker's `image` commands: the same "
                            "as the short ones, and `image prune`)")
     isub = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)

@@ -26,7 +26,7 @@ from ..errors import ContainerError, ImageNotFound, LaminaError, host_error
 from .output import print_json, print_table, report
 
 if TYPE_CHECKING:
-    from ..containers.spec import ContainerSpec
+    from ..containers.spec import ContainerSpec, Volume
     from ..containers.store import Container
     from ..engine import Engine
     from ..layers.store import Store
@@ -167,12 +167,23 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         user=args.user if args.user is not None else (config.get("User") or ""),
         hostname=args.hostname or "", tty=args.tty, interactive=args.interactive,
         read_only=args.read_only, network=args.network,
-        volumes=tuple([*map(parse_volume, args.volume), *map(parse_tmpfs, args.tmpfs)]),
+        volumes=_volumes([*map(parse_volume, args.volume), *map(parse_tmpfs, args.tmpfs)],
+                         config.get("Volumes") or {}),
         ports=tuple(map(parse_port, args.publish)),
         memory=memory, pids_limit=pids, cpus=args.cpus or None, storage_opts=storage,
         auto_remove=args.rm, stop_signal=config.get("StopSignal") or "SIGTERM",
         seccomp=seccomp, labels=_labels(config.get("Labels") or {}, args.label),
     )
+
+
+def _volumes(given: list[Volume], image: dict[str, object]) -> tuple[Volume, ...]:
+    """The volumes asked for, and an anonymous volume for each of the image's ``VOLUME``
+    paths."""
+    if not image and all(v.kind != "volume" for v in given):
+        return tuple(given)  # the common case: nothing to name (no import on run's path)
+    from ..containers.spec import name_volumes
+
+    return name_volumes(given, image)
 
 
 def _labels(image: dict[str, str], given: list[str]) -> dict[str, str]:
@@ -194,8 +205,19 @@ def _create(args: argparse.Namespace, engine: Engine, store: Store) -> Container
     image_id = _resolve_image(engine, args.image, args.pull, store)
     spec = _spec(args, engine, image_id, store)
     top = ImageStore(store).image(image_id).top_layer
-    return ContainerStore(store).create(spec, top, args.name,
-                                        layer_options=spec.storage_opts or None)
+    containers = ContainerStore(store)
+    container = containers.create(spec, top, args.name, layer_options=spec.storage_opts or None)
+    if any(v.kind == "volume" for v in spec.volumes):
+        from ..containers.volumes import VolumeStore
+        from . import volume
+
+        try:
+            volume.prepare(store, container)
+        except BaseException:
+            containers.remove(container.id)
+            VolumeStore(store).remove_anonymous(container)
+            raise
+    return container
 
 
 #: Docker's exit status when the engine, not the container's command, failed
@@ -265,10 +287,10 @@ def _run(args: argparse.Namespace, engine: Engine) -> int:
                                network=engine.config.network)
         except LaminaError:
             if args.rm:
-                monitor.remove(store, container.id, force=True)
+                monitor.remove(store, container.id, force=True, volumes=True)
             raise
         if args.rm:
-            monitor.remove(store, container.id, force=True)
+            monitor.remove(store, container.id, force=True, volumes=True)
     return code
 
 
@@ -472,9 +494,11 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
-def inspect_container(c: Container, directory: Path) -> dict[str, Any]:
+def inspect_container(c: Container, directory: Path,
+                      volume_path: Callable[[str], Path]) -> dict[str, Any]:
     """Docker's ``container inspect`` shape, for the fields lamina has; ``directory`` is
-    the container's own (its /etc files and log)."""
+    the container's own (its /etc files and log), ``volume_path`` where a volume's files
+    are."""
     from ..containers import logs
 
     spec = c.spec
@@ -501,6 +525,10 @@ def inspect_container(c: Container, directory: Path) -> dict[str, Any]:
                                  for v in spec.volumes if v.kind == "bind"],
                        "Tmpfs": {v.target: v.options for v in spec.volumes if v.kind == "tmpfs"},
                        "PortBindings": [p._asdict() for p in spec.ports]},
+        "Mounts": [{"Type": v.kind, **({"Name": v.source} if v.kind == "volume" else {}),
+                    "Source": str(volume_path(v.source)) if v.kind == "volume" else v.source,
+                    "Destination": v.target, "RW": not v.readonly}
+                   for v in spec.volumes],
         "GraphDriver": {"Layer": c.layer},
     }
 
@@ -518,6 +546,8 @@ def _iso(stamp: float | None) -> str:
 
 def rm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("-v", "--volumes", action="store_true",
+                   help="remove its anonymous volumes too")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
@@ -540,7 +570,8 @@ def cmd_rm(args: argparse.Namespace, engine: Engine) -> int:
     from ..launcher import monitor
 
     def remove(store: Store, ref: str) -> None:
-        monitor.remove(store, ContainerStore(store).get(ref).id, force=args.force)
+        monitor.remove(store, ContainerStore(store).get(ref).id, force=args.force,
+                       volumes=args.volumes)
         print(ref)
 
     return _each(args, engine, remove)
@@ -759,19 +790,7 @@ def _cp_out(copy: Any, inside: Any, path: str, dest: str, follow: bool,
     if not copy.describe(target.directory)[1]:
         raise ContainerError(f"{target.directory}: no such directory on this host",
                              hint="make it first")
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    running = inside.start(lambda: copy.write_tar(source, os.fdopen(write_end, "wb"),
-                                                  with_top=with_top), keep=(write_end,),
-                           drop=(read_end,))
-    try:
-        with os.fdopen(read_end, "rb") as stream:
-            size = copy.unpack(stream, target, source.name, owner=owner)
-    except BaseException:
-        with contextlib.suppress(LaminaError):
-            running.result()
-        raise
-    running.result()
-    return size
+    return copy.copy_out(inside, source, target, with_top=with_top, owner=owner)
 
 
 def _cp_in(copy: Any, inside: Any, path: str, dest: str, follow: bool,
@@ -790,23 +809,8 @@ def _cp_in(copy: Any, inside: Any, path: str, dest: str, follow: bool,
     if not inside.run(lambda: copy.describe(target.directory))[1]:
         raise ContainerError(f"{target.directory}: no such directory in container "
                              f"{inside.container.name}", hint="make it first (lamina exec)")
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    running = inside.start(lambda: copy.unpack(os.fdopen(read_end, "rb"), target, source.name,
-                                               owner=owner), keep=(read_end,),
-                            drop=(write_end,))
-    try:
-        with os.fdopen(write_end, "wb") as stream:
-            size = copy.write_tar(source, stream, with_top=not (
-                source.directory and copy.contents_only(path)))
-    except BrokenPipeError:
-        running.result()  # the child's own error says why it stopped reading
-        raise
-    except BaseException:
-        with contextlib.suppress(LaminaError):
-            running.result()
-        raise
-    running.result()
-    return size
+    return copy.copy_in(inside, source, target, owner=owner,
+                        with_top=not (source.directory and copy.contents_only(path)))
 
 
 def export_arguments(p: argparse.ArgumentParser) -> None:

@@ -39,6 +39,8 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
         template = Template(args.format)  # a bad one fails before anything is read
     out = []
     status = 0
+    from ..containers.volumes import VolumeStore
+
     with engine.open_store(readonly=True) as store:
         images = ImageStore(store)
         containers = ContainerStore(store)
@@ -48,7 +50,8 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
                     try:
                         container = containers.get(text)
                         out.append(inspect_container(container,
-                                                     containers.directory(container.id)))
+                                                     containers.directory(container.id),
+                                                     VolumeStore(store).path))
                         continue
                     except ContainerNotFound:
                         if args.type == "container":

@@ -10,8 +10,10 @@ entrypoint *and* drops its command; arguments after the image replace the comman
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -32,7 +34,9 @@ _NOTHING: Mapping[str, str] = MappingProxyType({})
 
 
 class Volume(NamedTuple):
-    """A host path (``bind``) or a fresh tmpfs (``tmpfs``) at ``target`` in the container."""
+    """A host path (``bind``), a volume of the store (``volume``: ``source`` its name,
+    ``options`` "anonymous" for one made for this container) or a fresh tmpfs
+    (``tmpfs``) at ``target`` in the container."""
 
     kind: str
     target: str
@@ -117,25 +121,54 @@ def resolve_argv(
     return tuple(argv)
 
 
+#: Docker's rule for a volume's name
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+
+
+def check_volume_name(name: str) -> None:
+    if not VOLUME_NAME.fullmatch(name):
+        raise ContainerError(f"invalid volume name {name!r}",
+                             hint="names are [a-zA-Z0-9][a-zA-Z0-9_.-]+ (two characters or "
+                             "more); a path starting with / is a host directory")
+
+
+def anonymous_name() -> str:
+    """The name of a new anonymous volume (64 hex digits, as Docker's)."""
+    return os.urandom(32).hex()
+
+
 def parse_volume(text: str) -> Volume:
-    """``-v SRC:DST[:ro|rw]`` (SRC an absolute host path)."""
+    """``-v SRC:DST[:ro|rw]``: SRC a host directory (absolute) or a volume's name (made at
+    first use); ``-v DST`` alone: a new anonymous volume (named at :func:`name_volumes`)."""
     parts = text.split(":")
+    if len(parts) == 1 and parts[0].startswith("/"):
+        return Volume("volume", parts[0], options="anonymous")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise ContainerError(f"invalid volume {text!r}",
-                             hint="use -v /host/path:/container/path[:ro]")
+                             hint="use -v /host/path:/container/path[:ro], -v NAME:/path or "
+                             "-v /path")
     source, target = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
         raise ContainerError(f"invalid volume mode {mode!r} in {text!r}", hint="use ro or rw")
-    if not source.startswith("/"):
-        raise ContainerError(
-            f"volume source {source!r} is not an absolute path",
-            hint="named volumes are not supported; give a host directory as /path",
-        )
     if not target.startswith("/"):
         raise ContainerError(f"volume target {target!r} is not an absolute path",
                              hint="give the path inside the container as /path")
-    return Volume("bind", target, source, readonly=mode == "ro")
+    if source.startswith("/"):
+        return Volume("bind", target, source, readonly=mode == "ro")
+    check_volume_name(source)
+    return Volume("volume", target, source, readonly=mode == "ro")
+
+
+def name_volumes(volumes: Sequence[Volume], image_volumes: Iterable[str]) -> tuple[Volume, ...]:
+    """``volumes`` with an anonymous volume for each of the image's ``VOLUME`` paths that
+    no other volume covers, and a new name for each anonymous one."""
+    taken = {posixpath.normpath(v.target) for v in volumes}
+    wanted = [*volumes, *(Volume("volume", path, options="anonymous")
+                          for path in sorted(image_volumes)
+                          if posixpath.normpath(path) not in taken)]
+    return tuple(v._replace(source=anonymous_name()) if v.kind == "volume" and not v.source
+                 else v for v in wanted)
 
 
 def parse_tmpfs(text: str) -> Volume:

@@ -174,6 +174,47 @@ def _rebased(path: str, old: str, new: str) -> str:
     return posixpath.join(new, rest) if new and rest else (new or rest or ".")
 
 
+def copy_out(inside: Inside, source: Source, target: Target, *, with_top: bool,
+             owner: tuple[int, int] | None) -> int:
+    """``source`` in the container (looked up there) unpacked on this host at ``target``;
+    the tar's size."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    running = inside.start(lambda: write_tar(source, os.fdopen(write_end, "wb"),
+                                             with_top=with_top),
+                           keep=(write_end,), drop=(read_end,))
+    try:
+        with os.fdopen(read_end, "rb") as stream:
+            size = unpack(stream, target, source.name, owner=owner)
+    except BaseException:
+        with contextlib.suppress(LaminaError):
+            running.result()
+        raise
+    running.result()
+    return size
+
+
+def copy_in(inside: Inside, source: Source, target: Target, *, with_top: bool,
+            owner: tuple[int, int] | None) -> int:
+    """``source`` on this host unpacked in the container at ``target`` (looked up
+    there); the tar's size."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    running = inside.start(lambda: unpack(os.fdopen(read_end, "rb"), target, source.name,
+                                          owner=owner),
+                           keep=(read_end,), drop=(write_end,))
+    try:
+        with os.fdopen(write_end, "wb") as stream:
+            size = write_tar(source, stream, with_top=with_top)
+    except BrokenPipeError:
+        running.result()  # the child's own error says why it stopped reading
+        raise
+    except BaseException:
+        with contextlib.suppress(LaminaError):
+            running.result()
+        raise
+    running.result()
+    return size
+
+
 # -- the container's side ----------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from ..network.attachment import Attachment, attach, detach, sweep
 from . import process, terminal
 
 if TYPE_CHECKING:  # imported when a container has limits (~3 ms of every start else)
+    from ..containers.spec import Volume
     from . import cgroups
 
 #: exit code recorded for a container whose monitor vanished
@@ -54,6 +55,15 @@ class Stdio(NamedTuple):
 
     mode: str = "inherit"
     interactive: bool = False
+
+
+def _binds(store: Store, volumes: tuple[Volume, ...]) -> tuple[Volume, ...]:
+    """The store's volumes as bind mounts of their files (core/containers/volumes.py)."""
+    if all(v.kind != "volume" for v in volumes):
+        return volumes
+    from ..containers.volumes import VolumeStore
+
+    return VolumeStore(store).binds(volumes)
 
 
 def _open_log(containers: ContainerStore, container_id: str) -> int:
@@ -135,7 +145,7 @@ def run(store: Store, container: Container, stdio: Stdio,
         launch = process.Launch(
             argv=spec.argv, env=spec.env, rootfs=str(rootfs), workdir=spec.workdir,
             user=spec.user, hostname=_hostname(container), network=spec.network,
-            volumes=spec.volumes, files=[(str(path), f"/etc/{name}")
+            volumes=_binds(store, spec.volumes), files=[(str(path), f"/etc/{name}")
                                          for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp)
         child = process.spawn(launch)
@@ -390,7 +400,7 @@ def start_detached(engine: Engine, container_id: str) -> None:
             code = run(store, container, Stdio("log", interactive=False), started,
                        network=engine.config.network)
             if container.spec.auto_remove:
-                remove(store, container.id)
+                remove(store, container.id, volumes=True)
         return code
 
     in_background(monitor)
@@ -480,7 +490,7 @@ def reconcile(store: Store) -> list[str]:
         lost_rm = container.spec.auto_remove and container.id in done
         if (killed_build or lost_rm) and not container.running:
             with contextlib.suppress(LaminaError):
-                containers.remove(container.id)
+                remove(store, container.id, volumes=True)
     if bridged:
         # leases, port rules and host veths of every container that is not running
         alive = [c.id for c in containers.containers() if c.running]
@@ -544,8 +554,10 @@ def stop(store: Store, container_id: str, timeout: float) -> Container:
     return done
 
 
-def remove(store: Store, container_id: str, *, force: bool = False) -> None:
-    """Remove a container; with ``force`` a running one is killed first."""
+def remove(store: Store, container_id: str, *, force: bool = False,
+           volumes: bool = False) -> None:
+    """Remove a container; with ``force`` a running one is killed first, with ``volumes``
+    its anonymous volumes go too."""
     containers = ContainerStore(store)
     container = containers.get(container_id)
     if container.running and force:
@@ -553,3 +565,7 @@ def remove(store: Store, container_id: str, *, force: bool = False) -> None:
             signal_container(container, signal.SIGKILL)
         wait_exited(store, container.id, 10)
     containers.remove(container.id)
+    if volumes and any(v.kind == "volume" for v in container.spec.volumes):
+        from ..containers.volumes import VolumeStore
+
+        VolumeStore(store).remove_anonymous(container)
