@@ -124,6 +124,10 @@ def test_volume_prune_keeps_named_volumes_unless_all(site: Site) -> None:
     site("volume", "create", "kept")
     site("create", "--name", "holder", "-v", "/anon", IMAGE, "true")
     (anon,) = [v for v in _volumes(site) if len(v) == 64]
+    (row,) = [r for r in site.out("system", "df").splitlines() if r.startswith("Local Volumes")]
+    assert row.split()[2:4] == ["2", "1"]  # TOTAL, ACTIVE
+    usage = json.loads(site.out("system", "df", "--format", "json"))["volumes"]
+    assert sorted((v["name"], v["links"]) for v in usage) == sorted([("kept", 0), (anon, 1)])
     site("volume", "prune", "-f")
     assert {"kept", anon} <= _volumes(site)  # in use by holder; kept is named
     site("rm", "holder")

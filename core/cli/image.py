@@ -543,14 +543,27 @@ def df_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..containers.volumes import VolumeStore
     from ..images.space import usage
     from ..images.store import ImageStore, short_id
     from .sizes import human_size
 
     with engine.open_store(readonly=True) as store:
         found = usage(ImageStore(store))
+        volumes = VolumeStore(store)
+        links: dict[str, int] = {}
+        for c in ContainerStore(store).containers():
+            for v in c.spec.volumes:
+                if v.kind == "volume":
+                    links[v.source] = links.get(v.source, 0) + 1
+        # (name, containers using it, bytes)
+        local = [(i.name, links.get(i.name, 0), volumes.size(i.name))
+                 for i in volumes.volumes()]
     if args.format == "json":
-        print_json(found._asdict() | {"images": [u._asdict() for u in found.images]})
+        print_json(found._asdict() | {
+            "images": [u._asdict() for u in found.images],
+            "volumes": [{"name": n, "links": k, "size": b} for n, k, b in local]})
         return 0
 
     def part(size: int, whole: int) -> str:
@@ -567,6 +580,9 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
         ["Other blobs", found.blobs - found.layer_blobs, "",
          human_size(found.blobs_size - found.layer_blobs_size),
          part(found.unreferenced_blobs_size, found.blobs_size - found.layer_blobs_size)],
+        ["Local Volumes", len(local), sum(1 for _, k, _ in local if k),
+         human_size(sum(b for _, _, b in local)),
+         part(sum(b for _, k, b in local if not k), sum(b for _, _, b in local))],
     ])
     if args.verbose:
         print("\nImages space usage:\n")
@@ -579,6 +595,9 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
                              u.containers])
         print_table(None, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
                            "UNIQUE SIZE", "CONTAINERS"], rows)
+        print("\nLocal Volumes space usage:\n")
+        print_table(None, ["VOLUME NAME", "LINKS", "SIZE"],
+                    [[n, k, human_size(b)] for n, k, b in local])
     return 0
 
 
