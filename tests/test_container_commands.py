@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +239,73 @@ def test_export_flattens_the_container_without_its_volumes(
         assert {m.name + ("/" if m.isdir() else "") for m in archive} == set(names)
     missing = site("export", "-o", str(tmp_path / "nope.tar"), "nosuch", check=False)
     assert missing.returncode != 0 and not (tmp_path / "nope.tar").exists()
+
+
+# -- run's other Docker flags --------------------------------------------------------------
+
+
+def _cap_eff(site: Site, *flags: str) -> int:
+    status = site.out("run", "--rm", "--network", "none", *flags, IMAGE, "cat",
+                      "/proc/self/status")
+    (line,) = [x for x in status.splitlines() if x.startswith("CapEff:")]
+    return int(line.split()[1], 16)
+
+
+def test_cap_add_and_cap_drop(site: Site) -> None:
+    from lamina.core.launcher.capabilities import DEFAULT_CAPABILITIES, NUMBERS
+
+    default = sum(1 << n for n in DEFAULT_CAPABILITIES)
+    assert _cap_eff(site) == default
+    assert _cap_eff(site, "--cap-add", "NET_ADMIN") == default | 1 << NUMBERS["NET_ADMIN"]
+    assert _cap_eff(site, "--cap-drop", "chown") == default & ~(1 << NUMBERS["CHOWN"])
+    assert _cap_eff(site, "--cap-drop", "ALL", "--cap-add", "CAP_KILL") == 1 << NUMBERS["KILL"]
+    # an exec'd process gets the container's set too
+    site("run", "-d", "--network", "none", "--name", "capped", "--cap-drop", "ALL", IMAGE,
+         "sleep", "60")
+    try:
+        status = site.out("exec", "capped", "cat", "/proc/self/status")
+        assert "CapEff:\t0000000000000000" in status
+    finally:
+        site("rm", "-f", "capped")
+    refused = site("run", "--rm", "--cap-add", "NOPE", IMAGE, "true", check=False)
+    assert refused.returncode == 125 and b"unknown capability" in refused.stderr
+
+
+def test_add_host_mount_and_stop_settings(site: Site, tmp_path: Path) -> None:
+    hosts = site.out("run", "--rm", "--network", "none", "--add-host", "db:10.1.2.3",
+                     "--add-host", "six=[fd00::1]", IMAGE, "cat", "/etc/hosts")
+    assert hosts.splitlines()[-2:] == ["10.1.2.3\tdb", "fd00::1\tsix"]
+    for wrong in ("db:nowhere", "bad name:10.0.0.1"):
+        refused = site("run", "--rm", "--add-host", wrong, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and b"--add-host" in refused.stderr
+    (tmp_path / "shared").write_text("from host\n")
+    ran = site("run", "--rm", "--network", "none",
+               "--mount", f"type=bind,source={tmp_path},target=/h,readonly",
+               "--mount", "type=tmpfs,target=/t,tmpfs-size=1m",
+               "--mount", "type=volume,source=mounted,target=/v", IMAGE, "sh", "-c",
+               "cat /h/shared; touch /h/x 2>/dev/null || echo ro; df -k /t | tail -1; "
+               "echo kept > /v/f")
+    lines = ran.stdout.decode().splitlines()
+    assert lines[:2] == ["from host", "ro"] and lines[2].split()[1] == "1024"
+    assert site.out("run", "--rm", "--network", "none", "-v", "mounted:/v", IMAGE, "cat",
+                    "/v/f") == "kept\n"
+    site("volume", "rm", "mounted")
+    for wrong, words in (("type=bind,source=rel,target=/x", b"absolute source"),
+                         ("type=nfs,target=/x", b"not bind, volume or tmpfs"),
+                         ("type=volume,target=rel", b"absolute path"),
+                         ("type=volume,target=/x,bogus=1", b"not a field")):
+        refused = site("run", "--rm", "--mount", wrong, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and words in refused.stderr, refused.stderr
+    # the container's stop signal and timeout are what stop uses when not told
+    site("run", "-d", "--network", "none", "--name", "stubborn", "--stop-signal", "USR1",
+         "--stop-timeout", "1", IMAGE, "sh", "-c",
+         "trap 'echo usr1' USR1; while true; do sleep 0.1; done")
+    try:
+        assert site.out("inspect", "-f", "{{.Config.StopSignal}}", "stubborn") == "SIGUSR1\n"
+        started = time.monotonic()
+        site("stop", "stubborn")  # USR1 is trapped: SIGKILL after 1 s, not 10
+        assert time.monotonic() - started < 8
+        assert site.out("wait", "stubborn") == "137\n"
+        assert site.out("logs", "stubborn") == "usr1\n"
+    finally:
+        site("rm", "-f", "stubborn")

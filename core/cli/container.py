@@ -50,7 +50,11 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] from the container's /etc/passwd")
     p.add_argument("-h", "--hostname", help="the container's host name")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
-                   help="bind a host path into the container")
+                   help="a host path (/path) or a volume (NAME, made at first use) at DST; "
+                   "DST alone: a new anonymous volume")
+    p.add_argument("--mount", action="append", default=[],
+                   metavar="type=bind|volume|tmpfs,source=...,target=...[,readonly]",
+                   help="the same in Docker's long form")
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
                    help="mount a tmpfs at PATH")
     p.add_argument("--read-only", action="store_true", help="mount the root read-only")
@@ -65,6 +69,16 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="writable layer options (size=N on drivers with quotas)")
     p.add_argument("--security-opt", action="append", default=[],
                    metavar="seccomp=unconfined", help="security options")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                   help="keep a capability Docker's default set drops (NET_ADMIN, ALL)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                   help="drop a capability of the default set (CHOWN, ALL)")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:ADDRESS",
+                   help="add a line to the container's /etc/hosts")
+    p.add_argument("--stop-signal", help="the signal stop sends first (default: the "
+                   "image's, else SIGTERM)")
+    p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
+                   help="how long stop waits before SIGKILL when not told (default 10)")
     p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
                    help="when to pull the image (default: missing)")
     p.add_argument("--help", action="help", help="show this help message and exit")
@@ -128,6 +142,8 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     from ..containers.spec import (
         ContainerSpec,
         merge_env,
+        parse_host,
+        parse_mount,
         parse_size,
         parse_tmpfs,
         parse_volume,
@@ -167,13 +183,37 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         user=args.user if args.user is not None else (config.get("User") or ""),
         hostname=args.hostname or "", tty=args.tty, interactive=args.interactive,
         read_only=args.read_only, network=args.network,
-        volumes=_volumes([*map(parse_volume, args.volume), *map(parse_tmpfs, args.tmpfs)],
-                         config.get("Volumes") or {}),
+        volumes=_volumes([*map(parse_volume, args.volume), *map(parse_mount, args.mount),
+                          *map(parse_tmpfs, args.tmpfs)], config.get("Volumes") or {}),
         ports=tuple(map(parse_port, args.publish)),
         memory=memory, pids_limit=pids, cpus=args.cpus or None, storage_opts=storage,
-        auto_remove=args.rm, stop_signal=config.get("StopSignal") or "SIGTERM",
+        auto_remove=args.rm,
+        stop_signal=(_stop_signal(args.stop_signal) if args.stop_signal
+                     else config.get("StopSignal") or "SIGTERM"),
         seccomp=seccomp, labels=_labels(config.get("Labels") or {}, args.label),
+        capabilities=_capabilities(args.cap_add, args.cap_drop),
+        extra_hosts=tuple(map(parse_host, args.add_host)), stop_timeout=args.stop_timeout,
     )
+
+
+def _capabilities(add: list[str], drop: list[str]) -> tuple[str, ...] | None:
+    """The capabilities kept, by name: Docker's default set, ``--cap-drop`` taken away
+    (ALL: everything), then ``--cap-add`` added; None when neither was given."""
+    if not add and not drop:
+        return None
+    from ..launcher.capabilities import DEFAULT_CAPABILITIES, NAMES, parse_capability
+
+    keep = set(DEFAULT_CAPABILITIES)
+    for name in drop:
+        keep -= parse_capability(name)
+    for name in add:
+        keep |= parse_capability(name)
+    return tuple(sorted(NAMES[n].removeprefix("CAP_") for n in keep))
+
+
+def _stop_signal(text: str) -> str:
+    """A signal's name as the spec keeps it (``SIGTERM``); numbers and short names taken."""
+    return signal.Signals(parse_signal(text)).name
 
 
 def _volumes(given: list[Volume], image: dict[str, object]) -> tuple[Volume, ...]:
@@ -578,9 +618,16 @@ def cmd_rm(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def stop_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-t", "--time", type=float, default=10,
-                   help="seconds to wait before killing it (default 10)")
+    p.add_argument("-t", "--time", type=float,
+                   help="seconds to wait before killing it (default: the container's "
+                   "--stop-timeout, else 10)")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _timeout(given: float | None, container: Container) -> float:
+    if given is not None:
+        return given
+    return 10 if container.spec.stop_timeout is None else container.spec.stop_timeout
 
 
 def cmd_stop(args: argparse.Namespace, engine: Engine) -> int:
@@ -588,15 +635,17 @@ def cmd_stop(args: argparse.Namespace, engine: Engine) -> int:
     from ..launcher import monitor
 
     def stop(store: Store, ref: str) -> None:
-        monitor.stop(store, ContainerStore(store).get(ref).id, args.time)
+        container = ContainerStore(store).get(ref)
+        monitor.stop(store, container.id, _timeout(args.time, container))
         print(ref)
 
     return _each(args, engine, stop)
 
 
 def restart_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-t", "--time", type=float, default=10,
-                   help="seconds to wait before killing it (default 10)")
+    p.add_argument("-t", "--time", type=float,
+                   help="seconds to wait before killing it (default: the container's "
+                   "--stop-timeout, else 10)")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
@@ -611,7 +660,7 @@ def cmd_restart(args: argparse.Namespace, engine: Engine) -> int:
             with engine.open_store() as store:
                 _reconcile(store)
                 container = ContainerStore(store).get(ref)
-                monitor.stop(store, container.id, args.time)
+                monitor.stop(store, container.id, _timeout(args.time, container))
             monitor.start_detached(engine, container.id)
             print(ref)
         except LaminaError as exc:

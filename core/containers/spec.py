@@ -70,6 +70,12 @@ class ContainerSpec(NamedTuple):
     stop_signal: str = "SIGTERM"
     seccomp: bool = True
     labels: Mapping[str, str] = _NOTHING
+    #: the capabilities kept, by name without ``CAP_``; None: Docker's default set
+    capabilities: tuple[str, ...] | None = None
+    #: ``--add-host``: (name, address) lines added to /etc/hosts
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    #: seconds ``stop`` waits before SIGKILL when not told (None: Docker's 10)
+    stop_timeout: int | None = None
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -85,6 +91,9 @@ class ContainerSpec(NamedTuple):
         data["env"] = tuple(data["env"])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         data["ports"] = tuple(PortMapping(**p) for p in data.get("ports", ()))
+        if data.get("capabilities") is not None:
+            data["capabilities"] = tuple(data["capabilities"])
+        data["extra_hosts"] = tuple(tuple(h) for h in data.get("extra_hosts", ()))
         return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 
@@ -169,6 +178,65 @@ def name_volumes(volumes: Sequence[Volume], image_volumes: Iterable[str]) -> tup
                           if posixpath.normpath(path) not in taken)]
     return tuple(v._replace(source=anonymous_name()) if v.kind == "volume" and not v.source
                  else v for v in wanted)
+
+
+def parse_mount(text: str) -> Volume:
+    """Docker's ``--mount type=bind|volume|tmpfs,source=...,target=...[,readonly]``."""
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if key in ("readonly", "ro") and (not eq or value.lower() in ("1", "true")):
+            fields["readonly"] = "true"
+        elif key in ("readonly", "ro") and value.lower() in ("0", "false"):
+            continue
+        elif eq and key in ("type", "source", "src", "target", "destination", "dst",
+                            "tmpfs-size", "tmpfs-mode"):
+            fields[{"src": "source", "destination": "target", "dst": "target"}.get(key, key)] \
+                = value
+        else:
+            raise ContainerError(f"invalid --mount {text!r}: {item!r} is not a field lamina "
+                                 "knows", hint="use type=bind|volume|tmpfs,source=...,"
+                                 "target=...[,readonly][,tmpfs-size=...][,tmpfs-mode=...]")
+    kind, target = fields.get("type", "volume"), fields.get("target", "")
+    source, readonly = fields.get("source", ""), "readonly" in fields
+    if not target.startswith("/"):
+        raise ContainerError(f"invalid --mount {text!r}: target must be an absolute path",
+                             hint="give target=/path (in the container)")
+    if kind == "bind":
+        if not source.startswith("/"):
+            raise ContainerError(f"invalid --mount {text!r}: a bind needs an absolute source",
+                                 hint="give source=/host/path")
+        return Volume("bind", target, source, readonly=readonly)
+    if kind == "volume":
+        if not source:
+            return Volume("volume", target, readonly=readonly, options="anonymous")
+        check_volume_name(source)
+        return Volume("volume", target, source, readonly=readonly)
+    if kind == "tmpfs":
+        options = ",".join(f"{k[6:]}={v}" for k, v in fields.items() if k.startswith("tmpfs-"))
+        return Volume("tmpfs", target, options=options)
+    raise ContainerError(f"invalid --mount {text!r}: type {kind!r} is not bind, volume or "
+                         "tmpfs", hint="lamina mounts those three kinds")
+
+
+def parse_host(text: str) -> tuple[str, str]:
+    """``--add-host NAME:ADDRESS`` (or ``NAME=ADDRESS``; an IPv6 address may hold colons)."""
+    import ipaddress
+
+    name, sep, address = text.partition("=")
+    if not sep:
+        name, sep, address = text.partition(":")
+    address = address.strip("[]")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ContainerError(f"invalid --add-host {text!r}: {address!r} is not an IP address",
+                             hint="give NAME:ADDRESS, as db:10.0.0.5") from None
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", name):
+        raise ContainerError(f"invalid --add-host {text!r}: {name!r} is not a host name",
+                             hint="give NAME:ADDRESS, as db:10.0.0.5")
+    return name, address
 
 
 def parse_tmpfs(text: str) -> Volume:

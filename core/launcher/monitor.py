@@ -32,10 +32,10 @@ from ..errors import ContainerError, LaminaError, host_error
 from ..host.locks import process_identity
 from ..layers.store import Store
 from ..network.attachment import Attachment, attach, detach, sweep
-from . import process, terminal
+from . import capabilities, process, terminal
 
 if TYPE_CHECKING:  # imported when a container has limits (~3 ms of every start else)
-    from ..containers.spec import Volume
+    from ..containers.spec import ContainerSpec, Volume
     from . import cgroups
 
 #: exit code recorded for a container whose monitor vanished
@@ -92,12 +92,22 @@ def _hostname(container: Container) -> str:
     return container.spec.hostname or container.id[:12]
 
 
-def _fill(files: dict[str, Path], attachment: Attachment) -> None:
+def _fill(files: dict[str, Path], attachment: Attachment,
+          extra_hosts: tuple[tuple[str, str], ...] = ()) -> None:
     # written in place: the child has bound these very inodes into its root
-    for name, text in (("hosts", attachment.hosts), ("resolv.conf", attachment.resolv_conf)):
+    hosts = attachment.hosts + "".join(f"{address}\t{name}\n" for name, address in extra_hosts)
+    for name, text in (("hosts", hosts), ("resolv.conf", attachment.resolv_conf)):
         with open(files[name], "r+") as f:
             f.truncate(0)
             f.write(text)
+
+
+def kept_capabilities(spec: ContainerSpec) -> frozenset[int]:
+    """The capabilities the container's processes keep (``--cap-add``/``--cap-drop``)."""
+    if spec.capabilities is None:
+        return capabilities.DEFAULT_CAPABILITIES
+    numbers = capabilities.NUMBERS
+    return frozenset(numbers[name] for name in spec.capabilities if name in numbers)
 
 
 def run(store: Store, container: Container, stdio: Stdio,
@@ -147,7 +157,8 @@ def run(store: Store, container: Container, stdio: Stdio,
             user=spec.user, hostname=_hostname(container), network=spec.network,
             volumes=_binds(store, spec.volumes), files=[(str(path), f"/etc/{name}")
                                          for name, path in files.items()],
-            read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp)
+            read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp,
+            capabilities=kept_capabilities(spec))
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
@@ -163,7 +174,7 @@ def run(store: Store, container: Container, stdio: Stdio,
             if group is not None:
                 group.add(child.pid)
             _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
-                                _hostname(container), settings=network))
+                                _hostname(container), settings=network), spec.extra_hosts)
             try:
                 child.release()
             except LaminaError:
