@@ -309,3 +309,46 @@ def test_add_host_mount_and_stop_settings(site: Site, tmp_path: Path) -> None:
         assert site.out("logs", "stubborn") == "usr1\n"
     finally:
         site("rm", "-f", "stubborn")
+
+
+def _runs(site: Site, name: str) -> int:
+    return site.out("logs", name).count("run\n")
+
+
+def test_restart_policies(site: Site) -> None:
+    # on-failure:2: the first run and two restarts, then it stays exited
+    site("run", "-d", "--network", "none", "--name", "failing", "--restart", "on-failure:2",
+         IMAGE, "sh", "-c", "echo run; exit 3")
+    _until(lambda: _runs(site, "failing") == 3)
+    _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "failing") == "exited\n")
+    time.sleep(1)  # the back-off's next step would have come by now
+    assert _runs(site, "failing") == 3
+    assert site.out("inspect", "-f", "{{.RestartCount}} {{.State.ExitCode}} "
+                    "{{.HostConfig.RestartPolicy.Name}}", "failing") == "2 3 on-failure\n"
+    # on-failure does not restart a success
+    site("run", "-d", "--network", "none", "--name", "fine", "--restart", "on-failure",
+         IMAGE, "sh", "-c", "echo run")
+    _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "fine") == "exited\n")
+    time.sleep(0.5)
+    assert _runs(site, "fine") == 1
+    # always: again and again, until stop; start brings it back, kill ends it too
+    site("run", "-d", "--network", "none", "--name", "always", "--restart", "always",
+         IMAGE, "sh", "-c", "echo run; sleep 0.2")
+    _until(lambda: _runs(site, "always") >= 3)
+    site("stop", "-t", "1", "always")
+    stopped = _runs(site, "always")
+    time.sleep(1)
+    assert _runs(site, "always") == stopped
+    site("start", "always")
+    _until(lambda: _runs(site, "always") >= stopped + 2)
+    site("kill", "always")
+    _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "always") == "exited\n")
+    killed = _runs(site, "always")
+    time.sleep(1)
+    assert _runs(site, "always") == killed
+    site("rm", "-f", "failing", "fine", "always")
+    for flags, words in ((["--restart", "sometimes"], b"invalid --restart"),
+                         (["--restart", "on-failure:x"], b"invalid --restart"),
+                         (["--restart", "always", "--rm"], b"cannot go together")):
+        refused = site("run", *flags, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and words in refused.stderr

@@ -77,6 +77,9 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="add a line to the container's /etc/hosts")
     p.add_argument("--stop-signal", help="the signal stop sends first (default: the "
                    "image's, else SIGTERM)")
+    p.add_argument("--restart", default="no", metavar="POLICY",
+                   help="no (default), always, unless-stopped, on-failure[:N]: start it "
+                   "again when it exits (while its monitor lives: not after a reboot)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
                    help="how long stop waits before SIGKILL when not told (default 10)")
     p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
@@ -193,7 +196,18 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         seccomp=seccomp, labels=_labels(config.get("Labels") or {}, args.label),
         capabilities=_capabilities(args.cap_add, args.cap_drop),
         extra_hosts=tuple(map(parse_host, args.add_host)), stop_timeout=args.stop_timeout,
+        restart=_restart(args),
     )
+
+
+def _restart(args: argparse.Namespace) -> str:
+    from ..containers.spec import parse_restart
+
+    policy = parse_restart(args.restart)
+    if policy != "no" and args.rm:
+        raise ContainerError("--restart and --rm cannot go together",
+                             hint="a container removed when it exits cannot be restarted")
+    return policy
 
 
 def _capabilities(add: list[str], drop: list[str]) -> tuple[str, ...] | None:
@@ -311,6 +325,7 @@ def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _run(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
     from ..launcher import monitor
 
     with engine.open_store() as store:
@@ -331,6 +346,9 @@ def _run(args: argparse.Namespace, engine: Engine) -> int:
             raise
         if args.rm:
             monitor.remove(store, container.id, force=True, volumes=True)
+        elif monitor.should_restart(ContainerStore(store), container, code, 0):
+            store.close()
+            monitor.start_detached(engine, container.id)  # its policy goes on without us
     return code
 
 
@@ -358,6 +376,7 @@ def cmd_start(args: argparse.Namespace, engine: Engine) -> int:
                     print(ref)
                     continue
                 if args.attach:
+                    monitor.set_stopped_by_user(ContainerStore(store), container.id, False)
                     mode = "tty" if container.spec.tty else "inherit"
                     return monitor.run(store, container,
                                        monitor.Stdio(mode, args.interactive),
@@ -534,8 +553,8 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
-def inspect_container(c: Container, directory: Path,
-                      volume_path: Callable[[str], Path]) -> dict[str, Any]:
+def inspect_container(c: Container, directory: Path, volume_path: Callable[[str], Path],
+                      restarts: int = 0) -> dict[str, Any]:
     """Docker's ``container inspect`` shape, for the fields lamina has; ``directory`` is
     the container's own (its /etc files and log), ``volume_path`` where a volume's files
     are."""
@@ -557,7 +576,12 @@ def inspect_container(c: Container, directory: Path,
                    "Hostname": spec.hostname or c.id[:12], "Tty": spec.tty,
                    "OpenStdin": spec.interactive, "Labels": dict(spec.labels),
                    "StopSignal": spec.stop_signal},
+        "RestartCount": restarts,
         "HostConfig": {"NetworkMode": spec.network, "ReadonlyRootfs": spec.read_only,
+                       "RestartPolicy": {"Name": spec.restart.partition(":")[0],
+                                         "MaximumRetryCount":
+                                             int(spec.restart.partition(":")[2] or 0)},
+                       "ExtraHosts": [f"{name}:{address}" for name, address in spec.extra_hosts],
                        "AutoRemove": spec.auto_remove, "Memory": spec.memory or 0,
                        "PidsLimit": spec.pids_limit, "NanoCpus": int((spec.cpus or 0) * 1e9),
                        "StorageOpt": dict(spec.storage_opts),
@@ -919,7 +943,11 @@ def cmd_kill(args: argparse.Namespace, engine: Engine) -> int:
     sig = parse_signal(args.signal)
 
     def kill(store: Store, ref: str) -> None:
-        monitor.signal_container(ContainerStore(store).get(ref), sig)
+        containers = ContainerStore(store)
+        container = containers.get(ref)
+        if container.running:
+            monitor.set_stopped_by_user(containers, container.id, True)
+        monitor.signal_container(container, sig)
         print(ref)
 
     return _each(args, engine, kill)

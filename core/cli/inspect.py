@@ -40,6 +40,7 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
     out = []
     status = 0
     from ..containers.volumes import VolumeStore
+    from ..launcher.monitor import restart_count
 
     with engine.open_store(readonly=True) as store:
         images = ImageStore(store)
@@ -49,9 +50,9 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
                 if args.type != "image":
                     try:
                         container = containers.get(text)
-                        out.append(inspect_container(container,
-                                                     containers.directory(container.id),
-                                                     VolumeStore(store).path))
+                        out.append(inspect_container(
+                            container, containers.directory(container.id),
+                            VolumeStore(store).path, restart_count(containers, container.id)))
                         continue
                     except ContainerNotFound:
                         if args.type == "container":

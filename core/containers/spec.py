@@ -76,6 +76,8 @@ class ContainerSpec(NamedTuple):
     extra_hosts: tuple[tuple[str, str], ...] = ()
     #: seconds ``stop`` waits before SIGKILL when not told (None: Docker's 10)
     stop_timeout: int | None = None
+    #: ``--restart``: no, always, unless-stopped, on-failure or on-failure:N
+    restart: str = "no"
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -218,6 +220,24 @@ def parse_mount(text: str) -> Volume:
         return Volume("tmpfs", target, options=options)
     raise ContainerError(f"invalid --mount {text!r}: type {kind!r} is not bind, volume or "
                          "tmpfs", hint="lamina mounts those three kinds")
+
+
+def parse_restart(text: str) -> str:
+    """``--restart`` as Docker reads it: ``no``, ``always``, ``unless-stopped``,
+    ``on-failure`` or ``on-failure:N`` (at most N restarts)."""
+    name, _, count = text.partition(":")
+    if name in ("no", "always", "unless-stopped") and not count:
+        return name
+    if name == "on-failure" and (not count or (count.isdigit() and int(count) >= 0)):
+        return text
+    raise ContainerError(f"invalid --restart {text!r}",
+                         hint="use no, always, unless-stopped, on-failure or on-failure:N")
+
+
+def restart_policy(spec: ContainerSpec) -> tuple[str, int]:
+    """The policy's name and its most restarts (0: no limit)."""
+    name, _, count = spec.restart.partition(":")
+    return name, int(count or 0)
 
 
 def parse_host(text: str) -> tuple[str, str]:

@@ -402,19 +402,91 @@ def start_detached(engine: Engine, container_id: str) -> None:
     """Fork a monitor for the container and return once its process has started.
 
     The monitor opens its own store (a database connection must not cross a fork) and
-    runs the container with its output in the log. A failure to start is raised here,
-    as it would be in the foreground.
+    runs the container with its output in the log, again and again as its restart
+    policy says (:func:`should_restart`). A failure to start is raised here, as it
+    would be in the foreground.
     """
     def monitor(started: Callable[[], None]) -> int:
         with engine.open_store() as store:
-            container = ContainerStore(store).get(container_id)
-            code = run(store, container, Stdio("log", interactive=False), started,
-                       network=engine.config.network)
+            containers = ContainerStore(store)
+            container = containers.get(container_id)
+            set_stopped_by_user(containers, container_id, False)
+            write_restart_count(containers, container_id, 0)
+            count, delay = 0, RESTART_DELAY
+            while True:
+                began = time.monotonic()
+                code = run(store, container, Stdio("log", interactive=False),
+                           started if count == 0 else None, network=engine.config.network)
+                if not should_restart(containers, container, code, count):
+                    break
+                if time.monotonic() - began >= 10:
+                    delay = RESTART_DELAY  # it ran a while: the back-off starts over
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                try:
+                    container = containers.get(container_id)
+                except LaminaError:
+                    return code  # removed meanwhile
+                if container.running or stopped_by_user(containers, container_id):
+                    break  # started by start/restart meanwhile, or stopped for good
+                count += 1
+                write_restart_count(containers, container_id, count)
             if container.spec.auto_remove:
                 remove(store, container.id, volumes=True)
         return code
 
     in_background(monitor)
+
+
+#: the first wait before a restart, doubled each time up to a minute (Docker's)
+RESTART_DELAY = 0.1
+_STOPPED = "stopped-by-user"
+_RESTARTS = "restart-count"
+
+
+def should_restart(containers: ContainerStore, container: Container, code: int,
+                   count: int) -> bool:
+    """Whether the restart policy starts the container again after it exited with
+    ``code``, restarted ``count`` times so far: never once ``stop`` or ``kill`` stopped
+    it (Docker's "manually stopped")."""
+    from ..containers.spec import restart_policy
+
+    name, most = restart_policy(container.spec)
+    if name == "no" or stopped_by_user(containers, container.id):
+        return False
+    if name == "on-failure":
+        return code != 0 and (not most or count < most)
+    return True  # always, unless-stopped
+
+
+def set_stopped_by_user(containers: ContainerStore, container_id: str, stopped: bool) -> None:
+    """Record that ``stop`` or ``kill`` ended the container (its policy must not restart
+    it), or that it was started again."""
+    marker = containers.directory(container_id) / _STOPPED
+    if stopped:
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            marker.touch()
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+
+
+def stopped_by_user(containers: ContainerStore, container_id: str) -> bool:
+    return (containers.directory(container_id) / _STOPPED).exists()
+
+
+def write_restart_count(containers: ContainerStore, container_id: str, count: int) -> None:
+    with contextlib.suppress(OSError):
+        (containers.directory(container_id) / _RESTARTS).write_text(str(count))
+
+
+def restart_count(containers: ContainerStore, container_id: str) -> int:
+    """How many times the restart policy started the container since it was started."""
+    try:
+        return int((containers.directory(container_id) / _RESTARTS).read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def in_background(body: Callable[[Callable[[], None]], int]) -> None:
@@ -549,6 +621,7 @@ def stop(store: Store, container_id: str, timeout: float) -> Container:
     """SIGTERM (the image's stop signal), then SIGKILL after ``timeout`` seconds."""
     containers = ContainerStore(store)
     container = containers.get(container_id)
+    set_stopped_by_user(containers, container_id, True)  # also between two restarts
     if not container.running:
         return container
     sig = getattr(signal, container.spec.stop_signal, signal.SIGTERM)
@@ -572,6 +645,7 @@ def remove(store: Store, container_id: str, *, force: bool = False,
     containers = ContainerStore(store)
     container = containers.get(container_id)
     if container.running and force:
+        set_stopped_by_user(containers, container.id, True)  # its policy must not restart it
         with contextlib.suppress(ContainerError):
             signal_container(container, signal.SIGKILL)
         wait_exited(store, container.id, 10)
