@@ -4,6 +4,7 @@ through the real CLI on real containers."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -352,3 +353,23 @@ def test_restart_policies(site: Site) -> None:
                          (["--restart", "always", "--rm"], b"cannot go together")):
         refused = site("run", *flags, IMAGE, "true", check=False)
         assert refused.returncode == 125 and words in refused.stderr
+
+
+def test_sizes_of_containers(site: Site) -> None:
+    site("run", "--network", "none", "--name", "writer", IMAGE, "sh", "-c",
+         "head -c 100000 /dev/zero > /big")
+    (row,) = [r for r in json.loads(site.out("ps", "-a", "-s", "--format", "json"))
+              if r["Names"] == "writer"]
+    image_size = json.loads(site.out("images", "--format", "json"))
+    (base,) = [i["Size"] for i in image_size if i["Repository"] == "bb"]
+    assert 100_000 <= row["SizeRw"] < 120_000
+    assert row["SizeRootFs"] == row["SizeRw"] + base
+    table = site.out("ps", "-a", "-s").splitlines()
+    assert table[0].split()[-1] == "SIZE"
+    assert "(virtual" in next(line for line in table if "writer" in line)
+    df = json.loads(site.out("system", "df", "--format", "json"))
+    (mine,) = [c for c in df["containers"] if c["name"] == "writer"]
+    assert mine["size"] == row["SizeRw"] and mine["state"] == "exited"
+    (line,) = [r for r in site.out("system", "df").splitlines() if r.startswith("Containers")]
+    assert line.split()[1] == str(len(df["containers"]))
+    site("rm", "writer")

@@ -396,6 +396,8 @@ def ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="also containers not running")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    p.add_argument("-s", "--size", action="store_true",
+                   help="the size of each container's own changes (and with its image's)")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="; ".join(f"{k}: {v}" for k, v in PS_FILTERS.items()))
 
@@ -460,7 +462,7 @@ def _ps_filtered(found: list[Container], given: list[str], store: Store,
 PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
               "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
               "State": "STATE", "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS",
-              "Networks": "NETWORKS"}
+              "Networks": "NETWORKS", "Size": "SIZE"}
 
 
 def _command_text(c: Container, whole: bool) -> str:
@@ -521,9 +523,13 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         if args.filter:
             found = _ps_filtered(found, args.filter, store, engine)
         shown = _image_names(found, store, engine)
+        sizes = container_sizes(store, found) if args.size else {}
     now = time.time()
     if args.format == "json":
-        print_json([container_row(c, now) for c in found], listing=True)
+        print_json([container_row(c, now) | ({"SizeRw": sizes[c.id][0],
+                                              "SizeRootFs": sum(sizes[c.id])}
+                                             if args.size else {}) for c in found],
+                   listing=True)
         return 0
     if args.quiet:
         for c in found:
@@ -540,17 +546,48 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
              "Ports": _ports(c), "State": c.state, "Status": _status(c, now),
              "Names": c.name, "Labels": ",".join(f"{k}={v}" for k, v in
                                                  sorted(c.spec.labels.items())),
-             "Networks": c.spec.network}
+             "Networks": c.spec.network, "Size": _size_text(sizes.get(c.id))}
             for c in found], PS_HEADERS))
         return 0
     table = []
     for c in found:
         table.append([c.id if args.no_trunc else c.id[:12], shown[c.id],
                       f'"{_command_text(c, args.no_trunc)}"', since(c.created),
-                      _status(c, now), _ports(c), c.name])
+                      _status(c, now), _ports(c), c.name]
+                     + ([_size_text(sizes[c.id])] if args.size else []))
     print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
-                       "NAMES"], table)
+                       "NAMES"] + (["SIZE"] if args.size else []), table)
     return 0
+
+
+def container_sizes(store: Store, found: list[Container]) -> dict[str, tuple[int, int]]:
+    """Each container's (own changes, its image's size) in bytes: Docker's SizeRw, and
+    SizeRootFs less SizeRw. The changes are the driver's ``diff_size`` of the writable
+    layer (overlay: its upper directory; others compare with the image)."""
+    from ..images.store import ImageStore
+
+    images = ImageStore(store)
+    sizes = {}
+    for c in found:
+        try:
+            own = store.diff_size(c.layer)
+        except LaminaError:
+            own = 0
+        try:
+            base = images.image(c.image).size if c.image else 0
+        except LaminaError:
+            base = 0
+        sizes[c.id] = (own, base or 0)
+    return sizes
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    """``2.1 kB (virtual 4.3 MB)``, as Docker's ``ps -s``."""
+    if size is None:
+        return ""
+    from .sizes import human_size
+
+    return f"{human_size(size[0])} (virtual {human_size(sum(size))})"
 
 
 def inspect_container(c: Container, directory: Path, volume_path: Callable[[str], Path],

@@ -547,6 +547,7 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
     from ..containers.volumes import VolumeStore
     from ..images.space import usage
     from ..images.store import ImageStore, short_id
+    from .container import container_sizes
     from .sizes import human_size
 
     with engine.open_store(readonly=True) as store:
@@ -560,10 +561,15 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
         # (name, containers using it, bytes)
         local = [(i.name, links.get(i.name, 0), volumes.size(i.name))
                  for i in volumes.volumes()]
+        every = ContainerStore(store).containers()
+        own = {c.id: size for c, (size, _) in
+               zip(every, container_sizes(store, every).values(), strict=True)}
     if args.format == "json":
         print_json(found._asdict() | {
             "images": [u._asdict() for u in found.images],
-            "volumes": [{"name": n, "links": k, "size": b} for n, k, b in local]})
+            "volumes": [{"name": n, "links": k, "size": b} for n, k, b in local],
+            "containers": [{"id": c.id, "name": c.name, "state": c.state, "size": own[c.id]}
+                           for c in every]})
         return 0
 
     def part(size: int, whole: int) -> str:
@@ -573,13 +579,18 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
     print_table(None, ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], [
         ["Images", len(found.images), active, human_size(found.image_layers_size),
          part(found.reclaimable_images_size, found.image_layers_size)],
-        ["Other layers", found.other_layers, "", human_size(found.other_layers_size),
+        # the containers' writable layers are the Containers row's
+        ["Other layers", found.other_layers - len(every), "",
+         human_size(found.other_layers_size),
          part(found.reclaimable_layers_size, found.other_layers_size)],
         ["Layer blobs (kept)", found.layer_blobs, "", human_size(found.layer_blobs_size),
          part(found.layer_blobs_size, found.layer_blobs_size)],
         ["Other blobs", found.blobs - found.layer_blobs, "",
          human_size(found.blobs_size - found.layer_blobs_size),
          part(found.unreferenced_blobs_size, found.blobs_size - found.layer_blobs_size)],
+        ["Containers", len(every), sum(1 for c in every if c.running),
+         human_size(sum(own.values())),
+         part(sum(own[c.id] for c in every if not c.running), sum(own.values()))],
         ["Local Volumes", len(local), sum(1 for _, k, _ in local if k),
          human_size(sum(b for _, _, b in local)),
          part(sum(b for _, k, b in local if not k), sum(b for _, _, b in local))],
@@ -595,6 +606,13 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
                              u.containers])
         print_table(None, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
                            "UNIQUE SIZE", "CONTAINERS"], rows)
+        print("\nContainers space usage:\n")
+        print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE",
+                           "CREATED", "STATUS", "NAMES"],
+                    [[c.id[:12], c.spec.image_name, " ".join(c.spec.argv)[:20],
+                      sum(1 for v in c.spec.volumes if v.kind == "volume"),
+                      human_size(own[c.id]), since(c.created), c.state, c.name]
+                     for c in every])
         print("\nLocal Volumes space usage:\n")
         print_table(None, ["VOLUME NAME", "LINKS", "SIZE"],
                     [[n, k, human_size(b)] for n, k, b in local])
