@@ -523,7 +523,7 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         if args.filter:
             found = _ps_filtered(found, args.filter, store, engine)
         shown = _image_names(found, store, engine)
-        sizes = container_sizes(store, found) if args.size else {}
+        sizes = ContainerStore(store).sizes(found) if args.size else {}
     now = time.time()
     if args.format == "json":
         print_json([container_row(c, now) | ({"SizeRw": sizes[c.id][0],
@@ -558,27 +558,6 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
     print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
                        "NAMES"] + (["SIZE"] if args.size else []), table)
     return 0
-
-
-def container_sizes(store: Store, found: list[Container]) -> dict[str, tuple[int, int]]:
-    """Each container's (own changes, its image's size) in bytes: Docker's SizeRw, and
-    SizeRootFs less SizeRw. The changes are the driver's ``diff_size`` of the writable
-    layer (overlay: its upper directory; others compare with the image)."""
-    from ..images.store import ImageStore
-
-    images = ImageStore(store)
-    sizes = {}
-    for c in found:
-        try:
-            own = store.diff_size(c.layer)
-        except LaminaError:
-            own = 0
-        try:
-            base = images.image(c.image).size if c.image else 0
-        except LaminaError:
-            base = 0
-        sizes[c.id] = (own, base or 0)
-    return sizes
 
 
 def _size_text(size: tuple[int, int] | None) -> str:

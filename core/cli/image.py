@@ -547,7 +547,6 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
     from ..containers.volumes import VolumeStore
     from ..images.space import usage
     from ..images.store import ImageStore, short_id
-    from .container import container_sizes
     from .sizes import human_size
 
     with engine.open_store(readonly=True) as store:
@@ -562,8 +561,7 @@ def cmd_df(args: argparse.Namespace, engine: Engine) -> int:
         local = [(i.name, links.get(i.name, 0), volumes.size(i.name))
                  for i in volumes.volumes()]
         every = ContainerStore(store).containers()
-        own = {c.id: size for c, (size, _) in
-               zip(every, container_sizes(store, every).values(), strict=True)}
+        own = {cid: size for cid, (size, _) in ContainerStore(store).sizes(every).items()}
     if args.format == "json":
         print_json(found._asdict() | {
             "images": [u._asdict() for u in found.images],

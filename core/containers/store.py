@@ -121,6 +121,26 @@ class ContainerStore:
         return [Container.from_row(r) for r in self._db.execute(
             "SELECT * FROM containers WHERE spec != '{}' ORDER BY created DESC, id")]
 
+    def sizes(self, found: list[Container]) -> dict[str, tuple[int, int]]:
+        """Each container's (own changes, its image's size) in bytes, by id: Docker's
+        SizeRw, and SizeRootFs less SizeRw. The changes are the driver's ``diff_size`` of
+        the writable layer (overlay: its upper directory; others compare with the image)."""
+        from ..images.store import ImageStore
+
+        images = ImageStore(self.store)
+        sizes = {}
+        for c in found:
+            try:
+                own = self.store.diff_size(c.layer)
+            except LaminaError:
+                own = 0
+            try:
+                base = images.image(c.image).size if c.image else 0
+            except LaminaError:
+                base = 0
+            sizes[c.id] = (own, base or 0)
+        return sizes
+
     def stale(self) -> list[Container]:
         """Containers recorded as running whose monitor is gone (and so their process)."""
         return [c for c in self.containers() if c.running and not monitor_alive(c.process)]
