@@ -355,6 +355,43 @@ def test_restart_policies(site: Site) -> None:
         assert refused.returncode == 125 and words in refused.stderr
 
 
+def test_a_container_waiting_to_restart_shows_restarting(site: Site) -> None:
+    # exit 1 at once, again and again: the back-off doubles from 0.1 s and soon lasts
+    site("run", "-d", "--network", "none", "--name", "flapping", "--restart", "always",
+         IMAGE, "sh", "-c", "echo run; exit 1")
+
+    def state() -> str:
+        return site.out("inspect", "-f",
+                        "{{.State.Status}} {{.State.Restarting}} {{.State.Running}}", "flapping")
+
+    _until(lambda: _runs(site, "flapping") >= 5 and state() == "restarting true true\n")
+    assert site.out("ps", "--filter", "status=restarting", "--format", "{{.Names}}") == \
+        "flapping\n"
+    assert site.out("ps", "-a", "--filter", "name=flapping", "--format",
+                    "{{.State}} {{.Status}}").startswith("restarting Restarting (1) ")
+    refused = site("rm", "flapping", check=False)
+    assert refused.returncode != 0 and b"is restarting" in refused.stderr
+    # stop ends the back-off at once: exited, and no run after it
+    began = time.monotonic()
+    site("stop", "flapping")
+    assert time.monotonic() - began < 3
+    assert state() == "exited false false\n"
+    runs = _runs(site, "flapping")
+    time.sleep(1)
+    assert _runs(site, "flapping") == runs and state() == "exited false false\n"
+    # kill of a restarting one ends its back-off (nothing to signal), as Docker's
+    site("start", "flapping")
+    _until(lambda: state() == "restarting true true\n")
+    assert site.out("kill", "flapping") == "flapping\n"
+    assert state() == "exited false false\n"
+    # rm -f of a restarting one: removed, and its monitor does not bring it back
+    site("start", "flapping")
+    _until(lambda: state() == "restarting true true\n")
+    site("rm", "-f", "flapping")
+    assert site("inspect", "flapping", check=False).returncode != 0
+    assert "flapping" not in site.out("ps", "-a", "--format", "{{.Names}}")
+
+
 def test_sizes_of_containers(site: Site) -> None:
     site("run", "--network", "none", "--name", "writer", IMAGE, "sh", "-c",
          "head -c 100000 /dev/zero > /big")

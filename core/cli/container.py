@@ -406,7 +406,7 @@ def ps_arguments(p: argparse.ArgumentParser) -> None:
 PS_FILTERS = {
     "id": "an id or the start of one",
     "name": "a regular expression the name contains",
-    "status": "created, running or exited",
+    "status": "created, running, restarting or exited",
     "exited": "the exit code",
     "label": "KEY or KEY=VALUE of the container's labels",
     "ancestor": "the image (name or id) it was made from",
@@ -434,7 +434,7 @@ def _ps_filtered(found: list[Container], given: list[str], store: Store,
                                 hint="name=TEXT or a regular expression") from None
         checks.append(lambda c: any(p.search(c.name) for p in names))
     if "status" in filters:
-        states = {"created", "running", "exited"}
+        states = {"created", "running", "restarting", "exited"}
         wrong = [v for v in filters["status"] if v not in states]
         if wrong:
             raise InvalidFilter(f"invalid status filter: {', '.join(wrong)}",
@@ -478,6 +478,8 @@ def _status(c: Container, now: float) -> str:
         return "Up " + since(c.started or now).removesuffix(" ago")
     if c.state == "exited":
         return f"Exited ({c.exit_code}) {since(c.finished or now)}"
+    if c.state == "restarting":
+        return f"Restarting ({c.exit_code}) {since(c.finished or now)}"
     return "Created"
 
 
@@ -513,17 +515,21 @@ def container_row(c: Container, now: float) -> dict[str, Any]:
 def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
     from ..containers.spec import BUILD_OWNER_LABEL
     from ..containers.store import ContainerStore
+    from ..launcher import monitor
     from .image import since
 
     with engine.open_store() as store:
         _reconcile(store)
         # a running build's step containers are the build's, not the user's (as Docker's)
-        found = [c for c in ContainerStore(store).containers()
-                 if (args.all or c.running) and BUILD_OWNER_LABEL not in c.spec.labels]
+        containers = ContainerStore(store)
+        # a restarting container counts as running (Docker's ps and inspect say so too)
+        found = [c for c in (monitor.shown(containers, c) for c in containers.containers())
+                 if (args.all or c.state in ("running", "restarting"))
+                 and BUILD_OWNER_LABEL not in c.spec.labels]
         if args.filter:
             found = _ps_filtered(found, args.filter, store, engine)
         shown = _image_names(found, store, engine)
-        sizes = ContainerStore(store).sizes(found) if args.size else {}
+        sizes = containers.sizes(found) if args.size else {}
     now = time.time()
     if args.format == "json":
         print_json([container_row(c, now) | ({"SizeRw": sizes[c.id][0],
@@ -584,7 +590,8 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
         "ResolvConfPath": str(directory / "resolv.conf"),
         "HostnamePath": str(directory / "hostname"), "HostsPath": str(directory / "hosts"),
         "LogPath": str(logs.path(directory)),
-        "State": {"Status": c.state, "Running": c.running, "Pid": c.pid or 0,
+        "State": {"Status": c.state, "Running": c.state in ("running", "restarting"),
+                  "Restarting": c.state == "restarting", "Pid": c.pid or 0,
                   "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed,
                   "StartedAt": iso(c.started), "FinishedAt": iso(c.finished)},
         "Config": {"Image": spec.image_name, "Cmd": list(spec.argv), "Env": list(spec.env),
@@ -961,6 +968,13 @@ def cmd_kill(args: argparse.Namespace, engine: Engine) -> int:
     def kill(store: Store, ref: str) -> None:
         containers = ContainerStore(store)
         container = containers.get(ref)
+        if monitor.restarting(containers, container):
+            # no process to signal: ending the back-off is the kill (as Docker's)
+            monitor.set_stopped_by_user(containers, container.id, True)
+            container = monitor.wait_restart_over(containers, container)
+            if not container.running:
+                print(ref)
+                return
         if container.running:
             monitor.set_stopped_by_user(containers, container.id, True)
         monitor.signal_container(container, sig)

@@ -40,7 +40,7 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
     out = []
     status = 0
     from ..containers.volumes import VolumeStore
-    from ..launcher.monitor import restart_count
+    from ..launcher.monitor import restart_count, shown
 
     with engine.open_store(readonly=True) as store:
         images = ImageStore(store)
@@ -51,7 +51,7 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
                     try:
                         container = containers.get(text)
                         out.append(inspect_container(
-                            container, containers.directory(container.id),
+                            shown(containers, container), containers.directory(container.id),
                             VolumeStore(store).path, restart_count(containers, container.id)))
                         continue
                     except ContainerNotFound:

@@ -412,25 +412,29 @@ def start_detached(engine: Engine, container_id: str) -> None:
             container = containers.get(container_id)
             set_stopped_by_user(containers, container_id, False)
             write_restart_count(containers, container_id, 0)
+            marker = containers.directory(container_id) / _RESTARTING
+            over = partial(_unlink, marker)  # "restarting" lasts until it runs again
             count, delay = 0, RESTART_DELAY
-            while True:
-                began = time.monotonic()
-                code = run(store, container, Stdio("log", interactive=False),
-                           started if count == 0 else None, network=engine.config.network)
-                if not should_restart(containers, container, code, count):
-                    break
-                if time.monotonic() - began >= 10:
-                    delay = RESTART_DELAY  # it ran a while: the back-off starts over
-                time.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                try:
-                    container = containers.get(container_id)
-                except LaminaError:
-                    return code  # removed meanwhile
-                if container.running or stopped_by_user(containers, container_id):
-                    break  # started by start/restart meanwhile, or stopped for good
-                count += 1
-                write_restart_count(containers, container_id, count)
+            try:
+                while True:
+                    began = time.monotonic()
+                    code = run(store, container, Stdio("log", interactive=False),
+                               started if count == 0 else over, network=engine.config.network)
+                    if not should_restart(containers, container, code, count):
+                        break
+                    if time.monotonic() - began >= 10:
+                        delay = RESTART_DELAY  # it ran a while: the back-off starts over
+                    again = _back_off(containers, container_id, marker, delay)
+                    delay = min(delay * 2, 60.0)
+                    if again is None:
+                        return code  # removed meanwhile
+                    container = again
+                    if container.running or stopped_by_user(containers, container_id):
+                        break  # started by start/restart meanwhile, or stopped for good
+                    count += 1
+                    write_restart_count(containers, container_id, count)
+            finally:
+                over()
             if container.spec.auto_remove:
                 remove(store, container.id, volumes=True)
         return code
@@ -442,6 +446,73 @@ def start_detached(engine: Engine, container_id: str) -> None:
 RESTART_DELAY = 0.1
 _STOPPED = "stopped-by-user"
 _RESTARTS = "restart-count"
+#: while the policy's back-off lasts: the waiting monitor's process_identity
+_RESTARTING = "restarting"
+
+
+def _back_off(containers: ContainerStore, container_id: str, marker: Path,
+              delay: float) -> Container | None:
+    """Wait ``delay`` seconds before the policy starts the container again, shown as
+    "restarting" (``marker`` holds this monitor's identity until the container runs
+    again); cut short by ``stop``/``kill``/``rm -f`` or by a ``start`` (the back-off
+    reaches a minute). The container as it is then; None once removed."""
+    with contextlib.suppress(OSError):
+        marker.write_text(process_identity())
+    deadline = time.monotonic() + delay
+    while True:
+        time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
+        try:
+            container = containers.get(container_id)
+        except LaminaError:
+            return None
+        if (time.monotonic() >= deadline or container.running
+                or stopped_by_user(containers, container_id)):
+            return container
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def restarting(containers: ContainerStore, container: Container) -> bool:
+    """Whether the container's restart policy is waiting to start it again (Docker's
+    "restarting" state): its monitor lives, in its back-off, and no ``stop`` came."""
+    from ..host.locks import is_alive
+
+    if container.running or container.spec.restart == "no":
+        return False
+    try:
+        owner = (containers.directory(container.id) / _RESTARTING).read_text()
+    except OSError:
+        return False
+    return is_alive(owner) and not stopped_by_user(containers, container.id)
+
+
+def shown(containers: ContainerStore, container: Container) -> Container:
+    """The container as the commands show it: state "restarting" during its back-off
+    (the stored state stays "exited": nothing else changes)."""
+    if restarting(containers, container):
+        return container._replace(state="restarting")
+    return container
+
+
+def wait_restart_over(containers: ContainerStore, container: Container) -> Container:
+    """After ``stop`` marked it: wait (briefly) for a back-off under way to end, so that
+    the monitor cannot start the container again behind the caller's back."""
+    from ..host.locks import is_alive
+
+    marker = containers.directory(container.id) / _RESTARTING
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            owner = marker.read_text()
+        except OSError:
+            break
+        if not is_alive(owner):
+            break
+        time.sleep(0.02)
+    return containers.get(container.id)
 
 
 def should_restart(containers: ContainerStore, container: Container, code: int,
@@ -621,7 +692,10 @@ def stop(store: Store, container_id: str, timeout: float) -> Container:
     """SIGTERM (the image's stop signal), then SIGKILL after ``timeout`` seconds."""
     containers = ContainerStore(store)
     container = containers.get(container_id)
+    waiting = restarting(containers, container)
     set_stopped_by_user(containers, container_id, True)  # also between two restarts
+    if waiting:  # the policy may be starting it this very moment
+        container = wait_restart_over(containers, container)
     if not container.running:
         return container
     sig = getattr(signal, container.spec.stop_signal, signal.SIGTERM)
@@ -644,6 +718,12 @@ def remove(store: Store, container_id: str, *, force: bool = False,
     its anonymous volumes go too."""
     containers = ContainerStore(store)
     container = containers.get(container_id)
+    if restarting(containers, container):
+        if not force:
+            raise ContainerError(f"container {container.name} is restarting",
+                                 hint="stop it first, or remove it with rm -f")
+        set_stopped_by_user(containers, container.id, True)
+        container = wait_restart_over(containers, container)
     if container.running and force:
         set_stopped_by_user(containers, container.id, True)  # its policy must not restart it
         with contextlib.suppress(ContainerError):
