@@ -28,6 +28,7 @@ TOP_LEVEL_KEYS = {
     "images": "image settings: default_registry, keep_blobs, max_concurrent_downloads",
     "registries": 'one table per registry host: [registries."HOST"] insecure, mirrors',
     "network": "the default bridge network of containers: bridge, subnet, dns",
+    "containers": "defaults of new containers: log_driver, log_opts",
 }
 
 #: the [images] table's keys, their types and defaults
@@ -53,6 +54,14 @@ NETWORK_KEYS: dict[str, tuple[type, Any, str]] = {
             "resolv.conf names only 127.x ones (unreachable from the container)"),
 }
 
+#: the [containers] table's keys: what ``run``/``create`` use when not told (Docker's
+#: daemon.json ``log-driver`` and ``log-opts``; a container's ``--log-opt`` overrides
+#: the same keys of a driver it shares). Checked when a container is made with them.
+CONTAINER_KEYS: dict[str, tuple[type, Any, str]] = {
+    "log_driver": (str, "json-file", "json-file (logs keeps the output) or none"),
+    "log_opts": (dict, {}, 'json-file options, e.g. { max-size = "10m", max-file = "3" }'),
+}
+
 
 class _ConfigFields(NamedTuple):
     driver: str | None
@@ -70,6 +79,8 @@ class _ConfigFields(NamedTuple):
     registries: dict[str, dict[str, Any]]
     #: the [network] table, every key of NETWORK_KEYS present (defaults filled in)
     network: dict[str, Any]
+    #: the [containers] table, every key of CONTAINER_KEYS present (defaults filled in)
+    containers: dict[str, Any]
 
 
 class Config(_ConfigFields):
@@ -93,6 +104,7 @@ class Config(_ConfigFields):
         images: dict[str, Any] | None = None,
         registries: dict[str, dict[str, Any]] | None = None,
         network: dict[str, Any] | None = None,
+        containers: dict[str, Any] | None = None,
     ) -> Config:
         images = {**{k: v[1] for k, v in IMAGE_KEYS.items()}, **(images or {})}
         registries = {
@@ -100,11 +112,12 @@ class Config(_ConfigFields):
             for host, table in (registries or {}).items()
         }
         network = {**{k: v[1] for k, v in NETWORK_KEYS.items()}, **(network or {})}
+        containers = {**{k: v[1] for k, v in CONTAINER_KEYS.items()}, **(containers or {})}
         return super().__new__(
             cls, driver, default_root() if root is None else root,
             default_runroot() if runroot is None else runroot, driver_priority,
             {} if driver_options is None else driver_options, source, driver_source,
-            images, registries, network,
+            images, registries, network, containers,
         )  # fmt: skip
 
     def registry(self, host: str) -> dict[str, Any]:
@@ -230,6 +243,13 @@ def parse_config(path: Path) -> Config:
         }
     if "network" in data:
         kwargs["network"] = _network_table(path, _typed(path, data, "network", dict))
+    if "containers" in data:
+        table = _table(path, "containers", _typed(path, data, "containers", dict),
+                       CONTAINER_KEYS)
+        if not all(isinstance(v, str) for v in table.get("log_opts", {}).values()):
+            raise ConfigError(f"{path}: containers.log_opts values must be strings",
+                              hint=CONTAINER_KEYS["log_opts"][2])
+        kwargs["containers"] = table
     return Config(**kwargs)
 
 

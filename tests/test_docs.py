@@ -203,3 +203,8 @@ def test_documented_config_file_loads(tmp_path: Path) -> None:
     config = parse_config(path)
     assert config.driver == "overlay" and str(config.root) == "/var/lib/lamina"
     assert config.network["bridge"] == "lamina0"
+    assert config.containers["log_opts"] == {"max-size": "10m", "max-file": "3"}
+    from lamina.core.containers.spec import parse_log_config
+
+    assert parse_log_config(config.containers["log_driver"],
+                            [f"{k}={v}" for k, v in config.containers["log_opts"].items()])

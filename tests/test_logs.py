@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import threading
@@ -73,9 +72,8 @@ def test_rfc3339_with_nanoseconds_round_trips() -> None:
 # -- the records --------------------------------------------------------------------------
 
 
-def _writer(directory: Path) -> logs.LogWriter:
-    fd = os.open(logs.path(directory), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    return logs.LogWriter(fd)
+def _writer(directory: Path, rotation: logs.Rotation | None = None) -> logs.LogWriter:
+    return logs.LogWriter(logs.path(directory), rotation)
 
 
 def test_records_have_dockers_json_file_shape_and_keep_every_byte(tmp_path: Path) -> None:
@@ -159,6 +157,54 @@ def test_following_reads_what_comes_until_the_container_stops(tmp_path: Path) ->
     seen = [r.data for r in logs.read(tmp_path, running=running.is_set, poll=0.01)]
     thread.join()
     assert seen == [b"before\n", b"later 0\n", b"later 1\n", b"later 2\n"]
+
+
+def test_a_rotated_log_keeps_max_file_files_of_at_most_max_size(tmp_path: Path) -> None:
+    log = _writer(tmp_path, logs.Rotation(max_size=1000, max_files=3))
+    for n in range(100):  # ~8 KB of records, a few at a time
+        log.feed("stdout" if n % 3 else "stderr", b"".join(b"line %03d\n" % (n * 2 + k)
+                                                            for k in range(2)))
+    log.close()
+    files = logs.files(tmp_path)
+    assert [f.name for f in files] == [logs.FILE + ".2", logs.FILE + ".1", logs.FILE]
+    assert all(0 < f.stat().st_size <= 1000 for f in files)
+    kept = [r.data for r in logs.read(tmp_path)]
+    # the newest lines, whole and in order, and nothing older than what was dropped
+    assert kept == [b"line %03d\n" % n for n in range(200 - len(kept), 200)]
+    assert 20 < len(kept) < 60
+    # --tail reaches back across the files; max-file=1 drops the file it rotates
+    assert [r.data for r in logs.read(tmp_path, logs.Window(tail=len(kept) - 2))] == kept[2:]
+    assert [r.data for r in logs.read(tmp_path, logs.Window(tail=1))] == [b"line 199\n"]
+    one = tmp_path / "one"
+    one.mkdir()
+    log = _writer(one, logs.Rotation(max_size=200, max_files=1))
+    for n in range(50):
+        log.feed("stdout", b"x%02d\n" % n)
+    assert [f.name for f in logs.files(one)] == [logs.FILE]
+    assert logs.path(one).stat().st_size <= 200
+    assert [r.data for r in logs.read(one)][-1] == b"x49\n"
+
+
+# (a follower that sleeps through several rotations still reads every file kept)
+@pytest.mark.parametrize(("max_files", "poll"), [(1, 0.01), (3, 0.01), (20, 0.2)])
+def test_following_goes_on_through_rotations(tmp_path: Path, max_files: int,
+                                             poll: float) -> None:
+    log = _writer(tmp_path, logs.Rotation(max_size=300, max_files=max_files))
+    log.feed("stdout", b"first\n")
+    running = threading.Event()
+    running.set()
+
+    def later() -> None:
+        for n in range(40):  # ~2,600 bytes of records: several rotations
+            log.feed("stdout", b"n%02d\n" % n)
+            time.sleep(0.005)
+        running.clear()
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    seen = [r.data for r in logs.read(tmp_path, running=running.is_set, poll=poll)]
+    thread.join()
+    assert seen == [b"first\n", *(b"n%02d\n" % n for n in range(40))]
 
 
 def test_a_log_of_raw_output_is_still_shown(tmp_path: Path) -> None:
@@ -258,3 +304,66 @@ def test_logs_refuses_what_is_not_a_time_or_a_count(site: Site) -> None:
         assert refused.returncode != 0
         assert words in refused.stderr and b"Traceback" not in refused.stderr
     assert site("logs", "idle").stdout == b""  # never started: nothing logged
+
+
+@needs_root
+def test_log_options_rotate_the_log_or_keep_none(site: Site) -> None:
+    site("run", "--network", "none", "--name", "rotating", "--log-opt", "max-size=2k",
+         "--log-opt", "max-file=2", IMAGE, "sh", "-c",
+         "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done")
+    shown = site("logs", "rotating").stdout.decode().splitlines()
+    # what the two files hold: the last lines, whole and in order, nothing older
+    assert 20 < len(shown) < 100
+    assert shown == [f"line {n}" for n in range(300 - len(shown), 300)]
+    log_path = Path(site.out("inspect", "-f", "{{.LogPath}}", "rotating").strip())
+    kept = sorted(p.name for p in log_path.parent.glob(log_path.name + "*"))
+    assert kept == [log_path.name, log_path.name + ".1"]
+    assert all(p.stat().st_size <= 2048 for p in log_path.parent.glob(log_path.name + "*"))
+    assert json.loads(site.out("inspect", "-f", "{{json .HostConfig.LogConfig}}",
+                               "rotating")) == {"Type": "json-file",
+                                                "Config": {"max-size": "2k", "max-file": "2"}}
+    # the none driver: the output still reaches the terminal; logs says there is none
+    quiet = site("run", "--network", "none", "--name", "unlogged", "--log-driver", "none",
+                 IMAGE, "echo", "seen")
+    assert quiet.stdout == b"seen\n"
+    refused = site("logs", "unlogged", check=False)
+    assert refused.returncode != 0 and b"log driver none" in refused.stderr
+    assert site.out("inspect", "-f", "{{.LogPath}}", "unlogged") == "\n"
+    for args, words in ((["--log-driver", "syslog"], b"not supported"),
+                        (["--log-opt", "max-size=big"], b"invalid log max-size"),
+                        (["--log-opt", "colour=red"], b"unknown log option"),
+                        (["--log-opt", "max-file=3"], b"needs max-size"),
+                        (["--log-opt", "max-file=0", "--log-opt", "max-size=1m"],
+                         b"invalid log max-file"),
+                        (["--log-driver", "none", "--log-opt", "max-size=1m"],
+                         b"unknown log option")):
+        refused = site("run", *args, IMAGE, "true", check=False)
+        assert refused.returncode == 125, (args, refused.stderr)
+        assert words in refused.stderr and b"Traceback" not in refused.stderr
+
+
+@needs_root
+def test_the_configs_log_options_are_every_containers_default(site: Site,
+                                                              tmp_path: Path) -> None:
+    config = tmp_path / "lamina.toml"
+    config.write_text('[containers]\nlog_opts = { max-size = "1k" }\n')
+    site("--config", str(config), "run", "--network", "none", "--name", "defaulted",
+         "--log-opt", "max-file=3", IMAGE, "sh", "-c",
+         "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done")
+    # the config's max-size and the flag's max-file, merged key by key (Docker's rule)
+    assert json.loads(site.out("inspect", "-f", "{{json .HostConfig.LogConfig.Config}}",
+                               "defaulted")) == {"max-size": "1k", "max-file": "3"}
+    shown = site("logs", "defaulted").stdout.decode().splitlines()
+    assert shown[-1] == "line 199" and len(shown) < 60
+    # another driver on the command line leaves the config's options out
+    site("--config", str(config), "run", "--network", "none", "--name", "quiet",
+         "--log-driver", "none", IMAGE, "true")
+    assert site.out("inspect", "-f", "{{json .HostConfig.LogConfig}}", "quiet") == \
+        '{"Config":{},"Type":"none"}\n'
+    config.write_text('[containers]\nlog_opts = { max-size = "huge" }\n')
+    refused = site("--config", str(config), "run", IMAGE, "true", check=False)
+    assert refused.returncode == 125
+    assert str(config).encode() in refused.stderr and b"max-size" in refused.stderr
+    config.write_text('[containers]\nlog_opts = { max-file = 3 }\n')
+    refused = site("--config", str(config), "ps", check=False)
+    assert refused.returncode != 0 and b"must be strings" in refused.stderr

@@ -82,6 +82,13 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    "again when it exits (while its monitor lives: not after a reboot)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
                    help="how long stop waits before SIGKILL when not told (default 10)")
+    p.add_argument("--log-driver", metavar="DRIVER",
+                   help="json-file (logs keeps the output) or none (default: the config's "
+                   "[containers] log_driver, else json-file)")
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="json-file: max-size=10m rotates the log at that size, "
+                   "max-file=3 keeps that many files (default: the config's log_opts, "
+                   "else one file without limit)")
     p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
                    help="when to pull the image (default: missing)")
     p.add_argument("--help", action="help", help="show this help message and exit")
@@ -178,6 +185,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")
+    log_driver, log_options = _log_config(args, engine)
     return ContainerSpec(
         image=image_id, image_name=args.image,
         argv=resolve_argv(config, args.command, args.entrypoint),
@@ -196,8 +204,28 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         seccomp=seccomp, labels=_labels(config.get("Labels") or {}, args.label),
         capabilities=_capabilities(args.cap_add, args.cap_drop),
         extra_hosts=tuple(map(parse_host, args.add_host)), stop_timeout=args.stop_timeout,
-        restart=_restart(args),
+        restart=_restart(args), log_driver=log_driver, log_options=log_options,
     )
+
+
+def _log_config(args: argparse.Namespace, engine: Engine) -> tuple[str, dict[str, str]]:
+    """The container's log driver and options: the flags over the config's defaults
+    (its options count for its own driver only, key by key: Docker's merge)."""
+    from ..containers.spec import parse_log_config
+    from ..errors import ConfigError
+
+    defaults = engine.config.containers
+    try:
+        default_driver, default_options = parse_log_config(
+            defaults["log_driver"], [f"{k}={v}" for k, v in defaults["log_opts"].items()])
+    except ContainerError as exc:
+        where = engine.config.source or "the configuration"
+        raise ConfigError(f"{where}: [containers] {exc}", hint=exc.hint) from None
+    driver = args.log_driver or default_driver
+    options = list(args.log_opt)
+    if driver == default_driver:  # the later of a key wins
+        options[:0] = [f"{k}={v}" for k, v in default_options.items()]
+    return parse_log_config(driver, options)
 
 
 def _restart(args: argparse.Namespace) -> str:
@@ -589,7 +617,7 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
         "Path": spec.argv[0], "Args": list(spec.argv[1:]),
         "ResolvConfPath": str(directory / "resolv.conf"),
         "HostnamePath": str(directory / "hostname"), "HostsPath": str(directory / "hosts"),
-        "LogPath": str(logs.path(directory)),
+        "LogPath": str(logs.path(directory)) if spec.log_driver == "json-file" else "",
         "State": {"Status": c.state, "Running": c.state in ("running", "restarting"),
                   "Restarting": c.state == "restarting", "Pid": c.pid or 0,
                   "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed,
@@ -605,6 +633,7 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                                          "MaximumRetryCount":
                                              int(spec.restart.partition(":")[2] or 0)},
                        "ExtraHosts": [f"{name}:{address}" for name, address in spec.extra_hosts],
+                       "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_options)},
                        "AutoRemove": spec.auto_remove, "Memory": spec.memory or 0,
                        "PidsLimit": spec.pids_limit, "NanoCpus": int((spec.cpus or 0) * 1e9),
                        "StorageOpt": dict(spec.storage_opts),
@@ -1042,6 +1071,11 @@ def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
         _reconcile(store)
         containers = ContainerStore(store)
         container = containers.get(args.container)
+        if container.spec.log_driver != "json-file":
+            raise ContainerError(f"container {container.name} has the log driver "
+                                 f"{container.spec.log_driver}: its output was not kept",
+                                 hint="run it with --log-driver json-file (the default) "
+                                 "to read its logs")
         directory = containers.directory(container.id)
         running = (lambda: containers.get(container.id).running) if args.follow else None
         window = logs.Window(args.tail, args.since, args.until)

@@ -10,6 +10,12 @@ time (``--since``, ``--until``) or from its end (``--tail``) and print the times
 stdout and stderr from two pipes (a pty is one stream: stdout) and appends the
 records; ``logs`` reads them, also while they grow (``-f``).
 
+With ``--log-opt max-size=10m --log-opt max-file=3`` (:class:`Rotation`) the file is
+rotated as Docker's is: once the next write would take it past ``max-size`` it becomes
+``container-json.log.1`` (the older ones moving up to ``.2`` ...; the oldest beyond
+``max-file`` dropped) and a new file begins; ``logs`` reads them oldest first, and a
+follower moves on to the new file. Without ``max-size`` the log grows (Docker's default).
+
 A line is a record once its ``\\n`` comes, or when it reaches 16 KiB (Docker's cut),
 or when its stream ends. Bytes that are not UTF-8 survive: they are written as the
 lone surrogates of Python's ``surrogateescape`` (``\\udcff``), which JSON carries.
@@ -17,15 +23,17 @@ lone surrogates of Python's ``surrogateescape`` (``\\udcff``), which JSON carrie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii as _escape
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from ..gotime import parse_rfc3339_nano, rfc3339_nano
+from .spec import parse_size
 
 FILE = "container-json.log"
 #: the raw output (both streams, no times) of containers run before logs had records
@@ -100,17 +108,42 @@ def _nanos(stamp: str) -> int:
     return _last[0][1]
 
 
+class Rotation(NamedTuple):
+    """When the log file is rotated (``--log-opt max-size``, ``max-file``)."""
+
+    #: the most bytes a file may hold (a single longer batch of records still goes into
+    #: one file); None: no rotation
+    max_size: int | None = None
+    #: the files kept, the one written included
+    max_files: int = 1
+
+    @classmethod
+    def of(cls, options: Mapping[str, str]) -> Rotation:
+        """From the options :func:`~.spec.parse_log_config` checked."""
+        size = options.get("max-size", "-1")
+        return cls(None if size == "-1" else parse_size(size, "max-size"),
+                   int(options.get("max-file", "1")))
+
+
 class LogWriter:
     """Cuts a container's streams into records and appends them to its log.
 
     Complete lines are written as they come, in one ``write`` per :meth:`feed` (a
     reader following the file sees whole records, or waits for the rest of one); a
-    line's start waits for its end, up to :data:`MAX_LINE` bytes.
+    line's start waits for its end, up to :data:`MAX_LINE` bytes. The file is opened
+    here (``OSError`` if it cannot be) and rotated as ``rotation`` says.
     """
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, file: Path, rotation: Rotation | None = None) -> None:
+        self.file = file
+        self.rotation = rotation or Rotation()
+        self.fd = self._open()
+        self._size = os.fstat(self.fd).st_size
         self._pending = {stream: b"" for stream in STREAMS}
+
+    def _open(self) -> int:
+        return os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                       0o600)
 
     def feed(self, stream: str, data: bytes) -> None:
         buffered = self._pending[stream] + data if self._pending[stream] else data
@@ -129,23 +162,60 @@ class LogWriter:
             rest = rest[MAX_LINE:]
         self._pending[stream] = rest
         if pieces:
-            self._write(_records(pieces, stream, time.time_ns()))
+            self._records(pieces, stream, time.time_ns())
 
     def end(self, stream: str) -> None:
         """The stream has ended: its unfinished line becomes a record."""
         rest, self._pending[stream] = self._pending[stream], b""
         if rest:
-            self._write(encode(Record(stream, time.time_ns(), rest)))
+            self._records([rest.decode("utf-8", "surrogateescape")], stream, time.time_ns())
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _records(self, lines: list[str], stream: str, nanos: int) -> None:
+        limit = self.rotation.max_size
+        data = _records(lines, stream, nanos)
+        if limit is None or self._size + len(data) <= limit:
+            self._write(data)
+            return
+        # the batch crosses the limit: written record by record, rotating between them
+        for line in lines:
+            record = _records([line], stream, nanos)
+            if self._size and self._size + len(record) > limit:
+                self._rotate()
+            self._write(record)
+
+    def _rotate(self) -> None:
+        """The file becomes ``.1`` (``.1`` becomes ``.2``, ...), or is dropped when only
+        one file is kept; a new one begins. A file that cannot be moved is lost, never
+        the container: logging stops if no new file can be made."""
+        self.close()
+        with contextlib.suppress(OSError):
+            if self.rotation.max_files > 1:
+                for n in range(self.rotation.max_files - 1, 1, -1):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(f"{self.file}.{n - 1}", f"{self.file}.{n}")
+                os.rename(self.file, f"{self.file}.1")
+            else:
+                os.unlink(self.file)
+        self._size = 0
+        with contextlib.suppress(OSError):
+            self.fd = self._open()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
+        while view and self.fd >= 0:
             try:
-                view = view[os.write(self.fd, view):]
+                n = os.write(self.fd, view)
             except InterruptedError:
                 continue
             except OSError:
                 return  # a full disk loses log lines, never the container
+            view = view[n:]
+            self._size += n
 
 
 class Window(NamedTuple):
@@ -164,42 +234,122 @@ class Window(NamedTuple):
 EVERYTHING = Window()
 
 
+def files(directory: Path) -> list[Path]:
+    """The container's log files, oldest first: the rotated ones, then the current one."""
+    current = path(directory)
+    rotated = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            number = name.removeprefix(FILE + ".")
+            if name.startswith(FILE + ".") and number.isdigit():
+                rotated.append((int(number), directory / name))
+    return [p for _, p in sorted(rotated, reverse=True)] + [current]
+
+
 def read(directory: Path, window: Window = EVERYTHING, *,
          running: Callable[[], bool] | None = None,
          poll: float = 0.1) -> Iterator[Record]:
     """The records of the container's log in ``window``, oldest first.
 
-    With ``running`` the log is followed: records written later come too, until
-    ``running()`` says the container has stopped (and what it wrote last was read) or
-    a record comes after ``window.until``. A log of raw output (:data:`RAW_FILE`) is one
-    stdout record without a time (0), shown unless ``since`` or ``until`` is given.
+    With ``running`` the log is followed: records written later come too, through the
+    rotations that happen meanwhile, until ``running()`` says the container has stopped
+    (and what it wrote last was read) or a record comes after ``window.until``. A log
+    of raw output (:data:`RAW_FILE`) is one stdout record without a time (0), shown
+    unless ``since`` or ``until`` is given.
     """
-    try:
-        f = open(path(directory), "rb")  # noqa: SIM115 - closed below, read while it grows
-    except FileNotFoundError:
+    handles = []
+    for file in files(directory):  # all opened at once: a rotation cannot slip between
+        with contextlib.suppress(FileNotFoundError):
+            handles.append(open(file, "rb"))  # noqa: SIM115 - closed below
+    if not handles:
         yield from _raw(directory, window)
         return
-    with f:
+    try:
+        first, offset = 0, 0
         if window.tail is not None:
-            f.seek(_tail_offset(f, window.tail))
+            first, offset = _tail_start(handles, window.tail)
+        for n in range(first, len(handles)):
+            handles[n].seek(offset if n == first else 0)
+            last = n == len(handles) - 1
+            follow = (directory, running, poll) if last and running else None
+            for record in _file_records(handles[n], follow):
+                if window.until is not None and record.nanos > window.until:
+                    return
+                if window.admits(record):
+                    yield record
+    finally:
+        for f in handles:
+            f.close()
+
+
+def _file_records(f: BinaryIO,
+                  follow: tuple[Path, Callable[[], bool], float] | None) -> Iterator[Record]:
+    """The records from ``f``'s position on; with ``follow`` (the log's directory,
+    ``running``, the poll interval) those written later too, moving to the next file
+    when this one is rotated away."""
+    opened: BinaryIO | None = None  # a file this generator opened (after a rotation)
+    try:
         partial = b""
         while True:
             chunk = f.read(1 << 16)
             if chunk:
                 lines = (partial + chunk).split(b"\n")
                 partial = lines.pop()
-                for record in decode(lines):
-                    if window.until is not None and record.nanos > window.until:
-                        return
-                    if window.admits(record):
-                        yield record
+                yield from decode(lines)
                 continue
-            if running is None:
+            if follow is None:
                 return
+            directory, running, poll = follow
+            newer = _replacement(f, directory)
+            if newer is not None:
+                # rotated: what was written before the rotation was read (the empty
+                # read came after it); on with the new file
+                if opened is not None:
+                    opened.close()
+                f = opened = newer
+                partial = b""
+                continue
             if not running():
-                running = None  # one more read: what it wrote before it stopped
+                follow = None  # one more read: what it wrote before it stopped
                 continue
             time.sleep(poll)
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _replacement(f: BinaryIO, directory: Path) -> BinaryIO | None:
+    """The file that came after ``f`` if ``f`` was rotated, else None.
+
+    Found by inode among the files as they are now, so a follower that slept through
+    two rotations reads the file between them too; a file dropped meanwhile (the
+    oldest beyond ``max-file``, or the only one with ``max-file=1``) is followed by the
+    oldest still there.
+    """
+    mine = os.fstat(f.fileno()).st_ino
+    chain = []
+    for file in files(directory):
+        with contextlib.suppress(FileNotFoundError):
+            chain.append((file.stat().st_ino, file))
+    inodes = [inode for inode, _ in chain]
+    if mine in inodes:
+        after = inodes.index(mine) + 1
+        if after == len(chain):
+            return None  # still the current file
+    elif chain:
+        after = 0
+    else:
+        return None  # between the rename and the new file
+    # the old file may have got its last records after our empty read: read them
+    # first (the writer finishes a file before it moves it)
+    rest = f.read()
+    if rest:
+        f.seek(-len(rest), os.SEEK_CUR)
+        return None
+    try:
+        return open(chain[after][1], "rb")
+    except FileNotFoundError:
+        return None
 
 
 def _raw(directory: Path, window: Window) -> Iterator[Record]:
@@ -216,11 +366,22 @@ def _raw(directory: Path, window: Window) -> Iterator[Record]:
         yield Record("stdout", 0, data)
 
 
-def _tail_offset(f: BinaryIO, count: int) -> int:
-    """Where the last ``count`` lines of ``f`` begin, reading it backwards in blocks."""
+def _tail_start(handles: list[BinaryIO], count: int) -> tuple[int, int]:
+    """Which file and where in it the last ``count`` lines of all of them begin."""
+    for n in range(len(handles) - 1, -1, -1):
+        offset, found = _tail_offset(handles[n], count)
+        if found >= count:
+            return n, offset
+        count -= found
+    return 0, 0
+
+
+def _tail_offset(f: BinaryIO, count: int) -> tuple[int, int]:
+    """Where the last ``count`` lines of ``f`` begin, reading it backwards in blocks, and
+    how many lines that is (fewer when the file has fewer)."""
     end = f.seek(0, os.SEEK_END)
     if count <= 0:
-        return end
+        return end, 0
     position = end
     # the first newline from the end closes the last line (a torn record after it,
     # from a monitor killed mid-write, is no line): the count starts after it
@@ -234,9 +395,9 @@ def _tail_offset(f: BinaryIO, count: int) -> int:
         while (index := data.rfind(b"\n", 0, index)) >= 0:
             newlines += 1
             if newlines == count:
-                return start + index + 1
+                return start + index + 1, count
         position = start
-    return 0
+    return 0, newlines + 1
 
 
 def text(directory: Path) -> str:

@@ -78,12 +78,17 @@ class ContainerSpec(NamedTuple):
     stop_timeout: int | None = None
     #: ``--restart``: no, always, unless-stopped, on-failure or on-failure:N
     restart: str = "no"
+    #: ``--log-driver``: json-file (the log core/containers/logs.py keeps) or none
+    log_driver: str = "json-file"
+    #: ``--log-opt``: max-size, max-file (checked by :func:`parse_log_config`)
+    log_options: Mapping[str, str] = _NOTHING
 
     def to_json(self) -> str:
         data = self._asdict()
         data["volumes"] = [v._asdict() for v in self.volumes]
         data["ports"] = [p._asdict() for p in self.ports]
         data["storage_opts"], data["labels"] = dict(self.storage_opts), dict(self.labels)
+        data["log_options"] = dict(self.log_options)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -232,6 +237,45 @@ def parse_restart(text: str) -> str:
         return text
     raise ContainerError(f"invalid --restart {text!r}",
                          hint="use no, always, unless-stopped, on-failure or on-failure:N")
+
+
+#: the log drivers lamina has, and the options each takes
+LOG_DRIVERS: dict[str, frozenset[str]] = {
+    "json-file": frozenset({"max-size", "max-file"}),
+    "none": frozenset(),
+}
+
+
+def parse_log_config(driver: str, options: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """``--log-driver`` and its ``--log-opt KEY=VALUE`` options, checked as Docker's
+    json-file driver checks them: a size (``10m``, or -1 for none) and a count >= 1 of
+    files, which only a ``max-size`` makes rotate."""
+    if driver not in LOG_DRIVERS:
+        raise ContainerError(f"logging driver {driver!r} is not supported",
+                             hint="lamina has: " + ", ".join(LOG_DRIVERS))
+    found: dict[str, str] = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq:
+            raise ContainerError(f"invalid --log-opt {option!r}", hint="give KEY=VALUE")
+        if key not in LOG_DRIVERS[driver]:
+            known = ", ".join(sorted(LOG_DRIVERS[driver])) or "none"
+            raise ContainerError(f"unknown log option {key!r} for the {driver} log driver",
+                                 hint=f"its options: {known}")
+        found[key] = value
+    if "max-size" in found and found["max-size"] != "-1" \
+            and parse_size(found["max-size"], "log max-size") <= 0:
+        raise ContainerError("log max-size must be more than 0 bytes",
+                             hint="give a size such as 10m (or -1 for no limit)")
+    if "max-file" in found:
+        if not found["max-file"].isdigit() or int(found["max-file"]) < 1:
+            raise ContainerError(f"invalid log max-file {found['max-file']!r}",
+                                 hint="give a number of files, at least 1")
+        if int(found["max-file"]) > 1 and found.get("max-size", "-1") == "-1":
+            raise ContainerError("log max-file needs max-size",
+                                 hint="without a size the log is never rotated: add "
+                                 "--log-opt max-size=10m")
+    return driver, found
 
 
 def restart_policy(spec: ContainerSpec) -> tuple[str, int]:

@@ -66,12 +66,15 @@ def _binds(store: Store, volumes: tuple[Volume, ...]) -> tuple[Volume, ...]:
     return VolumeStore(store).binds(volumes)
 
 
-def _open_log(containers: ContainerStore, container_id: str) -> int:
-    directory = containers.directory(container_id)
+def _open_log(containers: ContainerStore, container: Container) -> logs.LogWriter | None:
+    """The writer of the container's log; None when its log driver keeps nothing."""
+    if container.spec.log_driver == "none":
+        return None
+    directory = containers.directory(container.id)
     directory.mkdir(parents=True, mode=0o700, exist_ok=True)
     try:
-        return os.open(logs.path(directory),
-                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return logs.LogWriter(logs.path(directory),
+                              logs.Rotation.of(container.spec.log_options))
     except OSError as exc:
         raise host_error(exc, "open the container's log", logs.path(directory)) from exc
 
@@ -125,7 +128,8 @@ def run(store: Store, container: Container, stdio: Stdio,
     spec = container.spec
     holder = store.process_holder
     rootfs = store.mount(container.layer, holder=holder)
-    master = log_fd = devnull = -1
+    master = devnull = -1
+    log: logs.LogWriter | None = None
     pipes: dict[int, str] = {}  # read end -> stream, for a container without a pty
     child_ends: list[int] = []
     child = None
@@ -138,8 +142,7 @@ def run(store: Store, container: Container, stdio: Stdio,
         # every run is logged, in the foreground too (``logs`` of it works, as Docker's);
         # without a pty the container writes to pipes, as under Docker: not to the
         # terminal of the command that started it
-        log_fd = _open_log(containers, container.id)
-        log = logs.LogWriter(log_fd)
+        log = _open_log(containers, container)
         io = (stdin, 1, 2)
         if not spec.tty:
             for stream in logs.STREAMS:
@@ -196,9 +199,11 @@ def run(store: Store, container: Container, stdio: Stdio,
                 os.waitpid(child.pid, 0)
         raise
     finally:
-        for fd in (master, log_fd, devnull, *pipes, *child_ends):
+        for fd in (master, devnull, *pipes, *child_ends):
             if fd >= 0:
                 os.close(fd)
+        if log is not None:
+            log.close()
         for sock in (tty_parent, tty_child):
             if sock is not None:
                 sock.close()
