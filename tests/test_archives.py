@@ -12,10 +12,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -285,6 +287,9 @@ def test_import_with_changes(busybox_tar: Path, store_root: Path, tmp_path: Path
         "ExposedPorts": {"80/tcp": {}, "53/udp": {}}, "StopSignal": "SIGTERM"}
     history = json.loads(lamina(store_root, "history", "--format", "json", ident).stdout)
     assert history[0]["Comment"] == "made here"
+    # Go's RFC3339Nano, as Docker's: a fraction of a second (trailing zeros cut)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{0,5}[1-9]Z", info["Created"])
+    assert abs(datetime.fromisoformat(info["Created"]).timestamp() - time.time()) < 60
     # the gzip file is the layer's blob, as given: a save sends those bytes
     layers = json.loads(lamina(store_root, "inspect", ident).stdout)[0]["RootFS"]["Layers"]
     import hashlib

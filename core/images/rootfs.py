@@ -45,7 +45,13 @@ CHUNK = 1 << 20
 
 
 def rfc3339(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    """Go's RFC3339Nano, as Docker writes image times: the fraction (to the microsecond a
+    float holds) without its trailing zeros, none for a whole second (``--timestamp``),
+    so that images made within one second still sort by time."""
+    micros = round(stamp * 1_000_000)
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{fraction:06d}".rstrip("0").rstrip(".") + "Z"
 
 
 def history_entry(
