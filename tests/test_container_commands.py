@@ -320,8 +320,10 @@ def test_restart_policies(site: Site) -> None:
     # on-failure:2: the first run and two restarts, then it stays exited
     site("run", "-d", "--network", "none", "--name", "failing", "--restart", "on-failure:2",
          IMAGE, "sh", "-c", "echo run; exit 3")
-    _until(lambda: _runs(site, "failing") == 3)
-    _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "failing") == "exited\n")
+    # wait waits through the restarts (Docker's: a restarting container still runs)
+    assert site.out("wait", "failing") == "3\n"
+    assert _runs(site, "failing") == 3
+    assert site.out("inspect", "-f", "{{.State.Status}}", "failing") == "exited\n"
     time.sleep(1)  # the back-off's next step would have come by now
     assert _runs(site, "failing") == 3
     assert site.out("inspect", "-f", "{{.RestartCount}} {{.State.ExitCode}} "

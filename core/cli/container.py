@@ -1021,8 +1021,16 @@ def cmd_wait(args: argparse.Namespace, engine: Engine) -> int:
     from ..launcher import monitor
 
     def wait(store: Store, ref: str) -> None:
-        done = monitor.wait_exited(store, ContainerStore(store).get(ref).id, None)
-        assert done is not None
+        containers = ContainerStore(store)
+        container_id = containers.get(ref).id
+        while True:  # through its restarts, as Docker's: a restarting one still runs
+            done = monitor.wait_exited(store, container_id, None)
+            assert done is not None
+            if not monitor.restarting(containers, done):
+                break
+            while monitor.restarting(containers, done):
+                time.sleep(0.05)
+                done = containers.get(container_id)
         print(done.exit_code)
 
     return _each(args, engine, wait)

@@ -115,7 +115,8 @@ def kept_capabilities(spec: ContainerSpec) -> frozenset[int]:
 
 def run(store: Store, container: Container, stdio: Stdio,
         started: Callable[[], None] | None = None, *,
-        network: dict[str, Any] | None = None, stop_on_signal: bool = False) -> int:
+        network: dict[str, Any] | None = None, stop_on_signal: bool = False,
+        exiting: Callable[[int], None] | None = None) -> int:
     """Run ``container`` to its end; return its exit code (128+N for signal N).
 
     With ``stop_on_signal`` (a build's RUN) SIGINT, SIGTERM and the others end the
@@ -210,6 +211,8 @@ def run(store: Store, container: Container, stdio: Stdio,
         # freed before the record says "exited": whoever waits for that (rm, wait,
         # stop) then finds the layer unmounted and the address and veth gone
         _teardown(store, container, holder)
+        if exiting is not None and ended is not None:
+            exiting(ended[0])
         _record_exit(containers, container.id, ended)
         if stopped:  # everything is freed: now the caller may stop too
             raise KeyboardInterrupt(f"stopped by signal {stopped[0]}")
@@ -419,17 +422,25 @@ def start_detached(engine: Engine, container_id: str) -> None:
             write_restart_count(containers, container_id, 0)
             marker = containers.directory(container_id) / _RESTARTING
             over = partial(_unlink, marker)  # "restarting" lasts until it runs again
+
+            def exiting(code: int) -> None:
+                # before the exit is recorded: nobody sees it "exited" and then restarted
+                if should_restart(containers, container, code, count):
+                    with contextlib.suppress(OSError):
+                        marker.write_text(process_identity())
+
             count, delay = 0, RESTART_DELAY
             try:
                 while True:
                     began = time.monotonic()
                     code = run(store, container, Stdio("log", interactive=False),
-                               started if count == 0 else over, network=engine.config.network)
+                               started if count == 0 else over, network=engine.config.network,
+                               exiting=exiting)
                     if not should_restart(containers, container, code, count):
                         break
                     if time.monotonic() - began >= 10:
                         delay = RESTART_DELAY  # it ran a while: the back-off starts over
-                    again = _back_off(containers, container_id, marker, delay)
+                    again = _back_off(containers, container_id, delay)
                     delay = min(delay * 2, 60.0)
                     if again is None:
                         return code  # removed meanwhile
@@ -455,14 +466,13 @@ _RESTARTS = "restart-count"
 _RESTARTING = "restarting"
 
 
-def _back_off(containers: ContainerStore, container_id: str, marker: Path,
+def _back_off(containers: ContainerStore, container_id: str,
               delay: float) -> Container | None:
     """Wait ``delay`` seconds before the policy starts the container again, shown as
-    "restarting" (``marker`` holds this monitor's identity until the container runs
-    again); cut short by ``stop``/``kill``/``rm -f`` or by a ``start`` (the back-off
-    reaches a minute). The container as it is then; None once removed."""
-    with contextlib.suppress(OSError):
-        marker.write_text(process_identity())
+    "restarting" (its marker, written as it exited, holds this monitor's identity
+    until the container runs again); cut short by ``stop``/``kill``/``rm -f`` or by a
+    ``start`` (the back-off reaches a minute). The container as it is then; None once
+    removed."""
     deadline = time.monotonic() + delay
     while True:
         time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
