@@ -94,6 +94,9 @@ COMMANDS: dict[str, list[str]] = {
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
+    # stopped containers, unused images and anonymous volumes: a healthy store's image
+    # stays only without -a, so without it here
+    "system prune": ["system", "prune", "--volumes", "-f"],
     # standard input is empty: no password, refused before any registry is asked
     "login": ["login", "-u", "someone", "--password-stdin", "127.0.0.1:1"],
     # nobody logged in to that host (the auth file is under the test's XDG_CONFIG_HOME)
@@ -251,7 +254,7 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
     return Env("full-disk", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
                    "inspect", "history", "prune", "ps", "container prune", "image prune",
-                   "volume ls", "volume prune"},
+                   "volume ls", "volume prune", "system prune"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 

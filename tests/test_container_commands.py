@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import time
@@ -412,3 +413,37 @@ def test_sizes_of_containers(site: Site) -> None:
     (line,) = [r for r in site.out("system", "df").splitlines() if r.startswith("Containers")]
     assert line.split()[1] == str(len(df["containers"]))
     site("rm", "writer")
+
+
+def test_system_prune_removes_what_nothing_uses(tmp_path: Path, busybox_tar: Path) -> None:
+    gen = busybox_site(tmp_path / "store", busybox_tar)
+    site = next(gen)
+    try:
+        site("run", "-d", "--network", "none", "--name", "busy", IMAGE, "sleep", "60")
+        site("run", "--network", "none", "--name", "done", "-v", "/scratch", IMAGE,
+             "sh", "-c", "head -c 300000 /dev/zero > /junk")
+        site("import", str(busybox_tar), "spare:1")
+        site("tag", "spare:1", "spare:2")
+        untagged = site.out("import", str(busybox_tar)).strip()  # the same layer, no name
+        volume = site.out("inspect", "-f", "{{(index .Mounts 0).Name}}", "done").strip()
+        done = site.out("inspect", "-f", "{{.Id}}", "done").strip()
+        out = site.out("system", "prune", "-f")
+        # the stopped container goes (with its 300 KB), the running one and names stay
+        assert out.startswith(f"Deleted Containers:\n{done}\n\n")
+        assert site.out("ps", "-a", "--format", "{{.Names}}") == "busy\n"
+        assert f"deleted: {untagged}" in out
+        assert re.fullmatch(r"Total reclaimed space: 30\d(\.\d+)? kB", out.splitlines()[-1])
+        assert volume in site.out("volume", "ls", "-q")  # volumes only with --volumes
+        assert {"spare:1", "spare:2"} <= set(site.out("images", "--format",
+                                                      "{{.Repository}}:{{.Tag}}").split())
+        # -a: every image no container uses; --volumes: anonymous volumes too
+        out = site.out("system", "prune", "-a", "--volumes", "-f")
+        assert "untagged: spare:1" in out and "untagged: spare:2" in out
+        assert f"Deleted Volumes:\n{volume}\n" in out
+        assert site.out("images", "--format", "{{.Repository}}").split() == [IMAGE.split(":")[0]]
+        assert site.out("volume", "ls", "-q") == ""
+        # nothing left to take: only the total
+        assert site.out("system", "prune", "-a", "--volumes") == "Total reclaimed space: 0 B\n"
+    finally:
+        site("rm", "-f", *site.out("ps", "-a", "-q").split(), check=False)
+        gen.close()

@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = system.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
     command(ssub, "df", "image:cmd_df", "show the space images, layers and blobs use",
             formats=True, arguments="image:df_arguments")
+    command(ssub, "prune", "system:cmd_prune",
+            "remove stopped containers, unused images (and --volumes), then what nothing "
+            "uses", arguments="system:prune_arguments")
     command(ssub, "repair", "system:cmd_repair",
             "rebuild the metadata database from the layer records and what the drivers hold")
     command(ssub, "reset", "system:cmd_reset",

@@ -1111,21 +1111,38 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_container_prune(args: argparse.Namespace, engine: Engine) -> int:
-    from ..containers.store import ContainerStore
-    from ..launcher import monitor
+    from .sizes import human_size
 
-    removed = []
     with engine.open_store() as store:
-        _reconcile(store)
-        for c in ContainerStore(store).containers():
-            if not c.running:
-                monitor.remove(store, c.id)
-                removed.append(c.id)
+        removed, reclaimed = prune_containers(store)
     if removed:
         print("Deleted Containers:")
         print("\n".join(removed))
-    print(f"\nTotal reclaimed containers: {len(removed)}")
+        print()
+    print(f"Total reclaimed space: {human_size(reclaimed)}")
     return 0
+
+
+def prune_containers(store: Store) -> tuple[list[str], int]:
+    """Remove every container that is not running (nor restarting): their ids, and the
+    bytes their writable layers held. Shared by ``container prune`` and ``system prune``."""
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    _reconcile(store)
+    containers = ContainerStore(store)
+    found = [c for c in containers.containers()
+             if not c.running and not monitor.restarting(containers, c)]
+    sizes = containers.sizes(found)
+    removed, reclaimed = [], 0
+    for c in found:
+        try:
+            monitor.remove(store, c.id)
+        except LaminaError:
+            continue  # started or removed meanwhile
+        removed.append(c.id)
+        reclaimed += sizes[c.id][0]
+    return removed, reclaimed
 
 
 # -- exec, diff ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..images.pull import PullResult
     from ..images.reference import Reference
     from ..images.store import ImageStore
+    from ..layers.store import Store
 
 
 def _reference(text: str, engine: Engine, default_tag: str | None = "latest") -> Reference:
@@ -399,33 +400,41 @@ def cmd_image_prune(args: argparse.Namespace, engine: Engine) -> int:
     Unlike ``prune``, which collects layers and blobs no image references, this
     removes images, as ``rmi`` would, with the layers only they use.
     """
-    from ..errors import ImageInUse
-    from ..images.store import ImageStore
     from .sizes import human_size
 
-    deleted: list[str] = []
-    reclaimed = 0
     with engine.open_store() as store:
-        images = ImageStore(store)
-        sizes = {layer.id: layer.size or 0 for layer in store.layers()}
-        for image in images.images():
-            if image.names and not args.all:
-                continue
-            try:
-                images.check_unused(image.id)
-            except ImageInUse:
-                continue
-            deleted += [f"untagged: {_familiar(name)}" for name in image.names]
-            removed = images.remove(image.id)
-            deleted.append(f"deleted: {image.id}")
-            deleted += [f"deleted: sha256:{layer}" for layer in removed]
-            reclaimed += sum(sizes.get(layer, 0) for layer in removed)
+        deleted, reclaimed = prune_images(store, every=args.all)
     if deleted:
         print("Deleted Images:")
         print("\n".join(deleted))
         print()
     print(f"Total reclaimed space: {human_size(reclaimed)}")
     return 0
+
+
+def prune_images(store: Store, *, every: bool) -> tuple[list[str], int]:
+    """Remove the untagged images (``every``: all) no container uses: Docker's lines
+    (``untagged: ...``, ``deleted: ...``) and the bytes of the layers that went."""
+    from ..errors import ImageInUse
+    from ..images.store import ImageStore
+
+    deleted: list[str] = []
+    reclaimed = 0
+    images = ImageStore(store)
+    sizes = {layer.id: layer.size or 0 for layer in store.layers()}
+    for image in images.images():
+        if image.names and not every:
+            continue
+        try:
+            images.check_unused(image.id)
+        except ImageInUse:
+            continue
+        deleted += [f"untagged: {_familiar(name)}" for name in image.names]
+        removed = images.remove(image.id)
+        deleted.append(f"deleted: {image.id}")
+        deleted += [f"deleted: sha256:{layer}" for layer in removed]
+        reclaimed += sum(sizes.get(layer, 0) for layer in removed)
+    return deleted, reclaimed
 
 
 def _familiar(name: str) -> str:

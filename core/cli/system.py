@@ -169,3 +169,44 @@ def cmd_reset(args: argparse.Namespace, engine: Engine) -> int:
 
 def reset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true", help="do not ask for a confirmation")
+
+
+def prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true",
+                   help="every image no container uses, not only untagged ones")
+    p.add_argument("--volumes", action="store_true",
+                   help="also the anonymous volumes no container uses")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+
+
+def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
+    """Docker's ``system prune``: stopped containers, (``--volumes``) unused anonymous
+    volumes, untagged (``-a``: unused) images, then the layers, blobs, build cache
+    entries and dead pulls' leftovers nothing uses any more (``lamina prune``)."""
+    from ..build.cache import BuildCache
+    from ..images.space import prune
+    from ..images.store import ImageStore
+    from .container import prune_containers
+    from .image import prune_images
+    from .sizes import human_size
+    from .volume import prune_volumes
+
+    with engine.open_store() as store:
+        containers, reclaimed = prune_containers(store)
+        volumes, size = prune_volumes(store, every=False) if args.volumes else ([], 0)
+        reclaimed += size
+        images, size = prune_images(store, every=args.all)
+        reclaimed += size
+        rest = prune(ImageStore(store), layer_blobs=False)
+        BuildCache(store).prune()  # the entries whose layers just went
+        reclaimed += rest.reclaimed
+    for title, lines in (("Deleted Containers:", containers), ("Deleted Volumes:", volumes),
+                         ("Deleted Images:", images),
+                         ("Deleted Layers:", rest.layers),
+                         ("Deleted Blobs:", rest.blobs)):
+        if lines:
+            print(title)
+            print("\n".join(lines))
+            print()
+    print(f"Total reclaimed space: {human_size(reclaimed)}")
+    return 0

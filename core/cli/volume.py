@@ -207,23 +207,10 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     """Remove the volumes no container uses: anonymous ones, or all with ``-a``."""
-    from ..containers.volumes import VolumeStore
     from .sizes import human_size
 
-    removed, reclaimed = [], 0
     with engine.open_store() as store:
-        volumes = VolumeStore(store)
-        volumes.sweep()
-        used = {v.source for c in _containers(store) for v in c.spec.volumes
-                if v.kind == "volume"}
-        for info in volumes.volumes():
-            if info.name in used or not (args.all or info.anonymous):
-                continue
-            size = volumes.size(info.name)
-            with contextlib.suppress(VolumeInUse):
-                volumes.remove(info.name)
-                removed.append(info.name)
-                reclaimed += size
+        removed, reclaimed = prune_volumes(store, every=args.all)
     if removed:
         print("Deleted Volumes:")
         for name in removed:
@@ -232,3 +219,24 @@ def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     print(f"Total reclaimed space: {human_size(reclaimed)}")
     sys.stdout.flush()
     return 0
+
+
+def prune_volumes(store: Store, *, every: bool) -> tuple[list[str], int]:
+    """Remove the anonymous volumes (``every``: all) no container uses: their names and
+    the bytes they held."""
+    from ..containers.volumes import VolumeStore
+
+    removed, reclaimed = [], 0
+    volumes = VolumeStore(store)
+    volumes.sweep()
+    used = {v.source for c in _containers(store) for v in c.spec.volumes
+            if v.kind == "volume"}
+    for info in volumes.volumes():
+        if info.name in used or not (every or info.anonymous):
+            continue
+        size = volumes.size(info.name)
+        with contextlib.suppress(VolumeInUse):
+            volumes.remove(info.name)
+            removed.append(info.name)
+            reclaimed += size
+    return removed, reclaimed
