@@ -288,6 +288,34 @@ def test_image_made_here_pushes(busybox_tar: Path, registry, store_root: Path,
     assert [p for p in problems if not p.startswith("/:") and not p.startswith(":")] == []
 
 
+def test_all_tags_push_and_pull(busybox_tar: Path, registry, store_root: Path,
+                                tmp_path: Path) -> None:
+    repo = f"{registry.host}/every/tag"
+    lamina(store_root, "import", str(busybox_tar), f"{repo}:1")
+    lamina(store_root, "tag", f"{repo}:1", f"{repo}:2")
+    lamina(store_root, "import", "-c", 'CMD ["sh"]', str(busybox_tar), f"{repo}:3")
+    lamina(store_root, "tag", f"{repo}:1", f"{registry.host}/elsewhere:1")  # not this repo
+    pushed = lamina(store_root, "push", "-a", repo).stdout
+    assert [line.split(":")[0] for line in pushed.splitlines() if ": digest: " in line] == \
+        ["1", "2", "3"]
+    assert "elsewhere" not in pushed
+    # another store pulls every tag; the one layer the three share is stored once
+    other = tmp_path / "other"
+    pulled = lamina(other, "pull", "-a", repo).stdout
+    assert [line for line in pulled.splitlines() if line.startswith("Status:")] == [
+        f"Status: Downloaded newer image for {repo}:{tag}" for tag in ("1", "2", "3")]
+    names = lamina(other, "images", "--format", "{{.Tag}} {{.ID}}").stdout.split("\n")
+    ids = dict(line.split() for line in names if line)
+    assert sorted(ids) == ["1", "2", "3"] and ids["1"] == ids["2"] != ids["3"]
+    assert len(json.loads(lamina(other, "layer", "ls", "--format", "json").stdout)) == 1
+    for command in (["pull", "-a", f"{repo}:1"], ["push", "-a", f"{repo}:1"],
+                    ["push", "-a", repo, f"{registry.host}/to/there"]):
+        refused = lamina(other, *command, check=False)
+        assert refused.returncode != 0 and "--all-tags" in refused.stderr, refused.stderr
+    missing = lamina(other, "push", "-a", f"{registry.host}/no/such", check=False)
+    assert missing.returncode != 0 and "has a tag" in missing.stderr
+
+
 # --- auth ---------------------------------------------------------------------------------
 
 

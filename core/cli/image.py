@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import ImageNotFound, LaminaError
+from ..errors import ImageNotFound, InvalidReference, LaminaError
 from .output import print_json, print_table, report
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ def pull_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", help="os/arch[/variant] to pull from a multi-platform image "
                    "(default: this host's)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    p.add_argument("-a", "--all-tags", action="store_true",
+                   help="every tag of the repository (its layers stored once, as always)")
 
 
 def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
@@ -73,15 +75,34 @@ def cmd_pull(args: argparse.Namespace, engine: Engine) -> int:
 
     ref = _reference(args.reference, engine, default_tag=None)
     implied_tag = ref.tag is None and ref.digest is None
-    if implied_tag:
-        ref = ref._replace(tag="latest")
     platform = parse_platform(args.platform) if args.platform else host_platform()
-    result = pull_reference(engine, ref, platform=platform,
-                            explicit_platform=args.platform is not None,
-                            quiet=args.quiet, implied_tag=implied_tag, out=sys.stdout)
-    if args.quiet:
-        print(result.image_id)
+    if args.all_tags:
+        if not implied_tag:
+            raise InvalidReference(args.reference, "a tag or digest cannot go with --all-tags",
+                                   hint="give the repository alone: lamina pull -a NAME")
+        refs = [ref._replace(tag=tag) for tag in _all_tags(engine, ref)]
+    else:
+        refs = [ref._replace(tag="latest") if implied_tag else ref]
+    for one in refs:
+        result = pull_reference(engine, one, platform=platform,
+                                explicit_platform=args.platform is not None,
+                                quiet=args.quiet, implied_tag=implied_tag and not args.all_tags,
+                                out=sys.stdout)
+        if args.quiet:
+            print(result.image_id)
     return 0
+
+
+def _all_tags(engine: Engine, ref: Reference) -> list[str]:
+    """The tags of ``ref``'s repository, as the registry lists them (sorted, as Docker
+    pulls them)."""
+    from ..images.registry.client import Registry
+
+    tags = Registry.from_config(ref.registry, engine.config).tags(ref.repository)
+    if not tags:
+        raise ImageNotFound(f"{ref.familiar}: the registry lists no tags for it",
+                            hint="check the name; an empty repository has nothing to pull")
+    return sorted(set(tags))
 
 
 def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
