@@ -447,3 +447,49 @@ def test_system_prune_removes_what_nothing_uses(tmp_path: Path, busybox_tar: Pat
     finally:
         site("rm", "-f", *site.out("ps", "-a", "-q").split(), check=False)
         gen.close()
+
+
+def test_prune_filters_until_and_labels(tmp_path: Path, busybox_tar: Path) -> None:
+    gen = busybox_site(tmp_path / "store", busybox_tar)
+    site = next(gen)
+    try:
+        for name, labels in (("dev", ["tier=dev"]), ("prod", ["tier=prod"]), ("plain", [])):
+            site("create", "--name", name, *(a for v in labels for a in ("--label", v)),
+                 IMAGE, "true")
+
+        def left() -> list[str]:
+            return sorted(site.out("ps", "-a", "--format", "{{.Names}}").split())
+
+        site("container", "prune", "--filter", "label=tier=dev")
+        assert left() == ["plain", "prod"]
+        site("container", "prune", "--filter", "label!=tier")
+        assert left() == ["prod"]
+        site("container", "prune", "--filter", "until=1h")  # made just now: not before
+        assert left() == ["prod"]
+        site("container", "prune", "--filter", f"until={time.time() + 60:.0f}")
+        assert left() == []
+        # images: by the config's labels and time
+        site("import", "-c", "LABEL keep=yes", str(busybox_tar), "kept:1")
+        site("import", "-c", "LABEL keep=no", str(busybox_tar), "gone:1")
+        out = site.out("image", "prune", "-a", "--filter", "label=keep=no")
+        assert "untagged: gone:1" in out and "kept" not in out
+        assert site.out("image", "prune", "-a", "--filter", "until=1h") == \
+            "Total reclaimed space: 0 B\n"  # made just now: not before an hour ago
+        assert site.out("images", "--format", "{{.Repository}}", "kept") == "kept\n"
+        # volumes: by label only (Docker's have no until)
+        site("volume", "create", "--label", "team=a", "va")
+        site("volume", "create", "vb")
+        assert site.out("volume", "prune", "-a", "--filter", "label=team") == \
+            "Deleted Volumes:\nva\n\nTotal reclaimed space: 0 B\n"
+        for command, words in ((["volume", "prune", "--filter", "until=1h"], b"invalid filter"),
+                               (["container", "prune", "--filter", "until=soon"],
+                                b"invalid until filter"),
+                               (["image", "prune", "--filter", "colour=red"], b"invalid filter"),
+                               (["system", "prune", "--filter", "until=1h",
+                                 "--filter", "until=2h"], b"more than one until")):
+            refused = site(*command, check=False)
+            assert refused.returncode == 1 and words in refused.stderr, refused.stderr
+            assert b"Traceback" not in refused.stderr
+    finally:
+        site("rm", "-f", *site.out("ps", "-a", "-q").split(), check=False)
+        gen.close()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..containers.store import Container
     from ..engine import Engine
     from ..layers.store import Store
+    from .filters import PruneFilter
 
 
 # -- create and run ------------------------------------------------------------------------
@@ -1107,14 +1108,20 @@ def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def prune_arguments(p: argparse.ArgumentParser) -> None:
+    from .filters import PRUNE_FILTERS
+
     p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="; ".join(f"{k}: {v}" for k, v in PRUNE_FILTERS.items()))
 
 
 def cmd_container_prune(args: argparse.Namespace, engine: Engine) -> int:
+    from .filters import PruneFilter
     from .sizes import human_size
 
+    wanted = PruneFilter(args.filter)
     with engine.open_store() as store:
-        removed, reclaimed = prune_containers(store)
+        removed, reclaimed = prune_containers(store, wanted)
     if removed:
         print("Deleted Containers:")
         print("\n".join(removed))
@@ -1123,16 +1130,18 @@ def cmd_container_prune(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
-def prune_containers(store: Store) -> tuple[list[str], int]:
-    """Remove every container that is not running (nor restarting): their ids, and the
-    bytes their writable layers held. Shared by ``container prune`` and ``system prune``."""
+def prune_containers(store: Store, wanted: PruneFilter) -> tuple[list[str], int]:
+    """Remove every container that is not running (nor restarting) and that ``wanted``
+    admits: their ids, and the bytes their writable layers held. Shared by ``container
+    prune`` and ``system prune``."""
     from ..containers.store import ContainerStore
     from ..launcher import monitor
 
     _reconcile(store)
     containers = ContainerStore(store)
     found = [c for c in containers.containers()
-             if not c.running and not monitor.restarting(containers, c)]
+             if not c.running and not monitor.restarting(containers, c)
+             and wanted.admits(c.created, dict(c.spec.labels))]
     sizes = containers.sizes(found)
     removed, reclaimed = [], 0
     for c in found:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..images.reference import Reference
     from ..images.store import ImageStore
     from ..layers.store import Store
+    from .filters import PruneFilter
 
 
 def _reference(text: str, engine: Engine, default_tag: str | None = "latest") -> Reference:
@@ -410,9 +411,13 @@ def cmd_rmi(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def image_prune_arguments(p: argparse.ArgumentParser) -> None:
+    from .filters import PRUNE_FILTERS
+
     p.add_argument("-a", "--all", action="store_true",
                    help="remove every image no container uses, not only untagged ones")
     p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="; ".join(f"{k}: {v}" for k, v in PRUNE_FILTERS.items()))
 
 
 def cmd_image_prune(args: argparse.Namespace, engine: Engine) -> int:
@@ -421,10 +426,12 @@ def cmd_image_prune(args: argparse.Namespace, engine: Engine) -> int:
     Unlike ``prune``, which collects layers and blobs no image references, this
     removes images, as ``rmi`` would, with the layers only they use.
     """
+    from .filters import PruneFilter
     from .sizes import human_size
 
+    wanted = PruneFilter(args.filter)
     with engine.open_store() as store:
-        deleted, reclaimed = prune_images(store, every=args.all)
+        deleted, reclaimed = prune_images(store, wanted, every=args.all)
     if deleted:
         print("Deleted Images:")
         print("\n".join(deleted))
@@ -433,9 +440,10 @@ def cmd_image_prune(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
-def prune_images(store: Store, *, every: bool) -> tuple[list[str], int]:
-    """Remove the untagged images (``every``: all) no container uses: Docker's lines
-    (``untagged: ...``, ``deleted: ...``) and the bytes of the layers that went."""
+def prune_images(store: Store, wanted: PruneFilter, *, every: bool) -> tuple[list[str], int]:
+    """Remove the untagged images (``every``: all) no container uses that ``wanted``
+    admits (by the config's time and labels): Docker's lines (``untagged: ...``,
+    ``deleted: ...``) and the bytes of the layers that went."""
     from ..errors import ImageInUse
     from ..images.store import ImageStore
 
@@ -446,6 +454,11 @@ def prune_images(store: Store, *, every: bool) -> tuple[list[str], int]:
     for image in images.images():
         if image.names and not every:
             continue
+        if wanted.until is not None or wanted.labels or wanted.not_labels:
+            config = images.config_json(image.id).get("config") or {}
+            if not wanted.admits(_created_at(image.config_created, image.created),
+                                 config.get("Labels") or {}):
+                continue
         try:
             images.check_unused(image.id)
         except ImageInUse:

@@ -177,6 +177,9 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--volumes", action="store_true",
                    help="also the anonymous volumes no container uses")
     p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="until=24h, label=KEY[=VALUE], label!=KEY[=VALUE]: for containers "
+                   "and images (volumes: the labels)")
 
 
 def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
@@ -187,15 +190,20 @@ def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     from ..images.space import prune
     from ..images.store import ImageStore
     from .container import prune_containers
+    from .filters import PruneFilter
     from .image import prune_images
     from .sizes import human_size
     from .volume import prune_volumes
 
+    wanted = PruneFilter(args.filter)
+    by_label = PruneFilter([f for f in args.filter if not f.lower().startswith("until=")],
+                           until=False)
     with engine.open_store() as store:
-        containers, reclaimed = prune_containers(store)
-        volumes, size = prune_volumes(store, every=False) if args.volumes else ([], 0)
+        containers, reclaimed = prune_containers(store, wanted)
+        volumes, size = (prune_volumes(store, by_label, every=False) if args.volumes
+                         else ([], 0))
         reclaimed += size
-        images, size = prune_images(store, every=args.all)
+        images, size = prune_images(store, wanted, every=args.all)
         reclaimed += size
         rest = prune(ImageStore(store), layer_blobs=False)
         BuildCache(store).prune()  # the entries whose layers just went

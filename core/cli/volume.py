@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..containers.store import Container
     from ..engine import Engine
     from ..layers.store import Store
+    from .filters import PruneFilter
 
 
 def prepare(store: Store, container: Container) -> None:
@@ -203,14 +204,19 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true",
                    help="named volumes too (default: anonymous ones only, as Docker's)")
     p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="label=KEY[=VALUE]: only volumes with that label; label!=...: only "
+                   "those without")
 
 
 def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     """Remove the volumes no container uses: anonymous ones, or all with ``-a``."""
+    from .filters import PruneFilter
     from .sizes import human_size
 
+    wanted = PruneFilter(args.filter, until=False)  # Docker's volumes have no until
     with engine.open_store() as store:
-        removed, reclaimed = prune_volumes(store, every=args.all)
+        removed, reclaimed = prune_volumes(store, wanted, every=args.all)
     if removed:
         print("Deleted Volumes:")
         for name in removed:
@@ -221,9 +227,10 @@ def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
-def prune_volumes(store: Store, *, every: bool) -> tuple[list[str], int]:
-    """Remove the anonymous volumes (``every``: all) no container uses: their names and
-    the bytes they held."""
+def prune_volumes(store: Store, wanted: PruneFilter, *,
+                  every: bool) -> tuple[list[str], int]:
+    """Remove the anonymous volumes (``every``: all) no container uses that ``wanted``
+    admits (by label): their names and the bytes they held."""
     from ..containers.volumes import VolumeStore
 
     removed, reclaimed = [], 0
@@ -232,7 +239,8 @@ def prune_volumes(store: Store, *, every: bool) -> tuple[list[str], int]:
     used = {v.source for c in _containers(store) for v in c.spec.volumes
             if v.kind == "volume"}
     for info in volumes.volumes():
-        if info.name in used or not (every or info.anonymous):
+        if info.name in used or not (every or info.anonymous) \
+                or not wanted.admits(info.created, info.labels):
             continue
         size = volumes.size(info.name)
         with contextlib.suppress(VolumeInUse):
