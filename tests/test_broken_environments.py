@@ -65,6 +65,7 @@ COMMANDS: dict[str, list[str]] = {
     # containers: listing and pruning work on any healthy store; the rest name a
     # container no store has, or an image that is not there and may not be pulled
     "ps": ["ps", "-a"],
+    "stats": ["stats", "--no-stream", "-a"],
     "container prune": ["container", "prune", "-f"],
     "image prune": ["image", "prune", "-f"],
     "run": ["run", "--pull", "never", "--network", "none", "nobody/img:1", "true"],
@@ -254,7 +255,7 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
     return Env("full-disk", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
                    "inspect", "history", "prune", "ps", "container prune", "image prune",
-                   "volume ls", "volume prune", "system prune"},
+                   "volume ls", "volume prune", "system prune", "stats"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 

@@ -493,3 +493,32 @@ def test_prune_filters_until_and_labels(tmp_path: Path, busybox_tar: Path) -> No
     finally:
         site("rm", "-f", *site.out("ps", "-a", "-q").split(), check=False)
         gen.close()
+
+
+def test_stats_shows_cpu_memory_and_processes(site: Site) -> None:
+    site("run", "-d", "--network", "none", "--name", "spinning", IMAGE, "sh", "-c",
+         "while :; do :; done")
+    # ~30 MB held by a shell, three processes, and lo traffic that is not counted
+    site("run", "-d", "--network", "none", "--name", "holding", "-m", "256m", IMAGE, "sh",
+         "-c", "x=$(head -c 30000000 /dev/zero | tr '\\0' a); sleep 60 & sleep 60 & "
+         "ping -c 3 -i 0.2 127.0.0.1 >/dev/null; wait")
+    site("create", "--name", "resting", IMAGE, "true")
+    _until(lambda: "sleep 60" in site.out("top", "holding"))
+    time.sleep(0.7)  # the pings are done
+    shown = site.out("stats", "--no-stream", "-a", "--format",
+                     "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.MemPerc}}|{{.NetIO}}|{{.PIDs}}")
+    rows = {line.split("|")[0]: line.split("|")[1:] for line in shown.splitlines()}
+    cpu, memory, _, net, pids = rows["spinning"]
+    assert 60 <= float(cpu.rstrip("%")) <= 150 and pids == "1"  # one busy CPU
+    cpu, memory, percent, net, pids = rows["holding"]
+    used, limit = memory.split(" / ")
+    assert limit == "256 MiB" and used.endswith(" MiB") and 28 <= float(used[:-4]) < 100
+    assert 10 <= float(percent.rstrip("%")) < 40
+    assert pids == "3" and net == "0 B / 0 B"  # lo's traffic is not the container's I/O
+    assert rows["resting"] == ["0.00%", "0 B / 0 B", "0.00%", "0 B / 0 B", "0"]
+    # by name; a missing one is an error, the others still shown
+    done = site("stats", "--no-stream", "--format", "{{json .}}", "nosuch", "spinning",
+                check=False)
+    assert done.returncode == 1 and b"nosuch" in done.stderr
+    assert json.loads(done.stdout)["Name"] == "spinning"
+    site("rm", "-f", "spinning", "holding", "resting")

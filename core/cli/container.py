@@ -815,17 +815,12 @@ def cmd_top(args: argparse.Namespace, engine: Engine) -> int:
     if not container.running or container.pid is None:
         raise ContainerError(f"container {container.name} is not running",
                              hint=f"start it first: lamina start {container.name}")
-    try:
-        namespace = os.readlink(f"/proc/{container.pid}/ns/pid")
-    except OSError as exc:
+    from ..launcher.stats import members
+
+    pids = {str(pid) for pid in members(container.pid)}
+    if not pids:
         raise ContainerError(f"container {container.name} is not running",
-                             hint="it exited a moment ago") from exc
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
-                    pids.add(entry)
+                             hint="it exited a moment ago")
     try:
         ps = subprocess.run(["ps", *(args.ps_options or ["-ef"])], capture_output=True,
                             text=True, check=False)

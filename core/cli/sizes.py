@@ -25,3 +25,17 @@ def human_size(size: int) -> str:
         unit += 1
         text = f"{value:.3g}"
     return f"{text} {UNITS[unit]}"
+
+
+#: binary units (1 KiB = 1024 B), as ``docker stats`` shows memory
+BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_binary(size: int) -> str:
+    """``size`` bytes with four significant digits and a binary unit: ``1.496 MiB``."""
+    value = float(size)
+    unit = 0
+    while abs(value) >= 1024 and unit < len(BINARY_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{value:.4g} {BINARY_UNITS[unit]}"
