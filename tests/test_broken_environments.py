@@ -80,6 +80,8 @@ COMMANDS: dict[str, list[str]] = {
     "rename": ["rename", "nosuch", "other"],
     "port": ["port", "nosuch"],
     "top": ["top", "nosuch"],
+    "pause": ["pause", "nosuch"],
+    "unpause": ["unpause", "nosuch"],
     "cp": ["cp", "nosuch:/etc/hostname", "{output}"],
     "export": ["export", "-o", "{output}", "nosuch"],
     "volume create": ["volume", "create", "made"],
@@ -109,7 +111,7 @@ COMMANDS: dict[str, list[str]] = {
 ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
-               "commit", "restart", "rename", "port", "top", "cp", "export",
+               "commit", "restart", "rename", "port", "top", "cp", "export", "pause", "unpause",
                "volume inspect", "volume rm"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")

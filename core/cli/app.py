@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:port_arguments")
     command(sub, "top", "container:cmd_top", "list a running container's processes (ps)",
             arguments="container:top_arguments")
+    command(sub, "pause", "container:cmd_pause", "freeze every process of containers",
+            arguments="container:pause_arguments")
+    command(sub, "unpause", "container:cmd_unpause", "let paused containers go on",
+            arguments="container:pause_arguments")
     command(sub, "stats", "stats:cmd_stats", "show what running containers use (CPU, "
             "memory, network, block I/O, processes)", arguments="stats:stats_arguments")
     command(sub, "logs", "container:cmd_logs", "print a container's output",
@@ -252,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("logs", "logs"), ("exec", "exec"), ("diff", "diff"),
                         ("commit", "commit"), ("inspect", "inspect"), ("restart", "restart"),
                         ("rename", "rename"), ("port", "port"), ("top", "top"), ("cp", "cp"),
-                        ("export", "export"), ("stats", "stats")]:
+                        ("export", "export"), ("stats", "stats"), ("pause", "pause"),
+                        ("unpause", "unpause")]:
         alias(csub, name, short)
 
     volume = sub.add_parser("volume", help="manage volumes: directories the store keeps for "

@@ -435,7 +435,7 @@ def ps_arguments(p: argparse.ArgumentParser) -> None:
 PS_FILTERS = {
     "id": "an id or the start of one",
     "name": "a regular expression the name contains",
-    "status": "created, running, restarting or exited",
+    "status": "created, running, paused, restarting or exited",
     "exited": "the exit code",
     "label": "KEY or KEY=VALUE of the container's labels",
     "ancestor": "the image (name or id) it was made from",
@@ -463,7 +463,7 @@ def _ps_filtered(found: list[Container], given: list[str], store: Store,
                                 hint="name=TEXT or a regular expression") from None
         checks.append(lambda c: any(p.search(c.name) for p in names))
     if "status" in filters:
-        states = {"created", "running", "restarting", "exited"}
+        states = {"created", "running", "paused", "restarting", "exited"}
         wrong = [v for v in filters["status"] if v not in states]
         if wrong:
             raise InvalidFilter(f"invalid status filter: {', '.join(wrong)}",
@@ -503,8 +503,9 @@ def _command_text(c: Container, whole: bool) -> str:
 def _status(c: Container, now: float) -> str:
     from .image import since
 
-    if c.state == "running":
-        return "Up " + since(c.started or now).removesuffix(" ago")
+    if c.state in ("running", "paused"):
+        up = "Up " + since(c.started or now).removesuffix(" ago")
+        return up + " (Paused)" if c.state == "paused" else up
     if c.state == "exited":
         return f"Exited ({c.exit_code}) {since(c.finished or now)}"
     if c.state == "restarting":
@@ -553,7 +554,7 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         containers = ContainerStore(store)
         # a restarting container counts as running (Docker's ps and inspect say so too)
         found = [c for c in (monitor.shown(containers, c) for c in containers.containers())
-                 if (args.all or c.state in ("running", "restarting"))
+                 if (args.all or c.state in ("running", "restarting", "paused"))
                  and BUILD_OWNER_LABEL not in c.spec.labels]
         if args.filter:
             found = _ps_filtered(found, args.filter, store, engine)
@@ -619,8 +620,9 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
         "ResolvConfPath": str(directory / "resolv.conf"),
         "HostnamePath": str(directory / "hostname"), "HostsPath": str(directory / "hosts"),
         "LogPath": str(logs.path(directory)) if spec.log_driver == "json-file" else "",
-        "State": {"Status": c.state, "Running": c.state in ("running", "restarting"),
-                  "Restarting": c.state == "restarting", "Pid": c.pid or 0,
+        "State": {"Status": c.state, "Running": c.state in ("running", "restarting", "paused"),
+                  "Paused": c.state == "paused", "Restarting": c.state == "restarting",
+                  "Pid": c.pid or 0,
                   "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed,
                   "StartedAt": iso(c.started), "FinishedAt": iso(c.finished)},
         "Config": {"Image": spec.image_name, "Cmd": list(spec.argv), "Env": list(spec.env),
@@ -1003,9 +1005,41 @@ def cmd_kill(args: argparse.Namespace, engine: Engine) -> int:
         if container.running:
             monitor.set_stopped_by_user(containers, container.id, True)
         monitor.signal_container(container, sig)
+        if sig == signal.SIGKILL:
+            from ..launcher.pause import thaw
+
+            thaw(container)  # v1's freezer holds even SIGKILL until then (Docker's too)
         print(ref)
 
     return _each(args, engine, kill)
+
+
+def pause_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def cmd_pause(args: argparse.Namespace, engine: Engine) -> int:
+    """Freeze every process of each container (core/launcher/pause.py)."""
+    from ..containers.store import ContainerStore
+    from ..launcher import pause
+
+    def one(store: Store, ref: str) -> None:
+        containers = ContainerStore(store)
+        pause.pause(containers, containers.get(ref))
+        print(ref)
+
+    return _each(args, engine, one)
+
+
+def cmd_unpause(args: argparse.Namespace, engine: Engine) -> int:
+    from ..containers.store import ContainerStore
+    from ..launcher import pause
+
+    def one(store: Store, ref: str) -> None:
+        pause.unpause(ContainerStore(store).get(ref))
+        print(ref)
+
+    return _each(args, engine, one)
 
 
 def wait_arguments(p: argparse.ArgumentParser) -> None:
@@ -1178,6 +1212,11 @@ def cmd_exec(args: argparse.Namespace, engine: Engine) -> int:
     if not container.running or container.pid is None:
         raise ContainerError(f"container {container.name} is not running",
                              hint=f"start it first: lamina start {container.name}")
+    from ..launcher.pause import paused
+
+    if paused(container):
+        raise ContainerError(f"container {container.name} is paused",
+                             hint=f"let it go on first: lamina unpause {container.name}")
     spec = container.spec
     run = functools.partial(
         execute.exec_in, container, args.command, env=merge_env(spec.env, _env(args)),

@@ -38,7 +38,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -496,6 +496,69 @@ class Cgroup:
                     f"survived SIGKILL for {timeout} s",
                     hint="they may be stuck in the kernel (D state); try again later")
             time.sleep(0.002)
+
+    # -- pause ---------------------------------------------------------------------
+
+    @classmethod
+    def for_freezing(cls, container_id: str, members: Callable[[], list[int]], *,
+                     parent: str = PARENT, hierarchies: Hierarchies | None = None) -> Cgroup:
+        """The container's group that can freeze it (``pause``), made now if it has none.
+
+        A container without limits has no group (a start saves ~10 ms): one is made in
+        the cgroup2 hierarchy (``cgroup.freeze`` needs no controller), else in v1's
+        freezer, and ``members()`` (its processes, however found) moved in until none is
+        left outside: a process forking meanwhile is caught by the next round.
+        """
+        check_id(container_id)
+        found = hierarchies or Hierarchies.discover()
+        group = cls.open(container_id, parent=parent, hierarchies=found)
+        if not group.can_freeze:
+            if found.unified is not None:
+                top = _mkdir(found.unified / parent, [])
+                group = cls(container_id, group.dirs, _mkdir(top / container_id, []))
+            elif "freezer" in found.v1:
+                top = _mkdir(found.v1["freezer"] / parent, [])
+                group = cls(container_id, {**group.dirs,
+                                           "freezer": _mkdir(top / container_id, [])},
+                            group.tracking)
+            else:
+                raise CgroupError("this machine has no cgroup freezer: a container cannot "
+                                  "be paused here",
+                                  hint="mount cgroup2 (or v1's freezer) to pause containers")
+        target = group.dirs.get("freezer") or group.tracking
+        assert target is not None
+        for _ in range(100):
+            inside = set(group.pids())
+            outside = [pid for pid in members() if pid not in inside]
+            if not outside:
+                break
+            for pid in outside:
+                with contextlib.suppress(CgroupError):  # gone meanwhile
+                    _write(target / "cgroup.procs", pid, adding=True)
+        return group
+
+    @property
+    def can_freeze(self) -> bool:
+        return "freezer" in self.dirs or (
+            self.tracking is not None and (self.tracking / "cgroup.freeze").exists())
+
+    def freeze(self, frozen: bool, timeout: float = 5.0) -> None:
+        """Stop every process of the group (``pause``), or let them go on (``unpause``)."""
+        deadline = time.monotonic() + timeout
+        self._freeze(frozen, deadline)
+        if frozen and not self.frozen():
+            raise CgroupError(f"container {self.container_id[:12]} did not freeze in "
+                              f"{timeout} s", hint="a process may be stuck in the kernel "
+                              "(D state); try again")
+
+    def frozen(self) -> bool:
+        """Whether the group is frozen (a paused container)."""
+        with contextlib.suppress(OSError):
+            if "freezer" in self.dirs:
+                return (self.dirs["freezer"] / "freezer.state").read_text().strip() == "FROZEN"
+            if self.tracking is not None:
+                return "frozen 1" in (self.tracking / "cgroup.events").read_text()
+        return False
 
     def _freeze(self, frozen: bool, deadline: float) -> None:
         """Stop (or let go) every process, so that none forks while they are killed."""

@@ -262,8 +262,13 @@ def _remove_cgroup(container_id: str) -> None:
 
 def _teardown(store: Store, container: Container, holder: str) -> None:
     """Free what a run held; idempotent, and safe when the run never started."""
-    if limits(container) is not None:
+    from . import pause
+
+    containers = ContainerStore(store)
+    if limits(container) is not None or pause.made_group(containers, container.id):
         _remove_cgroup(container.id)
+        with contextlib.suppress(OSError):
+            (containers.directory(container.id) / pause.MARKER).unlink()
     if container.spec.network == "bridge":
         with contextlib.suppress(LaminaError):
             detach(store, container.id)
@@ -505,10 +510,16 @@ def restarting(containers: ContainerStore, container: Container) -> bool:
 
 
 def shown(containers: ContainerStore, container: Container) -> Container:
-    """The container as the commands show it: state "restarting" during its back-off
-    (the stored state stays "exited": nothing else changes)."""
+    """The container as the commands show it: state "restarting" during its back-off,
+    "paused" while frozen (the stored state stays "exited" or "running": nothing else
+    changes)."""
     if restarting(containers, container):
         return container._replace(state="restarting")
+    if container.running:
+        from .pause import paused
+
+        if paused(container):
+            return container._replace(state="paused")
     return container
 
 
@@ -716,6 +727,9 @@ def stop(store: Store, container_id: str, timeout: float) -> Container:
     sig = getattr(signal, container.spec.stop_signal, signal.SIGTERM)
     with contextlib.suppress(ContainerError):
         signal_container(container, sig)
+    from .pause import thaw
+
+    thaw(container)  # a paused container gets its signal now, not at unpause
     done = wait_exited(store, container_id, timeout)
     if done is None:
         with contextlib.suppress(ContainerError):
@@ -743,6 +757,9 @@ def remove(store: Store, container_id: str, *, force: bool = False,
         set_stopped_by_user(containers, container.id, True)  # its policy must not restart it
         with contextlib.suppress(ContainerError):
             signal_container(container, signal.SIGKILL)
+        from .pause import thaw
+
+        thaw(container)  # v1's freezer holds even SIGKILL until then
         wait_exited(store, container.id, 10)
     containers.remove(container.id)
     if volumes and any(v.kind == "volume" for v in container.spec.volumes):

@@ -151,10 +151,6 @@ def _network(pid: int) -> tuple[int, int]:
 def _cgroup_memory(container: Container) -> tuple[int | None, int | None]:
     """Usage less inactive file cache, and the limit, from the container's memory cgroup;
     (None, None) when it has none (no limits: no cgroup)."""
-    from .monitor import limits
-
-    if limits(container) is None:
-        return None, None
     from . import cgroups
 
     try:
