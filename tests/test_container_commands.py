@@ -574,3 +574,52 @@ def test_pause_freezes_every_process_until_unpause(site: Site, limits: list[str]
     site("kill", "ticking")
     _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "ticking") == "exited\n")
     site("rm", "ticking")
+
+
+def test_dns_shm_ulimit_cpu_shares_and_cidfile(site: Site, tmp_path: Path) -> None:
+    from lamina.core.launcher.cgroups import Hierarchies
+
+    cidfile = tmp_path / "cid"
+    site("run", "-d", "--network", "none", "--name", "tuned", "--dns", "9.9.9.9",
+         "--dns", "2001:db8::53", "--dns-search", "example.com", "--dns-option", "ndots:2",
+         "--shm-size", "16m", "--ulimit", "nofile=512:1024", "--cpu-shares", "512",
+         "--cidfile", str(cidfile), IMAGE, "sleep", "60")
+    cid = site.out("inspect", "-f", "{{.Id}}", "tuned").strip()
+    assert cidfile.read_text() == cid
+    resolv = site.out("exec", "tuned", "cat", "/etc/resolv.conf").splitlines()
+    assert [line for line in resolv if line.split()[0] in ("nameserver", "search", "options")] \
+        == ["nameserver 9.9.9.9", "nameserver 2001:db8::53", "search example.com",
+            "options ndots:2"]
+    assert site.out("exec", "tuned", "df", "-k", "/dev/shm").split()[-5] == "16384"
+    # the limits hold for the first process and for what exec starts
+    assert site.out("exec", "tuned", "sh", "-c", "ulimit -n; ulimit -Hn") == "512\n1024\n"
+    pid = site.out("inspect", "-f", "{{.State.Pid}}", "tuned").strip()
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"Max open files\s+512\s+1024\s", limits)
+    where = Hierarchies.discover().where("cpu")
+    if where is not None:  # v2's cpu.weight is the shares mapped as runc maps them
+        name, expected = ("cpu.shares", "512") if where[0] == "v1" else ("cpu.weight", "20")
+        assert (where[1] / "lamina" / cid / name).read_text().strip() == expected
+    host = json.loads(site.out("inspect", "-f", "{{json .HostConfig}}", "tuned"))
+    assert (host["Dns"], host["DnsSearch"], host["DnsOptions"], host["ShmSize"],
+            host["Ulimits"], host["CpuShares"]) == (
+        ["9.9.9.9", "2001:db8::53"], ["example.com"], ["ndots:2"], 16 << 20,
+        [{"Name": "nofile", "Soft": 512, "Hard": 1024}], 512)
+    # the id file is there: a second container refused before anything is made
+    count = len(site.out("ps", "-a", "-q").split())
+    refused = site("run", "--cidfile", str(cidfile), IMAGE, "true", check=False)
+    assert refused.returncode == 125 and b"exists already" in refused.stderr
+    assert len(site.out("ps", "-a", "-q").split()) == count
+    site("rm", "-f", "tuned")
+    for flags, words in ((["--dns", "resolver"], b"not an IP address"),
+                         (["--ulimit", "files=10"], b"invalid --ulimit"),
+                         (["--ulimit", "nofile=20:10"], b"soft limit is above"),
+                         (["--shm-size", "lots"], b"invalid --shm-size"),
+                         (["--memory-swap", "1g"], b"needs a memory limit"),
+                         (["--cpu-shares", "1"], b"out of range")):
+        refused = site("run", "--network", "none", *flags, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and words in refused.stderr, (flags, refused.stderr)
+    # a limit the kernel refuses: a clear error at start, exit 125
+    refused = site("run", "--network", "none", "--ulimit", "nofile=5000000000", IMAGE, "true",
+                   check=False)
+    assert refused.returncode == 125 and b"--ulimit nofile" in refused.stderr

@@ -83,6 +83,20 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    "again when it exits (while its monitor lives: not after a reboot)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
                    help="how long stop waits before SIGKILL when not told (default 10)")
+    p.add_argument("--memory-swap", metavar="SIZE",
+                   help="memory plus swap (e.g. 1g; -1: unlimited swap); needs --memory")
+    p.add_argument("--cpu-shares", type=int, metavar="N",
+                   help="relative CPU weight against other containers (default 1024)")
+    p.add_argument("--dns", action="append", default=[], metavar="ADDRESS",
+                   help="a nameserver for the container's /etc/resolv.conf")
+    p.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN",
+                   help="a search domain of its /etc/resolv.conf ('.' for none)")
+    p.add_argument("--dns-option", action="append", default=[], metavar="OPTION",
+                   help="an options entry of its /etc/resolv.conf (ndots:2)")
+    p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                   help="a resource limit of its processes (nofile=1024:4096; -1 unlimited)")
+    p.add_argument("--cidfile", metavar="FILE", help="write the container's id to FILE")
     p.add_argument("--log-driver", metavar="DRIVER",
                    help="json-file (logs keeps the output) or none (default: the config's "
                    "[containers] log_driver, else json-file)")
@@ -152,11 +166,13 @@ def _resolve_image(engine: Engine, text: str, pull: str, store: Store | None = N
 def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store) -> ContainerSpec:
     from ..containers.spec import (
         ContainerSpec,
+        check_dns,
         merge_env,
         parse_host,
         parse_mount,
         parse_size,
         parse_tmpfs,
+        parse_ulimit,
         parse_volume,
         resolve_argv,
     )
@@ -179,10 +195,18 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         storage[key] = value
     memory = parse_size(args.memory, "memory limit") if args.memory else None
     pids = args.pids_limit if args.pids_limit and args.pids_limit > 0 else None
-    if memory is not None or pids is not None or args.cpus:
+    swap = shares = None
+    if (memory is not None or pids is not None or args.cpus or args.memory_swap
+            or args.cpu_shares):
         from ..launcher.cgroups import Limits
 
-        Limits(memory=memory, pids=pids, cpus=args.cpus or None)  # refused now, not at start
+        # refused now, not at start
+        checked = Limits.parse(memory=memory, memory_swap=args.memory_swap, pids_limit=pids,
+                               cpus=args.cpus, cpu_shares=args.cpu_shares)
+        swap, shares = checked.memory_swap, checked.cpu_shares
+    shm = parse_size(args.shm_size, "--shm-size") if args.shm_size else None
+    if shm is not None and shm <= 0:
+        raise ContainerError("--shm-size must be more than 0 bytes", hint="give e.g. 256m")
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")
@@ -206,6 +230,9 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         capabilities=_capabilities(args.cap_add, args.cap_drop),
         extra_hosts=tuple(map(parse_host, args.add_host)), stop_timeout=args.stop_timeout,
         restart=_restart(args), log_driver=log_driver, log_options=log_options,
+        memory_swap=swap, cpu_shares=shares, dns=check_dns(args.dns),
+        dns_search=tuple(args.dns_search), dns_options=tuple(args.dns_option),
+        shm_size=shm, ulimits=tuple(map(parse_ulimit, args.ulimit)),
     )
 
 
@@ -285,11 +312,23 @@ def _create(args: argparse.Namespace, engine: Engine, store: Store) -> Container
     from ..containers.store import ContainerStore
     from ..images.store import ImageStore
 
+    if args.cidfile and os.path.lexists(args.cidfile):
+        raise ContainerError(f"the container id file {args.cidfile} exists already",
+                             hint="another container may be using it: remove the file first")
     image_id = _resolve_image(engine, args.image, args.pull, store)
     spec = _spec(args, engine, image_id, store)
     top = ImageStore(store).image(image_id).top_layer
     containers = ContainerStore(store)
     container = containers.create(spec, top, args.name, layer_options=spec.storage_opts or None)
+    if args.cidfile:
+        try:
+            with open(args.cidfile, "x") as f:
+                f.write(container.id)
+        except OSError as exc:
+            containers.remove(container.id)
+            raise ContainerError(f"cannot write the container id file {args.cidfile}: "
+                                 f"{exc.strerror}",
+                                 hint="give a path in a writable directory") from None
     if any(v.kind == "volume" for v in spec.volumes):
         from ..containers.volumes import VolumeStore
         from . import volume
@@ -638,6 +677,12 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                        "ExtraHosts": [f"{name}:{address}" for name, address in spec.extra_hosts],
                        "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_options)},
                        "AutoRemove": spec.auto_remove, "Memory": spec.memory or 0,
+                       "MemorySwap": spec.memory_swap or 0, "CpuShares": spec.cpu_shares or 0,
+                       "Dns": list(spec.dns), "DnsSearch": list(spec.dns_search),
+                       "DnsOptions": list(spec.dns_options),
+                       "ShmSize": spec.shm_size or 64 * 1024 * 1024,
+                       "Ulimits": [{"Name": n, "Soft": soft, "Hard": hard}
+                                   for n, soft, hard in spec.ulimits],
                        "PidsLimit": spec.pids_limit, "NanoCpus": int((spec.cpus or 0) * 1e9),
                        "StorageOpt": dict(spec.storage_opts),
                        "Binds": [f"{v.source}:{v.target}{':ro' if v.readonly else ''}"

@@ -82,6 +82,17 @@ class ContainerSpec(NamedTuple):
     log_driver: str = "json-file"
     #: ``--log-opt``: max-size, max-file (checked by :func:`parse_log_config`)
     log_options: Mapping[str, str] = _NOTHING
+    #: ``--memory-swap`` (memory plus swap, bytes; -1 unlimited) and ``--cpu-shares``
+    memory_swap: int | None = None
+    cpu_shares: int | None = None
+    #: ``--dns``, ``--dns-search``, ``--dns-option``: replace those lines of resolv.conf
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    #: ``--shm-size``: bytes of the container's /dev/shm (None: Docker's 64 MB)
+    shm_size: int | None = None
+    #: ``--ulimit``: (name, soft, hard) resource limits, -1 unlimited
+    ulimits: tuple[tuple[str, int, int], ...] = ()
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -101,6 +112,9 @@ class ContainerSpec(NamedTuple):
         if data.get("capabilities") is not None:
             data["capabilities"] = tuple(data["capabilities"])
         data["extra_hosts"] = tuple(tuple(h) for h in data.get("extra_hosts", ()))
+        for key in ("dns", "dns_search", "dns_options"):
+            data[key] = tuple(data.get(key, ()))
+        data["ulimits"] = tuple(tuple(u) for u in data.get("ulimits", ()))
         return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 
@@ -276,6 +290,43 @@ def parse_log_config(driver: str, options: Sequence[str]) -> tuple[str, dict[str
                                  hint="without a size the log is never rotated: add "
                                  "--log-opt max-size=10m")
     return driver, found
+
+
+#: ``--ulimit`` names (Docker's), each a resource of setrlimit(2)
+ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+           "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def parse_ulimit(text: str) -> tuple[str, int, int]:
+    """``--ulimit NAME=SOFT[:HARD]`` (-1: unlimited), as Docker reads it."""
+    name, eq, values = text.partition("=")
+    soft_text, colon, hard_text = values.partition(":")
+    try:
+        if not eq or name not in ULIMITS:
+            raise ValueError
+        soft = int(soft_text)
+        hard = int(hard_text) if colon else soft
+    except ValueError:
+        raise ContainerError(f"invalid --ulimit {text!r}",
+                             hint="give NAME=SOFT[:HARD] with NAME one of "
+                             + ", ".join(ULIMITS) + " (-1: unlimited)") from None
+    if min(soft, hard) < -1 or (hard != -1 and (soft == -1 or soft > hard)):
+        raise ContainerError(f"invalid --ulimit {text!r}: the soft limit is above the hard one",
+                             hint="give SOFT <= HARD, e.g. nofile=1024:4096")
+    return name, soft, hard
+
+
+def check_dns(addresses: Sequence[str]) -> tuple[str, ...]:
+    """``--dns`` addresses: each an IPv4 or IPv6 address."""
+    import ipaddress
+
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ContainerError(f"invalid --dns {address!r}: not an IP address",
+                                 hint="give a nameserver's address, e.g. 1.1.1.1") from None
+    return tuple(addresses)
 
 
 def restart_policy(spec: ContainerSpec) -> tuple[str, int]:

@@ -37,7 +37,8 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
             argv=argv, env=env, join_pid=container.pid, workdir=workdir, user=user,
             network=container.spec.network, stdio=(0 if interactive else devnull, 1, 2),
             tty=tty_child, seccomp=container.spec.seccomp,
-            capabilities=monitor.kept_capabilities(container.spec))
+            capabilities=monitor.kept_capabilities(container.spec),
+            ulimits=container.spec.ulimits)
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()

@@ -95,14 +95,34 @@ def _hostname(container: Container) -> str:
     return container.spec.hostname or container.id[:12]
 
 
-def _fill(files: dict[str, Path], attachment: Attachment,
-          extra_hosts: tuple[tuple[str, str], ...] = ()) -> None:
+def _fill(files: dict[str, Path], attachment: Attachment, spec: ContainerSpec) -> None:
     # written in place: the child has bound these very inodes into its root
-    hosts = attachment.hosts + "".join(f"{address}\t{name}\n" for name, address in extra_hosts)
-    for name, text in (("hosts", hosts), ("resolv.conf", attachment.resolv_conf)):
+    hosts = attachment.hosts + "".join(f"{address}\t{name}\n"
+                                       for name, address in spec.extra_hosts)
+    resolv = _resolv(attachment.resolv_conf, spec)
+    for name, text in (("hosts", hosts), ("resolv.conf", resolv)):
         with open(files[name], "r+") as f:
             f.truncate(0)
             f.write(text)
+
+
+def _resolv(text: str, spec: ContainerSpec) -> str:
+    """resolv.conf with the lines ``--dns``, ``--dns-search`` and ``--dns-option`` replace
+    (Docker's: each flag replaces its kind of line and leaves the others)."""
+    given = {"nameserver": [f"nameserver {a}" for a in spec.dns],
+             "search": ([f"search {' '.join(d for d in spec.dns_search if d != '.')}"]
+                        if any(d != "." for d in spec.dns_search) else []),
+             "options": [f"options {' '.join(spec.dns_options)}"] if spec.dns_options else []}
+    replaced = {"nameserver": bool(spec.dns), "search": bool(spec.dns_search),
+                "options": bool(spec.dns_options)}
+    if not any(replaced.values()):
+        return text
+    lines = [line for line in text.splitlines()
+             if not replaced.get(line.split(maxsplit=1)[0] if line.split() else "", False)]
+    for kind, wanted in replaced.items():
+        if wanted:
+            lines += given[kind]
+    return "\n".join(lines) + "\n"
 
 
 def kept_capabilities(spec: ContainerSpec) -> frozenset[int]:
@@ -162,7 +182,8 @@ def run(store: Store, container: Container, stdio: Stdio,
             volumes=_binds(store, spec.volumes), files=[(str(path), f"/etc/{name}")
                                          for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp,
-            capabilities=kept_capabilities(spec))
+            capabilities=kept_capabilities(spec), shm_size=spec.shm_size,
+            ulimits=spec.ulimits)
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()
@@ -178,7 +199,7 @@ def run(store: Store, container: Container, stdio: Stdio,
             if group is not None:
                 group.add(child.pid)
             _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
-                                _hostname(container), settings=network), spec.extra_hosts)
+                                _hostname(container), settings=network), spec)
             try:
                 child.release()
             except LaminaError:
@@ -233,11 +254,13 @@ def _record_exit(containers: ContainerStore, container_id: str,
 def limits(container: Container) -> cgroups.Limits | None:
     """The container's cgroup limits; None when it asked for none."""
     spec = container.spec
-    if spec.memory is None and spec.pids_limit is None and spec.cpus is None:
+    if (spec.memory is None and spec.pids_limit is None and spec.cpus is None
+            and spec.cpu_shares is None):
         return None
     from . import cgroups
 
-    return cgroups.Limits(memory=spec.memory, pids=spec.pids_limit, cpus=spec.cpus)
+    return cgroups.Limits(memory=spec.memory, memory_swap=spec.memory_swap,
+                          pids=spec.pids_limit, cpus=spec.cpus, cpu_shares=spec.cpu_shares)
 
 
 def _cgroup(container: Container) -> cgroups.Cgroup | None:

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import sys
 import termios
@@ -59,6 +60,8 @@ class Launch(NamedTuple):
     tty: socket.socket | None = None  # -t: where to send the master of the pty made inside
     capabilities: frozenset[int] = capabilities.DEFAULT_CAPABILITIES
     seccomp: bool = True
+    shm_size: int | None = None  # bytes of /dev/shm (None: 64 MB)
+    ulimits: Sequence[tuple[str, int, int]] = ()  # (name, soft, hard), -1 unlimited
 
 
 class Child:
@@ -169,7 +172,8 @@ def _child(launch: Launch, go_r: int, err_w: int,
             _join(launch.join_pid)
         else:
             rootfs.enter(launch.rootfs, volumes=launch.volumes, files=launch.files,
-                         read_only=launch.read_only, mount_sys=launch.network != "host")
+                         read_only=launch.read_only, mount_sys=launch.network != "host",
+                         shm_size=launch.shm_size)
             if launch.hostname:
                 syscalls.sethostname(launch.hostname)
             if launch.network != "host":
@@ -185,6 +189,7 @@ def _child(launch: Launch, go_r: int, err_w: int,
         env = list(launch.env)
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={user.home}")
+        _ulimits(launch.ulimits)  # while CAP_SYS_RESOURCE may still raise a hard limit
         capabilities.restrict(launch.capabilities, uid_changes=True)
         os.setgroups(list(user.groups))
         os.setgid(user.gid)
@@ -198,6 +203,19 @@ def _child(launch: Launch, go_r: int, err_w: int,
         _report(err_w, "setup", str(exc), exc.hint, exc.exit_status)
     except BaseException as exc:
         _report(err_w, "setup", f"container setup failed: {exc}", None, 125)
+
+
+def _ulimits(limits: Sequence[tuple[str, int, int]]) -> None:
+    for name, soft, hard in limits:
+        which = getattr(resource, f"RLIMIT_{name.upper()}")
+        value = (resource.RLIM_INFINITY if soft == -1 else soft,
+                 resource.RLIM_INFINITY if hard == -1 else hard)
+        try:
+            resource.setrlimit(which, value)
+        except (ValueError, OSError) as exc:
+            raise LaunchError(f"--ulimit {name}={soft}:{hard} was refused: {exc}",
+                              hint="the kernel caps some limits (nofile at "
+                              "/proc/sys/fs/nr_open): give a lower value") from None
 
 
 def namespace_fd(pid: int, kind: str) -> int | None:

@@ -159,7 +159,7 @@ def _refuse_symlinked_system_dirs(root_fd: int) -> None:
                 f"/{name} directory")
 
 
-def _make_dev(root_fd: int) -> None:
+def _make_dev(root_fd: int, shm_size: int | None = None) -> None:
     _mount_at(root_fd, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
               "mode=755,size=65536k")
     dev = open_beneath(root_fd, "/dev")
@@ -182,8 +182,9 @@ def _make_dev(root_fd: int) -> None:
         os.close(dev_dir)
     _mount_at(root_fd, "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    shm_kib = 65536 if shm_size is None else max(1, shm_size // 1024)  # Docker's 64 MB
     _mount_at(root_fd, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              "mode=1777,size=65536k")
+              f"mode=1777,size={shm_kib}k")
     # no POSIX message queues in this kernel: the directory stays
     with contextlib.suppress(DriverError):
         _mount_at(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -248,7 +249,7 @@ def _volume(root_fd: int, volume: Volume) -> None:
 
 
 def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[str, str]] = (),
-          read_only: bool = False, mount_sys: bool = True) -> None:
+          read_only: bool = False, mount_sys: bool = True, shm_size: int | None = None) -> None:
     """Build the container's mounts on ``rootfs`` and make it the process's ``/``.
 
     ``files`` are (host file, container path) pairs bound read-write onto the root
@@ -260,7 +261,7 @@ def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[
     try:
         _refuse_symlinked_system_dirs(root_fd)
         _mount_at(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        _make_dev(root_fd)
+        _make_dev(root_fd, shm_size)
         if mount_sys:
             try:
                 _mount_at(root_fd, "/sys", "sysfs", "sysfs",
