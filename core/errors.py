@@ -357,7 +357,7 @@ class InvalidChange(LaminaError):
 
     hint = (
         "--change takes one Dockerfile instruction: CMD, ENTRYPOINT, ENV, WORKDIR, USER, "
-        "LABEL, EXPOSE or STOPSIGNAL, e.g. --change 'CMD [\"sh\"]'"
+        "LABEL, EXPOSE, STOPSIGNAL or HEALTHCHECK, e.g. --change 'CMD [\"sh\"]'"
     )
 
 

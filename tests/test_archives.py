@@ -318,6 +318,10 @@ def test_import_from_stdin(busybox_tar: Path, store_root: Path) -> None:
     ("ENV =x", "is not KEY=VALUE"),
     ("LABEL novalue", "is not KEY=VALUE"),
     ("USER", "USER needs an argument"),
+    ("HEALTHCHECK --every=1s CMD true", "unknown HEALTHCHECK option"),
+    ("HEALTHCHECK --interval=1us CMD true", "at least 1ms"),
+    ("HEALTHCHECK --retries=0 CMD true", "--retries must be at least 1"),
+    ("HEALTHCHECK CMD", "write HEALTHCHECK"),
 ])
 def test_import_refuses_a_bad_change(busybox_tar: Path, store_root: Path, change: str,
                                      message: str) -> None:
@@ -517,3 +521,16 @@ def test_format_templates_of_images_and_inspect(busybox_tar: Path, store_root: P
     bad = lamina(store_root, "inspect", "--format", "{{.Id", "local/t:1", check=False)
     assert bad.returncode == 1 and bad.stdout == ""
     assert "bad --format template" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_healthcheck_changes_take_dockers_shape() -> None:
+    from lamina.core.images.instructions import apply_changes
+
+    assert apply_changes({}, ['HEALTHCHECK --interval=1m30s --retries=2 CMD ["test", "-e", '
+                              '"/ok"]'])["Healthcheck"] == {
+        "Test": ["CMD", "test", "-e", "/ok"], "Interval": 90_000_000_000, "Retries": 2}
+    assert apply_changes({}, ["HEALTHCHECK --timeout=3s CMD curl -f http://localhost/"])[
+        "Healthcheck"] == {"Test": ["CMD-SHELL", "curl -f http://localhost/"],
+                           "Timeout": 3_000_000_000}
+    assert apply_changes({"Healthcheck": {"Test": ["CMD", "x"]}}, ["HEALTHCHECK NONE"])[
+        "Healthcheck"] == {"Test": ["NONE"]}

@@ -623,3 +623,63 @@ def test_dns_shm_ulimit_cpu_shares_and_cidfile(site: Site, tmp_path: Path) -> No
     refused = site("run", "--network", "none", "--ulimit", "nofile=5000000000", IMAGE, "true",
                    check=False)
     assert refused.returncode == 125 and b"--ulimit nofile" in refused.stderr
+
+
+def _health(site: Site, name: str) -> str:
+    return site.out("inspect", "-f", "{{.State.Health.Status}}", name).strip()
+
+
+def _watchers() -> int:
+    return sum(1 for pid in os.listdir("/proc") if pid.isdigit()
+               and b"healthwatch" in _cmdline(pid))
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_health_checks_as_dockers(site: Site, busybox_tar: Path) -> None:
+    site("run", "-d", "--network", "none", "--name", "checked", "--health-cmd",
+         "echo probing; test -e /ok", "--health-interval", "100ms", "--health-retries", "2",
+         IMAGE, "sleep", "60")
+    _until(lambda: _health(site, "checked") == "unhealthy")
+    assert site.out("ps", "--format", "{{.Status}}", "--filter", "name=^checked$") \
+        .rstrip().endswith("(unhealthy)")
+    site("exec", "checked", "touch", "/ok")
+    _until(lambda: _health(site, "checked") == "healthy")
+    assert site.out("ps", "--filter", "health=healthy", "--format", "{{.Names}}") == \
+        "checked\n"
+    state = json.loads(site.out("inspect", "-f", "{{json .State.Health}}", "checked"))
+    assert state["FailingStreak"] == 0 and 1 <= len(state["Log"]) <= 5
+    assert state["Log"][-1]["ExitCode"] == 0 and state["Log"][-1]["Output"] == "probing\n"
+    # the image's HEALTHCHECK, its timeout killing a check that runs too long
+    site("import", "-c", "HEALTHCHECK --interval=200ms --timeout=150ms --retries=1 CMD sleep 5",
+         str(busybox_tar), "slowcheck:1")
+    site("run", "-d", "--network", "none", "--name", "slow", "slowcheck:1", "sleep", "60")
+    _until(lambda: _health(site, "slow") == "unhealthy")
+    log = json.loads(site.out("inspect", "-f", "{{json .State.Health.Log}}", "slow"))
+    assert log[0]["ExitCode"] == -1 and "exceeded timeout (150ms)" in log[0]["Output"]
+    # failures in the start period do not count; --no-healthcheck drops the image's
+    site("run", "-d", "--network", "none", "--name", "warming", "--health-cmd", "false",
+         "--health-interval", "100ms", "--health-start-interval", "100ms",
+         "--health-start-period", "30s", "--health-retries", "1", IMAGE, "sleep", "60")
+    time.sleep(1)
+    assert _health(site, "warming") == "starting"
+    assert site.out("ps", "--format", "{{.Status}}", "--filter", "name=^warming$") \
+        .rstrip().endswith("(health: starting)")
+    site("run", "-d", "--network", "none", "--name", "unchecked", "--no-healthcheck",
+         "slowcheck:1", "sleep", "60")
+    assert "Health" not in site.out("inspect", "-f", "{{json .State}}", "unchecked")
+    assert site.out("ps", "--filter", "health=none", "--format", "{{.Names}}").split() == \
+        ["unchecked"]
+    assert _watchers() == 3
+    site("rm", "-f", "checked", "slow", "warming", "unchecked")
+    assert _watchers() == 0  # each went with its container
+    for flags, words in ((["--health-interval", "1us"], b"invalid health check interval"),
+                         (["--health-retries", "-1"], b"invalid --health-retries"),
+                         (["--no-healthcheck", "--health-cmd", "true"], b"cannot go together")):
+        refused = site("run", "--network", "none", *flags, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and words in refused.stderr, (flags, refused.stderr)

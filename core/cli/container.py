@@ -27,7 +27,7 @@ from .output import print_json, print_table, report
 
 if TYPE_CHECKING:
     from ..containers.spec import ContainerSpec, Volume
-    from ..containers.store import Container
+    from ..containers.store import Container, ContainerStore
     from ..engine import Engine
     from ..layers.store import Store
     from .filters import PruneFilter
@@ -97,6 +97,17 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit of its processes (nofile=1024:4096; -1 unlimited)")
     p.add_argument("--cidfile", metavar="FILE", help="write the container's id to FILE")
+    p.add_argument("--health-cmd", metavar="COMMAND",
+                   help="a shell command whose exit 0 means healthy (over the image's)")
+    for flag, what in (("interval", "between checks (default 30s)"),
+                       ("timeout", "a check may run (default 30s)"),
+                       ("start-period", "failures do not count at first (default 0s)"),
+                       ("start-interval", "between checks in the start period (default 5s)")):
+        p.add_argument(f"--health-{flag}", metavar="DURATION", help=f"how long {what}")
+    p.add_argument("--health-retries", type=int, metavar="N",
+                   help="failures in a row that make it unhealthy (default 3)")
+    p.add_argument("--no-healthcheck", action="store_true",
+                   help="no health check, whatever the image says")
     p.add_argument("--log-driver", metavar="DRIVER",
                    help="json-file (logs keeps the output) or none (default: the config's "
                    "[containers] log_driver, else json-file)")
@@ -168,6 +179,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         ContainerSpec,
         check_dns,
         merge_env,
+        merge_healthcheck,
         parse_host,
         parse_mount,
         parse_size,
@@ -233,6 +245,12 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         memory_swap=swap, cpu_shares=shares, dns=check_dns(args.dns),
         dns_search=tuple(args.dns_search), dns_options=tuple(args.dns_option),
         shm_size=shm, ulimits=tuple(map(parse_ulimit, args.ulimit)),
+        healthcheck=merge_healthcheck(
+            config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
+            disabled=args.no_healthcheck,
+            durations={"Interval": args.health_interval, "Timeout": args.health_timeout,
+                       "StartPeriod": args.health_start_period,
+                       "StartInterval": args.health_start_interval}),
     )
 
 
@@ -478,6 +496,7 @@ PS_FILTERS = {
     "exited": "the exit code",
     "label": "KEY or KEY=VALUE of the container's labels",
     "ancestor": "the image (name or id) it was made from",
+    "health": "starting, healthy, unhealthy or none (no health check)",
 }
 
 
@@ -519,6 +538,16 @@ def _ps_filtered(found: list[Container], given: list[str], store: Store,
         key, eq, value = wanted.partition("=")
         checks.append(lambda c, key=key, eq=eq, value=value: key in c.spec.labels
                       and (not eq or c.spec.labels[key] == value))
+    if "health" in filters:
+        from ..containers.store import ContainerStore
+
+        known = {"starting", "healthy", "unhealthy", "none"}
+        wrong = [v for v in filters["health"] if v not in known]
+        if wrong:
+            raise InvalidFilter(f"invalid health filter: {', '.join(wrong)}",
+                                hint="health is one of: " + ", ".join(sorted(known)))
+        healths = _healths(ContainerStore(store), found)
+        checks.append(lambda c: healths.get(c.id, "none") in filters["health"])
     if "ancestor" in filters:
         images = ImageStore(store)
         ancestors = {find_image(images, text, engine) for text in filters["ancestor"]}
@@ -539,12 +568,17 @@ def _command_text(c: Container, whole: bool) -> str:
     return command if whole or len(command) <= 20 else command[:19] + "…"
 
 
-def _status(c: Container, now: float) -> str:
+def _status(c: Container, now: float, health: str | None = None) -> str:
+    """Docker's STATUS: ``Up 2 minutes (healthy)``, ``Exited (0) 3 seconds ago``..."""
     from .image import since
 
     if c.state in ("running", "paused"):
         up = "Up " + since(c.started or now).removesuffix(" ago")
-        return up + " (Paused)" if c.state == "paused" else up
+        if c.state == "paused":
+            return up + " (Paused)"
+        if health is not None:
+            return up + (" (health: starting)" if health == "starting" else f" ({health})")
+        return up
     if c.state == "exited":
         return f"Exited ({c.exit_code}) {since(c.finished or now)}"
     if c.state == "restarting":
@@ -574,10 +608,23 @@ def _image_names(found: list[Container], store: Store, engine: Engine) -> dict[s
             else c.image.removeprefix("sha256:")[:12] for c in found}
 
 
-def container_row(c: Container, now: float) -> dict[str, Any]:
+def _healths(containers: ContainerStore, found: list[Container]) -> dict[str, str]:
+    """The health status of each running container that has a check, by id."""
+    from ..launcher import health
+
+    shown = {}
+    for c in found:
+        if c.state == "running" and c.spec.healthcheck:
+            state = health.state(containers.directory(c.id))
+            if state is not None:
+                shown[c.id] = state["Status"]
+    return shown
+
+
+def container_row(c: Container, now: float, health: str | None = None) -> dict[str, Any]:
     return {"ID": c.id, "Names": c.name, "Image": c.spec.image_name, "ImageID": c.image,
             "Command": " ".join(c.spec.argv), "Created": c.created, "State": c.state,
-            "Status": _status(c, now), "ExitCode": c.exit_code, "Pid": c.pid,
+            "Status": _status(c, now, health), "ExitCode": c.exit_code, "Pid": c.pid,
             "Ports": _ports(c)}
 
 
@@ -599,9 +646,11 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
             found = _ps_filtered(found, args.filter, store, engine)
         shown = _image_names(found, store, engine)
         sizes = containers.sizes(found) if args.size else {}
+        healths = _healths(containers, found)
     now = time.time()
     if args.format == "json":
-        print_json([container_row(c, now) | ({"SizeRw": sizes[c.id][0],
+        print_json([container_row(c, now, healths.get(c.id))
+                     | ({"SizeRw": sizes[c.id][0],
                                               "SizeRootFs": sum(sizes[c.id])}
                                              if args.size else {}) for c in found],
                    listing=True)
@@ -618,9 +667,9 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
             {"ID": c.id if args.no_trunc else c.id[:12], "Image": shown[c.id],
              "Command": f'"{_command_text(c, args.no_trunc)}"',
              "CreatedAt": go_time(c.created), "RunningFor": since(c.created),
-             "Ports": _ports(c), "State": c.state, "Status": _status(c, now),
-             "Names": c.name, "Labels": ",".join(f"{k}={v}" for k, v in
-                                                 sorted(c.spec.labels.items())),
+             "Ports": _ports(c), "State": c.state,
+             "Status": _status(c, now, healths.get(c.id)), "Names": c.name,
+             "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.spec.labels.items())),
              "Networks": c.spec.network, "Size": _size_text(sizes.get(c.id))}
             for c in found], PS_HEADERS))
         return 0
@@ -628,7 +677,7 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
     for c in found:
         table.append([c.id if args.no_trunc else c.id[:12], shown[c.id],
                       f'"{_command_text(c, args.no_trunc)}"', since(c.created),
-                      _status(c, now), _ports(c), c.name]
+                      _status(c, now, healths.get(c.id)), _ports(c), c.name]
                      + ([_size_text(sizes[c.id])] if args.size else []))
     print_table(None, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
                        "NAMES"] + (["SIZE"] if args.size else []), table)
@@ -650,6 +699,8 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
     the container's own (its /etc files and log), ``volume_path`` where a volume's files
     are."""
     from ..containers import logs
+    from ..launcher import health
+    from ..launcher.health import Check
 
     spec = c.spec
     iso = _iso
@@ -663,12 +714,16 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                   "Paused": c.state == "paused", "Restarting": c.state == "restarting",
                   "Pid": c.pid or 0,
                   "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed,
-                  "StartedAt": iso(c.started), "FinishedAt": iso(c.finished)},
+                  "StartedAt": iso(c.started), "FinishedAt": iso(c.finished),
+                  **({"Health": health.state(directory) or {"Status": "starting",
+                                                            "FailingStreak": 0, "Log": []}}
+                     if spec.healthcheck and Check.of(spec.healthcheck) else {})},
         "Config": {"Image": spec.image_name, "Cmd": list(spec.argv), "Env": list(spec.env),
                    "WorkingDir": spec.workdir, "User": spec.user,
                    "Hostname": spec.hostname or c.id[:12], "Tty": spec.tty,
                    "OpenStdin": spec.interactive, "Labels": dict(spec.labels),
-                   "StopSignal": spec.stop_signal},
+                   "StopSignal": spec.stop_signal,
+                   **({"Healthcheck": dict(spec.healthcheck)} if spec.healthcheck else {})},
         "RestartCount": restarts,
         "HostConfig": {"NetworkMode": spec.network, "ReadonlyRootfs": spec.read_only,
                        "RestartPolicy": {"Name": spec.restart.partition(":")[0],

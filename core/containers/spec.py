@@ -93,6 +93,9 @@ class ContainerSpec(NamedTuple):
     shm_size: int | None = None
     #: ``--ulimit``: (name, soft, hard) resource limits, -1 unlimited
     ulimits: tuple[tuple[str, int, int], ...] = ()
+    #: the health check in Docker's shape (``Test``, durations in ns, ``Retries``): the
+    #: image's ``HEALTHCHECK`` with the ``--health-*`` flags over it (core/launcher/health.py)
+    healthcheck: Mapping[str, Any] | None = None
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -327,6 +330,42 @@ def check_dns(addresses: Sequence[str]) -> tuple[str, ...]:
             raise ContainerError(f"invalid --dns {address!r}: not an IP address",
                                  hint="give a nameserver's address, e.g. 1.1.1.1") from None
     return tuple(addresses)
+
+
+def merge_healthcheck(image: Mapping[str, Any] | None, *, cmd: str | None = None,
+                      durations: Mapping[str, str | None] | None = None,
+                      retries: int | None = None, disabled: bool = False
+                      ) -> dict[str, Any] | None:
+    """The image's ``Healthcheck`` with Docker's ``--health-*`` flags over it:
+    ``--health-cmd`` a shell command, ``durations`` by key (``Interval``, ``Timeout``,
+    ``StartPeriod``, ``StartInterval``) as Go durations, ``--no-healthcheck``."""
+    from ..gotime import parse_duration
+
+    if disabled:
+        if cmd is not None:
+            raise ContainerError("--no-healthcheck and --health-cmd cannot go together",
+                                 hint="give one of them")
+        return {"Test": ["NONE"]}
+    check = dict(image or {})
+    if cmd is not None:
+        check["Test"] = ["CMD-SHELL", cmd]
+    for key, text in (durations or {}).items():
+        if text is None:
+            continue
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            value = -1
+        if value != 0 and value < 1_000_000:
+            raise ContainerError(f"invalid health check {key.lower()} {text!r}",
+                                 hint="give a duration of at least 1ms, e.g. 30s or 1m30s")
+        check[key] = value
+    if retries is not None:
+        if retries < 0:
+            raise ContainerError(f"invalid --health-retries {retries}",
+                                 hint="give 0 (Docker's default, 3) or more")
+        check["Retries"] = retries
+    return check if check.get("Test") else None
 
 
 def restart_policy(spec: ContainerSpec) -> tuple[str, int]:

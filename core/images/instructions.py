@@ -4,7 +4,9 @@
 lamina takes these: ``CMD``, ``ENTRYPOINT`` (JSON array, or shell form run by
 ``/bin/sh -c``), ``ENV`` (``K=V ...``, or the old ``K V``), ``WORKDIR``
 (relative to the previous one), ``USER``, ``LABEL`` (``K=V ...``), ``EXPOSE``
-(``80``, ``80/tcp``, ``53/udp``) and ``STOPSIGNAL``. Any other instruction, and
+(``80``, ``80/tcp``, ``53/udp``), ``STOPSIGNAL`` and ``HEALTHCHECK`` (``NONE``, or
+``[--interval=D --timeout=D --start-period=D --start-interval=D --retries=N] CMD ...``
+in either form). Any other instruction, and
 malformed arguments, raise :class:`~lamina.core.errors.InvalidChange` naming it.
 """
 
@@ -19,7 +21,8 @@ from typing import Any
 
 from ..errors import InvalidChange
 
-SUPPORTED = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "STOPSIGNAL")
+SUPPORTED = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "STOPSIGNAL",
+             "HEALTHCHECK")
 _PORT = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
 _KEY = re.compile(r"^[^=\s]+$")
 
@@ -129,5 +132,49 @@ def _stopsignal(config: dict[str, Any], rest: str, change: str) -> None:
     config["StopSignal"] = rest
 
 
+#: HEALTHCHECK's options: the config key each sets (durations in ns, as Docker's)
+_HEALTH_FLAGS = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod",
+                 "start-interval": "StartInterval", "retries": "Retries"}
+
+
+def _healthcheck(config: dict[str, Any], rest: str, change: str) -> None:
+    from ..gotime import parse_duration
+
+    check: dict[str, Any] = {}
+    while rest.startswith("--"):
+        option, _, rest = rest.partition(" ")
+        rest = rest.strip()
+        name, eq, value = option[2:].partition("=")
+        if name not in _HEALTH_FLAGS or not eq:
+            raise InvalidChange(f"--change {change!r}: unknown HEALTHCHECK option {option!r}",
+                                hint="options: " + ", ".join(f"--{k}=..." for k in _HEALTH_FLAGS))
+        if name == "retries":
+            if not value.isdigit() or int(value) < 1:
+                raise InvalidChange(f"--change {change!r}: --retries must be at least 1")
+            check["Retries"] = int(value)
+            continue
+        try:
+            nanos = parse_duration(value)
+        except ValueError:
+            nanos = -1
+        if nanos != 0 and nanos < 1_000_000:
+            raise InvalidChange(f"--change {change!r}: --{name} {value!r} is not a duration "
+                                "of at least 1ms")
+        if nanos:
+            check[_HEALTH_FLAGS[name]] = nanos
+    kind, _, command = rest.partition(" ")
+    if kind.upper() == "NONE" and not command.strip():
+        config["Healthcheck"] = {"Test": ["NONE"]}
+        return
+    if kind.upper() != "CMD" or not command.strip():
+        raise InvalidChange(f"--change {change!r}: write HEALTHCHECK [OPTIONS] CMD COMMAND, "
+                            "or HEALTHCHECK NONE")
+    command = command.strip()
+    argv = _command(command, change) if command.startswith("[") else None
+    config["Healthcheck"] = {"Test": ["CMD", *argv] if argv else ["CMD-SHELL", command],
+                             **check}
+
+
 _APPLY = {"CMD": _cmd, "ENTRYPOINT": _entrypoint, "ENV": _env, "WORKDIR": _workdir,
-          "USER": _user, "LABEL": _label, "EXPOSE": _expose, "STOPSIGNAL": _stopsignal}
+          "USER": _user, "LABEL": _label, "EXPOSE": _expose, "STOPSIGNAL": _stopsignal,
+          "HEALTHCHECK": _healthcheck}

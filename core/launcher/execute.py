@@ -33,24 +33,12 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         if tty:
             tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        launch = process.Launch(
-            argv=argv, env=env, join_pid=container.pid, workdir=workdir, user=user,
-            network=container.spec.network, stdio=(0 if interactive else devnull, 1, 2),
-            tty=tty_child, seccomp=container.spec.seccomp,
-            capabilities=monitor.kept_capabilities(container.spec),
-            ulimits=container.spec.ulimits)
-        child = process.spawn(launch)
+        child = _spawn(container, argv, env=env, user=user, workdir=workdir,
+                       stdio=(0 if interactive else devnull, 1, 2), tty=tty_child)
         if tty_child is not None:
             tty_child.close()
         with monitor.forwarding(child.pid):
-            if monitor.limits(container) is not None:
-                cgroups.Cgroup.open(container.id).add(child.pid)
-            try:
-                child.release()
-            except LaminaError:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(child.pid, 0)
-                raise
+            _release(container, child)
             if started is not None:
                 started()
             if tty_parent is not None:
@@ -64,3 +52,55 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
         for sock in (tty_parent, tty_child):
             if sock is not None:
                 sock.close()
+
+
+def _spawn(container: Container, argv: Sequence[str], *, env: Sequence[str], user: str,
+           workdir: str, stdio: tuple[int, int, int],
+           tty: socket.socket | None = None) -> process.Child:
+    """A process in the container's namespaces, with its hardening, waiting to exec."""
+    return process.spawn(process.Launch(
+        argv=argv, env=env, join_pid=container.pid, workdir=workdir, user=user,
+        network=container.spec.network, stdio=stdio, tty=tty,
+        seccomp=container.spec.seccomp,
+        capabilities=monitor.kept_capabilities(container.spec),
+        ulimits=container.spec.ulimits))
+
+
+def _release(container: Container, child: process.Child) -> None:
+    """Into the container's cgroup (if it has one), then let it exec; raise its failure."""
+    if monitor.limits(container) is not None:
+        cgroups.Cgroup.open(container.id).add(child.pid)
+    try:
+        child.release()
+    except LaminaError:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, 0)
+        raise
+
+
+def run_captured(container: Container, argv: Sequence[str], output: int, *,
+                 timeout: float) -> int:
+    """Run ``argv`` in ``container`` as its image's user, stdout and stderr to ``output``;
+    its exit code. Killed and :class:`TimeoutError` after ``timeout`` seconds (a health
+    check's rule)."""
+    import select
+
+    spec = container.spec
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        child = _spawn(container, argv, env=spec.env, user=spec.user, workdir=spec.workdir,
+                       stdio=(devnull, output, output))
+    finally:
+        os.close(devnull)
+    _release(container, child)
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        if not ready:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, 9)
+            os.waitpid(child.pid, 0)
+            raise TimeoutError(f"{argv[0]} ran past {timeout} s")
+        return monitor.exit_code(os.waitpid(child.pid, 0)[1])
+    finally:
+        os.close(pidfd)

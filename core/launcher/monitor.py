@@ -156,6 +156,7 @@ def run(store: Store, container: Container, stdio: Stdio,
     child = None
     tty_parent = tty_child = None
     ended: tuple[int, bool] | None = None  # (exit code, OOM-killed) once waited for
+    watcher = None  # the health check's process (core/launcher/health.py)
     stopped: list[int] | None = [] if stop_on_signal else None
     try:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -210,6 +211,11 @@ def run(store: Store, container: Container, stdio: Stdio,
                 master = terminal.receive_master(tty_parent)
             if started is not None:
                 started()
+            if spec.healthcheck:
+                from . import health
+
+                watcher = health.start(container._replace(pid=child.pid, state="running"),
+                                       containers.directory(container.id))
             code = supervise(child.pid, stdio, master, log, pipes)
         child = None
         ended = (code, group is not None and group.oom_killed())
@@ -229,6 +235,10 @@ def run(store: Store, container: Container, stdio: Stdio,
         for sock in (tty_parent, tty_child):
             if sock is not None:
                 sock.close()
+        if watcher is not None:
+            from . import health
+
+            health.stop(watcher)
         # freed before the record says "exited": whoever waits for that (rm, wait,
         # stop) then finds the layer unmounted and the address and veth gone
         _teardown(store, container, holder)
@@ -301,10 +311,11 @@ def _teardown(store: Store, container: Container, holder: str) -> None:
 
 def _wait(pid: int) -> int:
     _, status = os.waitpid(pid, 0)
-    return _exit_code(status)
+    return exit_code(status)
 
 
-def _exit_code(status: int) -> int:
+def exit_code(status: int) -> int:
+    """A wait status as an exit code: 128+N for signal N, as shells and Docker say."""
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
@@ -360,9 +371,9 @@ def supervise(pid: int, stdio: Stdio, master: int, log: logs.LogWriter | None = 
         if log is not None:
             log.end("stdout")
         if status:
-            return _exit_code(status[0])
+            return exit_code(status[0])
     elif pipes:
-        return _exit_code(_relay_pipes(pid, pipes, sink, log))
+        return exit_code(_relay_pipes(pid, pipes, sink, log))
     return _wait(pid)
 
 
