@@ -530,7 +530,10 @@ def _count(site: Site, name: str) -> int:
 
 @pytest.mark.parametrize("limits", [[], ["-m", "128m"]], ids=["no-cgroup", "with-limits"])
 def test_pause_freezes_every_process_until_unpause(site: Site, limits: list[str]) -> None:
+    from lamina.core.launcher import monitor, pause
     from lamina.core.launcher.cgroups import Hierarchies
+
+    assert monitor.PAUSED_GROUP == pause.MARKER  # the teardown finds what pause leaves
 
     site("run", "-d", "--network", "none", "--name", "ticking", *limits, IMAGE, "sh", "-c",
          "trap 'exit 0' TERM; (while :; do sleep 0.05; done) & "

@@ -20,7 +20,8 @@ import contextlib
 from ..containers.store import Container, ContainerStore
 from ..errors import CgroupError, ContainerError
 
-#: in the container's directory: its cgroup was made by a pause (remove it at the end)
+#: in the container's directory: its cgroup was made by a pause (the monitor's teardown
+#: removes it then; monitor.PAUSED_GROUP is the same name)
 MARKER = "paused-group"
 
 
@@ -73,11 +74,6 @@ def paused(container: Container) -> bool:
         return cgroups.Cgroup.open(container.id).frozen()
     except (CgroupError, OSError):
         return False
-
-
-def made_group(containers: ContainerStore, container_id: str) -> bool:
-    """Whether a pause made the container's cgroup (its teardown removes it then)."""
-    return (containers.directory(container_id) / MARKER).exists()
 
 
 def _running(container: Container) -> None:
