@@ -81,6 +81,7 @@ COMMANDS: dict[str, list[str]] = {
     "port": ["port", "nosuch"],
     "top": ["top", "nosuch"],
     "pause": ["pause", "nosuch"],
+    "attach": ["attach", "nosuch"],
     "unpause": ["unpause", "nosuch"],
     "cp": ["cp", "nosuch:/etc/hostname", "{output}"],
     "export": ["export", "-o", "{output}", "nosuch"],
@@ -111,7 +112,8 @@ COMMANDS: dict[str, list[str]] = {
 ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", "push", "build",
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
-               "commit", "restart", "rename", "port", "top", "cp", "export", "pause", "unpause",
+               "commit", "restart", "rename", "port", "top", "cp", "export", "pause",
+               "unpause", "attach",
                "volume inspect", "volume rm"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")

@@ -686,3 +686,31 @@ def test_health_checks_as_dockers(site: Site, busybox_tar: Path) -> None:
                          (["--no-healthcheck", "--health-cmd", "true"], b"cannot go together")):
         refused = site("run", "--network", "none", *flags, IMAGE, "true", check=False)
         assert refused.returncode == 125 and words in refused.stderr, (flags, refused.stderr)
+
+
+def test_attach_prints_what_comes_and_exits_with_the_container(site: Site) -> None:
+    site("run", "-d", "--network", "none", "--name", "speaker", IMAGE, "sh", "-c",
+         "echo before; sleep 1; echo after; echo oops >&2; exit 7")
+    time.sleep(0.4)
+    attached = site("attach", "speaker", check=False)
+    assert (attached.returncode, attached.stdout, attached.stderr) == (7, b"after\n",
+                                                                       b"oops\n")
+    refused = site("attach", "speaker", check=False)
+    assert refused.returncode != 0 and b"not running" in refused.stderr
+    # Ctrl-C reaches the container (its trap ends it); --sig-proxy=false leaves it running
+    site("run", "-d", "--network", "none", "--name", "trapper", IMAGE, "sh", "-c",
+         "trap 'echo got INT; exit 3' INT; while :; do sleep 0.1; done")
+    for proxy, code in (("false", None), ("true", 3)):
+        attach = subprocess.Popen(site.cmd("attach", "--sig-proxy", proxy, "trapper"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1)
+        attach.send_signal(2)
+        out, _ = attach.communicate(timeout=20)
+        running = site.out("inspect", "-f", "{{.State.Running}}", "trapper").strip()
+        if code is None:
+            assert attach.returncode != 0 and running == "true"
+        else:
+            assert (attach.returncode, out) == (code, b"got INT\n")
+            _until(lambda: site.out("inspect", "-f", "{{.State.Running}}",
+                                    "trapper") == "false\n")
+    site("rm", "-f", "speaker", "trapper")

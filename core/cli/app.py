@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:pause_arguments")
     command(sub, "stats", "stats:cmd_stats", "show what running containers use (CPU, "
             "memory, network, block I/O, processes)", arguments="stats:stats_arguments")
+    command(sub, "attach", "container:cmd_attach", "print a running container's output "
+            "until it exits, with its status (not its stdin)",
+            arguments="container:attach_arguments")
     command(sub, "logs", "container:cmd_logs", "print a container's output",
             arguments="container:logs_arguments")
     command(sub, "exec", "container:cmd_exec", "run a command in a running container",
@@ -257,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ("commit", "commit"), ("inspect", "inspect"), ("restart", "restart"),
                         ("rename", "rename"), ("port", "port"), ("top", "top"), ("cp", "cp"),
                         ("export", "export"), ("stats", "stats"), ("pause", "pause"),
-                        ("unpause", "unpause")]:
+                        ("unpause", "unpause"), ("attach", "attach")]:
         alias(csub, name, short)
 
     volume = sub.add_parser("volume", help="manage volumes: directories the store keeps for "

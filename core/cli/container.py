@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from ..errors import ContainerError, ImageNotFound, LaminaError, host_error
 from .output import print_json, print_table, report
 
 if TYPE_CHECKING:
+    from ..containers import logs
     from ..containers.spec import ContainerSpec, Volume
     from ..containers.store import Container, ContainerStore
     from ..engine import Engine
@@ -1203,7 +1204,6 @@ def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
     """Each line to the stream it came from, as ``docker logs``."""
     from ..containers import logs
     from ..containers.store import ContainerStore
-    from ..gotime import rfc3339_nano
 
     with engine.open_store() as store:
         _reconcile(store)
@@ -1217,23 +1217,75 @@ def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
         directory = containers.directory(container.id)
         running = (lambda: containers.get(container.id).running) if args.follow else None
         window = logs.Window(args.tail, args.since, args.until)
-        outputs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-        last = None
-        try:
-            for record in logs.read(directory, window, running=running):
-                out = outputs[record.stream]
-                if last is not None and last is not out:
-                    last.flush()  # the two streams keep their order on one terminal
-                if args.timestamps and record.nanos:
-                    out.write(rfc3339_nano(record.nanos).encode() + b" ")
-                out.write(record.data)
-                if args.follow:
-                    out.flush()
-                last = out
-        finally:
-            for out in outputs.values():
-                out.flush()
+        _print_records(logs.read(directory, window, running=running),
+                       timestamps=args.timestamps, follow=args.follow)
     return 0
+
+
+def _print_records(records: Iterable[logs.Record], *, timestamps: bool = False,
+                   follow: bool = False) -> None:
+    """Each log record to the stream it came from (``logs``, ``attach``)."""
+    from ..gotime import rfc3339_nano
+
+    outputs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    last = None
+    try:
+        for record in records:
+            out = outputs[record.stream]
+            if last is not None and last is not out:
+                last.flush()  # the two streams keep their order on one terminal
+            if timestamps and record.nanos:
+                out.write(rfc3339_nano(record.nanos).encode() + b" ")
+            out.write(record.data)
+            if follow:
+                out.flush()
+            last = out
+    finally:
+        for out in outputs.values():
+            out.flush()
+
+
+def attach_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-stdin", action="store_true",
+                   help="do not attach stdin (lamina cannot attach it: see below)")
+    p.add_argument("--sig-proxy", choices=["true", "false"], default="true",
+                   help="pass Ctrl-C and the other signals on to the container (default "
+                   "true; never with a tty)")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def cmd_attach(args: argparse.Namespace, engine: Engine) -> int:
+    """Docker's ``attach`` for output: what a running container writes from now on, until
+    it exits, with its exit status. Its stdin cannot be attached: a detached container's
+    monitor holds no stdin to hand over (``run -it`` in the foreground keeps one)."""
+    from ..containers import logs
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    with engine.open_store() as store:
+        _reconcile(store)
+        containers = ContainerStore(store)
+        container = containers.get(args.container)
+        if not container.running or container.pid is None:
+            raise ContainerError(f"cannot attach to container {container.name}: it is not "
+                                 "running", hint=f"start it attached: lamina start -a "
+                                 f"{container.name}")
+        if container.spec.log_driver != "json-file":
+            raise ContainerError(f"container {container.name} has the log driver "
+                                 f"{container.spec.log_driver}: there is no output to attach to",
+                                 hint="run it with --log-driver json-file (the default)")
+        if container.spec.interactive and not args.no_stdin:
+            print("lamina: stdin is not attached: lamina keeps no stdin of a detached "
+                  "container (give --no-stdin to say you know)", file=sys.stderr)
+        proxy = args.sig_proxy == "true" and not container.spec.tty
+        window = logs.Window(tail=0)  # from now on
+        with monitor.forwarding(container.pid) if proxy else contextlib.nullcontext():
+            _print_records(logs.read(containers.directory(container.id), window,
+                                     running=lambda: containers.get(container.id).running),
+                           follow=True)
+        done = monitor.wait_exited(store, container.id, None)
+    assert done is not None
+    return done.exit_code or 0
 
 
 def prune_arguments(p: argparse.ArgumentParser) -> None:
