@@ -82,6 +82,7 @@ COMMANDS: dict[str, list[str]] = {
     "top": ["top", "nosuch"],
     "pause": ["pause", "nosuch"],
     "attach": ["attach", "nosuch"],
+    "update": ["update", "--memory", "64m", "nosuch"],
     "unpause": ["unpause", "nosuch"],
     "cp": ["cp", "nosuch:/etc/hostname", "{output}"],
     "export": ["export", "-o", "{output}", "nosuch"],
@@ -113,7 +114,7 @@ ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", 
                "run",
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
                "commit", "restart", "rename", "port", "top", "cp", "export", "pause",
-               "unpause", "attach",
+               "unpause", "attach", "update",
                "volume inspect", "volume rm"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")

@@ -714,3 +714,39 @@ def test_attach_prints_what_comes_and_exits_with_the_container(site: Site) -> No
             _until(lambda: site.out("inspect", "-f", "{{.State.Running}}",
                                     "trapper") == "false\n")
     site("rm", "-f", "speaker", "trapper")
+
+
+def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
+    from lamina.core.launcher.cgroups import Hierarchies
+
+    site("run", "-d", "--network", "none", "--name", "grown", IMAGE, "sh", "-c",
+         "echo run; sleep 2; exit 1")
+    cid = site.out("inspect", "-f", "{{.Id}}", "grown").strip()
+    pid = int(site.out("inspect", "-f", "{{.State.Pid}}", "grown"))
+    # no limits at its start: no cgroup; the update makes one and moves it in
+    assert site.out("update", "--memory", "32m", "--pids-limit", "20",
+                    "--restart", "on-failure:1", "grown") == "grown\n"
+    found = Hierarchies.discover()
+    for controller, name, value in (("memory", "memory.limit_in_bytes", "33554432"),
+                                    ("pids", "pids.max", "20")):
+        where = found.where(controller)
+        if where is None:
+            continue
+        if where[0] == "v2":
+            name = {"memory": "memory.max"}.get(controller, name)
+        group = where[1] / "lamina" / cid
+        assert (group / name).read_text().strip() == value
+        assert pid in {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    assert site.out("inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} "
+                    "{{.HostConfig.RestartPolicy.Name}}", "grown") == "33554432 20 on-failure\n"
+    # the new policy holds for the monitor already running it: one restart, then exited
+    assert site.out("wait", "grown") == "1\n"
+    assert _runs(site, "grown") == 2
+    for flags, words in (([], b"at least one flag"), (["--memory", "1m"], b"minimum of 6MB"),
+                         (["--memory-swap", "1g", "--memory", "0"], b"needs a memory limit"),
+                         (["--restart", "sometimes"], b"invalid --restart")):
+        refused = site("update", *flags, "grown", check=False)
+        assert refused.returncode != 0 and words in refused.stderr, (flags, refused.stderr)
+    site("rm", "grown")
+    roots = [*found.v1.values(), *([found.unified] if found.unified else [])]
+    assert not any((root / "lamina" / cid).exists() for root in roots)

@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
             arguments="container:port_arguments")
     command(sub, "top", "container:cmd_top", "list a running container's processes (ps)",
             arguments="container:top_arguments")
+    command(sub, "update", "container:cmd_update", "change containers' limits or restart "
+            "policy (at once when running)", arguments="container:update_arguments")
     command(sub, "pause", "container:cmd_pause", "freeze every process of containers",
             arguments="container:pause_arguments")
     command(sub, "unpause", "container:cmd_unpause", "let paused containers go on",
@@ -260,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("commit", "commit"), ("inspect", "inspect"), ("restart", "restart"),
                         ("rename", "rename"), ("port", "port"), ("top", "top"), ("cp", "cp"),
                         ("export", "export"), ("stats", "stats"), ("pause", "pause"),
-                        ("unpause", "unpause"), ("attach", "attach")]:
+                        ("unpause", "unpause"), ("attach", "attach"),
+                        ("update", "update")]:
         alias(csub, name, short)
 
     volume = sub.add_parser("volume", help="manage volumes: directories the store keeps for "

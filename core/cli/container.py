@@ -1115,6 +1115,67 @@ def cmd_kill(args: argparse.Namespace, engine: Engine) -> int:
     return _each(args, engine, kill)
 
 
+def update_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--memory", metavar="SIZE", help="memory limit (e.g. 64m)")
+    p.add_argument("--memory-swap", metavar="SIZE",
+                   help="memory plus swap (e.g. 1g; -1: unlimited swap)")
+    p.add_argument("--cpus", type=float, help="CPUs it may use (e.g. 1.5; 0: no limit)")
+    p.add_argument("--cpu-shares", type=int, metavar="N", help="relative CPU weight")
+    p.add_argument("--pids-limit", type=int, metavar="N",
+                   help="most processes at once (0 or -1: no limit)")
+    p.add_argument("--restart", metavar="POLICY",
+                   help="no, always, unless-stopped, on-failure[:N]")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def cmd_update(args: argparse.Namespace, engine: Engine) -> int:
+    """Docker's ``update``: new limits (at once for a running container) or a new
+    restart policy; the flags not given keep their values."""
+    from ..containers.spec import parse_restart, parse_size
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+    from ..launcher.cgroups import Limits
+
+    given = {k: getattr(args, k) for k in ("memory", "memory_swap", "cpus", "cpu_shares",
+                                           "pids_limit", "restart")}
+    if all(v is None for v in given.values()):
+        raise ContainerError("update needs at least one flag",
+                             hint="e.g. lamina update --memory 256m --cpus 1 CONTAINER")
+
+    def one(store: Store, ref: str) -> None:
+        containers = ContainerStore(store)
+        container = containers.get(ref)
+        spec = container.spec
+        changes: dict[str, Any] = {}
+        if args.memory is not None:
+            changes["memory"] = parse_size(args.memory, "memory limit") or None
+        if args.memory_swap is not None:
+            changes["memory_swap"] = (-1 if args.memory_swap.strip() == "-1"
+                                      else parse_size(args.memory_swap, "--memory-swap"))
+        if args.cpus is not None:
+            changes["cpus"] = args.cpus or None
+        if args.cpu_shares is not None:
+            changes["cpu_shares"] = args.cpu_shares or None
+        if args.pids_limit is not None:
+            changes["pids_limit"] = args.pids_limit if args.pids_limit > 0 else None
+        if args.restart is not None:
+            changes["restart"] = parse_restart(args.restart)
+            if changes["restart"] != "no" and spec.auto_remove:
+                raise ContainerError(f"container {container.name} is removed when it exits "
+                                     "(--rm): it cannot have a restart policy",
+                                     hint="a container made with --rm keeps --restart no")
+        new = spec._replace(**changes)
+        # checked as a whole, as create checks them (--memory-swap needs --memory...)
+        Limits(memory=new.memory, memory_swap=new.memory_swap, pids=new.pids_limit,
+               cpus=new.cpus, cpu_shares=new.cpu_shares)
+        if container.running:
+            monitor.apply_limits(containers, container, new)
+        containers.set_spec(container.id, new)
+        print(ref)
+
+    return _each(args, engine, one)
+
+
 def pause_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 

@@ -205,6 +205,10 @@ class ContainerStore:
                                  hint="remove that container (lamina rm) or choose another "
                                  "name") from None
 
+    def set_spec(self, container_id: str, spec: ContainerSpec) -> None:
+        """Replace the container's spec (``update``: its limits and restart policy)."""
+        self._update(container_id, spec=spec.to_json())
+
     def _update(self, container_id: str, **values: object) -> None:
         columns = ", ".join(f"{k} = ?" for k in values)
         with self.store.lock, metadata.transaction(self._db):

@@ -525,17 +525,27 @@ class Cgroup:
                 raise CgroupError("this machine has no cgroup freezer: a container cannot "
                                   "be paused here",
                                   hint="mount cgroup2 (or v1's freezer) to pause containers")
-        target = group.dirs.get("freezer") or group.tracking
-        assert target is not None
-        for _ in range(100):
-            inside = set(group.pids())
-            outside = [pid for pid in members() if pid not in inside]
-            if not outside:
-                break
-            for pid in outside:
-                with contextlib.suppress(CgroupError):  # gone meanwhile
-                    _write(target / "cgroup.procs", pid, adding=True)
+        group.move_in(members)
         return group
+
+    def move_in(self, members: Callable[[], list[int]]) -> None:
+        """Move the processes ``members()`` lists into every directory of the group, round
+        after round until none is left outside (a process forking meanwhile is caught by
+        the next round): for a group made after its container started."""
+        for _ in range(100):
+            moved = False
+            wanted = members()
+            for path in self.paths:
+                inside: set[int] = set()
+                with contextlib.suppress(FileNotFoundError):
+                    inside = {int(p) for p in (path / "cgroup.procs").read_text().split()}
+                for pid in wanted:
+                    if pid not in inside:
+                        moved = True
+                        with contextlib.suppress(CgroupError):  # gone meanwhile
+                            _write(path / "cgroup.procs", pid, adding=True)
+            if not moved:
+                return
 
     @property
     def can_freeze(self) -> bool:

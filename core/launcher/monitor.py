@@ -38,9 +38,10 @@ if TYPE_CHECKING:  # imported when a container has limits (~3 ms of every start 
     from ..containers.spec import ContainerSpec, Volume
     from . import cgroups
 
-#: pause.MARKER (a pause made the container's cgroup): named here, as importing the pause
-#: module would cost every run ~0.7 ms
-PAUSED_GROUP = "paused-group"
+#: in the container's directory: a command made its cgroup after it started (``pause``,
+#: ``update``), so its teardown removes it (pause.MARKER is the same name: named here, as
+#: importing the pause module would cost every run ~0.7 ms)
+PAUSED_GROUP = "cgroup-made-later"
 #: exit code recorded for a container whose monitor vanished
 LOST_EXIT_CODE = 255
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -285,6 +286,29 @@ def _cgroup(container: Container) -> cgroups.Cgroup | None:
     from . import cgroups
 
     return cgroups.Cgroup.create(container.id, wanted)
+
+
+def apply_limits(containers: ContainerStore, container: Container,
+                 spec: ContainerSpec) -> None:
+    """Give the running ``container`` the limits of ``spec`` now (``update``): its group
+    written again, or made and its processes moved in when it had none. A limit the
+    kernel refuses (memory below what it uses) is an error and changes nothing more."""
+    from . import cgroups
+    from .stats import members
+
+    wanted = limits(container._replace(spec=spec))
+    if wanted is None:
+        if limits(container) is None:
+            return  # no group, and none needed
+        wanted = cgroups.Limits()  # the limits lifted: the group stays, unlimited
+    marker = containers.directory(container.id) / PAUSED_GROUP
+    if limits(container) is None:
+        with contextlib.suppress(OSError):
+            marker.touch()  # made after its start: the teardown removes it
+    group = cgroups.Cgroup.create(container.id, wanted)
+    pid = container.pid
+    assert pid is not None
+    group.move_in(lambda: members(pid))
 
 
 def _remove_cgroup(container_id: str) -> None:
@@ -583,6 +607,8 @@ def should_restart(containers: ContainerStore, container: Container, code: int,
     it (Docker's "manually stopped")."""
     from ..containers.spec import restart_policy
 
+    with contextlib.suppress(LaminaError):
+        container = containers.get(container.id)  # `update --restart` may have changed it
     name, most = restart_policy(container.spec)
     if name == "no" or stopped_by_user(containers, container.id):
         return False

@@ -4,7 +4,7 @@ The cgroup freezer stops the processes without their knowing (no SIGSTOP a shell
 see): cgroup2's ``cgroup.freeze`` or v1's ``freezer.state``
 (:meth:`~.cgroups.Cgroup.for_freezing`). A container without limits has no cgroup, so
 its first pause makes one and moves its processes in; a marker in the container's
-directory (``paused-group``) tells the monitor's teardown to remove that group when the
+directory (``cgroup-made-later``) tells the monitor's teardown to remove that group when the
 container ends. "Paused" is read from the kernel each time, never recorded: a
 container is paused while its group is frozen.
 
@@ -20,9 +20,9 @@ import contextlib
 from ..containers.store import Container, ContainerStore
 from ..errors import CgroupError, ContainerError
 
-#: in the container's directory: its cgroup was made by a pause (the monitor's teardown
-#: removes it then; monitor.PAUSED_GROUP is the same name)
-MARKER = "paused-group"
+#: in the container's directory: its cgroup was made after its start (the monitor's
+#: teardown removes it then; monitor.PAUSED_GROUP is the same name)
+MARKER = "cgroup-made-later"
 
 
 def pause(containers: ContainerStore, container: Container) -> None:
