@@ -91,6 +91,10 @@ COMMANDS: dict[str, list[str]] = {
     "volume inspect": ["volume", "inspect", "nosuch"],
     "volume rm": ["volume", "rm", "nosuch"],
     "volume prune": ["volume", "prune", "-f"],  # anonymous ones: "made" stays
+    # stopped containers, unused images and anonymous volumes: a healthy store's image
+    # stays only without -a, so without it here (before system repair, which mends a
+    # damaged store for the commands after it)
+    "system prune": ["system", "prune", "--volumes", "-f"],
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
@@ -99,9 +103,6 @@ COMMANDS: dict[str, list[str]] = {
     # without --force and without a terminal to confirm on: refused, in every environment
     "system reset": ["system", "reset"],
     "system repair": ["system", "repair"],
-    # stopped containers, unused images and anonymous volumes: a healthy store's image
-    # stays only without -a, so without it here
-    "system prune": ["system", "prune", "--volumes", "-f"],
     # standard input is empty: no password, refused before any registry is asked
     "login": ["login", "-u", "someone", "--password-stdin", "127.0.0.1:1"],
     # nobody logged in to that host (the auth file is under the test's XDG_CONFIG_HOME)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -107,8 +108,33 @@ def test_port_lists_published_ports_of_a_running_container(
             assert refused.returncode != 0 and words in refused.stderr
         site("stop", "web")
         assert site.out("port", "web") == ""  # as Docker's: only while it runs
+        # no host port: a free one of Docker's range, for -p 70 and for -P's exposed ports
+        site("import", "-c", "EXPOSE 53/udp 8000", str(busybox_tar), "exposing:1")
+        site("run", "-d", "--name", "anyport", "-p", "70", "-P", "--expose", "9000",
+             "-p", "8081:8000", "exposing:1", "sleep", "60")
+        shown = dict(line.split(" -> ") for line in site.out("port", "anyport").splitlines())
+        assert sorted(shown) == ["53/udp", "70/tcp", "8000/tcp", "9000/tcp"]
+        assert shown["8000/tcp"] == "0.0.0.0:8081"  # -p wins over -P
+        chosen = {key: int(value.rpartition(":")[2]) for key, value in shown.items()
+                  if key != "8000/tcp"}
+        assert all(32768 <= port <= 60999 for port in chosen.values())
+        assert len(set(chosen.values())) == 3
+        ports = json.loads(site.out("inspect", "-f", "{{json .NetworkSettings.Ports}}",
+                                    "anyport"))
+        assert ports["70/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": str(chosen["70/tcp"])}]
+        assert f"0.0.0.0:{chosen['70/tcp']}->70/tcp" in site.out(
+            "ps", "--format", "{{.Ports}}", "--filter", "name=anyport")
+        # the port really forwards: a listener in the container answers on it (reached
+        # at the bridge's address, from the test's network namespace)
+        site("exec", "-d", "anyport", "sh", "-c", "echo hello | nc -l -p 70")
+        time.sleep(0.3)
+        client = ("import socket; c = socket.create_connection(('10.87.0.1', "
+                  f"{chosen['70/tcp']}), timeout=5); print(c.makefile().readline(), end='')")
+        answer = subprocess.run([*host_netns, sys.executable, "-c", client],
+                                capture_output=True, text=True, timeout=20)
+        assert answer.stdout == "hello\n", answer.stderr
     finally:
-        site("rm", "-f", "web")
+        site("rm", "-f", "web", "anyport")
 
 
 # -- cp -----------------------------------------------------------------------------------
@@ -525,7 +551,8 @@ def test_stats_shows_cpu_memory_and_processes(site: Site) -> None:
 
 
 def _count(site: Site, name: str) -> int:
-    return int(site.out("exec", name, "cat", "/count"))
+    """The container's counter; 0 while the shell rewrites it (``>`` empties it first)."""
+    return int(site.out("exec", name, "cat", "/count").strip() or 0)
 
 
 @pytest.mark.parametrize("limits", [[], ["-m", "128m"]], ids=["no-cgroup", "with-limits"])

@@ -43,13 +43,17 @@ SETTINGS = {"bridge": BRIDGE, "subnet": SUBNET, "dns": ["192.0.2.53"]}
     ("8080:80/udp", PortMapping(8080, 80, "udp", "")),
     ("127.0.0.1:8080:80/tcp", PortMapping(8080, 80, "tcp", "127.0.0.1")),
     ("0.0.0.0:53:53/udp", PortMapping(53, 53, "udp", "")),
+    # no host port: any free one, chosen when the container starts (Docker's -p 80)
+    ("80", PortMapping(0, 80, "tcp", "")),
+    ("53/udp", PortMapping(0, 53, "udp", "")),
+    ("127.0.0.1::80", PortMapping(0, 80, "tcp", "127.0.0.1")),
 ])
 def test_parse_port(text: str, expected: PortMapping) -> None:
     assert parse_port(text) == expected
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("80", "expected"),
+    ("80:", "not a port number"),
     ("1:2:3:4", "expected"),
     ("8080:80/sctp", "not tcp or udp"),
     ("0:80", "not a port number"),

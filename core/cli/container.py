@@ -63,7 +63,13 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
     p.add_argument("--network", "--net", default="bridge", choices=["bridge", "none", "host"])
     p.add_argument("-p", "--publish", action="append", default=[],
-                   metavar="[IP:]HOST:CONTAINER[/PROTO]", help="publish a container's port")
+                   metavar="[[IP:]HOST:]CONTAINER[/PROTO]",
+                   help="publish a container's port (without HOST: any free one)")
+    p.add_argument("-P", "--publish-all", action="store_true",
+                   help="publish every exposed port (the image's and --expose) on a free "
+                   "host port")
+    p.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]",
+                   help="expose a port (published by -P)")
     p.add_argument("-m", "--memory", help="memory limit (e.g. 64m)")
     p.add_argument("--pids-limit", type=int, help="most processes at once")
     p.add_argument("--cpus", type=float, help="CPUs' worth of time (e.g. 0.5)")
@@ -190,7 +196,6 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         resolve_argv,
     )
     from ..images.store import ImageStore
-    from ..network.ports import parse_port
 
     config = ImageStore(store).config(image_id).raw.get("config") or {}
     seccomp = True
@@ -234,7 +239,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         read_only=args.read_only, network=args.network,
         volumes=_volumes([*map(parse_volume, args.volume), *map(parse_mount, args.mount),
                           *map(parse_tmpfs, args.tmpfs)], config.get("Volumes") or {}),
-        ports=tuple(map(parse_port, args.publish)),
+        ports=_ports_published(args, config),
         memory=memory, pids_limit=pids, cpus=args.cpus or None, storage_opts=storage,
         auto_remove=args.rm,
         stop_signal=(_stop_signal(args.stop_signal) if args.stop_signal
@@ -253,6 +258,23 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
                        "StartPeriod": args.health_start_period,
                        "StartInterval": args.health_start_interval}),
     )
+
+
+def _ports_published(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Any, ...]:
+    """``-p`` mappings, and with ``-P`` every exposed port not mapped so (the image's
+    ``ExposedPorts`` and ``--expose``) on a free host port; ``-P`` means nothing off the
+    bridge network, as under Docker."""
+    from ..network.ports import PortMapping, parse_exposed, parse_port
+
+    ports = [parse_port(text) for text in args.publish]
+    exposed = [parse_exposed(text) for text in [*(config.get("ExposedPorts") or {}),
+                                                 *args.expose]]
+    if args.publish_all and args.network == "bridge":
+        mapped = {(p.container_port, p.protocol) for p in ports}
+        for number, protocol in dict.fromkeys(exposed):
+            if (number, protocol) not in mapped:
+                ports.append(PortMapping(0, number, protocol))
+    return tuple(ports)
 
 
 def _log_config(args: argparse.Namespace, engine: Engine) -> tuple[str, dict[str, str]]:
@@ -588,8 +610,30 @@ def _status(c: Container, now: float, health: str | None = None) -> str:
 
 
 def _ports(c: Container) -> str:
+    ports = _ports_now(c) if c.state in ("running", "paused") else c.spec.ports
     return ", ".join(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.protocol}"
-                     for p in c.spec.ports)
+                     if p.host_port else f"{p.container_port}/{p.protocol}" for p in ports)
+
+
+def _port_map(c: Container) -> dict[str, list[dict[str, str]]]:
+    """Docker's ``NetworkSettings.Ports`` of a running container: each published port
+    with the host address and port it got."""
+    found: dict[str, list[dict[str, str]]] = {}
+    if c.state in ("running", "paused"):
+        for p in _ports_now(c):
+            found.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+                {"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)})
+    return found
+
+
+def _ports_now(c: Container) -> tuple[Any, ...]:
+    """The running container's published ports: as asked for, or, when some were asked
+    for without a host port, as its rules have them."""
+    if all(p.host_port for p in c.spec.ports):
+        return c.spec.ports
+    from ..network.attachment import published_ports
+
+    return published_ports(c.id) or c.spec.ports
 
 
 def _image_names(found: list[Container], store: Store, engine: Engine) -> dict[str, str]:
@@ -749,6 +793,7 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                     "Source": str(volume_path(v.source)) if v.kind == "volume" else v.source,
                     "Destination": v.target, "RW": not v.readonly}
                    for v in spec.volumes],
+        "NetworkSettings": {"Ports": _port_map(c)},
         "GraphDriver": {"Layer": c.layer},
     }
 
@@ -880,7 +925,7 @@ def cmd_port(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         _reconcile(store)
         container = ContainerStore(store).get(args.container)
-    mappings = container.spec.ports if container.running else ()
+    mappings = _ports_now(container) if container.running else ()
     if args.port is None:
         for m in mappings:
             print(f"{m.container_port}/{m.protocol} -> {m.host_ip or '0.0.0.0'}:{m.host_port}")

@@ -70,7 +70,7 @@ def _check_ports(mode: str, ports: Sequence[PortMapping]) -> None:
                            hint="publish ports (-p) on the bridge network, the default")
     for i, port in enumerate(ports):
         for other in ports[:i]:
-            if port.conflicts(other):
+            if port.host_port and port.conflicts(other):
                 raise NetworkError(f"port {port} is published twice ({other})",
                                    hint="give each -p its own host port")
 
@@ -105,7 +105,7 @@ def attach(
 
     network = BridgeNetwork.from_settings(settings or _default_settings())
     try:
-        address = _attach_bridge(store, network, container_id, pid, ports)
+        address, ports = _attach_bridge(store, network, container_id, pid, ports)
     finally:
         from .links import stop_worker, veth_name
 
@@ -125,7 +125,8 @@ def _default_settings() -> dict[str, Any]:
 
 
 def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
-                   ports: tuple[PortMapping, ...]) -> str:
+                   ports: tuple[PortMapping, ...]) -> tuple[str, tuple[PortMapping, ...]]:
+    """The address leased and the ports published (those without a host port given one)."""
     from . import addresses, ifconfig, links, nat, netns
     from .nftables import run
 
@@ -136,19 +137,23 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
         with transaction(db):
             address = addresses.lease(db, network, container_id)
             held = []
+            others = []
             for rule in nat.published():
                 if rule.container_id == container_id:
                     held.append(rule)  # a crashed start's: replaced below
                     continue
+                others.append(rule.port)
                 for port in ports:
-                    if port.conflicts(rule.port):
+                    if port.host_port and port.conflicts(rule.port):
                         raise NetworkError(
                             f"port {port.host_port}/{port.protocol} is already published by "
                             f"container {rule.container_id[:12]}",
                             hint="choose another host port, or stop that container",
                         )
             for port in ports:
-                _probe(port)
+                if port.host_port:
+                    _probe(port)
+            ports = _free_ports(ports, others)  # under the transaction: no other start's
             run(nat.setup_script(network) + nat.delete_script(held)
                 + nat.publish_script(container_id, address, ports))
     except sqlite3.IntegrityError as exc:
@@ -168,7 +173,49 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
             raise NetworkError(f"cannot configure eth0 of process {pid}: {exc.strerror}",
                                hint="the container's process may have ended") from None
         raise
-    return address
+    return address, ports
+
+
+def _free_ports(ports: tuple[PortMapping, ...],
+                taken: list[PortMapping]) -> tuple[PortMapping, ...]:
+    """Each port without a host port given a free one of Docker's range (``-p 80``,
+    ``-P``): not published by another container or by this one, nothing listening."""
+    import random
+
+    from .ports import EPHEMERAL
+
+    chosen: list[PortMapping] = []
+    used = [*taken, *(p for p in ports if p.host_port)]
+    for port in ports:
+        if port.host_port:
+            chosen.append(port)
+            continue
+        low, high = EPHEMERAL
+        start = random.randint(low, high)
+        for n in range(high - low + 1):
+            candidate = port._replace(host_port=low + (start - low + n) % (high - low + 1))
+            if any(candidate.conflicts(other) for other in used):
+                continue
+            try:
+                _probe(candidate)
+            except NetworkError:
+                continue
+            break
+        else:
+            raise NetworkError(f"no free host port to publish {port.container_port}/"
+                               f"{port.protocol} on", hint="free some ports of "
+                               f"{low}-{high}, or publish on a given one (-p HOST:CONTAINER)")
+        chosen.append(candidate)
+        used.append(candidate)
+    return tuple(chosen)
+
+
+def published_ports(container_id: str) -> tuple[PortMapping, ...]:
+    """The ports the running container publishes now, as its rules say (a port asked
+    for without a host port has the one it got)."""
+    from . import nat
+
+    return tuple(rule.port for rule in nat.published() if rule.container_id == container_id)
 
 
 def _enable_forwarding(bridge: str) -> None:

@@ -64,7 +64,8 @@ def publish_script(container_id: str, address: str, ports: Iterable[PortMapping]
         lines.append(
             f"add rule {TABLE} published {match}{port.protocol} dport {port.host_port} "
             f"dnat to {address}:{port.container_port} "
-            f'comment "{_TAG} {container_id} {port.protocol} {port.host_ip}:{port.host_port}"'
+            f'comment "{_TAG} {container_id} {port.protocol} {port.host_ip}:{port.host_port} '
+            f'{port.container_port}"'
         )
     return "\n".join(lines) + "\n"
 
@@ -95,21 +96,24 @@ def published() -> list[PublishedRule]:
         rule = obj.get("rule")
         parsed = _parse_comment(rule.get("comment", "")) if rule else None
         if parsed is not None:
-            container_id, protocol, host_ip, host_port = parsed
+            container_id, protocol, host_ip, host_port, container_port = parsed
             rules.append(PublishedRule(container_id,
-                                       PortMapping(host_port, 0, protocol, host_ip),
+                                       PortMapping(host_port, container_port, protocol,
+                                                   host_ip),
                                        rule["handle"]))
     return rules
 
 
-def _parse_comment(comment: str) -> tuple[str, str, str, int] | None:
+def _parse_comment(comment: str) -> tuple[str, str, str, int, int] | None:
+    """The tag's fields; the container port is 0 in a rule written before it was there."""
     parts = comment.split(" ")
-    if len(parts) != 4 or parts[0] != _TAG:
+    if len(parts) not in (4, 5) or parts[0] != _TAG:
         return None
     host_ip, _, host_port = parts[3].rpartition(":")
-    if not host_port.isdigit():
+    container_port = parts[4] if len(parts) == 5 else "0"
+    if not host_port.isdigit() or not container_port.isdigit():
         return None
-    return parts[1], parts[2], host_ip, int(host_port)
+    return parts[1], parts[2], host_ip, int(host_port), int(container_port)
 
 
 def delete_script(rules: Iterable[PublishedRule]) -> str:

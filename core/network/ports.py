@@ -11,11 +11,14 @@ from typing import NamedTuple
 
 from ..errors import NetworkError
 
-PORT_HINT = "publish a port as HOST:CONTAINER, IP:HOST:CONTAINER, optionally /tcp or /udp " \
-    "(e.g. -p 8080:80, -p 127.0.0.1:8080:80/tcp)"
+PORT_HINT = "publish a port as HOST:CONTAINER, IP:HOST:CONTAINER, or CONTAINER (any free " \
+    "host port), optionally /tcp or /udp (e.g. -p 8080:80, -p 127.0.0.1:8080:80/tcp, -p 80)"
+#: Docker's range for a port published without a host port (``-p 80``, ``-P``)
+EPHEMERAL = (32768, 60999)
 
 
 class PortMapping(NamedTuple):
+    #: 0: any free host port, chosen when the container starts (``-p 80``, ``-P``)
     host_port: int
     container_port: int
     protocol: str = "tcp"
@@ -35,13 +38,17 @@ class PortMapping(NamedTuple):
 
 
 def parse_port(text: str) -> PortMapping:
-    """``[IP:]HOST:CONTAINER[/tcp|udp]`` as a mapping; anything else is a NetworkError."""
+    """``[[IP:]HOST:]CONTAINER[/tcp|udp]`` as a mapping (no or an empty HOST: any free
+    host port, as Docker's ``-p 80`` and ``-p 127.0.0.1::80``); anything else is a
+    NetworkError."""
     spec, _, protocol = text.partition("/")
     protocol = protocol or "tcp"
     if protocol not in ("tcp", "udp"):
         raise NetworkError(f"invalid port {text!r}: protocol {protocol!r} is not tcp or udp",
                            hint=PORT_HINT)
     parts = spec.split(":")
+    if len(parts) == 1:
+        return PortMapping(0, _port(text, parts[0]), protocol, "")
     if len(parts) == 2:
         host_ip, host, container = "", *parts
     elif len(parts) == 3:
@@ -61,7 +68,18 @@ def parse_port(text: str) -> PortMapping:
                                "written a.b.c.d", hint=PORT_HINT)
         if host_ip == "0.0.0.0":
             host_ip = ""  # every address, as Docker reads it
-    return PortMapping(_port(text, host), _port(text, container), protocol, host_ip)
+    return PortMapping(_port(text, host) if host else 0, _port(text, container), protocol,
+                       host_ip)
+
+
+def parse_exposed(text: str) -> tuple[int, str]:
+    """``--expose PORT[/tcp|udp]`` (and an image's ``ExposedPorts`` key) as (port, protocol)."""
+    number, _, protocol = text.partition("/")
+    protocol = (protocol or "tcp").lower()
+    if protocol not in ("tcp", "udp") or not number.isdigit() or not 0 < int(number) < 65536:
+        raise NetworkError(f"invalid exposed port {text!r}",
+                           hint="give PORT or PORT/tcp or PORT/udp, e.g. --expose 8080")
+    return int(number), protocol
 
 
 def _port(text: str, value: str) -> int:
