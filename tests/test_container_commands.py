@@ -659,9 +659,11 @@ def _health(site: Site, name: str) -> str:
     return site.out("inspect", "-f", "{{.State.Health.Status}}", name).strip()
 
 
-def _watchers() -> int:
+def _watchers(site: Site) -> int:
+    """The health watchers of this site's containers (each has its container's id)."""
+    ids = [i.encode() for i in site.out("ps", "-a", "-q", "--no-trunc").split()]
     return sum(1 for pid in os.listdir("/proc") if pid.isdigit()
-               and b"healthwatch" in _cmdline(pid))
+               and b"healthwatch" in (line := _cmdline(pid)) and any(i in line for i in ids))
 
 
 def _cmdline(pid: str) -> bytes:
@@ -705,9 +707,11 @@ def test_health_checks_as_dockers(site: Site, busybox_tar: Path) -> None:
     assert "Health" not in site.out("inspect", "-f", "{{json .State}}", "unchecked")
     assert site.out("ps", "--filter", "health=none", "--format", "{{.Names}}").split() == \
         ["unchecked"]
-    assert _watchers() == 3
+    ids = site.out("ps", "-q", "--no-trunc").split()
+    assert _watchers(site) == 3
     site("rm", "-f", "checked", "slow", "warming", "unchecked")
-    assert _watchers() == 0  # each went with its container
+    assert not any(any(i.encode() in _cmdline(pid) for i in ids)
+                   for pid in os.listdir("/proc") if pid.isdigit())  # each went with it
     for flags, words in ((["--health-interval", "1us"], b"invalid health check interval"),
                          (["--health-retries", "-1"], b"invalid --health-retries"),
                          (["--no-healthcheck", "--health-cmd", "true"], b"cannot go together")):

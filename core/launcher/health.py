@@ -88,7 +88,9 @@ def start(container: Container, directory: Path) -> subprocess.Popen[bytes] | No
     record = {"container": container._asdict() | {"spec": container.spec.to_json()},
               "directory": str(directory)}
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "lamina.core.launcher.healthwatch"], stdin=subprocess.PIPE,
+        # the id in its argv: `ps` shows whose watcher it is
+        [sys.executable, "-m", "lamina.core.launcher.healthwatch", container.id],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
         start_new_session=True)
     assert watcher.stdin is not None
