@@ -781,3 +781,27 @@ def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> Non
     site("rm", "grown")
     roots = [*found.v1.values(), *([found.unified] if found.unified else [])]
     assert not any((root / "lamina" / cid).exists() for root in roots)
+
+
+def test_init_runs_the_command_under_tini(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lamina.core.containers import spec
+    from lamina.core.errors import ContainerError
+
+    shown = site.out("run", "--rm", "--network", "none", "--init", IMAGE, "sh", "-c",
+                     "(sleep 0.1 &); sleep 0.5; ps -o pid,stat,args")
+    rows = [line.split(None, 2) for line in shown.splitlines()[1:]]
+    assert rows[0][0] == "1" and rows[0][2].startswith("/dev/init -- sh -c")
+    assert not any("Z" in row[1] for row in rows)  # the orphan was reaped
+    # the init passes SIGTERM on: a sleep under it stops at once (as PID 1 it would not)
+    site("run", "-d", "--network", "none", "--init", "--name", "inited", IMAGE, "sleep", "60")
+    began = time.monotonic()
+    site("stop", "inited")
+    assert time.monotonic() - began < 3
+    assert site.out("inspect", "-f", "{{.HostConfig.Init}} {{.State.ExitCode}}",
+                    "inited") == "true 143\n"
+    assert site.out("diff", "inited") == ""  # its mount point is on /dev, not in the layer
+    site("rm", "inited")
+    monkeypatch.setattr(spec, "INIT_BINARIES", ("/nonexistent/tini",))
+    with pytest.raises(ContainerError, match="needs an init binary") as error:
+        spec.find_init()
+    assert "apt-get install tini" in (error.value.hint or "")

@@ -104,6 +104,9 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit of its processes (nofile=1024:4096; -1 unlimited)")
     p.add_argument("--cidfile", metavar="FILE", help="write the container's id to FILE")
+    p.add_argument("--init", action="store_true",
+                   help="run an init (tini) as the first process: it passes signals on "
+                   "and reaps zombies")
     p.add_argument("--health-cmd", metavar="COMMAND",
                    help="a shell command whose exit 0 means healthy (over the image's)")
     for flag, what in (("interval", "between checks (default 30s)"),
@@ -185,6 +188,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     from ..containers.spec import (
         ContainerSpec,
         check_dns,
+        find_init,
         merge_env,
         merge_healthcheck,
         parse_host,
@@ -251,6 +255,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         memory_swap=swap, cpu_shares=shares, dns=check_dns(args.dns),
         dns_search=tuple(args.dns_search), dns_options=tuple(args.dns_option),
         shm_size=shm, ulimits=tuple(map(parse_ulimit, args.ulimit)),
+        init=find_init() if args.init else None,
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,
@@ -776,7 +781,8 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                                              int(spec.restart.partition(":")[2] or 0)},
                        "ExtraHosts": [f"{name}:{address}" for name, address in spec.extra_hosts],
                        "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_options)},
-                       "AutoRemove": spec.auto_remove, "Memory": spec.memory or 0,
+                       "AutoRemove": spec.auto_remove, "Init": spec.init is not None,
+                       "Memory": spec.memory or 0,
                        "MemorySwap": spec.memory_swap or 0, "CpuShares": spec.cpu_shares or 0,
                        "Dns": list(spec.dns), "DnsSearch": list(spec.dns_search),
                        "DnsOptions": list(spec.dns_options),

@@ -96,6 +96,9 @@ class ContainerSpec(NamedTuple):
     #: the health check in Docker's shape (``Test``, durations in ns, ``Retries``): the
     #: image's ``HEALTHCHECK`` with the ``--health-*`` flags over it (core/launcher/health.py)
     healthcheck: Mapping[str, Any] | None = None
+    #: ``--init``: the host's init binary (:data:`INIT_BINARIES`) is the container's first
+    #: process, bound read-only at :data:`INIT_TARGET`, and runs the command as its child
+    init: str | None = None
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -366,6 +369,25 @@ def merge_healthcheck(image: Mapping[str, Any] | None, *, cmd: str | None = None
                                  hint="give 0 (Docker's default, 3) or more")
         check["Retries"] = retries
     return check if check.get("Test") else None
+
+
+#: where ``--init`` finds an init, in order: Docker's own, then tini's static build
+#: (Debian's ``tini`` package; a dynamic one would need the image to have its libc)
+INIT_BINARIES = ("/usr/bin/docker-init", "/usr/libexec/docker/docker-init",
+                 "/usr/bin/tini-static")
+#: where the init is bound in the container: on /dev, the launcher's tmpfs, so that no
+#: mount point lands in the container's layer (Docker's /sbin/docker-init would be one)
+INIT_TARGET = "/dev/init"
+
+
+def find_init() -> str:
+    """The host's init binary for ``--init``; an error saying what to install if none."""
+    for candidate in INIT_BINARIES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise ContainerError("--init needs an init binary, and this host has none",
+                         hint="install tini (Debian: apt-get install tini): lamina uses its "
+                         "static build, /usr/bin/tini-static")
 
 
 def restart_policy(spec: ContainerSpec) -> tuple[str, int]:

@@ -181,10 +181,16 @@ def run(store: Store, container: Container, stdio: Stdio,
 
             tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         files = _etc_files(containers, container)
+        argv, volumes = spec.argv, _binds(store, spec.volumes)
+        if spec.init is not None:  # --init: the host's init first, the command its child
+            from ..containers.spec import INIT_TARGET, Volume
+
+            argv = (INIT_TARGET, "--", *argv)
+            volumes = (Volume("bind", INIT_TARGET, spec.init, readonly=True), *volumes)
         launch = process.Launch(
-            argv=spec.argv, env=spec.env, rootfs=str(rootfs), workdir=spec.workdir,
+            argv=argv, env=spec.env, rootfs=str(rootfs), workdir=spec.workdir,
             user=spec.user, hostname=_hostname(container), network=spec.network,
-            volumes=_binds(store, spec.volumes), files=[(str(path), f"/etc/{name}")
+            volumes=volumes, files=[(str(path), f"/etc/{name}")
                                          for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp,
             capabilities=kept_capabilities(spec), shm_size=spec.shm_size,
