@@ -562,48 +562,51 @@ def test_pause_freezes_every_process_until_unpause(site: Site, limits: list[str]
 
     assert monitor.PAUSED_GROUP == pause.MARKER  # the teardown finds what pause leaves
 
-    site("run", "-d", "--network", "none", "--name", "ticking", *limits, IMAGE, "sh", "-c",
-         "trap 'exit 0' TERM; (while :; do sleep 0.05; done) & "
-         "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.05; done")
-    cid = site.out("inspect", "-f", "{{.Id}}", "ticking").strip()
-    _until(lambda: _count(site, "ticking") > 2)
-    assert site.out("pause", "ticking") == "ticking\n"
-    frozen_at = site.out("cp", "ticking:/count", "-")
-    time.sleep(0.5)
-    assert site.out("cp", "ticking:/count", "-") == frozen_at  # nothing ran meanwhile
-    assert site.out("ps", "--filter", "status=paused", "--format",
-                    "{{.Names}} {{.State}} {{.Status}}").startswith("ticking paused Up ")
-    assert site.out("ps", "--format", "{{.Status}}").rstrip().endswith("(Paused)")
-    assert site.out("inspect", "-f", "{{.State.Status}} {{.State.Paused}} {{.State.Running}}",
-                    "ticking") == "paused true true\n"
-    for command, words in ((["exec", "ticking", "true"], b"is paused"),
-                           (["pause", "ticking"], b"already paused")):
-        refused = site(*command, check=False)
-        assert refused.returncode != 0 and words in refused.stderr, refused.stderr
-    assert site.out("unpause", "ticking") == "ticking\n"
-    before = _count(site, "ticking")
-    _until(lambda: _count(site, "ticking") > before + 2)  # on again
-    refused = site("unpause", "ticking", check=False)
-    assert refused.returncode != 0 and b"is not paused" in refused.stderr
-    # stop of a paused container: its signal is delivered at once, not at an unpause
-    site("pause", "ticking")
-    began = time.monotonic()
-    site("stop", "-t", "20", "ticking")
-    assert time.monotonic() - began < 5
-    assert site.out("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
-                    "ticking") == "exited 0\n"
-    # the group a pause made went with the container
-    found = Hierarchies.discover()
-    roots = [*found.v1.values(), *([found.unified] if found.unified else [])]
-    assert not any((root / "lamina" / cid).exists() for root in roots)
-    # a stopped one cannot be paused; kill -s KILL ends a paused one
-    refused = site("pause", "ticking", check=False)
-    assert refused.returncode != 0 and b"is not running" in refused.stderr
-    site("start", "ticking")
-    site("pause", "ticking")
-    site("kill", "ticking")
-    _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "ticking") == "exited\n")
-    site("rm", "ticking")
+    try:
+        site("run", "-d", "--network", "none", "--name", "ticking", *limits, IMAGE, "sh", "-c",
+             "trap 'exit 0' TERM; (while :; do sleep 0.05; done) & "
+             "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.05; done")
+        cid = site.out("inspect", "-f", "{{.Id}}", "ticking").strip()
+        _until(lambda: _count(site, "ticking") > 2)
+        assert site.out("pause", "ticking") == "ticking\n"
+        frozen_at = site.out("cp", "ticking:/count", "-")
+        time.sleep(0.5)
+        assert site.out("cp", "ticking:/count", "-") == frozen_at  # nothing ran meanwhile
+        assert site.out("ps", "--filter", "status=paused", "--format",
+                        "{{.Names}} {{.State}} {{.Status}}").startswith("ticking paused Up ")
+        assert site.out("ps", "--format", "{{.Status}}").rstrip().endswith("(Paused)")
+        assert site.out("inspect", "-f", "{{.State.Status}} {{.State.Paused}} {{.State.Running}}",
+                        "ticking") == "paused true true\n"
+        for command, words in ((["exec", "ticking", "true"], b"is paused"),
+                               (["pause", "ticking"], b"already paused")):
+            refused = site(*command, check=False)
+            assert refused.returncode != 0 and words in refused.stderr, refused.stderr
+        assert site.out("unpause", "ticking") == "ticking\n"
+        before = _count(site, "ticking")
+        _until(lambda: _count(site, "ticking") > before + 2)  # on again
+        refused = site("unpause", "ticking", check=False)
+        assert refused.returncode != 0 and b"is not paused" in refused.stderr
+        # stop of a paused container: its signal is delivered at once, not at an unpause
+        site("pause", "ticking")
+        began = time.monotonic()
+        site("stop", "-t", "20", "ticking")
+        assert time.monotonic() - began < 5
+        assert site.out("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                        "ticking") == "exited 0\n"
+        # the group a pause made went with the container
+        found = Hierarchies.discover()
+        roots = [*found.v1.values(), *([found.unified] if found.unified else [])]
+        assert not any((root / "lamina" / cid).exists() for root in roots)
+        # a stopped one cannot be paused; kill -s KILL ends a paused one
+        refused = site("pause", "ticking", check=False)
+        assert refused.returncode != 0 and b"is not running" in refused.stderr
+        site("start", "ticking")
+        site("pause", "ticking")
+        site("kill", "ticking")
+        _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "ticking") == "exited\n")
+        site("rm", "ticking")
+    finally:
+        site("rm", "-f", "ticking", check=False)
 
 
 def test_dns_shm_ulimit_cpu_shares_and_cidfile(site: Site, tmp_path: Path) -> None:
