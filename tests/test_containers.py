@@ -259,8 +259,12 @@ def test_names_are_unique_and_errors_are_clear(site: Site) -> None:
         assert b"already in use" in again.stderr
         missing = site("start", "nosuch", check=False)
         assert missing.returncode == 1 and b"no such container: nosuch" in missing.stderr
+        bad = site("run", "-p", "80:x", IMAGE, check=False)  # refused before any network
+        assert bad.returncode != 0 and b"invalid port '80:x'" in bad.stderr
+        # no network to publish on: refused before anything is made
         bad = site("run", "--network", "none", "-p", "80", IMAGE, check=False)
-        assert bad.returncode != 0 and b"invalid port '80'" in bad.stderr
+        assert bad.returncode == 125 and b"--network none" in bad.stderr
+        assert site.out("ps", "-a", "--format", "{{.Names}}") == "one\n"
         # the container's writable layer is not removed from under it
         layer = json.loads(site.out("inspect", "one"))[0]["Id"]
         refused = site("layer", "rm", layer, check=False)

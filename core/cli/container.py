@@ -232,6 +232,9 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")
+    if args.network == "none" and args.publish:  # refused here, not at its start
+        raise ContainerError("-p cannot be used with --network none",
+                             hint="publish ports on the bridge network, the default")
     log_driver, log_options = _log_config(args, engine)
     return ContainerSpec(
         image=image_id, image_name=args.image,
