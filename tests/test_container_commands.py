@@ -663,10 +663,22 @@ def _health(site: Site, name: str) -> str:
 
 
 def _watchers(site: Site) -> int:
-    """The health watchers of this site's containers (each has its container's id)."""
+    """The health watchers of this site's containers (each has its container's id in its
+    argv; a check it is starting is its clone until it execs: not counted)."""
     ids = [i.encode() for i in site.out("ps", "-a", "-q", "--no-trunc").split()]
-    return sum(1 for pid in os.listdir("/proc") if pid.isdigit()
-               and b"healthwatch" in (line := _cmdline(pid)) and any(i in line for i in ids))
+
+    def watcher(pid: str) -> bool:
+        line = _cmdline(pid)
+        return b"healthwatch" in line and any(i in line for i in ids)
+
+    def parent(pid: str) -> str:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1]
+        except (OSError, IndexError):
+            return "0"
+
+    return sum(1 for pid in os.listdir("/proc")
+               if pid.isdigit() and watcher(pid) and not watcher(parent(pid)))
 
 
 def _cmdline(pid: str) -> bytes:
