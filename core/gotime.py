@@ -57,6 +57,20 @@ def parse_duration(text: str) -> int:
     return sign * int(total)
 
 
+#: the shortest health check duration Docker accepts (0 stands for its default)
+MIN_CHECK_NS = 1_000_000
+
+
+def parse_check_duration(text: str) -> int:
+    """A health check's interval, timeout or period (``--health-interval``, ``HEALTHCHECK
+    --interval=``): a Go duration of at least 1ms, or 0 for Docker's default. Raises
+    ValueError for anything else."""
+    value = parse_duration(text)
+    if value != 0 and value < MIN_CHECK_NS:
+        raise ValueError(f"{text!r} is shorter than 1ms")
+    return value
+
+
 def parse_timestamp(text: str, *, now_ns: int | None = None) -> int:
     """A point in time as Docker's ``--since`` and ``--until`` read it, in nanoseconds.
 

@@ -109,7 +109,10 @@ def test_port_lists_published_ports_of_a_running_container(
         site("stop", "web")
         assert site.out("port", "web") == ""  # as Docker's: only while it runs
         # no host port: a free one of Docker's range, for -p 70 and for -P's exposed ports
-        site("import", "-c", "EXPOSE 53/udp 8000", str(busybox_tar), "exposing:1")
+        # an exposed port lamina cannot publish (sctp) stops neither a run nor -P
+        site("import", "-c", "EXPOSE 53/udp 8000 132/sctp", str(busybox_tar), "exposing:1")
+        assert site.out("run", "--rm", "--network", "none", "exposing:1", "echo", "ran") == \
+            "ran\n"
         site("run", "-d", "--name", "anyport", "-p", "70", "-P", "--expose", "9000",
              "-p", "8081:8000", "exposing:1", "sleep", "60")
         shown = dict(line.split(" -> ") for line in site.out("port", "anyport").splitlines())

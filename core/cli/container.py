@@ -272,12 +272,15 @@ def _ports_published(args: argparse.Namespace, config: dict[str, Any]) -> tuple[
     """``-p`` mappings, and with ``-P`` every exposed port not mapped so (the image's
     ``ExposedPorts`` and ``--expose``) on a free host port; ``-P`` means nothing off the
     bridge network, as under Docker."""
+    from ..errors import NetworkError
     from ..network.ports import PortMapping, parse_exposed, parse_port
 
     ports = [parse_port(text) for text in args.publish]
-    exposed = [parse_exposed(text) for text in [*(config.get("ExposedPorts") or {}),
-                                                 *args.expose]]
+    exposed = [parse_exposed(text) for text in args.expose]  # checked, -P or not
     if args.publish_all and args.network == "bridge":
+        for key in config.get("ExposedPorts") or {}:
+            with contextlib.suppress(NetworkError):  # 132/sctp: nothing lamina publishes
+                exposed.append(parse_exposed(key))
         mapped = {(p.container_port, p.protocol) for p in ports}
         for number, protocol in dict.fromkeys(exposed):
             if (number, protocol) not in mapped:

@@ -54,11 +54,6 @@ def path(directory: Path) -> Path:
     return directory / FILE
 
 
-def encode(record: Record) -> bytes:
-    return _records([record.data.decode("utf-8", "surrogateescape")], record.stream,
-                    record.nanos)
-
-
 def _records(lines: list[str], stream: str, nanos: int) -> bytes:
     """The file's lines for ``lines`` (each with its own "\\n", if it has one).
 

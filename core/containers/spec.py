@@ -342,7 +342,7 @@ def merge_healthcheck(image: Mapping[str, Any] | None, *, cmd: str | None = None
     """The image's ``Healthcheck`` with Docker's ``--health-*`` flags over it:
     ``--health-cmd`` a shell command, ``durations`` by key (``Interval``, ``Timeout``,
     ``StartPeriod``, ``StartInterval``) as Go durations, ``--no-healthcheck``."""
-    from ..gotime import parse_duration
+    from ..gotime import parse_check_duration
 
     if disabled:
         if cmd is not None:
@@ -356,13 +356,11 @@ def merge_healthcheck(image: Mapping[str, Any] | None, *, cmd: str | None = None
         if text is None:
             continue
         try:
-            value = parse_duration(text)
+            check[key] = parse_check_duration(text)
         except ValueError:
-            value = -1
-        if value != 0 and value < 1_000_000:
             raise ContainerError(f"invalid health check {key.lower()} {text!r}",
-                                 hint="give a duration of at least 1ms, e.g. 30s or 1m30s")
-        check[key] = value
+                                 hint="give a duration of at least 1ms, e.g. 30s or 1m30s"
+                                 ) from None
     if retries is not None:
         if retries < 0:
             raise ContainerError(f"invalid --health-retries {retries}",

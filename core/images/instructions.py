@@ -138,7 +138,7 @@ _HEALTH_FLAGS = {"interval": "Interval", "timeout": "Timeout", "start-period": "
 
 
 def _healthcheck(config: dict[str, Any], rest: str, change: str) -> None:
-    from ..gotime import parse_duration
+    from ..gotime import parse_check_duration
 
     check: dict[str, Any] = {}
     while rest.startswith("--"):
@@ -154,12 +154,10 @@ def _healthcheck(config: dict[str, Any], rest: str, change: str) -> None:
             check["Retries"] = int(value)
             continue
         try:
-            nanos = parse_duration(value)
+            nanos = parse_check_duration(value)
         except ValueError:
-            nanos = -1
-        if nanos != 0 and nanos < 1_000_000:
             raise InvalidChange(f"--change {change!r}: --{name} {value!r} is not a duration "
-                                "of at least 1ms")
+                                "of at least 1ms", hint="e.g. --interval=30s") from None
         if nanos:
             check[_HEALTH_FLAGS[name]] = nanos
     kind, _, command = rest.partition(" ")

@@ -563,15 +563,21 @@ def _unlink(path: Path) -> None:
 def restarting(containers: ContainerStore, container: Container) -> bool:
     """Whether the container's restart policy is waiting to start it again (Docker's
     "restarting" state): its monitor lives, in its back-off, and no ``stop`` came."""
-    from ..host.locks import is_alive
-
     if container.running or container.spec.restart == "no":
         return False
+    return _restart_pending(containers, container.id) \
+        and not stopped_by_user(containers, container.id)
+
+
+def _restart_pending(containers: ContainerStore, container_id: str) -> bool:
+    """Whether a live monitor holds the container's restarting marker."""
+    from ..host.locks import is_alive
+
     try:
-        owner = (containers.directory(container.id) / _RESTARTING).read_text()
+        owner = (containers.directory(container_id) / _RESTARTING).read_text()
     except OSError:
         return False
-    return is_alive(owner) and not stopped_by_user(containers, container.id)
+    return is_alive(owner)
 
 
 def shown(containers: ContainerStore, container: Container) -> Container:
@@ -591,17 +597,8 @@ def shown(containers: ContainerStore, container: Container) -> Container:
 def wait_restart_over(containers: ContainerStore, container: Container) -> Container:
     """After ``stop`` marked it: wait (briefly) for a back-off under way to end, so that
     the monitor cannot start the container again behind the caller's back."""
-    from ..host.locks import is_alive
-
-    marker = containers.directory(container.id) / _RESTARTING
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            owner = marker.read_text()
-        except OSError:
-            break
-        if not is_alive(owner):
-            break
+    while time.monotonic() < deadline and _restart_pending(containers, container.id):
         time.sleep(0.02)
     return containers.get(container.id)
 

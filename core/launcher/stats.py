@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +35,6 @@ _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 class Sample(NamedTuple):
     """One reading of a container."""
 
-    when: float  #: time.monotonic() of the reading
     cpu_ns: int  #: CPU time of its processes, user + system
     host_cpu_ns: int  #: the host's CPU time, all CPUs (for the share)
     memory: int
@@ -99,7 +97,7 @@ def sample(container: Container) -> Sample | None:
         pss += _keyed(f"/proc/{pid}/smaps_rollup", ":").get("Pss", 0) * 1024
     memory, limit = _cgroup_memory(container)
     rx, tx = _network(container.pid)
-    return Sample(time.monotonic(), cpu, _host_cpu_ns(), pss if memory is None else memory,
+    return Sample(cpu, _host_cpu_ns(), pss if memory is None else memory,
                   limit or _host_memory(), rx, tx, read, written, len(pids))
 
 
