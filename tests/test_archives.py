@@ -18,6 +18,7 @@ import subprocess
 import tarfile
 import time
 from datetime import datetime
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
@@ -204,22 +205,33 @@ def test_save_to_stdout_and_by_id(loaded: str, store_root: Path, tmp_path: Path)
     assert out == f"Loaded image ID: {ident}\n"
 
 
-def test_save_after_the_blobs_were_pruned_exports_the_layers(busybox_tar: Path,
-                                                             store_root: Path,
-                                                             tmp_path: Path) -> None:
-    """The original blob is gone: the layer is exported again; if its bytes differ from the
-    DiffID, the archive holds the image under a new config, with a warning."""
+@pytest.mark.parametrize("blob", ["pruned", "damaged"])
+def test_save_without_the_kept_blob_exports_the_layers(blob: str, busybox_tar: Path,
+                                                       store_root: Path,
+                                                       tmp_path: Path) -> None:
+    """The original blob is gone, or its bytes changed on disk: the layer is exported again;
+    if its bytes differ from the DiffID, the archive holds the image under a new config,
+    with a warning."""
     ident = run_lamina("import", str(busybox_tar), "bb:1", root=store_root).stdout.decode()
-    lamina(store_root, "prune", "--blobs")
+    if blob == "pruned":
+        lamina(store_root, "prune", "--blobs")
+    else:
+        kept = store_root / "blobs" / "sha256" / sha256(busybox_tar.read_bytes()).hexdigest()
+        with open(kept, "r+b") as f:  # as a power loss can leave a file: same size
+            f.seek(kept.stat().st_size // 2)
+            f.write(b"\xff" * 64)
     archive = tmp_path / "saved.tar"
     proc = lamina(store_root, "save", "-o", str(archive), "bb:1")
+    if blob == "damaged":
+        assert "was damaged on disk" in proc.stderr
+        assert not kept.exists()
     fresh = tmp_path / "fresh"
     load(fresh, "-i", str(archive))
     new_id = image_id(fresh, "bb:1")
     exported = tmp_path / "layer.tar"
     lamina(store_root, "layer", "diff", top_layer(store_root, "bb:1"), "-o", str(exported))
     if exported.read_bytes() == busybox_tar.read_bytes():
-        assert new_id == ident.strip() and proc.stderr == ""
+        assert new_id == ident.strip() and "exported again" not in proc.stderr
     else:
         assert new_id != ident.strip()
         assert "lamina: warning: bb:1: layer 0 had to be exported again" in proc.stderr

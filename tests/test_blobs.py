@@ -65,3 +65,21 @@ def test_malformed_digests_are_refused(tmp_path: Path, bad: str) -> None:
         check_digest(bad)
     with pytest.raises(ContentError):
         BlobStore(tmp_path).path(bad)
+
+
+def test_intact_hashes_the_file_and_removes_a_damaged_one(tmp_path: Path) -> None:
+    """A kept blob whose bytes changed on disk (a power loss before they were written) is
+    found by its hash, whatever its size, and removed so nothing sends it on."""
+    blobs = BlobStore(tmp_path)
+    data = os.urandom(3 << 20)
+    good = blobs.ingest(io.BytesIO(data))
+    assert blobs.intact(good.digest) and blobs.intact(good.digest, good.size)
+    assert not blobs.intact(good.digest, good.size + 1)  # another size: damaged, removed
+    assert not blobs.has(good.digest)
+    flipped = blobs.ingest(io.BytesIO(data))
+    with open(blobs.path(flipped.digest), "r+b") as f:  # same size, one byte changed
+        f.seek(len(data) // 2)
+        f.write(bytes([data[len(data) // 2] ^ 1]))
+    assert not blobs.intact(flipped.digest, flipped.size)
+    assert not blobs.has(flipped.digest)
+    assert not blobs.intact(flipped.digest)  # absent

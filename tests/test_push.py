@@ -263,6 +263,31 @@ def test_layers_without_kept_blobs_are_recompressed(how: str, layout: Path, regi
     assert f"{registry.host}/recompress/{how}-again@{digest}" in info["RepoDigests"]
 
 
+def test_a_damaged_kept_blob_is_not_sent(layout: Path, registry, store_root: Path,
+                                         tmp_path: Path) -> None:
+    """A kept blob whose bytes changed on disk (a power loss before they were written) is
+    found before it is sent: removed with a warning, the layer exported and pushed."""
+    src = f"{registry.host}/damaged/src:1"
+    skopeo_copy(f"oci:{layout}:oci", f"docker://{src}")
+    lamina(store_root, "pull", src)
+    manifest = json.loads(raw_manifest(registry.host, "damaged/src", "1")[0])
+    first = manifest["layers"][0]["digest"]
+    kept = store_root / "blobs" / "sha256" / first.removeprefix("sha256:")
+    size = kept.stat().st_size
+    with open(kept, "r+b") as f:  # same size, other bytes
+        f.seek(size // 2)
+        f.write(b"\0" * 32)
+    dst = f"{registry.host}/damaged/dst:1"
+    pushed = lamina(store_root, "push", src, dst)
+    assert f"the kept blob {first} of layer 0 was damaged on disk" in pushed.stderr
+    assert not kept.exists()
+    sent = json.loads(raw_manifest(registry.host, "damaged/dst", "1")[0])
+    assert sent["layers"][0]["digest"] != first
+    assert [d["digest"] for d in sent["layers"][1:]] == [
+        d["digest"] for d in manifest["layers"][1:]]  # the intact ones as they were
+    lamina(tmp_path / "fresh", "pull", dst)  # every blob and DiffID checks out
+
+
 def test_image_made_here_pushes(busybox_tar: Path, registry, store_root: Path,
                                 tmp_path: Path) -> None:
     """An image with no manifest (a rootfs tarball imported) gets an OCI manifest built."""

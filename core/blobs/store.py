@@ -139,6 +139,33 @@ class BlobStore:
             os.replace(path, target)
             _fsync_dir(self.dir)
 
+    def intact(self, digest: str, size: int | None = None) -> bool:
+        """Whether the stored blob still has ``size`` bytes that hash to its name.
+
+        A damaged blob is removed and False returned (as for one not here). A pull's
+        blob is moved in without an fsync of its bytes (that would cost every pull tens
+        of ms), so after a power loss a file can stand under a digest its bytes lack:
+        whatever sends a kept blob on as it is (push, save) asks here first and, on
+        False, makes the layer's tar again from the layer store.
+        """
+        import hashlib
+
+        path = self.path(digest)
+        hasher = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                if size is not None and os.fstat(f.fileno()).st_size != size:
+                    good = False
+                else:
+                    while chunk := f.read(CHUNK):
+                        hasher.update(chunk)
+                    good = "sha256:" + hasher.hexdigest() == digest
+        except FileNotFoundError:
+            return False
+        if not good:
+            self.remove(digest)
+        return good
+
     def size(self, digest: str) -> int | None:
         """The stored blob's size, or None if it is not here."""
         try:

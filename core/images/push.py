@@ -291,8 +291,12 @@ class _Push:
             found = Descriptor(layer.media_type, layer.blob, layer.blob_size)
         else:
             found = None
-        if found is not None and self.images.blobs.size(found.digest) == found.size:
+        if found is None or self.images.blobs.size(found.digest) is None:
+            return None
+        if self.images.blobs.intact(found.digest, found.size):
             return found
+        self.warn(f"the kept blob {found.digest} of layer {n} was damaged on disk (its "
+                  "bytes no longer match its digest): removed, the layer is exported again")
         return None
 
     def _export(self, layer: ImageLayer, docker: bool) -> tuple[IO[bytes], str, Descriptor]:

@@ -99,6 +99,11 @@ def prepare(images: ImageStore, image_id: str, names: Sequence[str], tmp: Path,
     changed = []
     for n, layer in enumerate(layers):
         size = images.blobs.size(layer.blob) if layer.blob else None
+        if layer.blob and size is not None and not images.blobs.intact(layer.blob, size):
+            warn(f"{_shown(names, image_id)}: the kept blob {layer.blob} of layer {n} was "
+                 "damaged on disk (its bytes no longer match its digest): removed, the "
+                 "layer is exported again")
+            size = None
         if layer.blob and size is not None:
             blobs.append(Blob(layer.blob, size, path=images.blobs.path(layer.blob)))
             media_types.append(layer.media_type or OCI_LAYER)
