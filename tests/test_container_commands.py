@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import re
+import struct
 import subprocess
 import sys
 import tarfile
@@ -18,6 +20,7 @@ import pytest
 from conftest import needs_root
 from conftest import until as _until
 from containersite import IMAGE, Site, busybox_site
+from test_containers import _Reader
 
 pytestmark = needs_root
 
@@ -763,6 +766,92 @@ def test_attach_prints_what_comes_and_exits_with_the_container(site: Site) -> No
             _until(lambda: site.out("inspect", "-f", "{{.State.Running}}",
                                     "trapper") == "false\n")
     site("rm", "-f", "speaker", "trapper")
+
+
+def _attach_on_a_pty(site: Site, *args: str) -> tuple[int, int]:
+    pid, fd = pty.fork()
+    if pid == 0:
+        cmd = site.cmd("attach", *args)
+        os.execv(cmd[0], cmd)
+    import fcntl
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    return pid, fd
+
+
+def _exit_code(pid: int, fd: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_detached_tty_attach_types_into_it_and_detaches(site: Site) -> None:
+    """``run -dit`` then ``attach``: the shell gets what is typed, at our window's size;
+    a second client sees the same output; Ctrl-P Ctrl-Q leaves it running; its exit
+    ends the attach with its status."""
+    site("run", "-dit", "--network", "none", "--name", "box", IMAGE, "sh")
+    pid, fd = _attach_on_a_pty(site, "box")
+    seen = _Reader(fd)
+    watcher = subprocess.Popen(site.cmd("attach", "--no-stdin", "box"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    os.write(fd, b"echo $((6*7)); stty size\r")
+    assert seen.until(b"42\r\n40 100"), seen.data
+    os.write(fd, b"\x10\x11")  # Ctrl-P Ctrl-Q
+    assert _exit_code(pid, fd) == 0
+    assert site.out("inspect", "-f", "{{.State.Running}}", "box") == "true\n"
+    # another detach sequence; a key of it typed alone reaches the shell
+    pid, fd = _attach_on_a_pty(site, "--detach-keys", "q,q", "box")
+    seen = _Reader(fd)
+    time.sleep(0.5)
+    os.write(fd, b"echo q$((1+1))\r")  # q not followed by q: it goes on
+    assert seen.until(b"q2\r\n"), seen.data
+    os.write(fd, b"qq")
+    assert _exit_code(pid, fd) == 0
+    pid, fd = _attach_on_a_pty(site, "box")
+    time.sleep(0.5)
+    os.write(fd, b"exit 4\r")
+    assert _exit_code(pid, fd) == 4
+    out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 4 and b"42\r\n40 100" in out, (out, err)
+    assert site.out("inspect", "-f", "{{.State.ExitCode}}", "box") == "4\n"
+    # without a terminal, stdin cannot be attached to a tty (Docker's refusal)
+    site("start", "box")
+    refused = site("attach", "box", check=False)
+    assert refused.returncode != 0 and b"the input device is not a TTY" in refused.stderr
+    bad = site("attach", "--detach-keys", "ctrl-1", "box", check=False)
+    assert bad.returncode != 0 and b"invalid detach key 'ctrl-1'" in bad.stderr
+    site("rm", "-f", "box")
+
+
+def test_detached_stdin_stays_open_for_attach(site: Site) -> None:
+    """``run -di``: stdin is kept open (``cat`` does not end at once); an attach without a
+    terminal feeds it lines; the end of our input leaves the container's open."""
+    site("run", "-di", "--network", "none", "--name", "reader", IMAGE, "sh", "-c",
+         "read a; echo \"got $a\"; read b; echo \"and $b\" >&2; read c; exit 6")
+    time.sleep(0.5)
+    assert site.out("inspect", "-f", "{{.State.Running}}", "reader") == "true\n"
+    feeder = subprocess.Popen(site.cmd("attach", "reader"), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert feeder.stdin is not None
+    time.sleep(0.5)
+    feeder.stdin.write(b"hello\n")
+    feeder.stdin.flush()
+    time.sleep(0.3)
+    feeder.stdin.write(b"world\n")
+    feeder.stdin.close()  # our end: the container still waits for its third line
+    feeder.stdin = None  # (communicate, below, would flush it)
+    time.sleep(0.5)
+    assert feeder.poll() is None
+    assert site.out("inspect", "-f", "{{.State.Running}}", "reader") == "true\n"
+    last = subprocess.run(site.cmd("attach", "reader"), input=b"bye\n",
+                          capture_output=True, timeout=20, check=False)
+    out, err = feeder.communicate(timeout=20)
+    assert (feeder.returncode, out, err) == (6, b"got hello\n", b"and world\n")
+    assert last.returncode == 6
+    assert site.out("logs", "reader") == "got hello\n"
+    site("rm", "reader")
 
 
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:

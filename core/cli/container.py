@@ -1364,22 +1364,26 @@ def _print_records(records: Iterable[logs.Record], *, timestamps: bool = False,
 
 
 def attach_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-stdin", action="store_true",
-                   help="do not attach stdin (lamina cannot attach it: see below)")
+    p.add_argument("--no-stdin", action="store_true", help="do not attach stdin")
     p.add_argument("--sig-proxy", choices=["true", "false"], default="true",
                    help="pass Ctrl-C and the other signals on to the container (default "
                    "true; never with a tty)")
+    p.add_argument("--detach-keys", metavar="KEYS",
+                   help="the keys that detach, leaving the container running (default "
+                   "ctrl-p,ctrl-q; \"\" for none)")
     p.add_argument("container", metavar="CONTAINER")
 
 
 def cmd_attach(args: argparse.Namespace, engine: Engine) -> int:
-    """Docker's ``attach`` for output: what a running container writes from now on, until
-    it exits, with its exit status. Its stdin cannot be attached: a detached container's
-    monitor holds no stdin to hand over (``run -it`` in the foreground keeps one)."""
+    """Docker's ``attach``: what a running container writes from now on, until it exits,
+    with its exit status; and, for one run detached with ``-i`` or ``-t``, its stdin
+    (core/launcher/console.py) until the detach keys."""
     from ..containers import logs
     from ..containers.store import ContainerStore
-    from ..launcher import monitor
+    from ..launcher import console, monitor
 
+    keys = console.parse_detach_keys(console.DEFAULT_DETACH_KEYS if args.detach_keys is None
+                                     else args.detach_keys)
     with engine.open_store() as store:
         _reconcile(store)
         containers = ContainerStore(store)
@@ -1388,19 +1392,28 @@ def cmd_attach(args: argparse.Namespace, engine: Engine) -> int:
             raise ContainerError(f"cannot attach to container {container.name}: it is not "
                                  "running", hint=f"start it attached: lamina start -a "
                                  f"{container.name}")
-        if container.spec.log_driver != "json-file":
+        spec = container.spec
+        use_stdin = spec.interactive and not args.no_stdin
+        if use_stdin and spec.tty and not os.isatty(0):
+            raise ContainerError("the input device is not a TTY",
+                                 hint="attach from a terminal, or give --no-stdin")
+        proxy = args.sig_proxy == "true" and not spec.tty
+        sock = console.connect(containers.directory(container.id), container.name)
+        if sock is None and spec.log_driver != "json-file":
             raise ContainerError(f"container {container.name} has the log driver "
-                                 f"{container.spec.log_driver}: there is no output to attach to",
+                                 f"{spec.log_driver}: there is no output to attach to",
                                  hint="run it with --log-driver json-file (the default)")
-        if container.spec.interactive and not args.no_stdin:
-            print("lamina: stdin is not attached: lamina keeps no stdin of a detached "
-                  "container (give --no-stdin to say you know)", file=sys.stderr)
-        proxy = args.sig_proxy == "true" and not container.spec.tty
-        window = logs.Window(tail=0)  # from now on
         with monitor.forwarding(container.pid) if proxy else contextlib.nullcontext():
-            _print_records(logs.read(containers.directory(container.id), window,
-                                     running=lambda: containers.get(container.id).running),
-                           follow=True)
+            if sock is not None:
+                with sock:
+                    if console.relay(sock, stdin=0 if use_stdin else None, tty=spec.tty,
+                                     detach_keys=keys):
+                        return 0  # detached: it runs on
+            else:  # started without -i and -t: its log, from now on
+                _print_records(logs.read(containers.directory(container.id),
+                                         logs.Window(tail=0),
+                                         running=lambda: containers.get(container.id).running),
+                               follow=True)
         done = monitor.wait_exited(store, container.id, None)
     assert done is not None
     return done.exit_code or 0

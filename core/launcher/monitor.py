@@ -37,6 +37,7 @@ from . import capabilities, process, terminal
 if TYPE_CHECKING:  # imported when a container has limits (~3 ms of every start else)
     from ..containers.spec import ContainerSpec, Volume
     from . import cgroups
+    from .console import Console
 
 #: in the container's directory: a command made its cgroup after it started (``pause``,
 #: ``update``), so its teardown removes it (pause.MARKER is the same name: named here, as
@@ -161,10 +162,16 @@ def run(store: Store, container: Container, stdio: Stdio,
     tty_parent = tty_child = None
     ended: tuple[int, bool] | None = None  # (exit code, OOM-killed) once waited for
     watcher = None  # the health check's process (core/launcher/health.py)
+    console = None  # a detached -i or -t container's, for attach (core/launcher/console.py)
+    stdin_w = -1  # a detached -i container's stdin, held for attach's input
     stopped: list[int] | None = [] if stop_on_signal else None
     try:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         stdin = 0 if stdio.interactive and stdio.mode != "log" else devnull
+        if stdio.mode == "log" and spec.interactive and not spec.tty:
+            # Docker keeps a detached -i container's stdin open for attach: a pipe
+            stdin, stdin_w = os.pipe2(os.O_CLOEXEC)
+            child_ends.append(stdin)
         # every run is logged, in the foreground too (``logs`` of it works, as Docker's);
         # without a pty the container writes to pipes, as under Docker: not to the
         # terminal of the command that started it
@@ -175,7 +182,7 @@ def run(store: Store, container: Container, stdio: Stdio,
                 read_end, write_end = os.pipe2(os.O_CLOEXEC)
                 pipes[read_end] = stream
                 child_ends.append(write_end)
-            io = (stdin, child_ends[0], child_ends[1])
+            io = (stdin, child_ends[-2], child_ends[-1])
         if spec.tty:
             import socket  # ~3 ms with selectors: for a pty only
 
@@ -219,6 +226,11 @@ def run(store: Store, container: Container, stdio: Stdio,
                 raise
             if tty_parent is not None:
                 master = terminal.receive_master(tty_parent)
+            if stdio.mode == "log" and (spec.interactive or spec.tty):
+                from .console import Console
+
+                console = Console(containers.directory(container.id),
+                                  master if spec.tty else stdin_w, tty=spec.tty)
             if started is not None:
                 started()
             if spec.healthcheck:
@@ -226,7 +238,7 @@ def run(store: Store, container: Container, stdio: Stdio,
 
                 watcher = health.start(container._replace(pid=child.pid, state="running"),
                                        containers.directory(container.id))
-            code = supervise(child.pid, stdio, master, log, pipes)
+            code = supervise(child.pid, stdio, master, log, pipes, console)
         child = None
         ended = (code, group is not None and group.oom_killed())
         return code
@@ -237,7 +249,9 @@ def run(store: Store, container: Container, stdio: Stdio,
                 os.waitpid(child.pid, 0)
         raise
     finally:
-        for fd in (master, devnull, *pipes, *child_ends):
+        if console is not None:  # first: its thread may be writing to the master
+            console.close()
+        for fd in (master, devnull, stdin_w, *pipes, *child_ends):
             if fd >= 0:
                 os.close(fd)
         if log is not None:
@@ -377,15 +391,16 @@ def forwarding(pid: int, stopped: list[int] | None = None) -> Iterator[None]:
 
 
 def supervise(pid: int, stdio: Stdio, master: int, log: logs.LogWriter | None = None,
-              pipes: dict[int, str] | None = None) -> int:
+              pipes: dict[int, str] | None = None, console: Console | None = None) -> int:
     """Relay ``pid``'s output until it exits; its exit code.
 
     Its pty (``master``, one stream: stdout), if it has one, or its ``pipes`` (read
     end -> stream) go to ``log`` and, unless detached (``stdio.mode == "log"``), to
     this process's stdout and stderr. Without either, ``pid`` writes where it was
-    given to (``exec``) and is only waited for.
+    given to (``exec``) and is only waited for. A detached container's ``console``
+    gets the output too, for whoever is attached.
     """
-    sink = _sink(log, echo=stdio.mode != "log")
+    sink = _sink(log, echo=stdio.mode != "log", console=console)
     if master >= 0:
         status: list[int] = []
 
@@ -408,7 +423,8 @@ def supervise(pid: int, stdio: Stdio, master: int, log: logs.LogWriter | None = 
     return _wait(pid)
 
 
-def _sink(log: logs.LogWriter | None, *, echo: bool) -> Callable[[str, bytes], None]:
+def _sink(log: logs.LogWriter | None, *, echo: bool,
+          console: Console | None = None) -> Callable[[str, bytes], None]:
     """Where a container's output goes: its log and (``echo``) our stdout and stderr.
 
     Once our end of a stream is gone (``run ... | head -1``), that stream is only
@@ -424,6 +440,8 @@ def _sink(log: logs.LogWriter | None, *, echo: bool) -> Callable[[str, bytes], N
                 gone.add(stream)
         if log is not None:
             log.feed(stream, data)
+        if console is not None:
+            console.send(stream, data)
 
     return sink
 

@@ -75,6 +75,21 @@ def copy_window_size(master: int, source: int = 0) -> None:
         fcntl.ioctl(master, termios.TIOCSWINSZ, size)
 
 
+def window_size(fd: int = 0) -> tuple[int, int] | None:
+    """(rows, columns) of the terminal ``fd``, or None if it is not one."""
+    try:
+        rows, columns, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ,
+                                                                b"\0" * 8))
+    except OSError:
+        return None
+    return rows, columns
+
+
+def set_window_size(master: int, rows: int, columns: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
 @contextlib.contextmanager
 def raw_terminal(fd: int = 0) -> Iterator[None]:
     """Raw mode on ``fd`` if it is a terminal, restored afterwards whatever happens."""
