@@ -95,6 +95,7 @@ COMMANDS: dict[str, list[str]] = {
     # stays only without -a, so without it here (before system repair, which mends a
     # damaged store for the commands after it)
     "system prune": ["system", "prune", "--volumes", "-f"],
+    "system boot": ["system", "boot"],  # no container to start: nothing printed
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
@@ -261,7 +262,7 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
     return Env("full-disk", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
                    "inspect", "history", "prune", "ps", "container prune", "image prune",
-                   "volume ls", "volume prune", "system prune", "stats"},
+                   "volume ls", "volume prune", "system prune", "stats", "system boot"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 

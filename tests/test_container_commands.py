@@ -854,6 +854,56 @@ def test_detached_stdin_stays_open_for_attach(site: Site) -> None:
     site("rm", "reader")
 
 
+def _ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def test_system_boot_starts_what_the_policies_say_after_a_reboot(site: Site) -> None:
+    """A reboot (here: every monitor SIGKILLed, which takes its container with it), then
+    ``system boot``, as examples/lamina-boot.service runs it: Docker's daemon start."""
+    unit = (Path(__file__).parent.parent / "examples" / "lamina-boot.service").read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start.split()[1:] == ["system", "boot"]
+    forever = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"]
+    cases = {  # name: (flags, what happens before the reboot, started at boot)
+        "b-always": (["--restart", "always"], "run", True),
+        "b-always-stopped": (["--restart", "always"], "stop", True),
+        "b-unless": (["--restart", "unless-stopped"], "run", True),
+        "b-unless-stopped": (["--restart", "unless-stopped"], "stop", False),
+        "b-failure": (["--restart", "on-failure"], "run", True),
+        "b-failure-ok": (["--restart", "on-failure"], "exit0", False),
+        "b-none": ([], "run", False),
+        "b-created": (["--restart", "always"], "create", False),
+    }
+    for name, (flags, before, _) in cases.items():
+        if before == "create":
+            site("create", "--network", "none", "--name", name, *flags, IMAGE, *forever)
+        elif before == "exit0":
+            site("run", "-d", "--network", "none", "--name", name, *flags, IMAGE, "true")
+        else:
+            site("run", "-d", "--network", "none", "--name", name, *flags, IMAGE, *forever)
+            if before == "stop":
+                site("stop", name)
+    _until(lambda: site.out("inspect", "-f", "{{.State.Status}}", "b-failure-ok")
+           == "exited\n")
+    monitors = [_ppid(_pid(site, name)) for name, (_, before, _) in cases.items()
+                if before == "run"]
+    for pid in monitors:
+        os.kill(pid, 9)
+    _until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in monitors))
+    started = site.out("system", "boot").split()
+    assert sorted(started) == sorted(n for n, (_, _, up) in cases.items() if up)
+    for name, (_, before, up) in cases.items():
+        state = site.out("inspect", "-f", "{{.State.Status}}", name).strip()
+        assert state == ("running" if up else "created" if before == "create"
+                         else "exited"), (name, state)
+    assert site.out("system", "boot") == ""  # once they run, nothing more to start
+    site("rm", "-f", *cases)
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

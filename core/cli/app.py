@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(ssub, "prune", "system:cmd_prune",
             "remove stopped containers, unused images (and --volumes), then what nothing "
             "uses", arguments="system:prune_arguments")
+    command(ssub, "boot", "system:cmd_boot",
+            "start the containers whose restart policy says so after a reboot (run it "
+            "once at boot, as Docker's daemon does)")
     command(ssub, "repair", "system:cmd_repair",
             "rebuild the metadata database from the layer records and what the drivers hold")
     command(ssub, "reset", "system:cmd_reset",

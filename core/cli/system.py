@@ -13,7 +13,7 @@ from typing import Any
 
 from ..engine import Engine
 from ..errors import LaminaError
-from .output import print_json, print_table
+from .output import print_json, print_table, report
 
 
 def cmd_info(args: argparse.Namespace, engine: Engine) -> int:
@@ -122,6 +122,29 @@ def _drivers_on_home(engine: Engine) -> Callable[[str], Any]:
         return None if driver_class is None else engine.make_driver(driver_class, readonly=True)
 
     return make
+
+
+def cmd_boot(args: argparse.Namespace, engine: Engine) -> int:
+    """Start every container whose restart policy says so after a reboot: what Docker's
+    daemon does when it starts. lamina has no daemon, so the machine's init runs this
+    once at boot (examples/lamina-boot.service); it prints what it started."""
+    from ..containers.store import ContainerStore
+    from ..launcher import monitor
+
+    with engine.open_store() as store:
+        monitor.reconcile(store)  # containers whose monitor the reboot took: exited
+        containers = ContainerStore(store)
+        due = [c for c in containers.containers() if monitor.restarts_at_boot(containers, c)]
+    status = 0
+    for container in due:
+        try:
+            monitor.start_detached(engine, container.id)
+        except LaminaError as exc:
+            report(exc)
+            status = exc.exit_status
+        else:
+            print(container.name)
+    return status
 
 
 def cmd_repair(args: argparse.Namespace, engine: Engine) -> int:

@@ -638,6 +638,27 @@ def should_restart(containers: ContainerStore, container: Container, code: int,
     return True  # always, unless-stopped
 
 
+def restarts_at_boot(containers: ContainerStore, container: Container) -> bool:
+    """Whether the restart policy starts the container when the machine comes up, as
+    Docker's daemon does when it starts: ``always`` even after ``stop`` (Docker's docs:
+    "restarted only when the daemon restarts"), ``unless-stopped`` unless stopped by
+    the user, ``on-failure`` after a failure within its count. A container never
+    started, or running, is left alone."""
+    from ..containers.spec import restart_policy
+
+    name, most = restart_policy(container.spec)
+    if container.state != "exited" or name == "no":
+        return False
+    if name == "always":
+        return True
+    if stopped_by_user(containers, container.id):
+        return False
+    if name == "on-failure":
+        return container.exit_code != 0 and (
+            not most or restart_count(containers, container.id) < most)
+    return True  # unless-stopped
+
+
 def set_stopped_by_user(containers: ContainerStore, container_id: str, stopped: bool) -> None:
     """Record that ``stop`` or ``kill`` ended the container (its policy must not restart
     it), or that it was started again."""
