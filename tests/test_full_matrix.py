@@ -5,8 +5,8 @@ installed as a third-party package) on ext4, xfs, btrfs and tmpfs made on
 loop devices, plus two filesystems without d_type: xfs with ftype=0 (which
 kernels without XFS V4 support cannot mount at all) and ext4 without the
 filetype feature. Every cell must pass or be not applicable with a reason,
-and every cell that runs is checked case by case from the JUnit report (the
-per-driver test files run the suite on the machine's own disk).
+and every cell that runs is checked case by case from the JUnit report, with
+each built-in driver's checks (tests/test_conformance_<driver>.py).
 The property test (case 44) runs inside each cell with 25 examples, and
 separately with 200 examples per driver on the machine's own filesystem
 (btrfs, which cannot work on it, on a loop btrfs).
