@@ -5,11 +5,13 @@ the OCI runtime spec's defaults (runc's rootfs setup is the reference):
 
 1. ``/`` made private recursively, so nothing mounted here propagates to the host;
 2. the root bound onto itself (``pivot_root`` needs a mount point);
-3. ``/proc``, a tmpfs ``/dev`` with the standard nodes, a new devpts instance,
-   ``/dev/shm``, ``/dev/mqueue``, a read-only ``/sys``;
+3. ``/proc``, a tmpfs ``/dev``, a new devpts instance, ``/dev/shm``, ``/dev/mqueue``, a
+   read-only ``/sys``;
 4. volumes and the generated ``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf``;
-5. the masked and read-only paths of ``/proc`` and ``/sys``;
-6. the root made read-only for ``--read-only``; ``pivot_root(".", ".")`` and the old
+5. nodev on every mount but devpts, then the host's standard nodes bound into ``/dev``:
+   a node the container makes (or an image brings) opens nothing;
+6. the masked and read-only paths of ``/proc`` and ``/sys``;
+7. the root made read-only for ``--read-only``; ``pivot_root(".", ".")`` and the old
    root detached.
 
 The image is hostile. Every mount target is opened by :func:`open_beneath`, which walks
@@ -32,6 +34,7 @@ from ..containers.spec import Volume
 from ..errors import DriverError, LaunchError
 from ..host.mounts import (
     MNT_DETACH,
+    MOUNT_ATTR_NODEV,
     MS_BIND,
     MS_NODEV,
     MS_NOSUID,
@@ -41,11 +44,15 @@ from ..host.mounts import (
     MS_REMOUNT,
     _libc,
     mount,
+    set_mount_attributes,
 )
 from .syscalls import pivot_root
 
 MS_NOEXEC = 8
 MS_STRICTATIME = 1 << 24
+#: statvfs's f_flag bits a remount must repeat (ST_* equal MS_*): rdonly, nosuid, nodev,
+#: noexec, noatime, nodiratime, relatime
+_KEPT_FLAGS = 1 | 2 | 4 | 8 | 1024 | 2048 | 4096
 MAX_SYMLINKS = 40
 
 #: Docker's (and the OCI spec's) masked paths: files get /dev/null, directories an empty
@@ -160,7 +167,9 @@ def _refuse_symlinked_system_dirs(root_fd: int) -> None:
 
 
 def _make_dev(root_fd: int, shm_size: int | None = None) -> None:
-    _mount_at(root_fd, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
+    """A tmpfs ``/dev`` (nodev: a node made in it opens nothing) with empty files where
+    the standard nodes go (:func:`_bind_devices` binds the host's nodes on them)."""
+    _mount_at(root_fd, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME,
               "mode=755,size=65536k")
     dev = open_beneath(root_fd, "/dev")
     try:
@@ -170,8 +179,9 @@ def _make_dev(root_fd: int, shm_size: int | None = None) -> None:
     try:
         old = os.umask(0)
         try:
-            for name, major, minor in DEVICES:
-                os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=dev_dir)
+            for name, _, _ in DEVICES:
+                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                                 0o666, dir_fd=dev_dir))
             for name in ("pts", "shm", "mqueue"):
                 os.mkdir(name, 0o755, dir_fd=dev_dir)
         finally:
@@ -188,6 +198,56 @@ def _make_dev(root_fd: int, shm_size: int | None = None) -> None:
     # no POSIX message queues in this kernel: the directory stays
     with contextlib.suppress(DriverError):
         _mount_at(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _no_devices(root_fd: int, volumes: Sequence[Volume]) -> None:
+    """Make a device node anywhere the container can reach open nothing: every mount
+    below the root (the image's layers, volumes and what is mounted below them, /dev)
+    gets nodev, but devpts (its ptys are nodes). Docker gets this from the devices
+    cgroup (joining a cgroup costs a start ~10 ms); without it a container, which keeps
+    CAP_MKNOD as Docker's do, could make a node of the host's disk and read it."""
+    root = os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        if set_mount_attributes(root, add=MOUNT_ATTR_NODEV, recursive=True):
+            pts = open_beneath(root_fd, "/dev/pts")
+            try:
+                set_mount_attributes(pts, remove=MOUNT_ATTR_NODEV)
+            finally:
+                os.close(pts)
+            return
+    finally:
+        os.close(root)
+    # before Linux 5.12: the root and each volume, remounted with their flags and nodev
+    # (not what is mounted below a volume)
+    for target in ("/", *(v.target for v in volumes if v.kind != "tmpfs")):
+        fd = open_beneath(root_fd, target)
+        try:
+            flags = os.statvfs(_fd_path(fd)).f_flag & _KEPT_FLAGS
+            mount("none", _fd_path(fd), None,  # type: ignore[arg-type]
+                  MS_BIND | MS_REMOUNT | MS_NODEV | flags)
+        finally:
+            os.close(fd)
+
+
+def _bind_devices(root_fd: int) -> None:
+    """The host's standard nodes bound on the files :func:`_make_dev` left (after
+    :func:`_no_devices`: these mounts keep the host's devtmpfs flags)."""
+    dev = open_beneath(root_fd, "/dev")
+    try:
+        for name, major, minor in DEVICES:
+            host = os.open(f"/dev/{name}", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                st = os.fstat(host)
+                if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(major, minor):
+                    raise LaunchError(f"the host's /dev/{name} is not the device {major}:"
+                                      f"{minor}", hint="the host's /dev is damaged: a "
+                                      "container's standard devices are bound from it")
+                mount(_fd_path(host), f"{_fd_path(dev)}/{name}", None,  # type: ignore[arg-type]
+                      MS_BIND)
+            finally:
+                os.close(host)
+    finally:
+        os.close(dev)
 
 
 def _mask(root_fd: int) -> None:
@@ -275,10 +335,12 @@ def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[
             _volume(root_fd, volume)
         for host_file, path in files:
             _mount_at(root_fd, path, host_file, None, MS_BIND, create="file")
+        _no_devices(root_fd, volumes)
+        _bind_devices(root_fd)
         _mask(root_fd)
-        if read_only:
+        if read_only:  # nodev kept: a remount sets every flag it is given, clears the rest
             mount("none", rootfs, None,  # type: ignore[arg-type]
-                  MS_BIND | MS_REMOUNT | MS_RDONLY)
+                  MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV)
     finally:
         os.close(root_fd)
     os.chdir(rootfs)
