@@ -904,6 +904,52 @@ def test_system_boot_starts_what_the_policies_say_after_a_reboot(site: Site) -> 
     site("rm", "-f", *cases)
 
 
+def test_device_and_privileged_give_the_hosts_devices(site: Site, tmp_path: Path) -> None:
+    """``--device`` binds a host node (or a directory of them) where the container asks;
+    ``--privileged`` gives every host device, every capability lamina holds, a writable
+    /sys and nodes that open; permissions lamina cannot enforce are refused."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"SECRET" + bytes(1 << 20))
+    loop = subprocess.run(["losetup", "-f", "--show", str(disk)], capture_output=True,
+                          text=True, check=False)
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    device = loop.stdout.strip()
+    try:
+        run = ("run", "--rm", "--network", "none")
+        assert site.out(*run, "--device", f"{device}:/dev/xvdc:rwm", IMAGE,
+                        "head", "-c", "6", "/dev/xvdc") == "SECRET"
+        assert site.out(*run, "--device", device, IMAGE, "head", "-c", "6", device) == "SECRET"
+        if os.path.exists("/dev/net/tun"):  # a directory: every node below it
+            listed = site.out(*run, "--device", "/dev/net", IMAGE, "ls", "/dev/net")
+            assert listed.split() == sorted(os.listdir("/dev/net"))
+        for bad, words in ((f"{device}:r", b"cannot give a device with permissions 'r'"),
+                           ("/nonexistent", b"No such file or directory"),
+                           (f"{tmp_path}/disk.img", b"is not a device")):
+            refused = site(*run, "--device", bad, IMAGE, "true", check=False)
+            assert refused.returncode == 125 and words in refused.stderr, refused.stderr
+        bounding = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("CapBnd:")).split()[1]
+        out = site.out(*run, "--privileged", IMAGE, "sh", "-c",
+                       f"head -c 6 {device}; echo; grep CapEff /proc/self/status; "
+                       "grep ' /sys ' /proc/mounts; mknod /made b "
+                       f"{os.major(os.stat(device).st_rdev)} {os.minor(os.stat(device).st_rdev)}"
+                       " && head -c 6 /made")
+        lines = out.splitlines()
+        assert lines[0] == "SECRET" and lines[1].split()[1] == bounding, out
+        assert " rw," in lines[2] and lines[3] == "SECRET", out
+        site("run", "-d", "--network", "none", "--name", "priv", "--privileged",
+             "--device", f"{device}:/dev/xvdc", IMAGE, "sleep", "30")
+        assert site.out("inspect", "-f", "{{.HostConfig.Privileged}} {{json "
+                        ".HostConfig.Devices}}", "priv") == (
+            'true [{"CgroupPermissions":"rwm","PathInContainer":"/dev/xvdc",'
+            f'"PathOnHost":"{device}"}}]\n')
+        assert bounding in site.out("exec", "priv", "grep", "CapEff", "/proc/self/status")
+        site("rm", "-f", "priv")
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

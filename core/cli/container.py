@@ -77,6 +77,12 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="writable layer options (size=N on drivers with quotas)")
     p.add_argument("--security-opt", action="append", default=[],
                    metavar="seccomp=unconfined", help="security options")
+    p.add_argument("--privileged", action="store_true",
+                   help="every capability, no seccomp filter, no masked paths, every host "
+                   "device")
+    p.add_argument("--device", action="append", default=[],
+                   metavar="HOST[:CONTAINER[:rwm]]",
+                   help="a host device (or a directory of them) in the container")
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                    help="keep a capability Docker's default set drops (NET_ADMIN, ALL)")
     p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
@@ -87,7 +93,7 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    "image's, else SIGTERM)")
     p.add_argument("--restart", default="no", metavar="POLICY",
                    help="no (default), always, unless-stopped, on-failure[:N]: start it "
-                   "again when it exits (while its monitor lives: not after a reboot)")
+                   "again when it exits (after a reboot: lamina system boot)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
                    help="how long stop waits before SIGKILL when not told (default 10)")
     p.add_argument("--memory-swap", metavar="SIZE",
@@ -191,6 +197,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         find_init,
         merge_env,
         merge_healthcheck,
+        parse_device,
         parse_host,
         parse_mount,
         parse_size,
@@ -202,7 +209,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     from ..images.store import ImageStore
 
     config = ImageStore(store).config(image_id).raw.get("config") or {}
-    seccomp = True
+    seccomp = not args.privileged
     for opt in args.security_opt:
         if opt in ("seccomp=unconfined", "seccomp:unconfined"):
             seccomp = False
@@ -259,6 +266,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         dns_search=tuple(args.dns_search), dns_options=tuple(args.dns_option),
         shm_size=shm, ulimits=tuple(map(parse_ulimit, args.ulimit)),
         init=find_init() if args.init else None,
+        privileged=args.privileged, devices=tuple(map(parse_device, args.device)),
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,
@@ -788,6 +796,10 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                        "ExtraHosts": [f"{name}:{address}" for name, address in spec.extra_hosts],
                        "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_options)},
                        "AutoRemove": spec.auto_remove, "Init": spec.init is not None,
+                       "Privileged": spec.privileged,
+                       "Devices": [{"PathOnHost": host, "PathInContainer": target,
+                                    "CgroupPermissions": "rwm"}
+                                   for host, target in spec.devices],
                        "Memory": spec.memory or 0,
                        "MemorySwap": spec.memory_swap or 0, "CpuShares": spec.cpu_shares or 0,
                        "Dns": list(spec.dns), "DnsSearch": list(spec.dns_search),

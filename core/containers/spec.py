@@ -99,6 +99,12 @@ class ContainerSpec(NamedTuple):
     #: ``--init``: the host's init binary (:data:`INIT_BINARIES`) is the container's first
     #: process, bound read-only at :data:`INIT_TARGET`, and runs the command as its child
     init: str | None = None
+    #: ``--privileged``: every capability, no seccomp filter, no masked paths, /sys
+    #: writable and every host device in /dev (Docker's)
+    privileged: bool = False
+    #: ``--device``: (host path, container path) of a device node, or of a directory of
+    #: them, bound into the container
+    devices: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -121,6 +127,7 @@ class ContainerSpec(NamedTuple):
         for key in ("dns", "dns_search", "dns_options"):
             data[key] = tuple(data.get(key, ()))
         data["ulimits"] = tuple(tuple(u) for u in data.get("ulimits", ()))
+        data["devices"] = tuple(tuple(d) for d in data.get("devices", ()))
         return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 
@@ -411,6 +418,40 @@ def parse_host(text: str) -> tuple[str, str]:
         raise ContainerError(f"invalid --add-host {text!r}: {name!r} is not a host name",
                              hint="give NAME:ADDRESS, as db:10.0.0.5")
     return name, address
+
+
+def parse_device(text: str) -> tuple[str, str]:
+    """``--device HOST[:CONTAINER[:PERMISSIONS]]``: a device node or a directory of them
+    on the host, the container path (the host's by default). Docker's permissions (r, w,
+    m) are enforced by its devices cgroup, which lamina does not use: a device is bound
+    in whole, so only permissions that allow reading and writing are taken."""
+    import stat
+
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise ContainerError(f"invalid --device {text!r}",
+                             hint="give HOST[:CONTAINER[:PERMISSIONS]], as /dev/fuse")
+    if len(parts) == 2 and parts[1] and set(parts[1]) <= set("rwm"):
+        parts = [parts[0], parts[0], parts[1]]  # HOST:PERMISSIONS
+    host, target, permissions = (*parts, *[""] * (3 - len(parts)))
+    target = target or host
+    if not host.startswith("/") or not target.startswith("/"):
+        raise ContainerError(f"invalid --device {text!r}: paths must be absolute",
+                             hint="give HOST[:CONTAINER[:PERMISSIONS]], as /dev/fuse")
+    if permissions and not ({"r", "w"} <= set(permissions) <= set("rwm")):
+        raise ContainerError(
+            f"invalid --device {text!r}: lamina cannot give a device with permissions "
+            f"{permissions!r}", hint="a device is bound in whole (there is no devices "
+            "cgroup to restrict it): give rw or rwm, or leave the permissions out")
+    try:
+        mode = os.stat(host).st_mode
+    except OSError as exc:
+        raise ContainerError(f"--device {text!r}: {host}: {exc.strerror}",
+                             hint="give the path of a device node on this host") from None
+    if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISDIR(mode)):
+        raise ContainerError(f"--device {text!r}: {host} is not a device",
+                             hint="give a character or block device, or a directory of them")
+    return host, os.path.normpath(target)
 
 
 def parse_tmpfs(text: str) -> Volume:

@@ -131,7 +131,10 @@ def _resolv(text: str, spec: ContainerSpec) -> str:
 
 
 def kept_capabilities(spec: ContainerSpec) -> frozenset[int]:
-    """The capabilities the container's processes keep (``--cap-add``/``--cap-drop``)."""
+    """The capabilities the container's processes keep (``--cap-add``/``--cap-drop``;
+    ``--privileged``: all lamina holds)."""
+    if spec.privileged:
+        return capabilities.bounding_set()
     if spec.capabilities is None:
         return capabilities.DEFAULT_CAPABILITIES
     numbers = capabilities.NUMBERS
@@ -201,7 +204,7 @@ def run(store: Store, container: Container, stdio: Stdio,
                                          for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp,
             capabilities=kept_capabilities(spec), shm_size=spec.shm_size,
-            ulimits=spec.ulimits)
+            ulimits=spec.ulimits, privileged=spec.privileged, devices=spec.devices)
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()

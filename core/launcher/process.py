@@ -62,6 +62,8 @@ class Launch(NamedTuple):
     seccomp: bool = True
     shm_size: int | None = None  # bytes of /dev/shm (None: 64 MB)
     ulimits: Sequence[tuple[str, int, int]] = ()  # (name, soft, hard), -1 unlimited
+    privileged: bool = False  # no masked paths, /sys writable, every host device
+    devices: Sequence[tuple[str, str]] = ()  # (host path, container path) bound in
 
 
 class Child:
@@ -173,7 +175,8 @@ def _child(launch: Launch, go_r: int, err_w: int,
         else:
             rootfs.enter(launch.rootfs, volumes=launch.volumes, files=launch.files,
                          read_only=launch.read_only, mount_sys=launch.network != "host",
-                         shm_size=launch.shm_size)
+                         shm_size=launch.shm_size, privileged=launch.privileged,
+                         devices=launch.devices)
             if launch.hostname:
                 syscalls.sethostname(launch.hostname)
             if launch.network != "host":

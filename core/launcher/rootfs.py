@@ -166,10 +166,12 @@ def _refuse_symlinked_system_dirs(root_fd: int) -> None:
                 f"/{name} directory")
 
 
-def _make_dev(root_fd: int, shm_size: int | None = None) -> None:
+def _make_dev(root_fd: int, shm_size: int | None = None, *, privileged: bool = False) -> None:
     """A tmpfs ``/dev`` (nodev: a node made in it opens nothing) with empty files where
-    the standard nodes go (:func:`_bind_devices` binds the host's nodes on them)."""
-    _mount_at(root_fd, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME,
+    the standard nodes go (:func:`_bind_devices` binds the host's nodes on them); for
+    ``--privileged`` one that takes nodes, which :func:`_copy_host_devices` makes."""
+    _mount_at(root_fd, "/dev", "tmpfs", "tmpfs",
+              MS_NOSUID | MS_STRICTATIME | (0 if privileged else MS_NODEV),
               "mode=755,size=65536k")
     dev = open_beneath(root_fd, "/dev")
     try:
@@ -179,7 +181,7 @@ def _make_dev(root_fd: int, shm_size: int | None = None) -> None:
     try:
         old = os.umask(0)
         try:
-            for name, _, _ in DEVICES:
+            for name, _, _ in () if privileged else DEVICES:
                 os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
                                  0o666, dir_fd=dev_dir))
             for name in ("pts", "shm", "mqueue"):
@@ -250,6 +252,61 @@ def _bind_devices(root_fd: int) -> None:
         os.close(dev)
 
 
+def _copy_host_devices(root_fd: int) -> None:
+    """``--privileged``: a node in the container's /dev for each of the host's (Docker's),
+    but those of the filesystems mounted below the host's /dev (devpts, shm, mqueue)."""
+    dev = open_beneath(root_fd, "/dev")
+    try:
+        top = _fd_path(dev)
+        host_dev = os.stat("/dev").st_dev
+        for where, dirs, names in os.walk("/dev"):
+            dirs[:] = [d for d in dirs
+                       if os.lstat(os.path.join(where, d)).st_dev == host_dev]
+            relative = os.path.relpath(where, "/dev")
+            for name in names:
+                st = os.lstat(os.path.join(where, name))
+                if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                    continue
+                target = os.path.normpath(os.path.join(top, relative, name))
+                os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+                with contextlib.suppress(FileExistsError):  # ptmx: the link to pts/ptmx
+                    os.mknod(target, st.st_mode, st.st_rdev)
+                    os.chown(target, st.st_uid, st.st_gid)
+                    os.chmod(target, stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(dev)
+
+
+def _bind_user_devices(root_fd: int, devices: Sequence[tuple[str, str]]) -> None:
+    """``--device``: each host node (every node below a host directory) bound at its
+    container path; bound after :func:`_no_devices`, so it opens."""
+    for host, target in devices:
+        host = os.path.realpath(host)  # /dev/disk/by-id/... names a node by a symlink
+        if os.path.isdir(host):
+            found = [(os.path.join(where, name),
+                      os.path.join(target, os.path.relpath(where, host), name))
+                     for where, _, names in os.walk(host) for name in names]
+        else:
+            found = [(host, target)]
+        for node, path in found:
+            source = os.open(node, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                mode = os.fstat(source).st_mode
+                if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+                    if node == host:
+                        raise LaunchError(f"--device {host}: not a device",
+                                          hint="give a character or block device")
+                    continue  # a directory's other files
+                fd = open_beneath(root_fd, os.path.normpath(path), create="file")
+                try:
+                    mount(_fd_path(source), _fd_path(fd), None,  # type: ignore[arg-type]
+                          MS_BIND)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(source)
+
+
 def _mask(root_fd: int) -> None:
     null = open_beneath(root_fd, "/dev/null")
     try:
@@ -309,7 +366,8 @@ def _volume(root_fd: int, volume: Volume) -> None:
 
 
 def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[str, str]] = (),
-          read_only: bool = False, mount_sys: bool = True, shm_size: int | None = None) -> None:
+          read_only: bool = False, mount_sys: bool = True, shm_size: int | None = None,
+          privileged: bool = False, devices: Sequence[tuple[str, str]] = ()) -> None:
     """Build the container's mounts on ``rootfs`` and make it the process's ``/``.
 
     ``files`` are (host file, container path) pairs bound read-write onto the root
@@ -321,26 +379,32 @@ def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[
     try:
         _refuse_symlinked_system_dirs(root_fd)
         _mount_at(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        _make_dev(root_fd, shm_size)
+        _make_dev(root_fd, shm_size, privileged=privileged)
         if mount_sys:
             try:
-                _mount_at(root_fd, "/sys", "sysfs", "sysfs",
-                          MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+                _mount_at(root_fd, "/sys", "sysfs", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC
+                          | (0 if privileged else MS_RDONLY))
             except DriverError:
                 # sysfs needs a network namespace of our own; with --network host it
-                # is the host's, bound read-only
+                # is the host's, bound (read-only unless privileged)
                 _mount_at(root_fd, "/sys", "/sys", None, MS_BIND | MS_REC)
-                _remount_readonly(root_fd, "/sys")
+                if not privileged:
+                    _remount_readonly(root_fd, "/sys")
         for volume in volumes:
             _volume(root_fd, volume)
         for host_file, path in files:
             _mount_at(root_fd, path, host_file, None, MS_BIND, create="file")
-        _no_devices(root_fd, volumes)
-        _bind_devices(root_fd)
-        _mask(root_fd)
+        if privileged:
+            _copy_host_devices(root_fd)
+        else:
+            _no_devices(root_fd, volumes)
+            _bind_devices(root_fd)
+        _bind_user_devices(root_fd, devices)
+        if not privileged:
+            _mask(root_fd)
         if read_only:  # nodev kept: a remount sets every flag it is given, clears the rest
             mount("none", rootfs, None,  # type: ignore[arg-type]
-                  MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV)
+                  MS_BIND | MS_REMOUNT | MS_RDONLY | (0 if privileged else MS_NODEV))
     finally:
         os.close(root_fd)
     os.chdir(rootfs)
