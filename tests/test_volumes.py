@@ -135,3 +135,43 @@ def test_volume_prune_keeps_named_volumes_unless_all(site: Site) -> None:
     assert anon not in _volumes(site) and "kept" in _volumes(site)
     site("volume", "prune", "-a", "-f")
     assert "kept" not in _volumes(site)
+
+
+@needs_root
+def test_volumes_from_shares_another_containers_volumes(site: Site, tmp_path: Path) -> None:
+    """Docker's backup recipe: ``run --volumes-from db`` sees db's named and anonymous
+    volumes and binds, in db's modes or the one given; a -v of the same path wins; removing
+    the borrower with -v leaves db's anonymous volume to db."""
+    bound = tmp_path / "bound"
+    bound.mkdir()
+    (bound / "g").write_text("bind\n")
+    site("run", "--network", "none", "--name", "db", "-v", "vf-named:/data",
+         "-v", "/anon", "-v", f"{bound}:/bind:ro", IMAGE, "sh", "-c",
+         "echo named > /data/f; echo anonymous > /anon/h")
+    assert site.out("run", "--rm", "--network", "none", "--volumes-from", "db", IMAGE,
+                    "cat", "/data/f", "/anon/h", "/bind/g") == "named\nanonymous\nbind\n"
+    # db's bind is read-only there, its volumes writable; :ro makes all of them read-only
+    wrote = site("run", "--rm", "--network", "none", "--volumes-from", "db", IMAGE, "sh",
+                 "-c", "echo more >> /data/f && echo x > /bind/g", check=False)
+    assert wrote.returncode != 0 and b"Read-only file system" in wrote.stderr
+    refused = site("run", "--rm", "--network", "none", "--volumes-from", "db:ro", IMAGE,
+                   "sh", "-c", "echo x > /anon/h", check=False)
+    assert refused.returncode != 0 and b"Read-only file system" in refused.stderr
+    assert site.out("run", "--rm", "--network", "none", "--volumes-from", "db",
+                    "--tmpfs", "/data", IMAGE, "ls", "/data") == ""  # the given one wins
+    anonymous = [v["Name"] for v in json.loads(site.out("inspect", "db"))[0]["Mounts"]
+                 if v["Destination"] == "/anon"]
+    site("run", "--network", "none", "--name", "borrower", "--volumes-from", "db", IMAGE,
+         "true")
+    site("rm", "-v", "borrower")
+    assert anonymous[0] in site.out("volume", "ls", "-q").split()
+    assert site.out("run", "--rm", "--network", "none", "--volumes-from", "db", IMAGE,
+                    "cat", "/data/f") == "named\nmore\n"
+    bad = site("run", "--rm", "--network", "none", "--volumes-from", "db:rx", IMAGE, "true",
+               check=False)
+    assert bad.returncode == 125 and b"invalid --volumes-from" in bad.stderr
+    missing = site("run", "--rm", "--network", "none", "--volumes-from", "nosuch", IMAGE,
+                   "true", check=False)
+    assert missing.returncode == 125 and b"nosuch" in missing.stderr
+    site("rm", "-v", "db")
+    site("volume", "rm", "vf-named")

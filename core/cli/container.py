@@ -57,6 +57,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mount", action="append", default=[],
                    metavar="type=bind|volume|tmpfs,source=...,target=...[,readonly]",
                    help="the same in Docker's long form")
+    p.add_argument("--volumes-from", action="append", default=[],
+                   metavar="CONTAINER[:ro|:rw]", help="the volumes and binds of a container")
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
                    help="mount a tmpfs at PATH")
     p.add_argument("--read-only", action="store_true", help="mount the root read-only")
@@ -251,8 +253,11 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         user=args.user if args.user is not None else (config.get("User") or ""),
         hostname=args.hostname or "", tty=args.tty, interactive=args.interactive,
         read_only=args.read_only, network=args.network,
-        volumes=_volumes([*map(parse_volume, args.volume), *map(parse_mount, args.mount),
-                          *map(parse_tmpfs, args.tmpfs)], config.get("Volumes") or {}),
+        volumes=_volumes(_volumes_from([*map(parse_volume, args.volume),
+                                        *map(parse_mount, args.mount),
+                                        *map(parse_tmpfs, args.tmpfs)],
+                                       args.volumes_from, store),
+                         config.get("Volumes") or {}),
         ports=_ports_published(args, config),
         memory=memory, pids_limit=pids, cpus=args.cpus or None, storage_opts=storage,
         auto_remove=args.rm,
@@ -354,6 +359,28 @@ def _volumes(given: list[Volume], image: dict[str, object]) -> tuple[Volume, ...
     from ..containers.spec import name_volumes
 
     return name_volumes(given, image)
+
+
+def _volumes_from(given: list[Volume], sources: list[str], store: Store) -> list[Volume]:
+    """``given`` and the volumes and binds of each ``--volumes-from CONTAINER[:ro|:rw]``
+    (its own modes, unless one is given) at the paths ``given`` leaves free, as Docker's."""
+    if not sources:
+        return given
+    from ..containers.store import ContainerStore
+
+    taken = {os.path.normpath(v.target) for v in given}
+    found = list(given)
+    for text in sources:
+        name, _, mode = text.partition(":")
+        if mode not in ("", "ro", "rw"):
+            raise ContainerError(f"invalid --volumes-from {text!r}",
+                                 hint="give CONTAINER, CONTAINER:ro or CONTAINER:rw")
+        for volume in ContainerStore(store).get(name).spec.volumes:
+            if volume.kind == "tmpfs" or os.path.normpath(volume.target) in taken:
+                continue
+            taken.add(os.path.normpath(volume.target))
+            found.append(volume if not mode else volume._replace(readonly=mode == "ro"))
+    return found
 
 
 def _labels(image: dict[str, str], given: list[str]) -> dict[str, str]:
