@@ -950,6 +950,23 @@ def test_device_and_privileged_give_the_hosts_devices(site: Site, tmp_path: Path
         subprocess.run(["losetup", "-d", device], check=False)
 
 
+def test_group_add_reaches_run_and_exec(site: Site) -> None:
+    """``--group-add`` (a number, a name of the image's /etc/group) gives every process of
+    the container, exec'd ones too, those supplementary groups; an unknown name is an
+    error at its start, as Docker's."""
+    site("run", "-d", "--network", "none", "--name", "grouped", "--group-add", "777",
+         "--group-add", "nogroup", "-u", "nobody", IMAGE, "sleep", "30")
+    assert site.out("exec", "grouped", "id", "-G").split() == ["65534", "777"]
+    assert site.out("exec", "-u", "root", "grouped", "id", "-G").split() == [
+        "0", "777", "65534"]
+    assert site.out("inspect", "-f", "{{json .HostConfig.GroupAdd}}",
+                    "grouped") == '["777","nogroup"]\n'
+    site("rm", "-f", "grouped")
+    bad = site("run", "--rm", "--network", "none", "--group-add", "wheel", IMAGE, "true",
+               check=False)
+    assert bad.returncode == 125 and b"unable to find group wheel" in bad.stderr
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

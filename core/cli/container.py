@@ -79,6 +79,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="writable layer options (size=N on drivers with quotas)")
     p.add_argument("--security-opt", action="append", default=[],
                    metavar="seccomp=unconfined", help="security options")
+    p.add_argument("--group-add", action="append", default=[], metavar="GROUP",
+                   help="a supplementary group of its processes (a name or a number)")
     p.add_argument("--privileged", action="store_true",
                    help="every capability, no seccomp filter, no masked paths, every host "
                    "device")
@@ -272,6 +274,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         shm_size=shm, ulimits=tuple(map(parse_ulimit, args.ulimit)),
         init=find_init() if args.init else None,
         privileged=args.privileged, devices=tuple(map(parse_device, args.device)),
+        group_add=tuple(args.group_add),
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,
@@ -823,7 +826,7 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                        "ExtraHosts": [f"{name}:{address}" for name, address in spec.extra_hosts],
                        "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_options)},
                        "AutoRemove": spec.auto_remove, "Init": spec.init is not None,
-                       "Privileged": spec.privileged,
+                       "Privileged": spec.privileged, "GroupAdd": list(spec.group_add),
                        "Devices": [{"PathOnHost": host, "PathInContainer": target,
                                     "CgroupPermissions": "rwm"}
                                    for host, target in spec.devices],

@@ -105,6 +105,9 @@ class ContainerSpec(NamedTuple):
     #: ``--device``: (host path, container path) of a device node, or of a directory of
     #: them, bound into the container
     devices: tuple[tuple[str, str], ...] = ()
+    #: ``--group-add``: supplementary groups (names of the image's /etc/group, or numbers)
+    #: of every process, exec'd ones too
+    group_add: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -128,6 +131,7 @@ class ContainerSpec(NamedTuple):
             data[key] = tuple(data.get(key, ()))
         data["ulimits"] = tuple(tuple(u) for u in data.get("ulimits", ()))
         data["devices"] = tuple(tuple(d) for d in data.get("devices", ()))
+        data["group_add"] = tuple(data.get("group_add", ()))
         return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 

@@ -8,6 +8,7 @@ bytes that are not UTF-8 are replaced. Called in the container's process after
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..errors import ContainerError
@@ -77,3 +78,20 @@ def resolve_user(spec: str, *, passwd: str = "/etc/passwd",
         if name is not None and name in g[3].split(",") and (n := _number(g[2])) is not None
     }))
     return User(uid, gid, supplementary, home or "/")
+
+
+def resolve_groups(names: Sequence[str], *, group: str = "/etc/group") -> tuple[int, ...]:
+    """``--group-add``: each a group of the container's /etc/group, or a number."""
+    gids = []
+    groups_file = _entries(group, 4)
+    for name in names:
+        gid = _number(name)
+        if gid is None:
+            found = next((g for g in groups_file if g[0] == name), None)
+            gid = _number(found[2]) if found is not None else None
+            if gid is None:
+                raise ContainerError(
+                    f"unable to find group {name}: no matching entries in the container's "
+                    "/etc/group", hint="give a group the image has, or a number")
+        gids.append(gid)
+    return tuple(gids)

@@ -63,7 +63,7 @@ def _spawn(container: Container, argv: Sequence[str], *, env: Sequence[str], use
         network=container.spec.network, stdio=stdio, tty=tty,
         seccomp=container.spec.seccomp,
         capabilities=monitor.kept_capabilities(container.spec),
-        ulimits=container.spec.ulimits))
+        ulimits=container.spec.ulimits, group_add=container.spec.group_add))
 
 
 def _release(container: Container, child: process.Child) -> None:

@@ -204,7 +204,8 @@ def run(store: Store, container: Container, stdio: Stdio,
                                          for name, path in files.items()],
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp,
             capabilities=kept_capabilities(spec), shm_size=spec.shm_size,
-            ulimits=spec.ulimits, privileged=spec.privileged, devices=spec.devices)
+            ulimits=spec.ulimits, privileged=spec.privileged, devices=spec.devices,
+            group_add=spec.group_add)
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()

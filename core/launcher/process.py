@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..containers.spec import Volume
-from ..containers.users import resolve_user
+from ..containers.users import resolve_groups, resolve_user
 from ..errors import CommandNotExecutable, CommandNotFound, LaminaError, LaunchError
 from ..network.ifconfig import loopback_up
 from . import capabilities, fds, rootfs, seccomp, syscalls, terminal
@@ -64,6 +64,7 @@ class Launch(NamedTuple):
     ulimits: Sequence[tuple[str, int, int]] = ()  # (name, soft, hard), -1 unlimited
     privileged: bool = False  # no masked paths, /sys writable, every host device
     devices: Sequence[tuple[str, str]] = ()  # (host path, container path) bound in
+    group_add: Sequence[str] = ()  # more supplementary groups (names or numbers)
 
 
 class Child:
@@ -188,6 +189,9 @@ def _child(launch: Launch, go_r: int, err_w: int,
             syscalls.unshare(syscalls.CLONE_NEWCGROUP)  # after the parent placed us
         _stdio(launch)
         user = resolve_user(launch.user)
+        if launch.group_add:
+            user = user._replace(groups=tuple(dict.fromkeys(
+                (*user.groups, *resolve_groups(launch.group_add)))))
         _workdir(launch.workdir, user.home)
         env = list(launch.env)
         if not any(e.startswith("HOME=") for e in env):
