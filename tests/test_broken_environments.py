@@ -91,6 +91,11 @@ COMMANDS: dict[str, list[str]] = {
     "volume inspect": ["volume", "inspect", "nosuch"],
     "volume rm": ["volume", "rm", "nosuch"],
     "volume prune": ["volume", "prune", "-f"],  # anonymous ones: "made" stays
+    "network prune": ["network", "prune", "-f"],  # before the create: nothing to take
+    "network create": ["network", "create", "made-net"],
+    "network ls": ["network", "ls"],
+    "network inspect": ["network", "inspect", "nosuch"],
+    "network rm": ["network", "rm", "nosuch"],
     # stopped containers, unused images and anonymous volumes: a healthy store's image
     # stays only without -a, so without it here (before system repair, which mends a
     # damaged store for the commands after it)
@@ -117,7 +122,7 @@ ALWAYS_FAIL = {"conformance", "system reset", "login", "logout", "pull", "rmi", 
                "create", "start", "stop", "kill", "wait", "rm", "logs", "exec", "diff",
                "commit", "restart", "rename", "port", "top", "cp", "export", "pause",
                "unpause", "attach", "update",
-               "volume inspect", "volume rm"}
+               "volume inspect", "volume rm", "network inspect", "network rm"}
 EVERYTHING = set(COMMANDS) - ALWAYS_FAIL
 DB_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
 
@@ -262,7 +267,8 @@ def make_full_disk(workdir: Path, stack: list[Callable[[], None]]) -> Env:
     return Env("full-disk", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
                    "inspect", "history", "prune", "ps", "container prune", "image prune",
-                   "volume ls", "volume prune", "system prune", "stats", "system boot"},
+                   "volume ls", "volume prune", "system prune", "stats", "system boot",
+                   "network ls", "network prune"},
                output=str(fs.path / "x.tar"), repair=repair, layers=layers)
 
 
@@ -328,7 +334,7 @@ def make_driver_home_deleted(workdir: Path, stack: list) -> Env:
     # `system repair` as the way out (it forgets the layers whose data is gone)
     return Env("driver-home-deleted", root, workdir,
                ok={"info", "drivers", "layer ls", "system repair", "images", "system df",
-                   "inspect", "history", "volume ls"},
+                   "inspect", "history", "volume ls", "network ls"},
                output=str(workdir / "x.tar"),
                data_kept=False, layers=layers)
 

@@ -967,6 +967,76 @@ def test_group_add_reaches_run_and_exec(site: Site) -> None:
     assert bad.returncode == 125 and b"unable to find group wheel" in bad.stderr
 
 
+def test_user_networks_resolve_names_and_are_isolated(site: Site,
+                                                     host_netns: list[str]) -> None:
+    """``network create``, then ``run --network NAME``: the containers on it reach each
+    other by name (their /etc/hosts kept current as they come and go), not those of
+    another network or of the default bridge; ``rm`` refuses a network in use; ``rm`` and
+    ``prune`` take the bridge and its rules away. All inside a network namespace the
+    test made."""
+    def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
+                              timeout=60)
+        if check:
+            assert proc.returncode == 0, proc.stderr.decode()
+        return proc
+
+    def out(*args: str) -> str:
+        return lamina(*args).stdout.decode()
+
+    def nft() -> str:
+        return subprocess.run([*host_netns, "nft", "list", "ruleset"], capture_output=True,
+                              text=True).stdout
+
+    net_id = out("network", "create", "--label", "tier=app", "appnet").strip()
+    out("network", "create", "--subnet", "10.99.0.0/24", "othernet")
+    refused = lamina("network", "create", "appnet", check=False)
+    assert refused.returncode != 0 and b"already exists" in refused.stderr
+    overlap = lamina("network", "create", "--subnet", "10.99.0.128/25", "x", check=False)
+    assert overlap.returncode != 0 and b"overlaps" in overlap.stderr
+    names = out("network", "ls", "--format", "{{.Name}} {{.Driver}}").splitlines()
+    assert names == ["bridge bridge", "host host", "none null", "appnet bridge",
+                     "othernet bridge"]
+    try:
+        out("run", "-d", "--name", "web", "--network", net_id[:12], IMAGE, "sh", "-c",
+            "while true; do echo pong | nc -l -p 80; done")
+        # a container that starts later finds web by name, and web finds it
+        client = out("run", "--rm", "--name", "client", "--network", "appnet", IMAGE, "sh",
+                     "-c", "echo ping | nc -w 5 web 80; "
+                     "grep -c client /etc/hosts; nslookup web 2>/dev/null | tail -0")
+        assert client.splitlines()[:2] == ["pong", "0"], client
+        out("run", "-d", "--name", "peer", "--network", "appnet", IMAGE, "sleep", "60")
+        assert out("exec", "web", "ping", "-c", "1", "-W", "2", "peer").count("1 packets "
+                                                                             "received") == 1
+        hosts = out("exec", "web", "cat", "/etc/hosts")
+        assert "peer" in hosts and "client" not in hosts  # the one that left is gone
+        details = json.loads(out("network", "inspect", "appnet"))[0]
+        assert details["Labels"] == {"tier": "app"}
+        addresses = {c["Name"]: c["IPv4Address"].split("/")[0]
+                     for c in details["Containers"].values()}
+        assert set(addresses) == {"web", "peer"}
+        # isolated: from another network and from the default bridge, not even by address
+        for network in ("othernet", "bridge"):
+            probe = lamina("run", "--rm", "--network", network, IMAGE, "sh", "-c",
+                           f"echo ping | nc -w 2 {addresses['web']} 80", check=False)
+            assert probe.stdout == b"", (network, probe.stdout)
+        unknown = lamina("run", "--rm", "--network", "nosuchnet", IMAGE, "true",
+                         check=False)
+        assert unknown.returncode == 125 and b"network nosuchnet not found" in unknown.stderr
+        busy = lamina("network", "rm", "appnet", check=False)
+        assert busy.returncode != 0 and b"has active endpoints (" in busy.stderr
+        bridge = details["Options"]["com.docker.network.bridge.name"]
+        assert f"isolation-{bridge}" in nft()
+    finally:
+        lamina("rm", "-f", "web", "peer", check=False)
+    assert out("network", "rm", "appnet") == "appnet\n"
+    assert out("network", "prune") == "Deleted Networks:\nothernet\n"
+    assert out("network", "ls", "-q").count("\n") == 3  # the pre-defined ones
+    links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True, text=True)
+    assert "lm-" not in links.stdout and f"-{bridge}" not in nft()
+    assert lamina("network", "rm", "bridge", check=False).returncode != 0
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

@@ -281,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
             "remove the anonymous volumes no container uses (-a: every unused one)",
             arguments="volume:prune_arguments")
 
+    network = sub.add_parser("network", help="manage networks: bridges of their own whose "
+                             "containers find each other by name (--network NAME)")
+    nsub = network.add_subparsers(dest="network_command", metavar="COMMAND", required=True)
+    command(nsub, "create", "network:cmd_create", "make a network, print its id",
+            arguments="network:create_arguments")
+    command(nsub, "ls", "network:cmd_ls", "list networks", arguments="network:ls_arguments")
+    command(nsub, "inspect", "network:cmd_inspect", "show networks' details as JSON",
+            arguments="network:inspect_arguments")
+    command(nsub, "rm", "network:cmd_rm", "remove networks no running container is on",
+            arguments="network:rm_arguments")
+    command(nsub, "prune", "network:cmd_prune", "remove the networks no container is on",
+            arguments="network:prune_arguments")
+
     image = sub.add_parser("image", help="manage images (Docker's `image` commands: the same "
                            "as the short ones, and `image prune`)")
     isub = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)

@@ -63,7 +63,9 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="mount a tmpfs at PATH")
     p.add_argument("--read-only", action="store_true", help="mount the root read-only")
     p.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
-    p.add_argument("--network", "--net", default="bridge", choices=["bridge", "none", "host"])
+    p.add_argument("--network", "--net", default="bridge", metavar="NETWORK",
+                   help="bridge (default), host, none, or a network made by lamina network "
+                   "create (its containers find each other by name)")
     p.add_argument("-p", "--publish", action="append", default=[],
                    metavar="[[IP:]HOST:]CONTAINER[/PROTO]",
                    help="publish a container's port (without HOST: any free one)")
@@ -240,6 +242,12 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     shm = parse_size(args.shm_size, "--shm-size") if args.shm_size else None
     if shm is not None and shm <= 0:
         raise ContainerError("--shm-size must be more than 0 bytes", hint="give e.g. 256m")
+    if args.network not in ("bridge", "host", "none"):
+        from ..network.attachment import check_mode
+        from ..network.networks import NetworkStore
+
+        check_mode(args.network)
+        args.network = NetworkStore(store.root).get(args.network).name  # an id: its name
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")
@@ -293,7 +301,7 @@ def _ports_published(args: argparse.Namespace, config: dict[str, Any]) -> tuple[
 
     ports = [parse_port(text) for text in args.publish]
     exposed = [parse_exposed(text) for text in args.expose]  # checked, -P or not
-    if args.publish_all and args.network == "bridge":
+    if args.publish_all and args.network not in ("host", "none"):
         for key in config.get("ExposedPorts") or {}:
             with contextlib.suppress(NetworkError):  # 132/sctp: nothing lamina publishes
                 exposed.append(parse_exposed(key))
@@ -471,7 +479,7 @@ def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
 
 @engine_status
 def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
-    if args.network == "bridge" and not args.detach:
+    if args.network not in ("host", "none") and not args.detach:
         from ..network import links
 
         links.start_worker()  # before the store opens: pyroute2 loads meanwhile

@@ -222,6 +222,10 @@ def run(store: Store, container: Container, stdio: Stdio,
                 group.add(child.pid)
             _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
                                 _hostname(container), settings=network), spec)
+            if spec.network not in ("bridge", "host", "none"):  # a user network's names
+                from . import peers
+
+                peers.refresh(store, spec.network)
             try:
                 child.release()
             except LaminaError:
@@ -351,9 +355,14 @@ def _teardown(store: Store, container: Container, holder: str) -> None:
         _remove_cgroup(container.id)
         with contextlib.suppress(OSError):
             marker.unlink()
-    if container.spec.network == "bridge":
+    if container.spec.network not in ("host", "none"):
         with contextlib.suppress(LaminaError):
             detach(store, container.id)
+        if container.spec.network != "bridge":  # the others forget its name
+            from . import peers
+
+            with contextlib.suppress(LaminaError, OSError):
+                peers.refresh(store, container.spec.network)
     with contextlib.suppress(LaminaError):
         store.unmount(container.layer, holder=holder)
 
@@ -768,7 +777,7 @@ def reconcile(store: Store) -> list[str]:
         _remove_cgroup(container.id)
         containers.mark_exited(container.id, LOST_EXIT_CODE)
         done.append(container.id)
-        bridged = bridged or container.spec.network == "bridge"
+        bridged = bridged or container.spec.network not in ("host", "none")
     for container in containers.containers():
         owner = container.spec.labels.get(BUILD_OWNER_LABEL)
         killed_build = bool(owner) and not is_alive(owner)
@@ -783,6 +792,9 @@ def reconcile(store: Store) -> list[str]:
         alive = [c.id for c in containers.containers() if c.running]
         with contextlib.suppress(LaminaError):
             sweep(store, alive)
+        from . import peers
+
+        peers.refresh_all(store)
     return done
 
 

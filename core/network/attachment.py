@@ -21,7 +21,8 @@ address leased in the store (core/network/addresses.py), a veth pair into the
 container's namespace on the bridge (core/network/links.py, the only user of pyroute2),
 ``eth0`` and its default route set from inside the namespace with ioctls
 (core/network/ifconfig.py), masquerade and published ports in nftables
-(core/network/nat.py). Only ``bridge`` imports any of that.
+(core/network/nat.py). A user network (core/network/networks.py) is a bridge of its own
+attached the same way, with an isolation chain. Only those import any of that.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ DEFAULT_MODE = "bridge"
 class Attachment(NamedTuple):
     """What a container got: its address (bridge only) and its two name files."""
 
-    mode: str
+    mode: str  # bridge, host, none or a user network's name
     #: /etc/hosts and /etc/resolv.conf contents (core/network/etcfiles.py)
     hosts: str
     resolv_conf: str
@@ -57,15 +58,24 @@ class Attachment(NamedTuple):
 
 
 def check_mode(mode: str) -> str:
-    """``--network``'s value, checked (the CLI calls this before anything starts)."""
-    if mode not in MODES:
-        raise NetworkError(f"unknown network mode {mode!r}",
-                           hint="--network takes bridge (the default), host or none")
+    """``--network``'s value, checked (the CLI calls this before anything starts; a user
+    network's existence it checks with core/network/networks.py)."""
+    from .networks import _NAME
+
+    if mode not in MODES and not _NAME.fullmatch(mode):
+        raise NetworkError(f"unknown network mode {mode!r}", hint="--network takes bridge "
+                           "(the default), host, none or a network lamina network create made")
     return mode
 
 
+def is_bridged(mode: str) -> bool:
+    """Whether containers of ``mode`` get an address on a bridge (the default network's
+    or a user network's)."""
+    return mode not in ("host", "none")
+
+
 def _check_ports(mode: str, ports: Sequence[PortMapping]) -> None:
-    if ports and mode != "bridge":
+    if ports and not is_bridged(mode):
         raise NetworkError(f"ports cannot be published with --network {mode}",
                            hint="publish ports (-p) on the bridge network, the default")
     for i, port in enumerate(ports):
@@ -97,15 +107,22 @@ def attach(
     check_mode(mode)
     ports = tuple(ports)
     _check_ports(mode, ports)
-    if mode != "bridge":
-        fallback = (settings or _default_settings())["dns"]
+    settings = settings or _default_settings()
+    if not is_bridged(mode):
         hosts = host_hosts_file() if mode == "host" else hosts_file(hostname, None)
-        return Attachment(mode, hosts, resolv_conf(mode, fallback))
+        return Attachment(mode, hosts, resolv_conf(mode, settings["dns"]))
     from .addresses import BridgeNetwork
 
-    network = BridgeNetwork.from_settings(settings or _default_settings())
+    default = BridgeNetwork.from_settings(settings)
+    if mode == "bridge":
+        network = default
+    else:
+        from .networks import NetworkStore
+
+        network = NetworkStore(store.root).get(mode).bridge_network(default.dns)
     try:
-        address, ports = _attach_bridge(store, network, container_id, pid, ports)
+        address, ports = _attach_bridge(store, network, container_id, pid, ports,
+                                        default.name)
     finally:
         from .links import stop_worker, veth_name
 
@@ -125,7 +142,8 @@ def _default_settings() -> dict[str, Any]:
 
 
 def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
-                   ports: tuple[PortMapping, ...]) -> tuple[str, tuple[PortMapping, ...]]:
+                   ports: tuple[PortMapping, ...],
+                   default_bridge: str) -> tuple[str, tuple[PortMapping, ...]]:
     """The address leased and the ports published (those without a host port given one)."""
     from . import addresses, ifconfig, links, nat, netns
     from .nftables import run
@@ -154,7 +172,8 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
                 if port.host_port:
                     _probe(port)
             ports = _free_ports(ports, others)  # under the transaction: no other start's
-            run(nat.setup_script(network) + nat.delete_script(held)
+            run(nat.setup_script(network) + nat.isolation_script(network, default_bridge)
+                + nat.delete_script(held)
                 + nat.publish_script(container_id, address, ports))
     except sqlite3.IntegrityError as exc:
         raise NetworkError(f"cannot lease an address to container {container_id[:12]}: {exc}",
@@ -164,6 +183,7 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
         with netns.entered(pid):
             ifconfig.loopback_up()
             ifconfig.set_address("eth0", address, network.subnet.prefixlen)
+            ifconfig.announce_on_up("eth0")
             ifconfig.link_up("eth0")
             ifconfig.add_default_route(str(network.gateway))
     except BaseException as exc:

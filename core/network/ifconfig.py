@@ -49,6 +49,14 @@ def link_up(name: str) -> None:
     _ioctl(SIOCSIFFLAGS, _ifreq(name, struct.pack("h", flags | IFF_UP)))
 
 
+def announce_on_up(name: str) -> None:
+    """``arp_notify``: a gratuitous ARP when ``name`` comes up, so that the containers
+    on the bridge forget whoever had this address before (a freed address is leased
+    again at once: without this, their ARP caches send to the old one's MAC for a while)."""
+    with open(f"/proc/sys/net/ipv4/conf/{name}/arp_notify", "w") as f:
+        f.write("1")
+
+
 def loopback_up() -> None:
     """Bring up ``lo`` in the calling thread's network namespace (a new one has it down).
 

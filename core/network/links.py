@@ -209,6 +209,11 @@ def _delete_link(sock: socket.socket, name: str, seq: int) -> bool:
 
 
 
+def delete_bridge(name: str) -> bool:
+    """Delete a removed network's bridge; False when there was none."""
+    return bool(delete_veths([name]))
+
+
 def host_veths() -> list[str]:
     """Names of lamina's veths on the host (without netlink: ``if_nameindex``)."""
     return [name for _, name in socket.if_nameindex() if name.startswith(VETH_PREFIX)]

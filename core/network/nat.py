@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .addresses import BridgeNetwork
+from .networks import BRIDGE_PREFIX
 from .nftables import NftablesError, NftablesMissing, listing, run
 from .ports import PortMapping
 
@@ -54,6 +55,38 @@ add rule {TABLE} {post} ip saddr {subnet} oifname != "{bridge}" masquerade
 add rule {TABLE} {post} ip saddr 127.0.0.0/8 oifname "{bridge}" masquerade
 add rule {TABLE} {post} ip saddr {subnet} oifname "{bridge}" ct status dnat masquerade
 """
+
+
+def isolation_script(network: BridgeNetwork, default_bridge: str) -> str:
+    """Nothing forwarded from the network's bridge to another lamina network's, as
+    Docker isolates its networks (a chain per bridge, written whole: idempotent)."""
+    bridge = network.name
+    chain = f"isolation-{bridge}"
+    others = ([f'oifname "{BRIDGE_PREFIX}*" oifname != "{bridge}"']
+              + ([f'oifname "{default_bridge}"'] if bridge != default_bridge else []))
+    return (f"add chain {TABLE} {chain} {{ type filter hook forward priority filter; "
+            f"policy accept; }}\nflush chain {TABLE} {chain}\n"
+            + "".join(f'add rule {TABLE} {chain} iifname "{bridge}" {match} drop\n'
+                      for match in others))
+
+
+def remove_network_script(bridge: str) -> str:
+    """The chains of a removed network's bridge (each must exist: see :func:`chains`)."""
+    return "".join(f"delete chain {TABLE} {chain}\n" for chain in chains()
+                   if chain in (f"postrouting-{bridge}", f"isolation-{bridge}"))
+
+
+def chains() -> list[str]:
+    """The names of the chains of lamina's table (none when it is not there)."""
+    try:
+        objects = listing(f"list table {TABLE}")
+    except NftablesMissing:
+        return []
+    except NftablesError as exc:
+        if exc.missing:
+            return []
+        raise
+    return [obj["chain"]["name"] for obj in objects if "chain" in obj]
 
 
 def publish_script(container_id: str, address: str, ports: Iterable[PortMapping]) -> str:

@@ -1,0 +1,223 @@
+"""``network create/ls/inspect/rm/prune``: Docker's user-defined bridge networks.
+
+The networks themselves are core/network/networks.py; a container joins one with
+``run --network NAME`` (core/network/attachment.py) and finds the others on it by
+name (core/launcher/peers.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LaminaError, NetworkError
+from .output import print_table, report
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..layers.store import Store
+    from ..network.networks import Network
+
+
+def create_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--driver", dest="network_driver", default="bridge", choices=["bridge"],
+                   help="the network's driver (bridge, the only one)")
+    p.add_argument("--subnet", help="its IPv4 subnet (default: a free 10.89.N.0/24)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="a label of the network")
+    p.add_argument("name", metavar="NAME")
+
+
+def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
+    from ..network.networks import NetworkStore
+
+    labels = {}
+    for text in args.label:
+        key, _, value = text.partition("=")
+        if not key:
+            raise NetworkError(f"invalid label {text!r}", hint="--label KEY[=VALUE]")
+        labels[key] = value
+    with engine.open_store() as store:
+        network = NetworkStore(store.root).create(
+            args.name, subnet=args.subnet, labels=labels,
+            default_subnet=engine.config.network["subnet"])
+    print(network.id)
+    return 0
+
+
+def ls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--no-trunc", action="store_true", help="full ids")
+    p.add_argument("--format", default="table",
+                   help="table (default), or a Go template as Docker's: '{{.Name}}'")
+
+
+def _rows(store: Store) -> list[dict[str, Any]]:
+    from ..network.networks import BUILT_IN, NetworkStore
+
+    rows = [{"ID": _builtin_id(name), "Name": name, "Driver": name if name != "none"
+             else "null", "Scope": "local"} for name in BUILT_IN]
+    rows += [{"ID": n.id, "Name": n.name, "Driver": "bridge", "Scope": "local"}
+             for n in NetworkStore(store.root).networks()]
+    return rows
+
+
+def _builtin_id(name: str) -> str:
+    """A stable id for a pre-defined network (Docker's are random, made by its daemon)."""
+    return hashlib.sha256(f"lamina network {name}".encode()).hexdigest()
+
+
+def cmd_ls(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.open_store(readonly=True) as store:
+        rows = _rows(store)
+    for row in rows:
+        row["ID"] = row["ID"] if args.no_trunc else row["ID"][:12]
+    if args.quiet:
+        print("\n".join(row["ID"] for row in rows))
+    elif args.format != "table":
+        from .gotemplate import render_rows
+
+        sys.stdout.write(render_rows(args.format, rows, {
+            "ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE"}))
+    else:
+        print_table(None, ["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+                    [[r["ID"], r["Name"], r["Driver"], r["Scope"]] for r in rows])
+    return 0
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--format", help="a Go template, as Docker's: '{{.IPAM.Config}}'")
+    p.add_argument("names", nargs="+", metavar="NETWORK")
+
+
+def _details(store: Store, network: Network) -> dict[str, Any]:
+    import ipaddress
+    from datetime import UTC, datetime
+
+    from ..containers.store import ContainerStore
+
+    leases = dict(store.db.execute(
+        "SELECT container_id, address FROM network_addresses WHERE network = ?",
+        (network.bridge,)))
+    subnet = ipaddress.IPv4Network(network.subnet)
+    return {
+        "Name": network.name, "Id": network.id,
+        "Created": datetime.fromtimestamp(network.created, UTC).isoformat()
+        .replace("+00:00", "Z"),
+        "Scope": "local", "Driver": "bridge", "EnableIPv6": False,
+        "IPAM": {"Driver": "default", "Options": {},
+                 "Config": [{"Subnet": str(subnet), "Gateway": str(subnet[1])}]},
+        "Internal": False, "Attachable": False,
+        "Containers": {c.id: {"Name": c.name,
+                              "IPv4Address": f"{leases[c.id]}/{subnet.prefixlen}"}
+                       for c in ContainerStore(store).containers() if c.id in leases},
+        "Options": {"com.docker.network.bridge.name": network.bridge},
+        "Labels": network.labels,
+    }
+
+
+def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
+    from ..network.networks import NetworkStore
+
+    found, status = [], 0
+    with engine.open_store(readonly=True) as store:
+        networks = NetworkStore(store.root)
+        for name in args.names:
+            try:
+                found.append(_details(store, networks.get(name)))
+            except LaminaError as exc:
+                report(exc)
+                status = 1
+    if args.format:
+        from .gotemplate import render_rows
+
+        sys.stdout.write(render_rows(args.format, found, {}))
+    else:
+        print(json.dumps(found, indent=4))
+    return status
+
+
+def rm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true",
+                   help="no error for a network that is not there")
+    p.add_argument("names", nargs="+", metavar="NETWORK")
+
+
+def _users(store: Store, network: Network, *, running_only: bool) -> list[str]:
+    from ..containers.store import ContainerStore
+
+    return [c.name for c in ContainerStore(store).containers()
+            if c.spec.network == network.name and (c.running or not running_only)]
+
+
+def _remove(store: Store, network: Network) -> None:
+    """The record, then the bridge and the nftables chains its containers' starts made."""
+    from ..network.networks import NetworkStore
+
+    NetworkStore(store.root).remove(network.name)
+    from ..network import links, nat
+    from ..network.nftables import NftablesMissing, run
+
+    links.delete_bridge(network.bridge)
+    try:
+        script = nat.remove_network_script(network.bridge)
+        if script:
+            run(script)
+    except NftablesMissing:
+        pass
+
+
+def cmd_rm(args: argparse.Namespace, engine: Engine) -> int:
+    from ..network.networks import BUILT_IN, NetworkNotFound, NetworkStore
+
+    status = 0
+    with engine.open_store() as store:
+        from .container import _reconcile
+
+        _reconcile(store)
+        networks = NetworkStore(store.root)
+        for name in args.names:
+            try:
+                if name in BUILT_IN:
+                    raise NetworkError(f"{name} is a pre-defined network and cannot be "
+                                       "removed", hint="remove the networks you made")
+                network = networks.get(name)
+                users = _users(store, network, running_only=True)
+                if users:
+                    raise NetworkError(
+                        f"error while removing network {name}: network {name} has active "
+                        f"endpoints ({', '.join(users)})",
+                        hint="stop those containers first (lamina stop)")
+                _remove(store, network)
+                print(name)
+            except NetworkNotFound as exc:
+                if not args.force:
+                    report(exc)
+                    status = 1
+            except LaminaError as exc:
+                report(exc)
+                status = 1
+    return status
+
+
+def prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
+
+
+def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
+    """Every user network no container (in any state) is on."""
+    from ..network.networks import NetworkStore
+
+    removed = []
+    with engine.open_store() as store:
+        for network in NetworkStore(store.root).networks():
+            if not _users(store, network, running_only=False):
+                _remove(store, network)
+                removed.append(network.name)
+    if removed:
+        print("Deleted Networks:")
+        print("\n".join(removed))
+    return 0
