@@ -459,9 +459,11 @@ def test_system_prune_removes_what_nothing_uses(tmp_path: Path, busybox_tar: Pat
         untagged = site.out("import", str(busybox_tar)).strip()  # the same layer, no name
         volume = site.out("inspect", "-f", "{{(index .Mounts 0).Name}}", "done").strip()
         done = site.out("inspect", "-f", "{{.Id}}", "done").strip()
+        site("network", "create", "unused-net")  # a record only: no bridge until used
         out = site.out("system", "prune", "-f")
         # the stopped container goes (with its 300 KB), the running one and names stay
-        assert out.startswith(f"Deleted Containers:\n{done}\n\n")
+        assert out.startswith(f"Deleted Containers:\n{done}\n\nDeleted Networks:\n"
+                              "unused-net\n\n")
         assert site.out("ps", "-a", "--format", "{{.Names}}") == "busy\n"
         assert f"deleted: {untagged}" in out
         assert re.fullmatch(r"Total reclaimed space: 30\d(\.\d+)? kB", out.splitlines()[-1])

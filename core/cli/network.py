@@ -207,16 +207,22 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true", help="do not ask (lamina never asks)")
 
 
-def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
-    """Every user network no container (in any state) is on."""
+def prune_networks(store: Store) -> list[str]:
+    """Remove every user network no container (in any state) is on; their names. Shared
+    by ``network prune`` and ``system prune``."""
     from ..network.networks import NetworkStore
 
     removed = []
+    for network in NetworkStore(store.root).networks():
+        if not _users(store, network, running_only=False):
+            _remove(store, network)
+            removed.append(network.name)
+    return removed
+
+
+def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
-        for network in NetworkStore(store.root).networks():
-            if not _users(store, network, running_only=False):
-                _remove(store, network)
-                removed.append(network.name)
+        removed = prune_networks(store)
     if removed:
         print("Deleted Networks:")
         print("\n".join(removed))

@@ -206,7 +206,8 @@ def prune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
-    """Docker's ``system prune``: stopped containers, (``--volumes``) unused anonymous
+    """Docker's ``system prune``: stopped containers, networks no container is on,
+    (``--volumes``) unused anonymous
     volumes, untagged (``-a``: unused) images, then the layers, blobs, build cache
     entries and dead pulls' leftovers nothing uses any more (``lamina prune``)."""
     from ..build.cache import BuildCache
@@ -215,6 +216,7 @@ def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     from .container import prune_containers
     from .filters import PruneFilter
     from .image import prune_images
+    from .network import prune_networks
     from .sizes import human_size
     from .volume import prune_volumes
 
@@ -223,6 +225,7 @@ def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
                            until=False)
     with engine.open_store() as store:
         containers, reclaimed = prune_containers(store, wanted)
+        networks = prune_networks(store)
         volumes, size = (prune_volumes(store, by_label, every=False) if args.volumes
                          else ([], 0))
         reclaimed += size
@@ -231,7 +234,8 @@ def cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
         rest = prune(ImageStore(store), layer_blobs=False)
         BuildCache(store).prune()  # the entries whose layers just went
         reclaimed += rest.reclaimed
-    for title, lines in (("Deleted Containers:", containers), ("Deleted Volumes:", volumes),
+    for title, lines in (("Deleted Containers:", containers), ("Deleted Networks:", networks),
+                         ("Deleted Volumes:", volumes),
                          ("Deleted Images:", images),
                          ("Deleted Layers:", rest.layers),
                          ("Deleted Blobs:", rest.blobs)):
