@@ -60,9 +60,11 @@ class Attachment(NamedTuple):
 def check_mode(mode: str) -> str:
     """``--network``'s value, checked (the CLI calls this before anything starts; a user
     network's existence it checks with core/network/networks.py)."""
-    from .networks import _NAME
+    if mode in MODES:
+        return mode
+    from .networks import _NAME  # not on the built-in modes' path (a run's start)
 
-    if mode not in MODES and not _NAME.fullmatch(mode):
+    if not _NAME.fullmatch(mode):
         raise NetworkError(f"unknown network mode {mode!r}", hint="--network takes bridge "
                            "(the default), host, none or a network lamina network create made")
     return mode

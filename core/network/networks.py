@@ -19,7 +19,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -104,7 +103,7 @@ class NetworkStore:
         if default_subnet:
             taken.append(ipaddress.IPv4Network(default_subnet))
         chosen = _checked_subnet(subnet, taken) if subnet else _free_subnet(taken)
-        ident = secrets.token_hex(32)
+        ident = os.urandom(32).hex()
         network = Network(name, ident, BRIDGE_PREFIX + ident[:12], str(chosen), time.time(),
                           dict(labels or {}))
         self.dir.mkdir(parents=True, exist_ok=True)
