@@ -1005,7 +1005,7 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
         # a container that starts later finds web by name, and web finds it
         client = out("run", "--rm", "--name", "client", "--network", "appnet", IMAGE, "sh",
                      "-c", "echo ping | nc -w 5 web 80; "
-                     "grep -c client /etc/hosts; nslookup web 2>/dev/null | tail -0")
+                     "grep -c client /etc/hosts; true")  # itself: not in its block
         assert client.splitlines()[:2] == ["pong", "0"], client
         out("run", "-d", "--name", "peer", "--network", "appnet", IMAGE, "sleep", "60")
         assert out("exec", "web", "ping", "-c", "1", "-W", "2", "peer").count("1 packets "
