@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import functools
 import os
+import re
 import signal
 import sys
 import time
@@ -66,6 +67,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", "--net", default="bridge", metavar="NETWORK",
                    help="bridge (default), host, none, or a network made by lamina network "
                    "create (its containers find each other by name)")
+    p.add_argument("--network-alias", action="append", default=[], metavar="ALIAS",
+                   help="another name the containers of its user network find it by")
     p.add_argument("-p", "--publish", action="append", default=[],
                    metavar="[[IP:]HOST:]CONTAINER[/PROTO]",
                    help="publish a container's port (without HOST: any free one)")
@@ -248,6 +251,14 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
 
         check_mode(args.network)
         args.network = NetworkStore(store.root).get(args.network).name  # an id: its name
+    if args.network_alias and args.network in ("bridge", "host", "none"):
+        raise ContainerError("network-scoped aliases are only supported for user-defined "
+                             "networks", hint="lamina network create NAME, then --network "
+                             "NAME --network-alias ALIAS")
+    for alias in args.network_alias:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?", alias):
+            raise ContainerError(f"invalid --network-alias {alias!r}",
+                                 hint="a host name: letters, digits, '.', '-' and '_'")
     if args.network == "host" and args.publish:
         raise ContainerError("-p cannot be used with --network host",
                              hint="the container's ports are the host's already")
@@ -282,7 +293,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         shm_size=shm, ulimits=tuple(map(parse_ulimit, args.ulimit)),
         init=find_init() if args.init else None,
         privileged=args.privileged, devices=tuple(map(parse_device, args.device)),
-        group_add=tuple(args.group_add),
+        group_add=tuple(args.group_add), network_aliases=tuple(args.network_alias),
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,

@@ -108,6 +108,8 @@ class ContainerSpec(NamedTuple):
     #: ``--group-add``: supplementary groups (names of the image's /etc/group, or numbers)
     #: of every process, exec'd ones too
     group_add: tuple[str, ...] = ()
+    #: ``--network-alias``: more names the others on its user network find it by
+    network_aliases: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -132,6 +134,7 @@ class ContainerSpec(NamedTuple):
         data["ulimits"] = tuple(tuple(u) for u in data.get("ulimits", ()))
         data["devices"] = tuple(tuple(d) for d in data.get("devices", ()))
         data["group_add"] = tuple(data.get("group_add", ()))
+        data["network_aliases"] = tuple(data.get("network_aliases", ()))
         return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 

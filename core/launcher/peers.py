@@ -2,8 +2,9 @@
 embedded DNS answers them.
 
 A container on a network made by ``lamina network create`` reaches the others on it by
-their names, their short ids and their ``--hostname``s. Without a daemon there is no
-DNS server to ask, so the names go where every resolver looks first: a block at the end
+their names, their short ids, their ``--hostname``s and ``--network-alias``es. Without
+a daemon there is no DNS server to ask, so the names go where every resolver looks
+first: a block at the end
 of each member's /etc/hosts (the file its monitor bound into it, rewritten in place),
 between two marker lines, the rest of the file left as it is. The block is written
 whole from the network's address leases, for every running member, whenever one joins
@@ -55,8 +56,9 @@ def refresh_all(store: Store) -> None:
 
 def _names(container: Container) -> list[str]:
     names = [container.name, container.id[:12]]
-    if container.spec.hostname and container.spec.hostname not in names:
-        names.append(container.spec.hostname)
+    for name in (container.spec.hostname, *container.spec.network_aliases):
+        if name and name not in names:
+            names.append(name)
     return names
 
 
