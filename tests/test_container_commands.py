@@ -1007,16 +1007,24 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
                      "-c", "echo ping | nc -w 5 web 80; "
                      "grep -c client /etc/hosts; true")  # itself: not in its block
         assert client.splitlines()[:2] == ["pong", "0"], client
-        out("run", "-d", "--name", "peer", "--network", "appnet", IMAGE, "sleep", "60")
+        out("run", "-d", "--name", "peer", "--network", "appnet", "--network-alias", "db",
+            IMAGE, "sleep", "60")
         assert out("exec", "web", "ping", "-c", "1", "-W", "2", "peer").count("1 packets "
                                                                              "received") == 1
+        assert "1 packets received" in out("exec", "web", "ping", "-c", "1", "-W", "2", "db")
         hosts = out("exec", "web", "cat", "/etc/hosts")
         assert "peer" in hosts and "client" not in hosts  # the one that left is gone
+        no_alias = lamina("run", "--rm", "--network-alias", "x", IMAGE, "true", check=False)
+        assert no_alias.returncode == 125 and b"only supported for user-defined" in \
+            no_alias.stderr
         details = json.loads(out("network", "inspect", "appnet"))[0]
         assert details["Labels"] == {"tier": "app"}
         addresses = {c["Name"]: c["IPv4Address"].split("/")[0]
                      for c in details["Containers"].values()}
         assert set(addresses) == {"web", "peer"}
+        # Docker's way to read a container's address
+        assert out("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} "
+                   "{{.Aliases}}{{end}}", "peer") == f"{addresses['peer']} [db]\n"
         # isolated: from another network and from the default bridge, not even by address
         for network in ("othernet", "bridge"):
             probe = lamina("run", "--rm", "--network", network, IMAGE, "sh", "-c",

@@ -460,6 +460,8 @@ def test_two_containers_talk_over_the_bridge_and_a_port_is_published(
                        "ip -4 addr show eth0 | sed -n 's/.*inet \\([0-9.]*\\).*/\\1/p'")
         ip = inner.stdout.decode().strip()
         assert ip.startswith("10.87."), (address, ip)
+        settings = address["NetworkSettings"]  # Docker's fields for the default bridge
+        assert (settings["IPAddress"], settings["Networks"]["bridge"]["IPAddress"]) == (ip, ip)
         # a second container reaches the first by its address on the bridge
         client = lamina("run", "--rm", IMAGE, "sh", "-c", f"echo ping | nc -w 5 {ip} 80")
         assert client.stdout == b"pong\n"

@@ -807,10 +807,11 @@ def _size_text(size: tuple[int, int] | None) -> str:
 
 
 def inspect_container(c: Container, directory: Path, volume_path: Callable[[str], Path],
-                      restarts: int = 0) -> dict[str, Any]:
+                      restarts: int = 0,
+                      networks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Docker's ``container inspect`` shape, for the fields lamina has; ``directory`` is
     the container's own (its /etc files and log), ``volume_path`` where a volume's files
-    are."""
+    are, ``networks`` its ``NetworkSettings.Networks`` (core/cli/network.py)."""
     from ..containers import logs
     from ..launcher import health
     from ..launcher.health import Check
@@ -866,7 +867,12 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                     "Source": str(volume_path(v.source)) if v.kind == "volume" else v.source,
                     "Destination": v.target, "RW": not v.readonly}
                    for v in spec.volumes],
-        "NetworkSettings": {"Ports": _port_map(c)},
+        "NetworkSettings": {
+            "Ports": _port_map(c), "Networks": networks or {},
+            # the default bridge's address at the top too, as Docker's
+            **{key: (networks or {}).get("bridge", {}).get(key, default)
+               for key, default in (("IPAddress", ""), ("IPPrefixLen", 0), ("Gateway", ""))},
+        },
         "GraphDriver": {"Layer": c.layer},
     }
 

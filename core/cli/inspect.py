@@ -31,6 +31,7 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
     from ..images.store import ImageStore
     from .container import inspect_container
     from .image import find_image, inspect_image
+    from .network import container_networks
 
     template = None
     if args.format:
@@ -52,7 +53,8 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> int:
                         container = containers.get(text)
                         out.append(inspect_container(
                             shown(containers, container), containers.directory(container.id),
-                            VolumeStore(store).path, restart_count(containers, container.id)))
+                            VolumeStore(store).path, restart_count(containers, container.id),
+                            container_networks(store, container, engine.config.network)))
                         continue
                     except ContainerNotFound:
                         if args.type == "container":

@@ -22,6 +22,38 @@ if TYPE_CHECKING:
     from ..network.networks import Network
 
 
+def container_networks(store: Store, container: Any,
+                       settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Docker's ``NetworkSettings.Networks`` of a container: its network, with the address
+    it holds while it runs (``settings``: the config's ``[network]``)."""
+    import ipaddress
+
+    mode = container.spec.network
+    entry: dict[str, Any] = {"NetworkID": "", "IPAddress": "", "IPPrefixLen": 0,
+                             "Gateway": "", "Aliases": list(container.spec.network_aliases)}
+    subnet, bridge = None, None
+    if mode == "bridge":
+        subnet, bridge = settings["subnet"], settings["bridge"]
+        entry["NetworkID"] = _builtin_id(mode)
+    elif mode in ("host", "none"):
+        entry["NetworkID"] = _builtin_id(mode)
+    else:
+        from ..network.networks import NetworkNotFound, NetworkStore
+
+        try:
+            network = NetworkStore(store.root).get(mode)
+            subnet, bridge, entry["NetworkID"] = network.subnet, network.bridge, network.id
+        except NetworkNotFound:
+            pass  # removed since: the container cannot start on it
+    if bridge is not None:
+        row = store.db.execute("SELECT address FROM network_addresses WHERE network = ? "
+                               "AND container_id = ?", (bridge, container.id)).fetchone()
+        if row:
+            net = ipaddress.IPv4Network(subnet)
+            entry.update(IPAddress=row[0], IPPrefixLen=net.prefixlen, Gateway=str(net[1]))
+    return {mode: entry}
+
+
 def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--driver", dest="network_driver", default="bridge", choices=["bridge"],
                    help="the network's driver (bridge, the only one)")
