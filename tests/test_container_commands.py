@@ -1039,7 +1039,12 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
         assert f"isolation-{bridge}" in nft()
     finally:
         lamina("rm", "-f", "web", "peer", check=False)
-    assert out("network", "rm", "appnet") == "appnet\n"
+    out("create", "--name", "later", "--network", "appnet", IMAGE, "true")
+    assert out("network", "rm", "appnet") == "appnet\n"  # a stopped container: no endpoint
+    orphan = lamina("start", "later", check=False)  # as Docker's: refused, still created
+    assert orphan.returncode != 0 and b"network appnet not found" in orphan.stderr
+    assert out("inspect", "-f", "{{.State.Status}}", "later") == "created\n"
+    lamina("rm", "later")
     assert out("network", "prune") == "Deleted Networks:\nothernet\n"
     assert out("network", "ls", "-q").count("\n") == 3  # the pre-defined ones
     links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True, text=True)

@@ -155,6 +155,10 @@ def run(store: Store, container: Container, stdio: Stdio,
     """
     containers = ContainerStore(store)
     spec = container.spec
+    if spec.network not in ("bridge", "host", "none"):  # removed since its create?
+        from ..network.networks import NetworkStore
+
+        NetworkStore(store.root).get(spec.network)  # before anything is made
     holder = store.process_holder
     rootfs = store.mount(container.layer, holder=holder)
     master = devnull = -1
