@@ -1052,6 +1052,31 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
     assert lamina("network", "rm", "bridge", check=False).returncode != 0
 
 
+def test_sysctls_of_the_containers_own_namespaces(site: Site) -> None:
+    """``--sysctl``: net.* and the IPC settings reach the container's namespaces and not
+    the host's; others, net.* with the host's network, and unknown names are refused."""
+    host = {name: Path(f"/proc/sys/{name}").read_text() for name in
+            ("net/core/somaxconn", "kernel/shmmax")}
+    out = site.out("run", "--rm", "--network", "none", "--sysctl", "net.core.somaxconn=1234",
+                   "--sysctl", "kernel.shmmax=12345678", IMAGE, "cat",
+                   "/proc/sys/net/core/somaxconn", "/proc/sys/kernel/shmmax")
+    assert out.split() == ["1234", "12345678"]
+    assert {name: Path(f"/proc/sys/{name}").read_text() for name in host} == host
+    for flags, words in ((["--sysctl", "kernel.hostname=x"], b"is not allowed"),
+                         (["--network", "host", "--sysctl", "net.core.somaxconn=1"],
+                          b"not allowed in the host's network namespace"),
+                         (["--sysctl", "net.core.somaxconn"], b"invalid --sysctl"),
+                         (["--sysctl", "net.core.nosuch=1"], b"cannot set sysctl net.core")):
+        refused = site("run", "--rm", *(["--network", "none"] if "host" not in flags else []),
+                       *flags, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and words in refused.stderr, (flags, refused.stderr)
+    site("create", "--network", "none", "--name", "tuned", "--sysctl", "net.core.somaxconn=99",
+         IMAGE, "true")
+    assert site.out("inspect", "-f", "{{json .HostConfig.Sysctls}}", "tuned") == \
+        '{"net.core.somaxconn":"99"}\n'
+    site("rm", "tuned")
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

@@ -84,6 +84,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="writable layer options (size=N on drivers with quotas)")
     p.add_argument("--security-opt", action="append", default=[],
                    metavar="seccomp=unconfined", help="security options")
+    p.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
+                   help="a kernel setting of its own namespaces (net.*, kernel.shm*, ...)")
     p.add_argument("--group-add", action="append", default=[], metavar="GROUP",
                    help="a supplementary group of its processes (a name or a number)")
     p.add_argument("--privileged", action="store_true",
@@ -294,6 +296,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         init=find_init() if args.init else None,
         privileged=args.privileged, devices=tuple(map(parse_device, args.device)),
         group_add=tuple(args.group_add), network_aliases=tuple(args.network_alias),
+        sysctls=_sysctls(args.sysctl, args.network),
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,
@@ -381,6 +384,14 @@ def _volumes(given: list[Volume], image: dict[str, object]) -> tuple[Volume, ...
     from ..containers.spec import name_volumes
 
     return name_volumes(given, image)
+
+
+def _sysctls(given: list[str], network: str) -> tuple[tuple[str, str], ...]:
+    if not given:
+        return ()
+    from ..launcher.sysctls import parse
+
+    return tuple(dict(parse(text, network) for text in given).items())
 
 
 def _volumes_from(given: list[Volume], sources: list[str], store: Store) -> list[Volume]:
@@ -847,6 +858,7 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                        "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_options)},
                        "AutoRemove": spec.auto_remove, "Init": spec.init is not None,
                        "Privileged": spec.privileged, "GroupAdd": list(spec.group_add),
+                       "Sysctls": dict(spec.sysctls),
                        "Devices": [{"PathOnHost": host, "PathInContainer": target,
                                     "CgroupPermissions": "rwm"}
                                    for host, target in spec.devices],

@@ -110,6 +110,8 @@ class ContainerSpec(NamedTuple):
     group_add: tuple[str, ...] = ()
     #: ``--network-alias``: more names the others on its user network find it by
     network_aliases: tuple[str, ...] = ()
+    #: ``--sysctl``: (name, value) of the container's own namespaces (core/launcher/sysctls.py)
+    sysctls: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> str:
         data = self._asdict()
@@ -135,6 +137,7 @@ class ContainerSpec(NamedTuple):
         data["devices"] = tuple(tuple(d) for d in data.get("devices", ()))
         data["group_add"] = tuple(data.get("group_add", ()))
         data["network_aliases"] = tuple(data.get("network_aliases", ()))
+        data["sysctls"] = tuple(tuple(s) for s in data.get("sysctls", ()))
         return cls(**{k: v for k, v in data.items() if k in cls._fields})
 
 

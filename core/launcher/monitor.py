@@ -230,6 +230,10 @@ def run(store: Store, container: Container, stdio: Stdio,
                 from . import peers
 
                 peers.refresh(store, spec.network)
+            if spec.sysctls:  # once its network is there (net.ipv4.conf.eth0.*)
+                from . import sysctls
+
+                sysctls.apply(child.pid, spec.sysctls)
             try:
                 child.release()
             except LaminaError:
