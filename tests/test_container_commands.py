@@ -1077,6 +1077,28 @@ def test_sysctls_of_the_containers_own_namespaces(site: Site) -> None:
     site("rm", "tuned")
 
 
+def test_ps_last_and_latest_and_exec_privileged(site: Site) -> None:
+    """``ps -n N`` and ``ps -l``: the containers made last, newest first, in any state;
+    ``exec --privileged``: the command gets every capability lamina holds."""
+    before = set(site.out("ps", "-aq").split())
+    made = [site.out("create", "--network", "none", IMAGE, "true").strip()[:12]
+            for _ in range(3)]
+    site("run", "-d", "--network", "none", "--name", "capped", "--cap-drop", "ALL", IMAGE,
+         "sleep", "30")
+    capped = site.out("inspect", "-f", "{{.Id}}", "capped").strip()[:12]
+    assert site.out("ps", "-l", "-q") == f"{capped}\n"
+    assert site.out("ps", "-n", "3", "-q").split() == [capped, made[2], made[1]]
+    assert site.out("ps", "-n", "0", "-q") == ""
+    bounding = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("CapBnd:")).split()[1]
+    plain = site.out("exec", "capped", "grep", "CapEff", "/proc/self/status").split()[1]
+    privileged = site.out("exec", "--privileged", "capped", "grep", "CapEff",
+                          "/proc/self/status").split()[1]
+    assert (plain, privileged) == ("0000000000000000", bounding)
+    site("rm", "-f", "capped", *made)
+    assert set(site.out("ps", "-aq").split()) == before
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

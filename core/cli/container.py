@@ -586,6 +586,10 @@ def ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
     p.add_argument("-s", "--size", action="store_true",
                    help="the size of each container's own changes (and with its image's)")
+    p.add_argument("-n", "--last", type=int, default=-1, metavar="N",
+                   help="the N containers made last, in any state")
+    p.add_argument("-l", "--latest", action="store_true",
+                   help="the container made last, in any state")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="; ".join(f"{k}: {v}" for k, v in PS_FILTERS.items()))
 
@@ -763,11 +767,15 @@ def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
         # a running build's step containers are the build's, not the user's (as Docker's)
         containers = ContainerStore(store)
         # a restarting container counts as running (Docker's ps and inspect say so too)
+        last = 1 if args.latest else args.last
+        every = args.all or last >= 0  # -n and -l look at every state, as Docker's
         found = [c for c in (monitor.shown(containers, c) for c in containers.containers())
-                 if (args.all or c.state in ("running", "restarting", "paused"))
+                 if (every or c.state in ("running", "restarting", "paused"))
                  and BUILD_OWNER_LABEL not in c.spec.labels]
         if args.filter:
             found = _ps_filtered(found, args.filter, store, engine)
+        if last >= 0:
+            found = sorted(found, key=lambda c: c.created, reverse=True)[:last]
         shown = _image_names(found, store, engine)
         sizes = containers.sizes(found) if args.size else {}
         healths = _healths(containers, found)
@@ -1557,6 +1565,8 @@ def exec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", action="append", default=[], metavar="FILE")
     p.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] (default: the container's)")
     p.add_argument("-w", "--workdir", help="working directory (default: the container's)")
+    p.add_argument("--privileged", action="store_true",
+                   help="every capability lamina holds and no seccomp filter for the command")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
 
@@ -1583,7 +1593,7 @@ def cmd_exec(args: argparse.Namespace, engine: Engine) -> int:
     run = functools.partial(
         execute.exec_in, container, args.command, env=merge_env(spec.env, _env(args)),
         user=args.user if args.user is not None else spec.user,
-        workdir=args.workdir or spec.workdir)
+        workdir=args.workdir or spec.workdir, privileged=args.privileged)
     if args.detach:
         from ..launcher import monitor
 

@@ -21,10 +21,12 @@ from . import cgroups, monitor, process, terminal
 
 def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], user: str,
             workdir: str, tty: bool, interactive: bool,
-            started: Callable[[], None] | None = None) -> int:
+            started: Callable[[], None] | None = None, privileged: bool = False) -> int:
     """Run ``argv`` in ``container``; its exit code (128+N for signal N).
 
-    ``started`` is called once the process runs (``exec -d`` returns then).
+    ``started`` is called once the process runs (``exec -d`` returns then);
+    ``privileged``: every capability lamina holds and no seccomp filter (``exec
+    --privileged``), whatever the container has.
     """
     assert container.pid is not None
     master = devnull = -1
@@ -33,6 +35,9 @@ def exec_in(container: Container, argv: Sequence[str], *, env: Sequence[str], us
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         if tty:
             tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if privileged:
+            container = container._replace(
+                spec=container.spec._replace(privileged=True, seccomp=False))
         child = _spawn(container, argv, env=env, user=user, workdir=workdir,
                        stdio=(0 if interactive else devnull, 1, 2), tty=tty_child)
         if tty_child is not None:
