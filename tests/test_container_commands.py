@@ -1099,6 +1099,35 @@ def test_ps_last_and_latest_and_exec_privileged(site: Site) -> None:
     assert set(site.out("ps", "-aq").split()) == before
 
 
+def test_containers_started_at_once_on_a_network_all_know_each_other(
+        site: Site, host_netns: list[str]) -> None:
+    """Four starts at once on one user network: each one's /etc/hosts ends up naming the
+    three others (the blocks are rewritten under the store's write lock)."""
+    def lamina(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([*host_netns, *site.cmd(*args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+    def wait(proc: subprocess.Popen) -> str:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    wait(lamina("network", "create", "busy-net"))
+    names = [f"crowd{n}" for n in range(4)]
+    try:
+        for proc in [lamina("run", "-d", "--name", name, "--network", "busy-net", IMAGE,
+                            "sleep", "60") for name in names]:
+            wait(proc)
+        for name in names:
+            hosts = wait(lamina("exec", name, "cat", "/etc/hosts"))
+            block = hosts.partition("# lamina: the containers of network busy-net")[2]
+            assert sorted(w for w in block.split() if w.startswith("crowd")) == sorted(
+                n for n in names if n != name), hosts
+    finally:
+        wait(lamina("rm", "-f", *names))
+        wait(lamina("network", "rm", "busy-net"))
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 
