@@ -1099,6 +1099,40 @@ def test_ps_last_and_latest_and_exec_privileged(site: Site) -> None:
     assert set(site.out("ps", "-aq").split()) == before
 
 
+def test_an_internal_network_has_no_way_out(site: Site, host_netns: list[str]) -> None:
+    """``network create --internal``: its containers reach each other by name, but have
+    no default route and nothing is forwarded off its bridge; ports cannot be published."""
+    def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
+                              timeout=60)
+        if check:
+            assert proc.returncode == 0, proc.stderr.decode()
+        return proc
+
+    lamina("network", "create", "--internal", "closed")
+    lamina("network", "create", "open")
+    try:
+        lamina("run", "-d", "--name", "inner", "--network", "closed", IMAGE, "sh", "-c",
+               "while true; do echo pong | nc -l -p 80; done")
+        lamina("run", "-d", "--name", "outer", "--network", "open", IMAGE, "sh", "-c",
+               "while true; do echo pong | nc -l -p 80; done")
+        outer = json.loads(lamina("network", "inspect", "open").stdout)[0]
+        outer_ip = next(iter(outer["Containers"].values()))["IPv4Address"].split("/")[0]
+        probe = lamina("run", "--rm", "--network", "closed", IMAGE, "sh", "-c",
+                       "echo ping | nc -w 5 inner 80; ip route; "
+                       f"echo ping | nc -w 2 {outer_ip} 80 || echo unreachable")
+        lines = probe.stdout.decode().splitlines()
+        assert lines[0] == "pong" and lines[-1] == "unreachable", lines
+        assert not any(line.startswith("default") for line in lines), lines
+        assert json.loads(lamina("network", "inspect", "closed").stdout)[0]["Internal"]
+        refused = lamina("run", "--rm", "--network", "closed", "-p", "8081:80", IMAGE, "true",
+                         check=False)
+        assert refused.returncode == 125 and b"internal network closed" in refused.stderr
+    finally:
+        lamina("rm", "-f", "inner", "outer", check=False)
+        lamina("network", "rm", "closed", "open")
+
+
 def test_containers_started_at_once_on_a_network_all_know_each_other(
         site: Site, host_netns: list[str]) -> None:
     """Four starts at once on one user network: each one's /etc/hosts ends up naming the

@@ -252,7 +252,11 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         from ..network.networks import NetworkStore
 
         check_mode(args.network)
-        args.network = NetworkStore(store.root).get(args.network).name  # an id: its name
+        chosen = NetworkStore(store.root).get(args.network)
+        args.network = chosen.name  # an id: its name
+        if chosen.internal and args.publish:  # refused here, not at its start
+            raise ContainerError(f"-p cannot be used on the internal network {chosen.name}",
+                                 hint="publish ports on a network that is not --internal")
     if args.network_alias and args.network in ("bridge", "host", "none"):
         raise ContainerError("network-scoped aliases are only supported for user-defined "
                              "networks", hint="lamina network create NAME, then --network "

@@ -58,6 +58,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--driver", dest="network_driver", default="bridge", choices=["bridge"],
                    help="the network's driver (bridge, the only one)")
     p.add_argument("--subnet", help="its IPv4 subnet (default: a free 10.89.N.0/24)")
+    p.add_argument("--internal", action="store_true",
+                   help="its containers reach only each other: no way out, no ports")
     p.add_argument("--label", action="append", default=[], metavar="KEY[=VALUE]",
                    help="a label of the network")
     p.add_argument("name", metavar="NAME")
@@ -75,7 +77,7 @@ def cmd_create(args: argparse.Namespace, engine: Engine) -> int:
     with engine.open_store() as store:
         network = NetworkStore(store.root).create(
             args.name, subnet=args.subnet, labels=labels,
-            default_subnet=engine.config.network["subnet"])
+            default_subnet=engine.config.network["subnet"], internal=args.internal)
     print(network.id)
     return 0
 
@@ -142,7 +144,7 @@ def _details(store: Store, network: Network) -> dict[str, Any]:
         "Scope": "local", "Driver": "bridge", "EnableIPv6": False,
         "IPAM": {"Driver": "default", "Options": {},
                  "Config": [{"Subnet": str(subnet), "Gateway": str(subnet[1])}]},
-        "Internal": False, "Attachable": False,
+        "Internal": network.internal, "Attachable": False,
         "Containers": {c.id: {"Name": c.name,
                               "IPv4Address": f"{leases[c.id]}/{subnet.prefixlen}"}
                        for c in ContainerStore(store).containers() if c.id in leases},

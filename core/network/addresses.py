@@ -25,6 +25,8 @@ class BridgeNetwork(NamedTuple):
     subnet: ipaddress.IPv4Network
     #: nameservers for containers when the host has only 127.x ones
     dns: tuple[str, ...] = ("8.8.8.8", "8.8.4.4")
+    #: a user network made ``--internal``: its containers reach only each other
+    internal: bool = False
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:

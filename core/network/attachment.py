@@ -110,6 +110,12 @@ def attach(
     ports = tuple(ports)
     _check_ports(mode, ports)
     settings = settings or _default_settings()
+    if ports and mode not in MODES:
+        from .networks import NetworkStore
+
+        if NetworkStore(store.root).get(mode).internal:
+            raise NetworkError(f"ports cannot be published on the internal network {mode}",
+                               hint="publish them on a network that is not --internal")
     if not is_bridged(mode):
         hosts = host_hosts_file() if mode == "host" else hosts_file(hostname, None)
         return Attachment(mode, hosts, resolv_conf(mode, settings["dns"]))
@@ -187,7 +193,8 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
             ifconfig.set_address("eth0", address, network.subnet.prefixlen)
             ifconfig.announce_on_up("eth0")
             ifconfig.link_up("eth0")
-            ifconfig.add_default_route(str(network.gateway))
+            if not network.internal:  # an internal network's containers have no way out
+                ifconfig.add_default_route(str(network.gateway))
     except BaseException as exc:
         links.delete_veths([links.veth_name(container_id)])  # the process may live on
         detach(store, container_id)

@@ -62,12 +62,17 @@ def isolation_script(network: BridgeNetwork, default_bridge: str) -> str:
     Docker isolates its networks (a chain per bridge, written whole: idempotent)."""
     bridge = network.name
     chain = f"isolation-{bridge}"
-    others = ([f'oifname "{BRIDGE_PREFIX}*" oifname != "{bridge}"']
-              + ([f'oifname "{default_bridge}"'] if bridge != default_bridge else []))
+    if network.internal:  # nowhere but its own bridge, either way
+        others = [f'oifname != "{bridge}"']
+    else:
+        others = ([f'oifname "{BRIDGE_PREFIX}*" oifname != "{bridge}"']
+                  + ([f'oifname "{default_bridge}"'] if bridge != default_bridge else []))
+    rules = [f'iifname "{bridge}" {match} drop' for match in others]
+    if network.internal:
+        rules.append(f'oifname "{bridge}" iifname != "{bridge}" drop')
     return (f"add chain {TABLE} {chain} {{ type filter hook forward priority filter; "
             f"policy accept; }}\nflush chain {TABLE} {chain}\n"
-            + "".join(f'add rule {TABLE} {chain} iifname "{bridge}" {match} drop\n'
-                      for match in others))
+            + "".join(f"add rule {TABLE} {chain} {rule}\n" for rule in rules))
 
 
 def remove_network_script(bridge: str) -> str:

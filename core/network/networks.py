@@ -42,9 +42,12 @@ class Network(NamedTuple):
     subnet: str
     created: float
     labels: dict[str, str]
+    #: ``--internal``: nothing forwarded off its bridge (no way out, no published ports)
+    internal: bool = False
 
     def bridge_network(self, dns: tuple[str, ...]) -> BridgeNetwork:
-        return BridgeNetwork(self.bridge, ipaddress.IPv4Network(self.subnet), dns)
+        return BridgeNetwork(self.bridge, ipaddress.IPv4Network(self.subnet), dns,
+                             self.internal)
 
 
 class NetworkNotFound(NetworkError):
@@ -90,7 +93,8 @@ class NetworkStore:
                               f"{name} makes it")
 
     def create(self, name: str, *, subnet: str | None = None,
-               labels: dict[str, str] | None = None, default_subnet: str = "") -> Network:
+               labels: dict[str, str] | None = None, default_subnet: str = "",
+               internal: bool = False) -> Network:
         """Record a new network; the bridge is made by the first container's start."""
         if name in BUILT_IN:
             raise NetworkError(f"{name} is a pre-defined network and cannot be created",
@@ -105,7 +109,7 @@ class NetworkStore:
         chosen = _checked_subnet(subnet, taken) if subnet else _free_subnet(taken)
         ident = os.urandom(32).hex()
         network = Network(name, ident, BRIDGE_PREFIX + ident[:12], str(chosen), time.time(),
-                          dict(labels or {}))
+                          dict(labels or {}), internal)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{name}.json"
         try:
