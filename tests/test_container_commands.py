@@ -1162,6 +1162,30 @@ def test_containers_started_at_once_on_a_network_all_know_each_other(
         wait(lamina("network", "rm", "busy-net"))
 
 
+def test_ipc_and_uts_of_the_host(site: Site, tmp_path: Path) -> None:
+    """``--ipc host``: the host's IPC namespace and its /dev/shm; ``--uts host``: the host's
+    name; the IPC sysctls and --hostname then refused, as Docker's."""
+    marker = Path("/dev/shm") / f"lamina-test-{os.getpid()}"
+    marker.write_text("from the host\n")
+    try:
+        script = "cat /dev/shm/" + marker.name + "; hostname; readlink /proc/self/ns/ipc"
+        shared = site.out("run", "--rm", "--network", "none", "--ipc", "host", "--uts",
+                          "host", IMAGE, "sh", "-c", script).splitlines()
+        assert shared == ["from the host", os.uname().nodename,
+                          os.readlink("/proc/self/ns/ipc")]
+        own = site("run", "--rm", "--network", "none", IMAGE, "sh", "-c", script,
+                   check=False).stdout.decode().splitlines()
+        assert own[-2] != os.uname().nodename and own[-1] != shared[-1], own
+        assert "from the host" not in own
+    finally:
+        marker.unlink()
+    for flags, words in ((["--ipc", "host", "--sysctl", "kernel.shmmax=1"],
+                          b"not allowed in the host's IPC namespace"),
+                         (["--uts", "host", "-h", "x"], b"conflicting options")):
+        refused = site("run", "--rm", "--network", "none", *flags, IMAGE, "true", check=False)
+        assert refused.returncode == 125 and words in refused.stderr, refused.stderr
+
+
 def test_update_changes_limits_at_once_and_the_restart_policy(site: Site) -> None:
     from lamina.core.launcher.cgroups import Hierarchies
 

@@ -84,6 +84,10 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
                    help="writable layer options (size=N on drivers with quotas)")
     p.add_argument("--security-opt", action="append", default=[],
                    metavar="seccomp=unconfined", help="security options")
+    p.add_argument("--ipc", choices=["private", "shareable", "host"], default="private",
+                   help="host: the host's IPC namespace and /dev/shm (default: its own)")
+    p.add_argument("--uts", choices=["host"],
+                   help="host: the host's host name (default: its own)")
     p.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
                    help="a kernel setting of its own namespaces (net.*, kernel.shm*, ...)")
     p.add_argument("--group-add", action="append", default=[], metavar="GROUP",
@@ -257,6 +261,9 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         if chosen.internal and args.publish:  # refused here, not at its start
             raise ContainerError(f"-p cannot be used on the internal network {chosen.name}",
                                  hint="publish ports on a network that is not --internal")
+    if args.uts == "host" and args.hostname:
+        raise ContainerError("conflicting options: --hostname and --uts host",
+                             hint="the host's name is the container's with --uts host")
     if args.network_alias and args.network in ("bridge", "host", "none"):
         raise ContainerError("network-scoped aliases are only supported for user-defined "
                              "networks", hint="lamina network create NAME, then --network "
@@ -300,7 +307,8 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         init=find_init() if args.init else None,
         privileged=args.privileged, devices=tuple(map(parse_device, args.device)),
         group_add=tuple(args.group_add), network_aliases=tuple(args.network_alias),
-        sysctls=_sysctls(args.sysctl, args.network),
+        sysctls=_sysctls(args.sysctl, args.network, args.ipc),
+        ipc="host" if args.ipc == "host" else "", uts=args.uts or "",
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,
@@ -390,12 +398,12 @@ def _volumes(given: list[Volume], image: dict[str, object]) -> tuple[Volume, ...
     return name_volumes(given, image)
 
 
-def _sysctls(given: list[str], network: str) -> tuple[tuple[str, str], ...]:
+def _sysctls(given: list[str], network: str, ipc: str) -> tuple[tuple[str, str], ...]:
     if not given:
         return ()
     from ..launcher.sysctls import parse
 
-    return tuple(dict(parse(text, network) for text in given).items())
+    return tuple(dict(parse(text, network, ipc) for text in given).items())
 
 
 def _volumes_from(given: list[Volume], sources: list[str], store: Store) -> list[Volume]:
@@ -871,6 +879,7 @@ def inspect_container(c: Container, directory: Path, volume_path: Callable[[str]
                        "AutoRemove": spec.auto_remove, "Init": spec.init is not None,
                        "Privileged": spec.privileged, "GroupAdd": list(spec.group_add),
                        "Sysctls": dict(spec.sysctls),
+                       "IpcMode": spec.ipc or "private", "UTSMode": spec.uts,
                        "Devices": [{"PathOnHost": host, "PathInContainer": target,
                                     "CgroupPermissions": "rwm"}
                                    for host, target in spec.devices],

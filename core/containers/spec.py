@@ -112,6 +112,10 @@ class ContainerSpec(NamedTuple):
     network_aliases: tuple[str, ...] = ()
     #: ``--sysctl``: (name, value) of the container's own namespaces (core/launcher/sysctls.py)
     sysctls: tuple[tuple[str, str], ...] = ()
+    #: ``--ipc host`` and ``--uts host``: the host's IPC namespace (its /dev/shm too) and
+    #: host name instead of the container's own ("" is its own)
+    ipc: str = ""
+    uts: str = ""
 
     def to_json(self) -> str:
         data = self._asdict()

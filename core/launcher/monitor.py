@@ -97,6 +97,8 @@ def _etc_files(containers: ContainerStore, container: Container) -> dict[str, Pa
 
 
 def _hostname(container: Container) -> str:
+    if container.spec.uts == "host":
+        return os.uname().nodename
     return container.spec.hostname or container.id[:12]
 
 
@@ -209,7 +211,7 @@ def run(store: Store, container: Container, stdio: Stdio,
             read_only=spec.read_only, stdio=io, tty=tty_child, seccomp=spec.seccomp,
             capabilities=kept_capabilities(spec), shm_size=spec.shm_size,
             ulimits=spec.ulimits, privileged=spec.privileged, devices=spec.devices,
-            group_add=spec.group_add)
+            group_add=spec.group_add, ipc_host=spec.ipc == "host", uts_host=spec.uts == "host")
         child = process.spawn(launch)
         if tty_child is not None:
             tty_child.close()

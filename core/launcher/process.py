@@ -65,6 +65,8 @@ class Launch(NamedTuple):
     privileged: bool = False  # no masked paths, /sys writable, every host device
     devices: Sequence[tuple[str, str]] = ()  # (host path, container path) bound in
     group_add: Sequence[str] = ()  # more supplementary groups (names or numbers)
+    ipc_host: bool = False  # the host's IPC namespace and /dev/shm (``--ipc host``)
+    uts_host: bool = False  # the host's host name (``--uts host``)
 
 
 class Child:
@@ -129,6 +131,10 @@ def spawn(launch: Launch) -> Child:
     flags = 0
     if launch.join_pid is None:
         flags = NEW_NAMESPACES | (syscalls.CLONE_NEWNET if launch.network != "host" else 0)
+        if launch.ipc_host:
+            flags &= ~syscalls.CLONE_NEWIPC
+        if launch.uts_host:
+            flags &= ~syscalls.CLONE_NEWUTS
     sys.stdout.flush()
     sys.stderr.flush()
     if launch.join_pid is not None:
@@ -177,8 +183,8 @@ def _child(launch: Launch, go_r: int, err_w: int,
             rootfs.enter(launch.rootfs, volumes=launch.volumes, files=launch.files,
                          read_only=launch.read_only, mount_sys=launch.network != "host",
                          shm_size=launch.shm_size, privileged=launch.privileged,
-                         devices=launch.devices)
-            if launch.hostname:
+                         devices=launch.devices, host_shm=launch.ipc_host)
+            if launch.hostname and not launch.uts_host:
                 syscalls.sethostname(launch.hostname)
             if launch.network != "host":
                 loopback_up()

@@ -166,7 +166,8 @@ def _refuse_symlinked_system_dirs(root_fd: int) -> None:
                 f"/{name} directory")
 
 
-def _make_dev(root_fd: int, shm_size: int | None = None, *, privileged: bool = False) -> None:
+def _make_dev(root_fd: int, shm_size: int | None = None, *, privileged: bool = False,
+              host_shm: bool = False) -> None:
     """A tmpfs ``/dev`` (nodev: a node made in it opens nothing) with empty files where
     the standard nodes go (:func:`_bind_devices` binds the host's nodes on them); for
     ``--privileged`` one that takes nodes, which :func:`_copy_host_devices` makes."""
@@ -194,9 +195,12 @@ def _make_dev(root_fd: int, shm_size: int | None = None, *, privileged: bool = F
         os.close(dev_dir)
     _mount_at(root_fd, "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    shm_kib = 65536 if shm_size is None else max(1, shm_size // 1024)  # Docker's 64 MB
-    _mount_at(root_fd, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              f"mode=1777,size={shm_kib}k")
+    if host_shm:  # --ipc host: the host's shared memory, as Docker's
+        _mount_at(root_fd, "/dev/shm", "/dev/shm", None, MS_BIND | MS_REC)
+    else:
+        shm_kib = 65536 if shm_size is None else max(1, shm_size // 1024)  # Docker's 64 MB
+        _mount_at(root_fd, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  f"mode=1777,size={shm_kib}k")
     # no POSIX message queues in this kernel: the directory stays
     with contextlib.suppress(DriverError):
         _mount_at(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -367,7 +371,8 @@ def _volume(root_fd: int, volume: Volume) -> None:
 
 def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[str, str]] = (),
           read_only: bool = False, mount_sys: bool = True, shm_size: int | None = None,
-          privileged: bool = False, devices: Sequence[tuple[str, str]] = ()) -> None:
+          privileged: bool = False, devices: Sequence[tuple[str, str]] = (),
+          host_shm: bool = False) -> None:
     """Build the container's mounts on ``rootfs`` and make it the process's ``/``.
 
     ``files`` are (host file, container path) pairs bound read-write onto the root
@@ -379,7 +384,7 @@ def enter(rootfs: str, *, volumes: Sequence[Volume] = (), files: Sequence[tuple[
     try:
         _refuse_symlinked_system_dirs(root_fd)
         _mount_at(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        _make_dev(root_fd, shm_size, privileged=privileged)
+        _make_dev(root_fd, shm_size, privileged=privileged, host_shm=host_shm)
         if mount_sys:
             try:
                 _mount_at(root_fd, "/sys", "sysfs", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC

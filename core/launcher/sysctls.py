@@ -26,7 +26,7 @@ CLONE_NEWNET = 0x40000000
 _NAME = re.compile(r"[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+")
 
 
-def parse(text: str, network: str) -> tuple[str, str]:
+def parse(text: str, network: str, ipc: str = "") -> tuple[str, str]:
     """``NAME=VALUE``, checked against Docker's rule (see the module)."""
     name, sep, value = text.partition("=")
     name = name.strip()
@@ -41,6 +41,9 @@ def parse(text: str, network: str) -> tuple[str, str]:
         raise ContainerError(f"sysctl {name} is not allowed: it is not of a namespace the "
                              "container has of its own",
                              hint="only net.*, fs.mqueue.* and kernel.msg*/sem/shm* are")
+    elif ipc == "host":
+        raise ContainerError(f"sysctl {name} is not allowed in the host's IPC namespace",
+                             hint="give it without --ipc host")
     return name, value
 
 
