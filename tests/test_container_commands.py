@@ -1133,6 +1133,39 @@ def test_an_internal_network_has_no_way_out(site: Site, host_netns: list[str]) -
         lamina("network", "rm", "closed", "open")
 
 
+def test_ip_gives_a_fixed_address_on_a_user_network(site: Site,
+                                                    host_netns: list[str]) -> None:
+    """``--ip``: that address on the user network (refused taken, outside the subnet, or
+    on the default bridge)."""
+    def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
+                              timeout=60)
+        if check:
+            assert proc.returncode == 0, proc.stderr.decode()
+        return proc
+
+    lamina("network", "create", "--subnet", "10.98.0.0/24", "fixed")
+    try:
+        lamina("run", "-d", "--name", "pinned", "--network", "fixed", "--ip", "10.98.0.50",
+               IMAGE, "sleep", "60")
+        before = set(lamina("ps", "-aq").stdout.decode().split())
+        shown = lamina("exec", "pinned", "ip", "-4", "-o", "addr", "show", "eth0")
+        assert " 10.98.0.50/24 " in shown.stdout.decode()
+        taken = lamina("run", "--rm", "--network", "fixed", "--ip", "10.98.0.50", IMAGE,
+                       "true", check=False)
+        assert taken.returncode != 0 and b"already in use" in taken.stderr
+        for flags, words in ((["--network", "fixed", "--ip", "10.97.0.5"],
+                              b"not a container's address of subnet 10.98.0.0/24"),
+                             (["--network", "fixed", "--ip", "10.98.0.1"], b"gateway"),
+                             (["--ip", "10.87.0.9"], b"user defined networks only")):
+            refused = lamina("run", "--rm", *flags, IMAGE, "true", check=False)
+            assert refused.returncode == 125 and words in refused.stderr, refused.stderr
+        assert set(lamina("ps", "-aq").stdout.decode().split()) == before  # none left
+    finally:
+        lamina("rm", "-f", "pinned", check=False)
+        lamina("network", "rm", "fixed")
+
+
 def test_containers_started_at_once_on_a_network_all_know_each_other(
         site: Site, host_netns: list[str]) -> None:
     """Four starts at once on one user network: each one's /etc/hosts ends up naming the

@@ -67,6 +67,8 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", "--net", default="bridge", metavar="NETWORK",
                    help="bridge (default), host, none, or a network made by lamina network "
                    "create (its containers find each other by name)")
+    p.add_argument("--ip", metavar="ADDRESS",
+                   help="its IPv4 address on its user network (default: the lowest free)")
     p.add_argument("--network-alias", action="append", default=[], metavar="ALIAS",
                    help="another name the containers of its user network find it by")
     p.add_argument("-p", "--publish", action="append", default=[],
@@ -258,9 +260,17 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         check_mode(args.network)
         chosen = NetworkStore(store.root).get(args.network)
         args.network = chosen.name  # an id: its name
+        if args.ip:
+            from ..network.addresses import check_address
+
+            check_address(chosen.bridge_network(()), args.ip)  # free or not: at its start
         if chosen.internal and args.publish:  # refused here, not at its start
             raise ContainerError(f"-p cannot be used on the internal network {chosen.name}",
                                  hint="publish ports on a network that is not --internal")
+    if args.ip and args.network in ("bridge", "host", "none"):
+        raise ContainerError("user specified IP address is supported on user defined "
+                             "networks only", hint="lamina network create NAME, then "
+                             "--network NAME --ip ADDRESS")
     if args.uts == "host" and args.hostname:
         raise ContainerError("conflicting options: --hostname and --uts host",
                              hint="the host's name is the container's with --uts host")
@@ -308,7 +318,7 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         privileged=args.privileged, devices=tuple(map(parse_device, args.device)),
         group_add=tuple(args.group_add), network_aliases=tuple(args.network_alias),
         sysctls=_sysctls(args.sysctl, args.network, args.ipc),
-        ipc="host" if args.ipc == "host" else "", uts=args.uts or "",
+        ipc="host" if args.ipc == "host" else "", uts=args.uts or "", ip=args.ip or "",
         healthcheck=merge_healthcheck(
             config.get("Healthcheck"), cmd=args.health_cmd, retries=args.health_retries,
             disabled=args.no_healthcheck,

@@ -116,6 +116,8 @@ class ContainerSpec(NamedTuple):
     #: host name instead of the container's own ("" is its own)
     ipc: str = ""
     uts: str = ""
+    #: ``--ip``: its address on its user network ("" for the lowest free one)
+    ip: str = ""
 
     def to_json(self) -> str:
         data = self._asdict()

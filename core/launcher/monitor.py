@@ -227,7 +227,8 @@ def run(store: Store, container: Container, stdio: Stdio,
             if group is not None:
                 group.add(child.pid)
             _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
-                                _hostname(container), settings=network), spec)
+                                _hostname(container), settings=network,
+                                address=spec.ip or None), spec)
             if spec.network not in ("bridge", "host", "none"):  # a user network's names
                 from . import peers
 

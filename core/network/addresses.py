@@ -39,20 +39,32 @@ class BridgeNetwork(NamedTuple):
                    tuple(settings["dns"]))
 
 
-def lease(db: sqlite3.Connection, network: BridgeNetwork, container_id: str) -> str:
-    """The container's address on ``network``: the one it holds, else the lowest free one.
+def lease(db: sqlite3.Connection, network: BridgeNetwork, container_id: str,
+          wanted: str | None = None) -> str:
+    """The container's address on ``network``: the one it holds, else ``wanted`` (``--ip``)
+    if given, else the lowest free one.
 
-    Call inside a write transaction. Raises NetworkError when the subnet is full.
+    Call inside a write transaction. Raises NetworkError when the subnet is full, or when
+    ``wanted`` is not free or not a container's address of the subnet.
     """
     held = db.execute(
         "SELECT address FROM network_addresses WHERE network = ? AND container_id = ?",
         (network.name, container_id),
     ).fetchone()
-    if held:
+    if held and (wanted is None or held[0] == wanted):
         return held[0]
     taken = {row[0] for row in db.execute(
         "SELECT address FROM network_addresses WHERE network = ?", (network.name,))}
     taken.add(str(network.gateway))
+    if wanted is not None:
+        check_address(network, wanted)
+        if wanted in taken:
+            raise NetworkError(f"address {wanted} is already in use on network "
+                               f"{network.name}", hint="give another --ip, or stop the "
+                               "container that holds it")
+        db.execute("INSERT INTO network_addresses(network, address, container_id) "
+                   "VALUES (?, ?, ?)", (network.name, wanted, container_id))
+        return wanted
     for candidate in network.subnet.hosts():
         address = str(candidate)
         if address not in taken:
@@ -65,6 +77,21 @@ def lease(db: sqlite3.Connection, network: BridgeNetwork, container_id: str) -> 
         f"no free address left in {network.subnet} (network {network.name})",
         hint="remove stopped containers, or give [network] a larger subnet in lamina.toml",
     )
+
+
+def check_address(network: BridgeNetwork, address: str) -> None:
+    """``--ip``: an address of the subnet a container may have (not the gateway, nor the
+    network's or broadcast address)."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise NetworkError(f"invalid IPv4 address {address!r}",
+                           hint="give --ip as four numbers, as 10.89.1.50") from None
+    if ip not in network.subnet or ip in (network.subnet.network_address,
+                                          network.subnet.broadcast_address, network.gateway):
+        raise NetworkError(f"address {address} is not a container's address of subnet "
+                           f"{network.subnet}", hint=f"give an address of {network.subnet} "
+                           f"other than its gateway {network.gateway}")
 
 
 def release(db: sqlite3.Connection, container_ids: Iterable[str]) -> int:

@@ -96,15 +96,16 @@ def attach(
     hostname: str = "",
     *,
     settings: dict[str, Any] | None = None,
+    address: str | None = None,
 ) -> Attachment:
     """Connect process ``pid`` (the container's init, in its own network namespace for
     ``bridge``) to network ``mode``, and publish ``ports``.
 
     ``store``: the open store (its ``db`` holds the address leases; ``container_id``
     must have its row in ``containers``). ``settings``: ``Config.network`` (defaults
-    when None). All or nothing: on failure what was set up is taken down again and a
-    NetworkError says why. A port another container publishes, or a host process
-    listens on, is refused.
+    when None). ``address``: the one asked for (``--ip``), else the lowest free. All or
+    nothing: on failure what was set up is taken down again and a NetworkError says why.
+    A port another container publishes, or a host process listens on, is refused.
     """
     check_mode(mode)
     ports = tuple(ports)
@@ -130,7 +131,7 @@ def attach(
         network = NetworkStore(store.root).get(mode).bridge_network(default.dns)
     try:
         address, ports = _attach_bridge(store, network, container_id, pid, ports,
-                                        default.name)
+                                        default.name, address)
     finally:
         from .links import stop_worker, veth_name
 
@@ -150,8 +151,8 @@ def _default_settings() -> dict[str, Any]:
 
 
 def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
-                   ports: tuple[PortMapping, ...],
-                   default_bridge: str) -> tuple[str, tuple[PortMapping, ...]]:
+                   ports: tuple[PortMapping, ...], default_bridge: str,
+                   wanted: str | None = None) -> tuple[str, tuple[PortMapping, ...]]:
     """The address leased and the ports published (those without a host port given one)."""
     from . import addresses, ifconfig, links, nat, netns
     from .nftables import run
@@ -161,7 +162,7 @@ def _attach_bridge(store: Any, network: Any, container_id: str, pid: int,
     db = store.db
     try:
         with transaction(db):
-            address = addresses.lease(db, network, container_id)
+            address = addresses.lease(db, network, container_id, wanted)
             held = []
             others = []
             for rule in nat.published():
