@@ -999,6 +999,15 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
     names = out("network", "ls", "--format", "{{.Name}} {{.Driver}}").splitlines()
     assert names == ["bridge bridge", "host host", "none null", "appnet bridge",
                      "othernet bridge"]
+    for wanted, shown in ((["type=custom"], "appnet othernet"), (["label=tier=app"], "appnet"),
+                          (["name=net", "driver=bridge"], "appnet othernet"),
+                          (["name=bridge", "name=host"], "bridge host"),
+                          (["type=builtin", "driver=null"], "none")):
+        flags = [f for w in wanted for f in ("--filter", w)]
+        assert out("network", "ls", *flags, "--format", "{{.Name}}").split() == \
+            shown.split(), wanted
+    assert out("network", "ls", "--filter", "name=appnet", "--format",
+               "{{.Labels}} {{.Internal}}") == "tier=app false\n"
     try:
         out("run", "-d", "--name", "web", "--network", net_id[:12], IMAGE, "sh", "-c",
             "while true; do echo pong | nc -l -p 80; done")
@@ -1014,6 +1023,9 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
         assert "1 packets received" in out("exec", "web", "ping", "-c", "1", "-W", "2", "db")
         hosts = out("exec", "web", "cat", "/etc/hosts")
         assert "peer" in hosts and "client" not in hosts  # the one that left is gone
+        assert out("ps", "--filter", "network=appnet", "--format", "{{.Names}}").split() == [
+            "peer", "web"]
+        assert out("ps", "--filter", f"network={net_id}", "-q").count("\n") == 2
         no_alias = lamina("run", "--rm", "--network-alias", "x", IMAGE, "true", check=False)
         assert no_alias.returncode == 125 and b"only supported for user-defined" in \
             no_alias.stderr

@@ -623,6 +623,7 @@ PS_FILTERS = {
     "status": "created, running, paused, restarting or exited",
     "exited": "the exit code",
     "label": "KEY or KEY=VALUE of the container's labels",
+    "network": "the name or id of the network it is on",
     "ancestor": "the image (name or id) it was made from",
     "health": "starting, healthy, unhealthy or none (no health check)",
 }
@@ -676,6 +677,17 @@ def _ps_filtered(found: list[Container], given: list[str], store: Store,
                                 hint="health is one of: " + ", ".join(sorted(known)))
         healths = _healths(ContainerStore(store), found)
         checks.append(lambda c: healths.get(c.id, "none") in filters["health"])
+    if "network" in filters:
+        from ..network.networks import BUILT_IN, NetworkNotFound, NetworkStore
+
+        wanted = set()
+        for text in filters["network"]:
+            if text in BUILT_IN:
+                wanted.add(text)
+                continue
+            with contextlib.suppress(NetworkNotFound):  # none: no container is on it
+                wanted.add(NetworkStore(store.root).get(text).name)
+        checks.append(lambda c: c.spec.network in wanted)
     if "ancestor" in filters:
         images = ImageStore(store)
         ancestors = {find_image(images, text, engine) for text in filters["ancestor"]}

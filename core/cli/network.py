@@ -87,16 +87,46 @@ def ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trunc", action="store_true", help="full ids")
     p.add_argument("--format", default="table",
                    help="table (default), or a Go template as Docker's: '{{.Name}}'")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="; ".join(f"{k}: {v}" for k, v in LS_FILTERS.items()))
+
+
+#: ``network ls --filter`` keys, as Docker's
+LS_FILTERS = {
+    "name": "a part of its name",
+    "id": "the start of its id",
+    "driver": "bridge, host or null",
+    "label": "KEY or KEY=VALUE of its labels",
+    "type": "builtin or custom",
+}
 
 
 def _rows(store: Store) -> list[dict[str, Any]]:
     from ..network.networks import BUILT_IN, NetworkStore
 
-    rows = [{"ID": _builtin_id(name), "Name": name, "Driver": name if name != "none"
-             else "null", "Scope": "local"} for name in BUILT_IN]
-    rows += [{"ID": n.id, "Name": n.name, "Driver": "bridge", "Scope": "local"}
+    rows: list[dict[str, Any]] = [
+        {"ID": _builtin_id(name), "Name": name, "Driver": name if name != "none" else "null",
+         "Scope": "local", "Labels": {}, "Internal": False, "Custom": False}
+        for name in BUILT_IN]
+    rows += [{"ID": n.id, "Name": n.name, "Driver": "bridge", "Scope": "local",
+              "Labels": n.labels, "Internal": n.internal, "Custom": True}
              for n in NetworkStore(store.root).networks()]
     return rows
+
+
+def _admits(row: dict[str, Any], filters: dict[str, list[str]]) -> bool:
+    """Docker's rule: values of one key are alternatives, keys must all hold."""
+    labels = row["Labels"]
+    tests = {
+        "name": lambda v: v in row["Name"],
+        "id": lambda v: row["ID"].startswith(v),
+        "driver": lambda v: row["Driver"] == v,
+        "label": lambda v: (v.partition("=")[0] in labels
+                            and (not v.partition("=")[1]
+                                 or labels[v.partition("=")[0]] == v.partition("=")[2])),
+        "type": lambda v: v == ("custom" if row["Custom"] else "builtin"),
+    }
+    return all(any(tests[key](value) for value in values) for key, values in filters.items())
 
 
 def _builtin_id(name: str) -> str:
@@ -105,10 +135,16 @@ def _builtin_id(name: str) -> str:
 
 
 def cmd_ls(args: argparse.Namespace, engine: Engine) -> int:
+    from .filters import parse_filters
+
+    filters = parse_filters(args.filter, LS_FILTERS)
     with engine.open_store(readonly=True) as store:
-        rows = _rows(store)
-    for row in rows:
+        rows = [row for row in _rows(store) if _admits(row, filters)]
+    for row in rows:  # as Docker's template fields
         row["ID"] = row["ID"] if args.no_trunc else row["ID"][:12]
+        row["Labels"] = ",".join(f"{k}={v}" for k, v in sorted(row["Labels"].items()))
+        row["Internal"] = str(row["Internal"]).lower()
+        del row["Custom"]
     if args.quiet:
         print("\n".join(row["ID"] for row in rows))
     elif args.format != "table":
