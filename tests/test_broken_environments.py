@@ -91,16 +91,18 @@ COMMANDS: dict[str, list[str]] = {
     "volume inspect": ["volume", "inspect", "nosuch"],
     "volume rm": ["volume", "rm", "nosuch"],
     "volume prune": ["volume", "prune", "-f"],  # anonymous ones: "made" stays
-    "network prune": ["network", "prune", "-f"],  # before the create: nothing to take
-    "network create": ["network", "create", "made-net"],
-    "network ls": ["network", "ls"],
-    "network inspect": ["network", "inspect", "nosuch"],
-    "network rm": ["network", "rm", "nosuch"],
     # stopped containers, unused images and anonymous volumes: a healthy store's image
     # stays only without -a, so without it here (before system repair, which mends a
     # damaged store for the commands after it)
     "system prune": ["system", "prune", "--volumes", "-f"],
     "system boot": ["system", "boot"],  # no container to start: nothing printed
+    # after system prune (it takes unused networks too) and before the create: the
+    # created network is kept, as the healthy store's things are
+    "network prune": ["network", "prune", "-f"],
+    "network create": ["network", "create", "made-net"],
+    "network ls": ["network", "ls"],
+    "network inspect": ["network", "inspect", "nosuch"],
+    "network rm": ["network", "rm", "nosuch"],
     "exec": ["exec", "nosuch", "true"],
     "diff": ["diff", "nosuch"],
     "commit": ["commit", "nosuch", "img/committed:1"],
