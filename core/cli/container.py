@@ -253,7 +253,9 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
     shm = parse_size(args.shm_size, "--shm-size") if args.shm_size else None
     if shm is not None and shm <= 0:
         raise ContainerError("--shm-size must be more than 0 bytes", hint="give e.g. 256m")
-    if args.network not in ("bridge", "host", "none"):
+    from ..network import MODES
+
+    if args.network not in MODES:
         from ..network.attachment import check_mode
         from ..network.networks import NetworkStore
 
@@ -267,14 +269,14 @@ def _spec(args: argparse.Namespace, engine: Engine, image_id: str, store: Store)
         if chosen.internal and args.publish:  # refused here, not at its start
             raise ContainerError(f"-p cannot be used on the internal network {chosen.name}",
                                  hint="publish ports on a network that is not --internal")
-    if args.ip and args.network in ("bridge", "host", "none"):
+    if args.ip and args.network in MODES:
         raise ContainerError("user specified IP address is supported on user defined "
                              "networks only", hint="lamina network create NAME, then "
                              "--network NAME --ip ADDRESS")
     if args.uts == "host" and args.hostname:
         raise ContainerError("conflicting options: --hostname and --uts host",
                              hint="the host's name is the container's with --uts host")
-    if args.network_alias and args.network in ("bridge", "host", "none"):
+    if args.network_alias and args.network in MODES:
         raise ContainerError("network-scoped aliases are only supported for user-defined "
                              "networks", hint="lamina network create NAME, then --network "
                              "NAME --network-alias ALIAS")

@@ -22,7 +22,6 @@ from ..network.ports import PortMapping
 
 #: PATH a container gets when neither the image nor ``-e`` sets one (Docker's)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NETWORK_MODES = ("bridge", "none", "host")
 #: the label of a build step's container: the process identity of the build that made it
 #: (core/build/builder.py); the next command removes it once that build is gone
 BUILD_OWNER_LABEL = "org.lamina.build.owner"

@@ -31,6 +31,7 @@ from ..engine import Engine
 from ..errors import ContainerError, LaminaError, host_error
 from ..host.locks import process_identity
 from ..layers.store import Store
+from ..network import MODES
 from ..network.attachment import Attachment, attach, detach, sweep
 from . import capabilities, process, terminal
 
@@ -157,7 +158,7 @@ def run(store: Store, container: Container, stdio: Stdio,
     """
     containers = ContainerStore(store)
     spec = container.spec
-    if spec.network not in ("bridge", "host", "none"):  # removed since its create?
+    if spec.network not in MODES:  # a user network: removed since its create?
         from ..network.networks import NetworkStore
 
         NetworkStore(store.root).get(spec.network)  # before anything is made
@@ -229,7 +230,7 @@ def run(store: Store, container: Container, stdio: Stdio,
             _fill(files, attach(store, container.id, spec.network, child.pid, spec.ports,
                                 _hostname(container), settings=network,
                                 address=spec.ip or None), spec)
-            if spec.network not in ("bridge", "host", "none"):  # a user network's names
+            if spec.network not in MODES:  # a user network's names
                 from . import peers
 
                 peers.refresh(store, spec.network)

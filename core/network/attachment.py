@@ -34,10 +34,10 @@ from typing import Any, NamedTuple
 
 from ..errors import NetworkError
 from ..layers.metadata import transaction
+from . import MODES
 from .etcfiles import host_hosts_file, hosts_file, resolv_conf
 from .ports import PortMapping
 
-MODES = ("bridge", "host", "none")
 DEFAULT_MODE = "bridge"
 
 

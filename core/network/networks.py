@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import NetworkError
+from . import MODES
 from .addresses import BridgeNetwork
 
-BUILT_IN = ("bridge", "host", "none")
+BUILT_IN = MODES  # the pre-defined networks: no record
 BRIDGE_PREFIX = "lm-"
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 #: where subnets are chosen when none is given: 10.89.1.0/24, 10.89.2.0/24, ...
