@@ -3,6 +3,7 @@ through the real CLI on real containers."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -1176,6 +1177,40 @@ def test_ip_gives_a_fixed_address_on_a_user_network(site: Site,
     finally:
         lamina("rm", "-f", "pinned", check=False)
         lamina("network", "rm", "fixed")
+
+
+def test_system_reset_takes_the_networks_bridges_too(tmp_path: Path, busybox_tar: Path,
+                                                     host_netns: list[str]) -> None:
+    """``system reset`` removes what a user network made outside the root: its bridge and
+    its nftables chains (in a network namespace the test made)."""
+    gen = busybox_site(tmp_path / "store", busybox_tar)
+    site = next(gen)
+    try:
+        def lamina(*args: str) -> str:
+            proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
+                                  timeout=60)
+            assert proc.returncode == 0, proc.stderr.decode()
+            return proc.stdout.decode()
+
+        lamina("network", "create", "doomed")
+        lamina("run", "--rm", "--network", "doomed", IMAGE, "true")  # its bridge is made
+        bridge = json.loads(lamina("network", "inspect", "doomed"))[0]["Options"][
+            "com.docker.network.bridge.name"]
+
+        def present() -> tuple[bool, bool]:
+            links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True,
+                                   text=True).stdout
+            rules = subprocess.run([*host_netns, "nft", "list", "ruleset"],
+                                   capture_output=True, text=True).stdout
+            return f" {bridge}:" in links, f"isolation-{bridge}" in rules
+
+        assert present() == (True, True)
+        out = lamina("system", "reset", "--force")
+        assert "removed the bridge and rules of network doomed" in out
+        assert present() == (False, False)
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(gen)
 
 
 def test_containers_started_at_once_on_a_network_all_know_each_other(

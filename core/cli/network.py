@@ -228,6 +228,11 @@ def _remove(store: Store, network: Network) -> None:
     from ..network.networks import NetworkStore
 
     NetworkStore(store.root).remove(network.name)
+    remove_links(network)
+
+
+def remove_links(network: Network) -> None:
+    """The network's bridge and nftables chains (``network rm``, ``system reset``)."""
     from ..network import links, nat
     from ..network.nftables import NftablesMissing, run
 

@@ -185,6 +185,20 @@ def cmd_reset(args: argparse.Namespace, engine: Engine) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing was removed")
             return 1
+    from ..network.networks import NetworkStore
+    from .network import remove_links
+
+    try:
+        networks = NetworkStore(root).networks()  # what the store made outside its root
+    except LaminaError as exc:  # a damaged record: its bridge stays, said so
+        report(exc)
+        networks = []
+    for network in networks:
+        try:
+            remove_links(network)
+            print(f"removed the bridge and rules of network {network.name}")
+        except LaminaError as exc:
+            report(exc)
     for line in reset(root, _drivers_on_home(engine)):
         print(line)
     return 0
