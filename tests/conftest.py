@@ -243,3 +243,20 @@ def podman(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess
     run("rmi", "-af")
     subprocess.run(["umount", "-R", str(root / "overlay")], capture_output=True, check=False)
     shutil.rmtree(runroot, ignore_errors=True)
+
+
+@pytest.fixture
+def secret_device(tmp_path: Path) -> Iterator[str]:
+    """A loop device (its /dev path) whose first bytes are ``SECRET``: what a container
+    must not read unless it was given the device; detached afterwards."""
+    disk = tmp_path / "secret-disk.img"
+    disk.write_bytes(b"SECRET" + bytes(1 << 20))
+    loop = subprocess.run(["losetup", "-f", "--show", str(disk)], capture_output=True,
+                          text=True, check=False)
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    device = loop.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -907,17 +907,14 @@ def test_system_boot_starts_what_the_policies_say_after_a_reboot(site: Site) -> 
     site("rm", "-f", *cases)
 
 
-def test_device_and_privileged_give_the_hosts_devices(site: Site, tmp_path: Path) -> None:
+def test_device_and_privileged_give_the_hosts_devices(site: Site, tmp_path: Path,
+                                                     secret_device: str) -> None:
     """``--device`` binds a host node (or a directory of them) where the container asks;
     ``--privileged`` gives every host device, every capability lamina holds, a writable
     /sys and nodes that open; permissions lamina cannot enforce are refused."""
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(b"SECRET" + bytes(1 << 20))
-    loop = subprocess.run(["losetup", "-f", "--show", str(disk)], capture_output=True,
-                          text=True, check=False)
-    if loop.returncode != 0:
-        pytest.skip(f"no loop device: {loop.stderr.strip()}")
-    device = loop.stdout.strip()
+    device = secret_device
+    plain = tmp_path / "plain-file"
+    plain.write_bytes(b"not a device")
     try:
         run = ("run", "--rm", "--network", "none")
         assert site.out(*run, "--device", f"{device}:/dev/xvdc:rwm", IMAGE,
@@ -928,7 +925,7 @@ def test_device_and_privileged_give_the_hosts_devices(site: Site, tmp_path: Path
             assert listed.split() == sorted(os.listdir("/dev/net"))
         for bad, words in ((f"{device}:r", b"cannot give a device with permissions 'r'"),
                            ("/nonexistent", b"No such file or directory"),
-                           (f"{tmp_path}/disk.img", b"is not a device")):
+                           (str(plain), b"is not a device")):
             refused = site(*run, "--device", bad, IMAGE, "true", check=False)
             assert refused.returncode == 125 and words in refused.stderr, refused.stderr
         bounding = next(line for line in Path("/proc/self/status").read_text().splitlines()
@@ -948,9 +945,8 @@ def test_device_and_privileged_give_the_hosts_devices(site: Site, tmp_path: Path
             'true [{"CgroupPermissions":"rwm","PathInContainer":"/dev/xvdc",'
             f'"PathOnHost":"{device}"}}]\n')
         assert bounding in site.out("exec", "priv", "grep", "CapEff", "/proc/self/status")
-        site("rm", "-f", "priv")
     finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+        site("rm", "-f", "priv", check=False)
 
 
 def test_group_add_reaches_run_and_exec(site: Site) -> None:
@@ -970,13 +966,8 @@ def test_group_add_reaches_run_and_exec(site: Site) -> None:
     assert bad.returncode == 125 and b"unable to find group wheel" in bad.stderr
 
 
-def test_user_networks_resolve_names_and_are_isolated(site: Site,
-                                                     host_netns: list[str]) -> None:
-    """``network create``, then ``run --network NAME``: the containers on it reach each
-    other by name (their /etc/hosts kept current as they come and go), not those of
-    another network or of the default bridge; ``rm`` refuses a network in use; ``rm`` and
-    ``prune`` take the bridge and its rules away. All inside a network namespace the
-    test made."""
+def _in_netns(site: Site, host_netns: list[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """``site``'s lamina run inside the test's network namespace (``check``: exit 0)."""
     def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
                               timeout=60)
@@ -984,6 +975,17 @@ def test_user_networks_resolve_names_and_are_isolated(site: Site,
             assert proc.returncode == 0, proc.stderr.decode()
         return proc
 
+    return lamina
+
+
+def test_user_networks_resolve_names_and_are_isolated(site: Site,
+                                                     host_netns: list[str]) -> None:
+    """``network create``, then ``run --network NAME``: the containers on it reach each
+    other by name (their /etc/hosts kept current as they come and go), not those of
+    another network or of the default bridge; ``rm`` refuses a network in use; ``rm`` and
+    ``prune`` take the bridge and its rules away. All inside a network namespace the
+    test made."""
+    lamina = _in_netns(site, host_netns)
     def out(*args: str) -> str:
         return lamina(*args).stdout.decode()
 
@@ -1115,13 +1117,7 @@ def test_ps_last_and_latest_and_exec_privileged(site: Site) -> None:
 def test_an_internal_network_has_no_way_out(site: Site, host_netns: list[str]) -> None:
     """``network create --internal``: its containers reach each other by name, but have
     no default route and nothing is forwarded off its bridge; ports cannot be published."""
-    def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
-                              timeout=60)
-        if check:
-            assert proc.returncode == 0, proc.stderr.decode()
-        return proc
-
+    lamina = _in_netns(site, host_netns)
     lamina("network", "create", "--internal", "closed")
     lamina("network", "create", "open")
     try:
@@ -1150,13 +1146,7 @@ def test_ip_gives_a_fixed_address_on_a_user_network(site: Site,
                                                     host_netns: list[str]) -> None:
     """``--ip``: that address on the user network (refused taken, outside the subnet, or
     on the default bridge)."""
-    def lamina(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
-                              timeout=60)
-        if check:
-            assert proc.returncode == 0, proc.stderr.decode()
-        return proc
-
+    lamina = _in_netns(site, host_netns)
     lamina("network", "create", "--subnet", "10.98.0.0/24", "fixed")
     try:
         lamina("run", "-d", "--name", "pinned", "--network", "fixed", "--ip", "10.98.0.50",
@@ -1187,10 +1177,7 @@ def test_system_reset_takes_the_networks_bridges_too(tmp_path: Path, busybox_tar
     site = next(gen)
     try:
         def lamina(*args: str) -> str:
-            proc = subprocess.run([*host_netns, *site.cmd(*args)], capture_output=True,
-                                  timeout=60)
-            assert proc.returncode == 0, proc.stderr.decode()
-            return proc.stdout.decode()
+            return _in_netns(site, host_netns)(*args).stdout.decode()
 
         lamina("network", "create", "doomed")
         lamina("run", "--rm", "--network", "doomed", IMAGE, "true")  # its bridge is made

@@ -291,19 +291,14 @@ def test_limits_stop_a_memory_hog_and_a_fork_bomb(site: Site) -> None:
     assert small.returncode == 125 and b"below the minimum" in small.stderr
 
 
-def test_no_node_a_container_makes_opens_a_host_device(site: Site, tmp_path: Path) -> None:
+def test_no_node_a_container_makes_opens_a_host_device(site: Site, tmp_path: Path,
+                                                      secret_device: str) -> None:
     """A container keeps CAP_MKNOD (as Docker's), so it can make a node of the host's
     disk: on the image's root, /tmp, /dev, a tmpfs, a volume, below a mount inside a
     volume, or find one in a bound host /dev. None of them opens (nodev everywhere but
     devpts, the standard nodes bound from the host's); without that the container reads
     the disk (here a loop device holding a secret)."""
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(b"SECRET" + bytes(1 << 20))
-    loop = subprocess.run(["losetup", "-f", "--show", str(disk)], capture_output=True,
-                          text=True, check=False)
-    if loop.returncode != 0:
-        pytest.skip(f"no loop device: {loop.stderr.strip()}")
-    device = loop.stdout.strip()
+    device = secret_device
     volume, below = tmp_path / "volume", tmp_path / "volume" / "below"
     below.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(below)], check=True)
@@ -324,7 +319,6 @@ def test_no_node_a_container_makes_opens_a_host_device(site: Site, tmp_path: Pat
         assert proc.stderr.decode().count("Permission denied") == 8, proc.stderr  # nodev
     finally:
         subprocess.run(["umount", str(below)], check=False)
-        subprocess.run(["losetup", "-d", device], check=False)
 
 
 def test_capabilities_no_new_privs_and_seccomp(site: Site) -> None:

@@ -247,35 +247,28 @@ def remove_links(network: Network) -> None:
 
 def cmd_rm(args: argparse.Namespace, engine: Engine) -> int:
     from ..network.networks import BUILT_IN, NetworkNotFound, NetworkStore
+    from .output import for_each
 
-    status = 0
     with engine.open_store() as store:
         from .container import _reconcile
 
         _reconcile(store)
         networks = NetworkStore(store.root)
-        for name in args.names:
-            try:
-                if name in BUILT_IN:
-                    raise NetworkError(f"{name} is a pre-defined network and cannot be "
-                                       "removed", hint="remove the networks you made")
-                network = networks.get(name)
-                users = _users(store, network, running_only=True)
-                if users:
-                    raise NetworkError(
-                        f"error while removing network {name}: network {name} has active "
-                        f"endpoints ({', '.join(users)})",
-                        hint="stop those containers first (lamina stop)")
-                _remove(store, network)
-                print(name)
-            except NetworkNotFound as exc:
-                if not args.force:
-                    report(exc)
-                    status = 1
-            except LaminaError as exc:
-                report(exc)
-                status = 1
-    return status
+
+        def remove(name: str) -> None:
+            if name in BUILT_IN:
+                raise NetworkError(f"{name} is a pre-defined network and cannot be removed",
+                                   hint="remove the networks you made")
+            network = networks.get(name)
+            users = _users(store, network, running_only=True)
+            if users:
+                raise NetworkError(
+                    f"error while removing network {name}: network {name} has active "
+                    f"endpoints ({', '.join(users)})",
+                    hint="stop those containers first (lamina stop)")
+            _remove(store, network)
+
+        return for_each(args.names, remove, missing=NetworkNotFound, force=args.force)
 
 
 def prune_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import LaminaError
@@ -56,6 +56,26 @@ def print_json(data: Any, *, listing: bool = False) -> None:
         return
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def for_each(names: Iterable[str], act: Callable[[str], None], *,
+             missing: type[LaminaError], force: bool) -> int:
+    """Docker's way of ``rm``-like commands: ``act`` on each name in turn, the name printed
+    when it is done, an error reported and the rest done all the same; one not there is
+    no error with ``force``. The exit status."""
+    status = 0
+    for name in names:
+        try:
+            act(name)
+            print(name)
+        except missing as exc:
+            if not force:
+                report(exc)
+                status = 1
+        except LaminaError as exc:
+            report(exc)
+            status = 1
+    return status
 
 
 def report(exc: LaminaError) -> None:

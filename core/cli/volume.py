@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import LaminaError, VolumeInUse, VolumeNotFound
 from .filters import parse_filters
-from .output import print_table, report
+from .output import for_each, print_table, report
 
 if TYPE_CHECKING:
     from ..containers.store import Container
@@ -183,21 +183,9 @@ def rm_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_rm(args: argparse.Namespace, engine: Engine) -> int:
     from ..containers.volumes import VolumeStore
 
-    status = 0
     with engine.open_store() as store:
-        volumes = VolumeStore(store)
-        for name in args.names:
-            try:
-                volumes.remove(name)
-                print(name)
-            except VolumeNotFound as exc:
-                if not args.force:
-                    report(exc)
-                    status = 1
-            except LaminaError as exc:
-                report(exc)
-                status = 1
-    return status
+        return for_each(args.names, VolumeStore(store).remove, missing=VolumeNotFound,
+                        force=args.force)
 
 
 def prune_arguments(p: argparse.ArgumentParser) -> None:

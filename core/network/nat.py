@@ -83,15 +83,20 @@ def remove_network_script(bridge: str) -> str:
 
 def chains() -> list[str]:
     """The names of the chains of lamina's table (none when it is not there)."""
+    return [obj["chain"]["name"] for obj in _listed(f"list table {TABLE}") if "chain" in obj]
+
+
+def _listed(command: str) -> list[dict]:
+    """``listing(command)``'s objects; none when nftables, the table or the chain is not
+    there (nothing of lamina's to read yet)."""
     try:
-        objects = listing(f"list table {TABLE}")
+        return listing(command)
     except NftablesMissing:
         return []
     except NftablesError as exc:
         if exc.missing:
             return []
         raise
-    return [obj["chain"]["name"] for obj in objects if "chain" in obj]
 
 
 def publish_script(container_id: str, address: str, ports: Iterable[PortMapping]) -> str:
@@ -121,16 +126,8 @@ class PublishedRule:
 
 def published() -> list[PublishedRule]:
     """Every lamina rule in ``published`` (none when the table, or nftables, is not there)."""
-    try:
-        objects = listing(f"list chain {TABLE} published")
-    except NftablesMissing:
-        return []
-    except NftablesError as exc:
-        if exc.missing:
-            return []
-        raise
     rules = []
-    for obj in objects:
+    for obj in _listed(f"list chain {TABLE} published"):
         rule = obj.get("rule")
         parsed = _parse_comment(rule.get("comment", "")) if rule else None
         if parsed is not None:
