@@ -31,6 +31,19 @@ class LaminaError(Exception):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else self.__class__.__name__
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled as it is, whatever its class's ``__init__`` takes: a pull's fetcher
+        process sends its errors to the pull this way (``core/images/fetcher.py``)."""
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[LaminaError], args: tuple[object, ...],
+             state: dict[str, object]) -> LaminaError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 # --- configuration and driver selection ------------------------------------
 

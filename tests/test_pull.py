@@ -432,6 +432,111 @@ def test_killed_pull_resumes_and_leaves_nothing(faulty, pushed: str, store_root:
     assert len(layers) == 3
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie nobody reaps (this machine's pid 1 does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_pulls_fetcher_dies_with_it(faulty, pushed: str, store_root: Path) -> None:
+    """The fetcher process writing the part file must not outlive the pull: the next
+    pull adopts the file, and a writer still at it would corrupt the resumed blob."""
+    faulty.stall_blob_at = 500_000
+    faulty.stall_seconds = 30
+    faulty.fault_times = -1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    proc = subprocess.Popen([*LAMINA, "--root", str(store_root), "pull",
+                             f"{faulty.host}/test/pull:plain"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((store_root / "tmp").glob("pull-*.part")) if (store_root / "tmp").is_dir() \
+            else True:
+        assert time.monotonic() < deadline, "the pull never began a download"
+        time.sleep(0.02)
+    fetchers = _children(proc.pid)
+    assert len(fetchers) == 1, fetchers  # the download runs in a process of its own
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(fetchers[0]):
+        assert time.monotonic() < deadline, "the fetcher outlived its pull"
+        time.sleep(0.02)
+
+
+def test_a_stored_layer_is_not_downloaded(faulty, pushed: str, store_root: Path) -> None:
+    """The fetcher begins downloads before the store is open, on a hint (the layer
+    records): layers stored already, here from the same image in other blobs, are not
+    asked for; the first layer's blob is asked for before the config says what it is,
+    and left unread."""
+    lamina(store_root, "pull", f"{faulty.host}/test/pull:plain")
+    faulty.reset()
+    out = lamina(store_root, "pull", f"{faulty.host}/test/pull:gzip").stdout
+    assert out.count("Already exists") == 3, out
+    manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                                 f"docker://{pushed}:gzip"))
+    later = [d["digest"] for d in manifest["layers"][1:]]
+    asked = [p for m, p, _ in faulty.requests if m == "GET" and "/blobs/" in p]
+    assert not [p for p in asked if any(d in p for d in later)], asked
+    assert not list((store_root / "tmp").glob("pull-*.part"))
+
+
+def test_downloads_begun_on_a_wrong_hint_are_cancelled(faulty, pushed: str,
+                                                       store_root: Path) -> None:
+    """Layer records gone (a repair brings them back): the fetcher takes the layers for
+    missing and starts them; the open store says they are there, the downloads stop and
+    leave no part file."""
+    lamina(store_root, "pull", f"{faulty.host}/test/pull:plain")
+    for record in (store_root / "layerdb").glob("*.json"):
+        record.unlink()
+    faulty.reset()
+    out = lamina(store_root, "pull", f"{faulty.host}/test/pull:gzip").stdout
+    assert out.count("Already exists") == 3 and "Pull complete" not in out, out
+    assert not list((store_root / "tmp").glob("pull-*.part"))
+    assert len(json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)) == 3
+
+
+def test_a_pull_beside_other_threads_fetches_in_a_thread(pushed: str, store_root: Path) -> None:
+    """Forking while another thread runs would copy the locks it holds: the fetcher runs
+    as a thread instead, and leaves no pipe or process behind (the process's pool of
+    keep-alive registry connections stays, as for any request)."""
+    script = f"""
+import json, os, threading, time
+from lamina.core.cli.app import main
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+def no_fork():
+    raise AssertionError("forked while another thread ran")
+os.fork = no_fork
+def pipes():
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += [fd] if os.readlink(f"/proc/self/fd/{{fd}}").startswith("pipe:") else []
+        except OSError:
+            pass  # the listing's own descriptor
+    return sorted(found)
+before = pipes()
+status = main(["--root", {str(store_root)!r}, "pull", "-q", {pushed + ":gzip"!r}])
+children = open(f"/proc/self/task/{{os.getpid()}}/children").read().split()
+print(json.dumps([status, before, pipes(), children, threading.active_count()]))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    out = subprocess.run([LAMINA[0], "-c", script], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    status, before, after, children, threads = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == 0 and children == [] and after == before, out.stdout
+    assert threads <= 3, out.stdout  # ours, the sleeper and the process-wide hashing thread
+    assert len(json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)) == 3
+
+
 def test_retries_429_and_500_then_gives_up(faulty, pushed: str, store_root: Path) -> None:
     faulty.fail_status, faulty.fail_times, faulty.retry_after = 429, 2, "0"
     name = f"{faulty.host}/test/pull:gzip"

@@ -113,31 +113,30 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
 
     ``implied_tag``: the user named no tag and ``latest`` was taken (Docker says so).
     """
-    from ..images.pull import pull, resolve_meanwhile
-    from ..images.registry.client import Registry
-    from ..images.store import ImageStore
-    from .progress import pull_events
+    from ..images.fetcher import Fetcher
 
-    registry = Registry.from_config(ref.registry, engine.config)
-    if not quiet:
-        if implied_tag:
-            print("Using default tag: latest", file=out)
-        print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out, flush=True)
-    # the registry answers while the store opens; a pull it refuses stores nothing
-    resolving = resolve_meanwhile(registry, ref, platform=platform,
-                                  explicit_platform=explicit_platform)
+    # the fetcher asks the registry while this process opens the store; a pull it
+    # refuses stores nothing
+    fetcher = Fetcher.start(engine.config, engine.root, ref, platform=platform,
+                            explicit_platform=explicit_platform,
+                            max_downloads=engine.config.images["max_concurrent_downloads"])
     try:
+        from ..images.pull import pull
+        from ..images.store import ImageStore
+        from .progress import pull_events
+
+        if not quiet:
+            if implied_tag:
+                print("Using default tag: latest", file=out)
+            print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}", file=out,
+                  flush=True)
         with engine.open_store() as store:
-            resolved = resolving.result()
+            fetcher.resolved()  # what the registry said, before any progress is drawn
             with pull_events(quiet=quiet, out=out) as events:
-                result = pull(
-                    ImageStore(store), registry, resolved,
-                    keep_blobs=engine.config.images["keep_blobs"],
-                    max_downloads=engine.config.images["max_concurrent_downloads"],
-                    events=events,
-                )
+                result = pull(ImageStore(store), fetcher,
+                              keep_blobs=engine.config.images["keep_blobs"], events=events)
     finally:
-        resolving.close()  # what it found, if the store could not be opened
+        fetcher.close()  # what it found, if the store could not be opened
     if quiet:
         return result
     print(f"Digest: {result.digest}", file=out)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from ..images.pull import NoEvents, PullEvents
+from ..images.events import NoEvents, PullEvents
 
 #: statuses that end a layer's bar full (a pull's, then a push's)
 FINAL = ("Pull complete", "Already exists", "Download complete", "Pushed",

@@ -50,6 +50,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ImageError, LaminaError, RegistryAuthError, RegistryError, RegistryUnavailable
+from .events import NoEvents, PullEvents
 from .formats import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -64,7 +65,6 @@ from .formats import (
     parse_manifest,
     sha256_digest,
 )
-from .pull import NoEvents, PullEvents
 from .reference import Reference
 from .store import ImageLayer, ImageStore, short_id
 

@@ -1,7 +1,7 @@
 """A blob on its way in: written to a file by a download, read by the applier as it grows.
 
-One pass over the network: the download thread writes each chunk to the spool file
-and hashes it; the applier reads the same bytes back from the page cache as soon as
+One pass over the network: the download writes each chunk to the spool file and
+hashes it; the applier reads the same bytes back from the page cache as soon as
 they are there, so a layer is decompressed and applied *while* it downloads, and a
 layer whose parent is still being applied waits on disk, not in memory. The file is
 also what makes a download resumable: a pull that dies leaves
@@ -12,6 +12,12 @@ saved across processes) and asks the registry for the rest with a Range request.
 The digest and size are checked by the writer; :meth:`Spool.wait` reports the
 verdict, which the applier awaits before the layer may become ready. A verified
 spool is moved into the blob store (:meth:`Spool.keep`) or deleted.
+
+The writer and the reader may be two processes (a pull downloads in its fetcher
+process, :mod:`.fetcher`): each side then has a ``Spool`` of the same file, and the
+writer's progress reaches the reader's through :meth:`Spool.advance` and
+:meth:`Spool.settle`, which the writing side calls on itself too. The file is named
+after the pulling process (``owner``), which the fetcher dies with.
 
 Thread safety: one writer thread, one reader thread; the condition variable is
 the only shared state.
@@ -46,12 +52,16 @@ class Cancelled(LaminaError):
 class Spool:
     """The file a blob is downloaded into, with a reader that follows the writer."""
 
-    def __init__(self, tmp: Path, digest: str, size: int) -> None:
+    def __init__(self, tmp: Path, digest: str, size: int, *, owner: str | None = None) -> None:
+        """``owner``: the :func:`process_identity` of the pull the file belongs to (this
+        process by default): while it lives, no other pull adopts the file."""
         self.tmp = tmp
         self.digest = digest
         self.size = size
         self.hex = digest.removeprefix("sha256:")
-        self.path = tmp / f"{PREFIX}{self.hex}~{_owner_tag(process_identity())}{SUFFIX}"
+        self.path = tmp / f"{PREFIX}{self.hex}~{_owner_tag(owner or process_identity())}{SUFFIX}"
+        #: whether the file exists (made or adopted by the writer)
+        self.opened = False
         self.written = 0
         #: bytes found in an adopted part file (a resumed download)
         self.resumed = 0
@@ -75,10 +85,10 @@ class Spool:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise host_error(exc, "create the download file", self.path) from exc
+        done = 0
         if adopted:
             have = min(os.fstat(self._fd).st_size, self.size)
             os.ftruncate(self._fd, have)
-            done = 0
             while done < have:
                 chunk = os.pread(self._fd, min(CHUNK, have - done), done)
                 if not chunk:
@@ -86,9 +96,7 @@ class Spool:
                 self._hasher.update(chunk)
                 done += len(chunk)
             self.resumed = done
-            with self._cond:
-                self.written = done
-                self._cond.notify_all()
+        self.advance(done)
         return self.written
 
     def _adopt(self) -> bool:
@@ -116,8 +124,7 @@ class Spool:
         os.ftruncate(self._fd, 0)
         self._hasher = hashlib.sha256()
         self.resumed = 0
-        with self._cond:
-            self.written = 0
+        self.advance(0)
 
     def write(self, data: bytes | memoryview) -> None:
         if self.cancelled:
@@ -138,9 +145,10 @@ class Spool:
             view = view[n:]
             offset += n
         self._hasher.update(data)
-        with self._cond:
-            self.written = offset
-            self._cond.notify_all()
+        self.advance(offset)
+
+    def started(self) -> None:
+        """The download begins (its turn came): a hook for the fetcher's report."""
 
     def finish(self) -> None:
         """The source has no more bytes: check size and digest, and tell the reader."""
@@ -157,12 +165,22 @@ class Spool:
                 hint="the registry serves corrupt content; nothing was stored",
             )
             self._forget()  # never resume from bad bytes
-        with self._cond:
-            self.error = error
-            self.done = True
-            self._cond.notify_all()
+        self.settle(error)
 
     def fail(self, error: BaseException) -> None:
+        self.settle(error)
+
+    # -- the state both sides see ------------------------------------------------------
+
+    def advance(self, written: int) -> None:
+        """The file holds ``written`` verified-as-they-come bytes (fewer after a restart)."""
+        with self._cond:
+            self.opened = True
+            self.written = written
+            self._cond.notify_all()
+
+    def settle(self, error: BaseException | None) -> None:
+        """The download ended: verified (``None``) or failed."""
         with self._cond:
             self.error = error
             self.done = True
@@ -186,6 +204,14 @@ class Spool:
             if self.error is not None:
                 raise self.error
 
+    def wait_opened(self) -> None:
+        """Block until the file exists; raise the download's error if it never will."""
+        with self._cond:
+            while not self.opened and not self.done:
+                self._cond.wait()
+            if not self.opened and self.error is not None:
+                raise self.error
+
     def _wait_for(self, position: int) -> int:
         """Block until bytes past ``position`` exist or the download ended; return the end."""
         with self._cond:
@@ -200,12 +226,12 @@ class Spool:
     def keep(self, blobs: BlobStore) -> None:
         """Move the verified file into the blob store (for pushing it again as it is)."""
         self.wait()
-        self._close()
+        self.close()
         blobs.adopt(self.path, self.digest)
 
     def discard(self, *, resumable: bool = False) -> None:
         """Delete the file; with ``resumable`` an unfinished one stays for the next pull."""
-        self._close()
+        self.close()
         if resumable and not (self.done and self.error is None) and self.written:
             return
         self._forget()
@@ -214,7 +240,8 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Let go of the writer's file descriptor (the file stays)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -229,7 +256,11 @@ class SpoolReader:
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
         self._pos = 0
-        self._fd = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+        spool.wait_opened()
+        try:
+            self._fd = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise host_error(exc, "open the download file", spool.path) from exc
 
     def readable(self) -> bool:
         return True

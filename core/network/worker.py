@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LaminaError, NetworkError
+from ..host.processes import die_with_parent
 
-PR_SET_PDEATHSIG = 1
 #: the request that ends the worker
 QUIT = "quit"
 
@@ -36,13 +36,14 @@ class Worker:
                  handlers: Mapping[str, Callable[..., Any]]) -> None:
         req_r, req_w = os.pipe2(os.O_CLOEXEC)
         ans_r, ans_w = os.pipe2(os.O_CLOEXEC)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
                 os.close(req_w)
                 os.close(ans_r)
-                _serve(prepare, handlers, req_r, ans_w)
+                _serve(prepare, handlers, req_r, ans_w, parent)
                 status = 0
             finally:
                 os._exit(status)
@@ -89,8 +90,8 @@ class Worker:
 
 
 def _serve(prepare: Callable[[], object], handlers: Mapping[str, Callable[..., Any]],
-           requests_fd: int, answers_fd: int) -> None:
-    _die_with_parent()
+           requests_fd: int, answers_fd: int, parent: int) -> None:
+    die_with_parent(parent)
     # the terminal's Ctrl-C is for the container (the parent forwards it), not for us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare()
@@ -107,12 +108,3 @@ def _serve(prepare: Callable[[], object], handlers: Mapping[str, Callable[..., A
                 answer = {"error": f"{name} failed: {type(exc).__name__}: {exc}",
                           "hint": "rerun with --debug; this is a bug in lamina"}
             out.write(json.dumps(answer) + "\n")
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before the prctl
-        os._exit(1)
