@@ -37,7 +37,8 @@ from .store import ImageLayer, ImageStore, short_id
 from .unpack import ensure_layer, layer_ready
 
 if TYPE_CHECKING:
-    from .fetcher import Fetcher, Resolved
+    from .fetcher import Fetcher
+    from .resolve import Resolved
 
 
 class PullResult(NamedTuple):
