@@ -471,6 +471,62 @@ def test_a_killed_pulls_fetcher_dies_with_it(faulty, pushed: str, store_root: Pa
         time.sleep(0.02)
 
 
+def _policies(pid: int) -> dict[int, int]:
+    """Scheduling policy (0 normal, 5 SCHED_IDLE) of each thread of ``pid``."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                found[int(tid)] = int(f.read().rsplit(")", 1)[1].split()[38])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return found
+
+
+def test_the_fetcher_downloads_in_the_background_until_the_applier_waits(
+        faulty, pushed: str, store_root: Path) -> None:
+    """While it is ahead, the fetcher's download runs in SCHED_IDLE (the applier gets the
+    CPUs); once the applier waits for bytes, the fetcher runs at the normal priority.
+    The test holds the images lock so that the pull cannot apply yet, and the registry
+    stalls the blob so that the applier then waits."""
+    import fcntl
+
+    faulty.stall_blob_at = 1_500_000  # the 2 MB busybox layer: one 1 MiB read gets through
+    faulty.stall_seconds = 5
+    faulty.fault_times = -1  # the config and the small layers end before it
+    (store_root / "tmp").mkdir(parents=True)
+    lock = os.open(store_root / "tmp" / "images.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    proc = subprocess.Popen([*LAMINA, "--root", str(store_root), "pull",
+                             f"{faulty.host}/test/pull:plain"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the fetcher's download thread, blocked in the stall
+            assert time.monotonic() < deadline, "the fetcher never began its download"
+            parts = list((store_root / "tmp").glob("pull-*.part"))
+            children = _children(proc.pid)
+            if any(p.stat().st_size >= 1 << 20 for p in parts) and children:
+                policies = _policies(children[0])
+                if 5 in policies.values():
+                    break
+            time.sleep(0.01)
+        fetcher = children[0]
+        assert sorted(set(policies.values())) == [0, 5], policies  # its pipe's reader: normal
+        os.close(lock)  # the pull applies the MiB there is, then waits for more
+        while 5 in _policies(fetcher).values():
+            assert time.monotonic() < deadline, "the fetcher stayed in the background"
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert b"Downloaded newer image" in out
+
+
 def test_a_stored_layer_is_not_downloaded(faulty, pushed: str, store_root: Path) -> None:
     """The fetcher begins downloads before the store is open, on a hint (the layer
     records): layers stored already, here from the same image in other blobs, are not

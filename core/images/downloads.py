@@ -1,5 +1,13 @@
 """The fetcher's work (:mod:`.fetcher`): resolve the image, download the layer blobs the pull
-wants into spools, and report every step to the pull, until it says stop."""
+wants into spools, and report every step to the pull, until it says stop.
+
+A forked fetcher downloads in the background (``SCHED_IDLE``) once the image is
+resolved: when the pull's own threads keep every CPU busy, its applier, the critical
+path, gets them, and the downloads, far ahead of it, take what is left
+(docs/performance.md, "Pull"). The first time the applier waits for a blob's bytes, the
+pull says so (``starved``) and the fetcher runs at the normal priority from then on: the
+machine is busy with other work, which must not starve the pull through its fetcher.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ImageError, LaminaError
+from ..host.processes import can_leave_background, run_in_background
 from ..layers import records
 from .channel import Channel, FetchRequest, portable
 from .formats import chain_ids, layer_id
@@ -58,6 +67,20 @@ class Downloads:
         self._previous: threading.Event | None = None
         #: the first layer's blob, asked for while the config was fetched
         self._first = resolved.first_blob
+        #: whether the downloads run in the background
+        self.background = False
+
+    def go_background(self) -> None:
+        """Download in the background, where the fetcher can come back from it (the
+        thread that hears the pull stays in the foreground: it hears ``starved``)."""
+        self.background = can_leave_background()
+
+    def starved(self) -> None:
+        """The pull waits for a blob's bytes: the normal priority, for good."""
+        if self.background:
+            self.background = False
+            run_in_background(False, [t.native_id for t in self._threads
+                                      if t.native_id is not None and t.is_alive()])
 
     def want(self, positions: Sequence[int]) -> None:
         """Download the blobs of these layers (in their order); cancel any other."""
@@ -106,6 +129,8 @@ class Downloads:
     def _run(self, spool: Spool, after: threading.Event | None,
              answered: threading.Event) -> None:
         try:
+            if self.background:
+                run_in_background(True)
             if after is not None:
                 after.wait()
             with self._slots:
@@ -159,8 +184,12 @@ def _likely_missing(root: Path, resolved: Resolved) -> list[int]:
             if not (records.record_dir(root) / f"{one}.json").exists()]
 
 
-def serve(channel: Channel, request: FetchRequest, *, stop_wait: float) -> None:
-    """The fetcher: resolve, download what the pull wants, until it says stop."""
+def serve(channel: Channel, request: FetchRequest, *, stop_wait: float,
+          background: bool) -> None:
+    """The fetcher: resolve, download what the pull wants, until it says stop.
+
+    ``background``: the fetcher is a process of its own, whose priority it may lower.
+    """
     from .registry.client import Registry
 
     try:
@@ -173,12 +202,16 @@ def serve(channel: Channel, request: FetchRequest, *, stop_wait: float) -> None:
     downloads = Downloads(request, registry, resolved, channel)
     try:
         channel.send(("resolved", resolved._replace(first_blob=None)))
+        if background:
+            downloads.go_background()
         downloads.want(_likely_missing(request.root, resolved))
         while (message := channel.receive()) is not None:
             if message[0] == "want":
                 downloads.want(message[1])
             elif message[0] == "cancel":
                 downloads.cancel(message[1])
+            elif message[0] == "starved":
+                downloads.starved()
             else:
                 break
     finally:

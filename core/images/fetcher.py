@@ -15,7 +15,9 @@ is the pull's side of it. Protocol, pickled frames on two pipes (:mod:`.channel`
   blob ``("started", digest)``, ``("written", digest, size_so_far)`` and ``("ended",
   digest, error_or_None)``; ``("stopped",)`` last;
 - pull -> fetcher: ``("want", positions)``: the layers the store lacks (any other
-  download is cancelled); ``("cancel", digest)``; ``("stop",)``.
+  download is cancelled); ``("cancel", digest)``; ``("starved", digest)``: the applier
+  waits for that blob's bytes (:mod:`.downloads` on the fetcher's priority);
+  ``("stop",)``.
 
 Before the pull's ``want``, the fetcher starts the layers whose record is not in the
 store (``layerdb/<id>.json``, :mod:`..layers.records`): a hint, so that a layer the store
@@ -70,10 +72,16 @@ class _FetchedSpool(Spool):
                  channel: Channel) -> None:
         super().__init__(tmp, digest, size, owner=owner)
         self._channel = channel
+        self._starved = False
 
     def cancel(self) -> None:
         super().cancel()
         self._channel.send(("cancel", self.digest))
+
+    def starving(self, position: int) -> None:
+        if not self._starved:  # once is enough: the fetcher stops running in the background
+            self._starved = True
+            self._channel.send(("starved", self.digest))
 
 
 class Fetcher:
@@ -236,7 +244,7 @@ def _fetcher_thread(channel: Channel, request: FetchRequest) -> None:
     from .downloads import serve
 
     try:
-        serve(channel, request, stop_wait=5.0)
+        serve(channel, request, stop_wait=5.0, background=False)
     finally:
         channel.close()  # the pull's end sees the end of the reports
 
@@ -253,7 +261,7 @@ def _fetcher_process(channel: Channel, request: FetchRequest, parent: int) -> No
         os.dup2(devnull, 1)
         from .downloads import serve
 
-        serve(channel, request, stop_wait=0.2)
+        serve(channel, request, stop_wait=0.2, background=True)
         status = 0
     finally:
         os._exit(status)

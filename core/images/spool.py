@@ -212,8 +212,16 @@ class Spool:
             if not self.opened and self.error is not None:
                 raise self.error
 
+    def starving(self, position: int) -> None:
+        """The reader waits for bytes past ``position``: a hook for the fetcher, which
+        downloads at a low priority while it is ahead (:mod:`.downloads`)."""
+
     def _wait_for(self, position: int) -> int:
         """Block until bytes past ``position`` exist or the download ended; return the end."""
+        with self._cond:
+            waiting = self.written <= position and not self.done
+        if waiting:
+            self.starving(position)
         with self._cond:
             while self.written <= position and not self.done:
                 self._cond.wait()
