@@ -559,6 +559,18 @@ def test_downloads_begun_on_a_wrong_hint_are_cancelled(faulty, pushed: str,
     assert len(json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)) == 3
 
 
+def test_a_store_that_cannot_open_ends_the_fetcher_cleanly(pushed: str, tmp_path: Path) -> None:
+    """The fetcher resolves and downloads before the pull opens the store; a store that
+    then cannot be opened is the one error said, and the fetcher's reports end quietly."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "lamina.db").write_bytes(b"not a database " * 4096)
+    failed = lamina(root, "pull", f"{pushed}:gzip", check=False)
+    assert failed.returncode != 0
+    assert "lamina: error:" in failed.stderr and "database" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr and "Exception in thread" not in failed.stderr
+
+
 def test_a_pull_beside_other_threads_fetches_in_a_thread(pushed: str, store_root: Path) -> None:
     """Forking while another thread runs would copy the locks it holds: the fetcher runs
     as a thread instead, and leaves no pipe or process behind (the process's pool of

@@ -67,8 +67,10 @@ class Downloads:
         self._previous: threading.Event | None = None
         #: the first layer's blob, asked for while the config was fetched
         self._first = resolved.first_blob
-        #: whether the downloads run in the background
+        #: whether the downloads run in the background; the lock orders a starting
+        #: download's move there against :meth:`starved`'s move back
         self.background = False
+        self._priority = threading.Lock()
 
     def go_background(self) -> None:
         """Download in the background, where the fetcher can come back from it (the
@@ -77,10 +79,11 @@ class Downloads:
 
     def starved(self) -> None:
         """The pull waits for a blob's bytes: the normal priority, for good."""
-        if self.background:
-            self.background = False
-            run_in_background(False, [t.native_id for t in self._threads
-                                      if t.native_id is not None and t.is_alive()])
+        with self._priority:
+            if self.background:
+                self.background = False
+                run_in_background(False, [t.native_id for t in self._threads
+                                          if t.native_id is not None and t.is_alive()])
 
     def want(self, positions: Sequence[int]) -> None:
         """Download the blobs of these layers (in their order); cancel any other."""
@@ -129,8 +132,9 @@ class Downloads:
     def _run(self, spool: Spool, after: threading.Event | None,
              answered: threading.Event) -> None:
         try:
-            if self.background:
-                run_in_background(True)
+            with self._priority:
+                if self.background:
+                    run_in_background(True)
             if after is not None:
                 after.wait()
             with self._slots:

@@ -97,11 +97,15 @@ class Fetcher:
         self._thread: threading.Thread | None = None
         if threading.active_count() == 1:
             parent = os.getpid()
-            self.pid = os.fork()
+            try:
+                self.pid = os.fork()
+            except OSError:  # no process to be had (EAGAIN, ENOMEM): a thread does it
+                self.pid = None
             if self.pid == 0:
                 os.close(down_w)
                 os.close(up_r)
                 _fetcher_process(Channel(down_r, up_w), request, parent)
+        if self.pid is not None:
             os.close(down_r)
             os.close(up_w)
         else:
@@ -168,7 +172,10 @@ class Fetcher:
             while (message := self._channel.receive()) is not None:
                 if message[0] == "stopped":
                     break
-                if message[0] in ("resolved", "failed"):  # never asked for: stopped early
+                if message[0] == "resolved":  # never asked for: the pull stopped early
+                    self._resolved = self._resolved or message[1]
+                    continue
+                if message[0] == "failed":
                     continue
                 spool = self._spool(message[1])
                 if spool.digest not in wanted:
