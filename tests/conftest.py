@@ -92,6 +92,22 @@ def pip_install_target(src: Path, target: Path) -> None:
     )
 
 
+def process_state(pid: int) -> str | None:
+    """A process's state letter (Z: a zombie, dead), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid``'s main thread forked that still run or are unreaped."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def until(check: object, timeout: float = 10) -> None:
     """Wait for ``check()`` to hold (polled every 50 ms); fail after ``timeout`` seconds."""
     end = time.monotonic() + timeout

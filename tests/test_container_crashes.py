@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, until
+from conftest import child_pids, needs_root, process_state, until
 from test_containers import IMAGE, Site, _site
 
 from lamina.core.containers.store import monitor_alive
@@ -123,7 +123,7 @@ class World:
             if entry.isdigit():
                 with contextlib.suppress(OSError):
                     if (needle in Path(f"/proc/{entry}/environ").read_bytes()
-                            and _state(int(entry)) not in ("Z", None)):
+                            and process_state(int(entry)) not in ("Z", None)):
                         found.append(int(entry))
         return found
 
@@ -131,7 +131,7 @@ class World:
         """Live processes of lamina on this store (the command line names its root)."""
         out = subprocess.run(["pgrep", "-f", str(self.site.root)], capture_output=True,
                              text=True).stdout
-        return [int(p) for p in out.split() if _state(int(p)) not in ("Z", None)]
+        return [int(p) for p in out.split() if process_state(int(p)) not in ("Z", None)]
 
     def layers(self) -> list[dict]:
         return json.loads(self.site.out("layer", "ls", "--format", "json"))
@@ -203,24 +203,9 @@ def _listdir(path: Path) -> set[str]:
         return set()
 
 
-def _state(pid: int) -> str | None:
-    """A process's state letter (Z: a zombie, dead), None when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return None
-
-
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def _kill_when(pid: int, event: Callable[[], bool], done: Callable[[], bool],
@@ -358,7 +343,7 @@ class Monitor:
 
     def find(self) -> int | None:
         if self.pid is None:
-            children = _children(self.cli.pid)
+            children = child_pids(self.cli.pid)
             self.pid = children[0] if children else None
         return self.pid
 
@@ -366,7 +351,7 @@ class Monitor:
         """The monitor is gone (or a zombie), or the command ended without forking one."""
         if self.find() is None:
             return self.cli.poll() is not None and self.find() is None
-        return _state(self.pid) in ("Z", None)  # type: ignore[arg-type]
+        return process_state(self.pid) in ("Z", None)  # type: ignore[arg-type]
 
     def kill_when(self, event: Callable[[], bool]) -> bool:
         """SIGKILL the monitor as soon as ``event()`` holds; False if it ended first."""
@@ -457,12 +442,12 @@ def test_sigkill_of_start_and_of_its_monitor(site: Site, host_netns: list[str]) 
     for delay in _delays(max(took), 6):
         proc = world.popen("start", cid)
         time.sleep(delay)
-        forked = _children(proc.pid)
+        forked = child_pids(proc.pid)
         proc.kill()
         proc.wait()
         world.check(f"a kill {delay * 1000:.0f} ms into start")
         if forked:
-            until(lambda m=forked[0]: _running(world) or _state(m) in ("Z", None))
+            until(lambda m=forked[0]: _running(world) or process_state(m) in ("Z", None))
             assert _running(world), f"start killed {delay * 1000:.0f} ms in: not started"
         _end(world, cid)
     # the monitor killed at each phase of the start

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import LAMINA, needs_root, run_lamina
+from conftest import LAMINA, child_pids, needs_root, process_state, run_lamina
 from images import push_layout, skopeo, skopeo_copy, skopeo_inspect, write_oci_layout
 
 from lamina.conformance.trees import compare, snapshot
@@ -432,20 +432,6 @@ def test_killed_pull_resumes_and_leaves_nothing(faulty, pushed: str, store_root:
     assert len(layers) == 3
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def _gone(pid: int) -> bool:
-    """Ended: no such process, or a zombie nobody reaps (this machine's pid 1 does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_killed_pulls_fetcher_dies_with_it(faulty, pushed: str, store_root: Path) -> None:
     """The fetcher process writing the part file must not outlive the pull: the next
     pull adopts the file, and a writer still at it would corrupt the resumed blob."""
@@ -457,16 +443,15 @@ def test_a_killed_pulls_fetcher_dies_with_it(faulty, pushed: str, store_root: Pa
                              f"{faulty.host}/test/pull:plain"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not list((store_root / "tmp").glob("pull-*.part")) if (store_root / "tmp").is_dir() \
-            else True:
+    while not list((store_root / "tmp").glob("pull-*.part")):
         assert time.monotonic() < deadline, "the pull never began a download"
         time.sleep(0.02)
-    fetchers = _children(proc.pid)
+    fetchers = child_pids(proc.pid)
     assert len(fetchers) == 1, fetchers  # the download runs in a process of its own
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 5
-    while not _gone(fetchers[0]):
+    while process_state(fetchers[0]) not in ("Z", None):
         assert time.monotonic() < deadline, "the fetcher outlived its pull"
         time.sleep(0.02)
 
@@ -506,7 +491,7 @@ def test_the_fetcher_downloads_in_the_background_until_the_applier_waits(
         while True:  # the fetcher's download thread, blocked in the stall
             assert time.monotonic() < deadline, "the fetcher never began its download"
             parts = list((store_root / "tmp").glob("pull-*.part"))
-            children = _children(proc.pid)
+            children = child_pids(proc.pid)
             if any(p.stat().st_size >= 1 << 20 for p in parts) and children:
                 policies = _policies(children[0])
                 if 5 in policies.values():

@@ -136,7 +136,7 @@ def pull_reference(engine: Engine, ref: Reference, *, platform: Platform,
                 result = pull(ImageStore(store), fetcher,
                               keep_blobs=engine.config.images["keep_blobs"], events=events)
     finally:
-        fetcher.close()  # what it found, if the store could not be opened
+        fetcher.close()  # pull() ends it; this one, when the store could not be opened
     if quiet:
         return result
     print(f"Digest: {result.digest}", file=out)

@@ -117,7 +117,7 @@ class Downloads:
         try:
             spool.open_for_writing()
         except LaminaError as exc:  # the disk refused the part file: the pull says so
-            spool.fail(exc)
+            spool.settle(exc)
             return
         if spool.written == spool.size:
             spool.finish()  # a complete part file from a dead pull: verify only
@@ -148,7 +148,7 @@ class Downloads:
                 exc = ImageError(f"{self.request.ref.familiar}: downloading {spool.digest} "
                                  f"failed: {exc}",
                                  hint="pull again: the download resumes where it stopped")
-            spool.fail(exc)
+            spool.settle(exc)
         finally:
             answered.set()
 
@@ -184,8 +184,7 @@ class Downloads:
 def _likely_missing(root: Path, resolved: Resolved) -> list[int]:
     """The layers whose record is not in the store: a hint, read without the store."""
     ids = [layer_id(c) for c in chain_ids(resolved.config.diff_ids)]
-    return [n for n, one in enumerate(ids)
-            if not (records.record_dir(root) / f"{one}.json").exists()]
+    return [n for n, one in enumerate(ids) if not records.record_path(root, one).exists()]
 
 
 def serve(channel: Channel, request: FetchRequest, *, stop_wait: float,

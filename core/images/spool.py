@@ -63,8 +63,6 @@ class Spool:
         #: whether the file exists (made or adopted by the writer)
         self.opened = False
         self.written = 0
-        #: bytes found in an adopted part file (a resumed download)
-        self.resumed = 0
         self.done = False
         self.error: BaseException | None = None
         self.cancelled = False
@@ -95,7 +93,6 @@ class Spool:
                     break
                 self._hasher.update(chunk)
                 done += len(chunk)
-            self.resumed = done
         self.advance(done)
         return self.written
 
@@ -123,7 +120,6 @@ class Spool:
         """The source ignored our Range request: start over from byte 0."""
         os.ftruncate(self._fd, 0)
         self._hasher = hashlib.sha256()
-        self.resumed = 0
         self.advance(0)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -165,9 +161,6 @@ class Spool:
                 hint="the registry serves corrupt content; nothing was stored",
             )
             self._forget()  # never resume from bad bytes
-        self.settle(error)
-
-    def fail(self, error: BaseException) -> None:
         self.settle(error)
 
     # -- the state both sides see ------------------------------------------------------

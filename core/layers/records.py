@@ -31,6 +31,11 @@ def record_dir(root: Path) -> Path:
     return root / DIRNAME
 
 
+def record_path(root: Path, layer_id: str) -> Path:
+    """Where the record of ``layer_id`` is (it exists once the layer is ready)."""
+    return record_dir(root) / f"{layer_id}.json"
+
+
 def write(root: Path, row: Mapping[str, Any]) -> None:
     """Write the record of a layer (a ``layers`` row, or a mapping with :data:`FIELDS`)."""
     directory = record_dir(root)
@@ -40,14 +45,14 @@ def write(root: Path, row: Mapping[str, Any]) -> None:
     tmp = directory / f".tmp-{row['id']}-{os.urandom(4).hex()}"
     try:
         tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
-        os.rename(tmp, directory / f"{row['id']}.json")
+        os.rename(tmp, record_path(root, row["id"]))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
 def remove(root: Path, layer_id: str) -> None:
-    (record_dir(root) / f"{layer_id}.json").unlink(missing_ok=True)
+    record_path(root, layer_id).unlink(missing_ok=True)
 
 
 def read_all(root: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
