@@ -432,6 +432,57 @@ def test_killed_pull_resumes_and_leaves_nothing(faulty, pushed: str, store_root:
     assert len(layers) == 3
 
 
+@pytest.mark.parametrize("tag", ["plain", "gzip", "zstd"])
+def test_an_interrupted_pull_leaves_whole_blobs_for_the_next(faulty, pushed: str,
+                                                             store_root: Path, tag: str) -> None:
+    """Ctrl-C while the base layer's blob stalls, the two small ones downloaded and
+    verified: the pull ends at once (with the plain layer's first MiB there, its
+    applier's reading thread is what waits for the stalled bytes; test_tarstream has
+    the decompressors); the small ones' files stay (whole parts), and the next pull
+    only hashes them again instead of downloading them, and resumes the base layer's
+    blob where it stopped."""
+    layers = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                               f"docker://{pushed}:{tag}"))["layers"]
+    faulty.stall_blob_at = layers[0]["size"] // 2
+    faulty.stall_seconds = 30
+    faulty.fault_times = -1
+    name = f"{faulty.host}/test/pull:{tag}"
+    assert layers[0]["size"] // 2 > max(d["size"] for d in layers[1:])
+
+    def parts() -> dict[str, int]:
+        tmp = store_root / "tmp"
+        found = tmp.glob("pull-*.part") if tmp.is_dir() else []
+        return {p.name.split("~")[0].removeprefix("pull-"): p.stat().st_size for p in found}
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    proc = subprocess.Popen([*LAMINA, "--root", str(store_root), "pull", name], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wanted = {d["digest"].removeprefix("sha256:"): d["size"] for d in layers[1:]}
+    base = layers[0]["digest"].removeprefix("sha256:")
+    deadline = time.monotonic() + 60
+    while not (all(parts().get(h) == size for h, size in wanted.items()) and base in parts()):
+        assert time.monotonic() < deadline, f"the downloads never got there: {parts()}"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the verdicts reach the pull; its applier waits for the stalled bytes
+    assert proc.poll() is None and parts()[base] < layers[0]["size"], parts()
+    proc.send_signal(signal.SIGINT)
+    # within the fetcher's stop wait: the applier's reading thread must not wait for
+    # the stalled download's bytes
+    assert proc.wait(timeout=10) == 130, proc.stderr.read() if proc.stderr else ""
+    assert all(parts().get(h) == size for h, size in wanted.items()), parts()
+    had = parts().get(base, 0)  # what came of the base blob before the stall (maybe none)
+    faulty.reset()
+    assert "Downloaded newer image" in lamina(store_root, "pull", name).stdout
+    asked = [(p, h.get("Range")) for m, p, h in faulty.requests
+             if m == "GET" and "/blobs/" in p]
+    assert not [p for p, _ in asked if any(h in p for h in wanted)], asked
+    # (the base blob is asked for once early, before the part file is found: left unread)
+    resumed = [r for p, r in asked if base in p]
+    assert resumed[-1] == (f"bytes={had}-" if had else None), (had, asked)
+    assert not parts()
+    assert len(json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)) == 3
+
+
 def test_a_killed_pulls_fetcher_dies_with_it(faulty, pushed: str, store_root: Path) -> None:
     """The fetcher process writing the part file must not outlive the pull: the next
     pull adopts the file, and a writer still at it would corrupt the resumed blob."""

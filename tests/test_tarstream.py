@@ -678,3 +678,36 @@ def test_read_ahead_reuses_a_buffer_only_once_its_hash_is_done(limit: int) -> No
         ahead.close()
     assert out == data
     assert ahead.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_closing_early_stops_a_read_ahead_waiting_for_a_download(tmp_path: Path,
+                                                                 compression: str | None) -> None:
+    """A pull's applier that fails or is interrupted closes its reader while the
+    read-ahead thread waits for bytes a stalled download has not written: the close
+    makes that wait end (through the decompressor), instead of waiting with it."""
+    import threading
+
+    from lamina.core.images.spool import Spool
+
+    tar = TarBuilder().file("big", os.urandom(6 << 20)).file("after", b"x").bytes()
+    if compression == "gzip":
+        blob = gzip.compress(tar, compresslevel=1)
+    elif compression == "zstd":
+        blob = pytest.importorskip("zstandard").ZstdCompressor(level=1).compress(tar)
+    else:
+        blob = tar
+    spool = Spool(tmp_path, "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob))
+    spool.open_for_writing()
+    spool.write(blob[: len(blob) // 2])  # and nothing more: the download stalls
+    stream = spool.reader()
+    reader = TarReader(open_layer_stream(stream), read_ahead=True)
+    assert next(iter(reader)).path == "big"
+    time.sleep(0.2)  # the read-ahead thread reaches the missing half and waits
+    closing = threading.Thread(target=reader.close, daemon=True)
+    closing.start()
+    closing.join(5)
+    assert not closing.is_alive(), "close waited for the stalled download"
+    stream.close()
+    assert not spool.done and not spool.cancelled  # the download itself is the pull's
+    spool.close()

@@ -39,7 +39,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -201,11 +201,14 @@ class Fetcher:
                         f"stopped with the pull's fetcher",
                         hint="pull again: the download resumes where it stopped"))
 
-    def finish(self, blobs: BlobStore | None, *, keep: bool, resumable: bool = True) -> None:
-        """Stop the fetcher; then keep the verified blobs (with ``keep``) or delete them.
+    def finish(self, blobs: BlobStore | None, *, stored: Collection[str] = (),
+               keep: bool = False, resumable: bool = True) -> None:
+        """Stop the fetcher, then settle each blob's file. Idempotent.
 
-        A part file stays for the next pull unless its layer turned out not to be
-        needed or ``resumable`` is false (a full disk). Idempotent.
+        ``stored``: the blobs whose layers are in the store now: moved into the blob
+        store with ``keep`` (verified ones), deleted otherwise. Any other file stays
+        for the next pull (resumed, or only verified when complete) unless its layer
+        turned out not to be needed or ``resumable`` is false (a full disk).
         """
         if self._closed:
             return
@@ -216,14 +219,16 @@ class Fetcher:
         self._listener.join(STOP_WAIT)
         self._end()
         for spool in self.spools.values():
-            if keep and blobs is not None and spool.done and spool.error is None:
+            if spool.digest not in stored:
+                spool.discard(resumable=resumable and not spool.cancelled)
+            elif keep and blobs is not None and spool.done and spool.error is None:
                 spool.keep(blobs)
             else:
-                spool.discard(resumable=resumable and not spool.cancelled)
+                spool.discard()
 
     def close(self) -> None:
         """Stop the fetcher, keeping nothing; part files stay resumable."""
-        self.finish(None, keep=False)
+        self.finish(None)
 
     def _end(self) -> None:
         """Wait for the fetcher to end (killing a process that does not); the part files

@@ -21,8 +21,9 @@ while applying: overlay's copy-up rules, vfs and btrfs start from a copy of the
 parent), so layers are applied in order.
 
 Interrupted anywhere (error, Ctrl-C, SIGKILL), nothing is registered; layers
-already applied are complete and shared, the next pull skips them; a
-half-downloaded blob stays as a part file for the next pull to resume.
+already applied are complete and shared, the next pull skips them; a blob whose
+layer is not applied yet stays as a part file, downloaded in part or in full, for
+the next pull to resume or only to hash again.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _pull(
             events.layer(short_id(descriptor.digest), "Already exists")
     _import_tar_path()
     spools = fetcher.fetch(missing, events)
-    ok = False
+    stored: set[str] = set()  # the blobs whose layers are in the store now
     full = False
     try:
         for n in missing:
@@ -126,12 +127,14 @@ def _pull(
             else:
                 spool.cancel()
                 events.layer(short, "Already exists")
-        ok = True
+            stored.add(spool.digest)
     except NoSpace:
         full = True  # a part file would hold on to the space the user must free
         raise
     finally:
-        fetcher.finish(images.blobs, keep=keep_blobs and ok, resumable=not full)
+        # a failed pull keeps its stored layers' blobs too (the next pull registers
+        # them) and leaves the others' files, complete or not, for the next pull
+        fetcher.finish(images.blobs, stored=stored, keep=keep_blobs, resumable=not full)
     _store_documents(images, documents, config_bytes, image_id)
     images.register(image_id, config, layers, manifest=manifest_digest,
                     manifest_type=manifest.media_type, names=names,

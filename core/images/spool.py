@@ -66,6 +66,8 @@ class Spool:
         self.done = False
         self.error: BaseException | None = None
         self.cancelled = False
+        #: the reader gave up (:meth:`abandon`): its waits raise
+        self._abandoned = False
         self._cond = threading.Condition()
         self._hasher = hashlib.sha256()
         self._fd = -1
@@ -205,6 +207,14 @@ class Spool:
             if not self.opened and self.error is not None:
                 raise self.error
 
+    def abandon(self) -> None:
+        """The reader stops (its applier failed or was interrupted): a read waiting on
+        another thread for bytes raises :class:`Cancelled`, so that thread ends. The
+        download and its file are left as they are."""
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify_all()
+
     def starving(self, position: int) -> None:
         """The reader waits for bytes past ``position``: a hook for the fetcher, which
         downloads at a low priority while it is ahead (:mod:`.downloads`)."""
@@ -216,10 +226,13 @@ class Spool:
         if waiting:
             self.starving(position)
         with self._cond:
-            while self.written <= position and not self.done:
+            while self.written <= position and not self.done and not self._abandoned:
                 self._cond.wait()
-            if self.written <= position and self.error is not None:
-                raise self.error
+            if self.written <= position:
+                if self.error is not None:
+                    raise self.error
+                if self._abandoned:
+                    raise Cancelled(f"reading {self.digest} was abandoned")
             return self.written
 
     # -- afterwards -------------------------------------------------------------------
@@ -231,9 +244,11 @@ class Spool:
         blobs.adopt(self.path, self.digest)
 
     def discard(self, *, resumable: bool = False) -> None:
-        """Delete the file; with ``resumable`` an unfinished one stays for the next pull."""
+        """Delete the file; with ``resumable`` it stays for the next pull, which resumes
+        it or, complete, only hashes it again (bytes that failed their digest are gone
+        already: :meth:`finish`)."""
         self.close()
-        if resumable and not (self.done and self.error is None) and self.written:
+        if resumable and self.written:
             return
         self._forget()
 
@@ -275,6 +290,10 @@ class SpoolReader:
         n = os.preadv(self._fd, [view[:want]], self._pos)
         self._pos += n
         return n
+
+    def abort(self) -> None:
+        """Make a read waiting on another thread raise (see :meth:`Spool.abandon`)."""
+        self._spool.abandon()
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:

@@ -65,12 +65,25 @@ class _Source:
         view[: len(data)] = data
         return len(data)
 
+    def abort(self) -> None:
+        """Make a read of the blob blocked on another thread raise, where the blob can
+        (a download's spool, :meth:`~lamina.core.images.spool.SpoolReader.abort`)."""
+        abort = getattr(self._fileobj, "abort", None)
+        if abort is not None:
+            abort()
+
 
 class _Decoded(io.RawIOBase):
     """Base of the decoded streams: only ``read`` is implemented by subclasses."""
 
+    _source: _Source
+
     def readable(self) -> bool:
         return True
+
+    def abort(self) -> None:
+        """See :meth:`_Source.abort`: a reader on another thread gives up."""
+        self._source.abort()
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -209,6 +222,7 @@ class _Zstd(_Decoded):
                 hint="pip install 'lamina[zstd]'",
             ) from None
         self._error: type[Exception] = zstandard.ZstdError
+        self._source = source
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             source, read_size=_INPUT_CHUNK, read_across_frames=True
         )

@@ -381,7 +381,7 @@ class TarReader:
             self.size = len(self._buf)
         elif read_ahead:
             #: a thread reads and hashes the stream ahead of the parser
-            self._ahead = ReadAhead(self._read_into)
+            self._ahead = ReadAhead(self._read_into, abort=getattr(stream, "abort", None))
 
     def close(self) -> None:
         """Stop the threads: after it returns none touches the stream, so the

@@ -136,7 +136,12 @@ class ReadAhead:
     thread touches the stream no more.
     """
 
-    def __init__(self, read_into: Callable[[memoryview], int], limit: int = _AHEAD) -> None:
+    def __init__(self, read_into: Callable[[memoryview], int], limit: int = _AHEAD, *,
+                 abort: Callable[[], None] | None = None) -> None:
+        """``abort``: the stream's way to make a read blocked on the thread raise
+        (a download that stalls), called by :meth:`close` when the parser stops early;
+        without one, such a close waits for the read to return."""
+        self._abort = abort
         self._sha = hashlib.sha256()
         self._free: SimpleQueue[bytearray | None] = SimpleQueue()
         self._ready: SimpleQueue[tuple[bytearray | None, int, BaseException | None]] = SimpleQueue()
@@ -230,6 +235,8 @@ class ReadAhead:
     def close(self) -> None:
         self._stop = True
         self._free.put(None)
+        if self._end is False and self._abort is not None:  # the parser stopped early
+            self._abort()
         self._thread.join()
         if self._digest is not None:  # every hash done: no buffer is still being read
             self._keep_spares()
