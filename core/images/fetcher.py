@@ -234,22 +234,44 @@ class Fetcher:
         """Wait for the fetcher to end (killing a process that does not); the part files
         are then the pull's alone."""
         if self.pid is not None:
-            deadline = time.monotonic() + STOP_WAIT
-            while True:
-                done, _ = os.waitpid(self.pid, os.WNOHANG)
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    break
-                time.sleep(0.002)
+            if not _exited_within(self.pid, STOP_WAIT):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
         elif self._thread is not None:
             self._thread.join(5.0)
         if self._listener is not None:
             self._listener.join(STOP_WAIT)
         self._channel.close()
+
+
+def _exited_within(pid: int, timeout: float) -> bool:
+    """Whether our child ``pid`` ended within ``timeout`` seconds (it is not reaped).
+
+    Through a pidfd, which turns readable the moment the child ends (it ends right
+    after its last report: the pull waits for it at the end of every pull); a poll
+    of ``waitpid`` where pidfds are missing (Linux before 5.3).
+    """
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        try:
+            return bool(select.select([fd], [], [], timeout)[0])
+        finally:
+            os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def _fetcher_thread(channel: Channel, request: FetchRequest) -> None:
