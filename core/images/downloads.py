@@ -190,7 +190,8 @@ def _likely_missing(root: Path, resolved: Resolved) -> list[int]:
 
 def serve(channel: Channel, request: FetchRequest, *, stop_wait: float,
           background: bool) -> None:
-    """The fetcher: resolve, download what the pull wants, until it says stop.
+    """The fetcher: resolve, download what the pull wants, until it says stop; once the
+    pull first says what it wants (its store is open), also store the manifests and config.
 
     ``background``: the fetcher is a process of its own, whose priority it may lower.
     """
