@@ -24,7 +24,7 @@ from ..layers import records
 from .channel import Channel, FetchRequest, portable
 from .formats import chain_ids, layer_id
 from .resolve import Resolved, resolve
-from .spool import Cancelled, Spool
+from .spool import Cancelled, Spool, stale_parts
 
 if TYPE_CHECKING:
     from .registry.client import Registry
@@ -200,7 +200,9 @@ def serve(channel: Channel, request: FetchRequest, *, stop_wait: float,
     try:
         registry = Registry.from_config(request.ref.registry, request.config)
         resolved = resolve(registry, request.ref, platform=request.platform,
-                           explicit_platform=request.explicit_platform)
+                           explicit_platform=request.explicit_platform,
+                           ask_first=lambda digest: not stale_parts(request.root / "tmp",
+                                                                    digest))
     except BaseException as exc:
         channel.send(("failed", portable(exc)))
         return

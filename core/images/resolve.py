@@ -192,19 +192,21 @@ class Resolved(NamedTuple):
 
 
 def resolve(registry: Registry, ref: Reference, *, platform: Platform,
-            explicit_platform: bool = False) -> Resolved:
+            explicit_platform: bool = False,
+            ask_first: Callable[[str], bool] = lambda digest: True) -> Resolved:
     """Manifest and config from the registry, every check on them done; nothing stored.
 
     Needs no store: a registry that is down or an image that is wrong fails the
     pull before anything is stored. The first layer's blob is asked for meanwhile
-    (:attr:`Resolved.first_blob`); :meth:`Resolved.close` lets go of it when the
-    result is not pulled.
+    (:attr:`Resolved.first_blob`) if ``ask_first(digest)`` says so (not when a dead
+    pull left part of it: that is asked for from where it stopped);
+    :meth:`Resolved.close` lets go of it when the result is not pulled.
     """
     manifest, manifest_digest, _, top_digest, documents = resolve_manifest(
         registry, ref, platform, explicit_platform=explicit_platform
     )
     first = None
-    if manifest.layers:
+    if manifest.layers and ask_first(manifest.layers[0].digest):
         digest = manifest.layers[0].digest
         first = Background(lambda: registry.open_blob(ref.repository, digest),
                            lambda stream: stream.close(), name=f"first-blob-{digest[7:19]}")

@@ -323,12 +323,14 @@ class SpoolReader:
         self.close()
 
 
-def stale_parts(tmp: Path) -> list[Path]:
-    """Part files whose pull is gone (what ``prune`` may reclaim)."""
+def stale_parts(tmp: Path, digest: str | None = None) -> list[Path]:
+    """Part files whose pull is gone (what ``prune`` may reclaim; of one blob with
+    ``digest``, what the next pull of it adopts)."""
     found = []
+    prefix = PREFIX + (f"{digest.removeprefix('sha256:')}~" if digest else "")
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(tmp):
-            if name.startswith(PREFIX) and name.endswith(SUFFIX) and "~" in name:
+            if name.startswith(prefix) and name.endswith(SUFFIX) and "~" in name:
                 owner = name[name.index("~") + 1:-len(SUFFIX)].replace("_", ":")
                 if not is_alive(owner):
                     found.append(tmp / name)
