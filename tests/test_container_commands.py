@@ -1172,7 +1172,8 @@ def test_ip_gives_a_fixed_address_on_a_user_network(site: Site,
 def test_system_reset_takes_the_networks_bridges_too(tmp_path: Path, busybox_tar: Path,
                                                      host_netns: list[str]) -> None:
     """``system reset`` removes what a user network made outside the root: its bridge and
-    its nftables chains (in a network namespace the test made)."""
+    its nftables chains, then the default network's bridge (no container uses it any
+    more) and lamina's table, empty by then (in a network namespace the test made)."""
     gen = busybox_site(tmp_path / "store", busybox_tar)
     site = next(gen)
     try:
@@ -1191,11 +1192,48 @@ def test_system_reset_takes_the_networks_bridges_too(tmp_path: Path, busybox_tar
                                    capture_output=True, text=True).stdout
             return f" {bridge}:" in links, f"isolation-{bridge}" in rules
 
-        assert present() == (True, True)
+        lamina("run", "--rm", IMAGE, "true")  # the default network's bridge is made
+
+        def default_present() -> tuple[bool, bool]:
+            links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True,
+                                   text=True).stdout
+            tables = subprocess.run([*host_netns, "nft", "list", "tables"],
+                                    capture_output=True, text=True).stdout
+            return " lamina0:" in links, "table ip lamina" in tables
+
+        assert present() == (True, True) and default_present() == (True, True)
         out = lamina("system", "reset", "--force")
         assert "removed the bridge and rules of network doomed" in out
-        assert present() == (False, False)
+        assert "removed the default network's bridge lamina0 and its rules" in out, out
+        assert "removed lamina's nftables table" in out, out
+        assert present() == (False, False) and default_present() == (False, False)
     finally:
+        with contextlib.suppress(StopIteration):
+            next(gen)
+
+
+def test_system_reset_leaves_a_default_bridge_another_store_uses(
+        tmp_path: Path, busybox_tar: Path, host_netns: list[str]) -> None:
+    """An interface on the default bridge that is not this store's (another root's
+    container, here a veth the test attaches): reset leaves the bridge and the table."""
+    gen = busybox_site(tmp_path / "store", busybox_tar)
+    site = next(gen)
+    try:
+        lamina = _in_netns(site, host_netns)
+        lamina("run", "--rm", IMAGE, "true")  # the default network's bridge is made
+        for command in (["ip", "link", "add", "lmx-other", "type", "veth", "peer", "name",
+                         "lmx-peer"], ["ip", "link", "set", "lmx-other", "master", "lamina0"]):
+            subprocess.run([*host_netns, *command], check=True)
+        out = lamina("system", "reset", "--force").stdout.decode()
+        assert "left the default network's bridge lamina0: 1 interface(s) still use it " \
+               "(lmx-other)" in out, out
+        links = subprocess.run([*host_netns, "ip", "-o", "link"], capture_output=True,
+                               text=True).stdout
+        tables = subprocess.run([*host_netns, "nft", "list", "tables"], capture_output=True,
+                                text=True).stdout
+        assert " lamina0:" in links and "table ip lamina" in tables
+    finally:
+        subprocess.run([*host_netns, "ip", "link", "del", "lmx-other"], capture_output=True)
         with contextlib.suppress(StopIteration):
             next(gen)
 

@@ -228,17 +228,17 @@ def _remove(store: Store, network: Network) -> None:
     from ..network.networks import NetworkStore
 
     NetworkStore(store.root).remove(network.name)
-    remove_links(network)
+    remove_links(network.bridge)
 
 
-def remove_links(network: Network) -> None:
-    """The network's bridge and nftables chains (``network rm``, ``system reset``)."""
+def remove_links(bridge: str) -> None:
+    """A network's bridge and nftables chains (``network rm``, ``system reset``)."""
     from ..network import links, nat
     from ..network.nftables import NftablesMissing, run
 
-    links.delete_bridge(network.bridge)
+    links.delete_bridge(bridge)
     try:
-        script = nat.remove_network_script(network.bridge)
+        script = nat.remove_network_script(bridge)
         if script:
             run(script)
     except NftablesMissing:

@@ -195,13 +195,46 @@ def cmd_reset(args: argparse.Namespace, engine: Engine) -> int:
         networks = []
     for network in networks:
         try:
-            remove_links(network)
+            remove_links(network.bridge)
             print(f"removed the bridge and rules of network {network.name}")
         except LaminaError as exc:
             report(exc)
     for line in reset(root, _drivers_on_home(engine)):
         print(line)
+    try:
+        for line in _reset_default_network(engine.config.network["bridge"]):
+            print(line)
+    except LaminaError as exc:
+        report(exc)
     return 0
+
+
+def _reset_default_network(bridge: str) -> list[str]:
+    """The default network's bridge and rules, and lamina's nftables table once empty.
+
+    Not a bridge that interfaces still use: another store on this host (another root,
+    the same ``[network] bridge``) may have containers on it.
+    """
+    from ..network import links, nat
+    from ..network.nftables import NftablesMissing, run
+    from .network import remove_links
+
+    ports = links.bridge_ports(bridge)
+    if ports:
+        return [f"left the default network's bridge {bridge}: {len(ports)} interface(s) "
+                f"still use it ({', '.join(ports[:3])}): another store's containers?"]
+    lines = []
+    try:
+        if ports is not None or any(c.endswith(f"-{bridge}") for c in nat.chains()):
+            remove_links(bridge)
+            lines.append(f"removed the default network's bridge {bridge} and its rules")
+        script = nat.remove_table_script()
+        if script:
+            run(script)
+            lines.append("removed lamina's nftables table")
+    except NftablesMissing:
+        pass
+    return lines
 
 
 def reset_arguments(p: argparse.ArgumentParser) -> None:

@@ -214,6 +214,21 @@ def delete_bridge(name: str) -> bool:
     return bool(delete_veths([name]))
 
 
+def bridge_ports(name: str) -> list[str] | None:
+    """The interfaces attached to the bridge ``name`` (None: there is no such bridge),
+    asked of this network namespace (``/sys/class/net`` is the one sysfs was mounted in)."""
+    IPRoute, NetlinkError = _iproute()
+    with IPRoute() as ipr:
+        try:
+            index = ipr.link("get", ifname=name)[0]["index"]
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise _failed(f"look up {name}", exc) from None
+        return sorted(link.get("IFLA_IFNAME") for link in ipr.get_links()
+                      if link.get("IFLA_MASTER") == index)
+
+
 def host_veths() -> list[str]:
     """Names of lamina's veths on the host (without netlink: ``if_nameindex``)."""
     return [name for _, name in socket.if_nameindex() if name.startswith(VETH_PREFIX)]

@@ -81,6 +81,19 @@ def remove_network_script(bridge: str) -> str:
                    if chain in (f"postrouting-{bridge}", f"isolation-{bridge}"))
 
 
+#: the table's chains that no one network owns (see :func:`setup_script`)
+SHARED_CHAINS = ("prerouting", "output", "published")
+
+
+def remove_table_script() -> str:
+    """The whole table, once no network's chain is left in it (``system reset``); empty
+    while one is (another store's network, on the same host)."""
+    found = chains()
+    if not found or any(chain not in SHARED_CHAINS for chain in found):
+        return ""
+    return f"delete table {TABLE}\n"
+
+
 def chains() -> list[str]:
     """The names of the chains of lamina's table (none when it is not there)."""
     return [obj["chain"]["name"] for obj in _listed(f"list table {TABLE}") if "chain" in obj]
