@@ -595,6 +595,21 @@ def test_downloads_begun_on_a_wrong_hint_are_cancelled(faulty, pushed: str,
     assert len(json.loads(lamina(store_root, "layer", "ls", "--format", "json").stdout)) == 3
 
 
+def test_an_up_to_date_pull_leaves_no_download_begun_on_a_wrong_hint(
+        faulty, pushed: str, store_root: Path) -> None:
+    """The same image again with its layer records gone: the fetcher starts every layer
+    on its hint, the store says the image is up to date (the pull never says what it
+    wants), and those downloads, not wanted, leave no part file behind."""
+    name = f"{faulty.host}/test/pull:plain"
+    lamina(store_root, "pull", name)
+    for record in (store_root / "layerdb").glob("*.json"):
+        record.unlink()
+    faulty.reset()
+    assert "Image is up to date" in lamina(store_root, "pull", name).stdout
+    assert [p for m, p, _ in faulty.requests if m == "GET" and "/blobs/" in p]  # the hint's
+    assert not list((store_root / "tmp").glob("pull-*.part"))
+
+
 def test_a_store_that_cannot_open_ends_the_fetcher_cleanly(pushed: str, tmp_path: Path) -> None:
     """The fetcher resolves and downloads before the pull opens the store; a store that
     then cannot be opened is the one error said, and the fetcher's reports end quietly."""
