@@ -243,13 +243,7 @@ def _store_documents(root: Path, resolved: Resolved) -> None:
     applier's path (at the end of a pull they committed all it had applied: ~5 ms).
     A failure is left to the pull, which tries again and says what went wrong.
     """
-    import io
-
     from ..blobs.store import BlobStore
 
-    blobs = BlobStore(root)
-    for digest, body in [*resolved.documents, (resolved.manifest.config.digest,
-                                               resolved.config_bytes)]:
-        with contextlib.suppress(LaminaError, OSError):
-            if not blobs.has(digest):
-                blobs.ingest(io.BytesIO(body), digest=digest, size=len(body))
+    with contextlib.suppress(LaminaError, OSError):
+        resolved.store_documents(BlobStore(root))

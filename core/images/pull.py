@@ -28,7 +28,6 @@ the next pull to resume or only to hash again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import NoSpace
@@ -81,7 +80,6 @@ def _pull(
 ) -> PullResult:
     ref, manifest, config = resolved.ref, resolved.manifest, resolved.config
     manifest_digest, top_digest = resolved.manifest_digest, resolved.top_digest
-    documents, config_bytes = resolved.documents, resolved.config_bytes
     name = str(ref)
     image_id = manifest.config.digest
     chains = [layer_id(c) for c in chain_ids(config.diff_ids)]
@@ -99,7 +97,7 @@ def _pull(
             # another manifest of layers stored already; the same one: no layer lines (Docker)
             for descriptor in manifest.layers:
                 events.layer(short_id(descriptor.digest), "Already exists")
-        _store_documents(images, documents, config_bytes, image_id)
+        resolved.store_documents(images.blobs)
         images.register(image_id, config, layers, manifest=manifest_digest,
                         manifest_type=manifest.media_type, names=names,
                         digests=[(repository, top_digest)])
@@ -135,7 +133,7 @@ def _pull(
         # a failed pull keeps its stored layers' blobs too (the next pull registers
         # them) and leaves the others' files, complete or not, for the next pull
         fetcher.finish(images.blobs, stored=stored, keep=keep_blobs, resumable=not full)
-    _store_documents(images, documents, config_bytes, image_id)
+    resolved.store_documents(images.blobs)
     images.register(image_id, config, layers, manifest=manifest_digest,
                     manifest_type=manifest.media_type, names=names,
                     digests=[(repository, top_digest)])
@@ -152,13 +150,3 @@ def _import_tar_path() -> None:
     from ..layertar import apply, compression  # noqa: F401
 
     compression.inflater()
-
-
-def _store_documents(images: ImageStore, documents: Sequence[tuple[str, bytes]],
-                     config_bytes: bytes, image_id: str) -> None:
-    """Keep the manifests (and index) and the config as blobs: push and save need them."""
-    import io
-
-    for digest, body in [*documents, (image_id, config_bytes)]:
-        if not images.blobs.has(digest):
-            images.blobs.ingest(io.BytesIO(body), digest=digest, size=len(body))

@@ -26,6 +26,7 @@ from .platform import Platform, best_match, format_platform
 from .reference import Reference
 
 if TYPE_CHECKING:
+    from ..blobs.store import BlobStore
     from .registry.client import BlobStream, Registry
 
 T = TypeVar("T")
@@ -189,6 +190,16 @@ class Resolved(NamedTuple):
         """Let go of what :func:`resolve` asked for and :func:`pull` did not use."""
         if self.first_blob is not None:
             self.first_blob.close()
+
+    def store_documents(self, blobs: BlobStore) -> None:
+        """Keep the manifests (and index) and the config as blobs, those not there yet:
+        push and save need them. Each is fsynced (:meth:`BlobStore.ingest`)."""
+        import io
+
+        for digest, body in [*self.documents, (self.manifest.config.digest,
+                                               self.config_bytes)]:
+            if not blobs.has(digest):
+                blobs.ingest(io.BytesIO(body), digest=digest, size=len(body))
 
 
 def resolve(registry: Registry, ref: Reference, *, platform: Platform,
